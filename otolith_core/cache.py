@@ -1,0 +1,144 @@
+"""The embedding cache: the only module that touches diskcache, and the only one that knows key formats.
+
+Layout under the cache folder (``--cache-dir``, ``OTOLITH_CACHE_DIR``, default ``./cache``)::
+
+    embeddings/<encoder-name>-<fingerprint>/   one diskcache per encoder identity
+    file_hashes/                               SHA-256 of image and weights files, by path+size+mtime
+
+An encoder's *fingerprint* hashes everything that changes its numbers: loader, model id, weights
+tag or weights-file content, architecture, preprocessing (size, resize mode, interpolation,
+mean/std) and the extractor version. Inside it an image's key is its content hash plus its crop
+box, so renamed or moved files are still hits and a changed file is a miss.
+
+Every batch is written in one transaction: an interrupted extraction keeps all finished batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .data import ImageRecord, file_sha256
+from .registry import EncoderSpec
+
+SCHEMA_VERSION = 1
+DEFAULT_CACHE_DIR = "cache"
+_META_KEY = "__encoder__"
+_CACHE_SETTINGS = {"eviction_policy": "none", "size_limit": 2**50, "cull_limit": 0}
+
+
+def default_cache_dir() -> Path:
+    """``OTOLITH_CACHE_DIR`` if set, else ``./cache``."""
+    return Path(os.environ.get("OTOLITH_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+
+
+class FileHashes:
+    """SHA-256 of files, remembered by (absolute path, size, mtime) so warm runs read no image bytes."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        import diskcache
+
+        self._cache = diskcache.Cache(str(Path(cache_dir) / "file_hashes"), **_CACHE_SETTINGS)
+
+    def sha256(self, path: str | Path) -> str:
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        digest = self._cache.get(key)
+        if digest is None:
+            digest = file_sha256(path)
+            self._cache.set(key, digest)
+        return digest
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes) -> str:
+    """Hex digest naming everything that changes an encoder's embeddings (not its display name)."""
+    from .feature_extractor import EXTRACTOR_VERSION, LOCAL_WEIGHT_FILES
+
+    weights: str | None = spec.pretrained
+    if spec.loader == "checkpoint":
+        weights = hashes.sha256(Path(spec.weights_path).expanduser())
+    elif spec.loader == "local-dir":
+        folder = Path(spec.model_id)
+        found = next((folder / n for n in LOCAL_WEIGHT_FILES if (folder / n).is_file()), None)
+        weights = hashes.sha256(found) if found else "missing"
+    elif spec.loader == "builtin":
+        from .morphometrics import BUILTIN_VERSION
+
+        weights = f"builtin-v{BUILTIN_VERSION}"
+    identity = {
+        "schema": SCHEMA_VERSION,
+        "extractor_version": EXTRACTOR_VERSION,
+        "loader": spec.loader,
+        "model_id": spec.model_id if spec.loader != "local-dir" else "local-dir",
+        "architecture": spec.architecture,
+        "weights": weights,
+        "preprocessing": asdict(spec.preprocessing) if spec.preprocessing else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def image_key(content_sha256: str, crop: tuple[int, int, int, int] | None) -> str:
+    """Cache key of one image inside an encoder's store: content hash and crop box."""
+    return f"{content_sha256}:{'full' if crop is None else ','.join(map(str, crop))}"
+
+
+class EmbeddingStore:
+    """Embeddings of one encoder identity: ``image key -> float32 vector``."""
+
+    def __init__(self, cache_dir: str | Path, spec: EncoderSpec, *, hashes: FileHashes | None = None) -> None:
+        import diskcache
+
+        self.cache_dir = Path(cache_dir)
+        self.spec = spec
+        self.hashes = hashes or FileHashes(cache_dir)
+        self.fingerprint = encoder_fingerprint(spec, self.hashes)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
+        self.path = self.cache_dir / "embeddings" / f"{slug}-{self.fingerprint[:16]}"
+        self._cache = diskcache.Cache(str(self.path), **_CACHE_SETTINGS)
+        self._cache.add(_META_KEY, {"schema": SCHEMA_VERSION, "fingerprint": self.fingerprint, "encoder": spec.as_dict()})
+
+    def keys_for(self, records: Sequence[ImageRecord]) -> list[str]:
+        """Cache keys of ``records`` (content hashes are memoised, so this is cheap when warm)."""
+        return [image_key(self.hashes.sha256(r.path), r.crop) for r in records]
+
+    def missing(self, keys: Iterable[str]) -> list[int]:
+        """Positions of the keys that have no embedding yet."""
+        return [i for i, key in enumerate(keys) if key not in self._cache]
+
+    def get_many(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(features ``(n_found, dim)`` float32, positions of the found keys in ``keys``)."""
+        rows, found = [], []
+        for i, key in enumerate(keys):
+            blob = self._cache.get(key)
+            if blob is not None:
+                rows.append(np.frombuffer(blob, dtype=np.float32))
+                found.append(i)
+        if not rows:
+            return np.zeros((0, self.spec.embed_dim or 0), dtype=np.float32), np.zeros(0, dtype=int)
+        return np.stack(rows), np.asarray(found, dtype=int)
+
+    def put_many(self, keys: Sequence[str], features: np.ndarray) -> None:
+        """Store one batch atomically: after a crash either all of it is there or none."""
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim != 2 or len(keys) != features.shape[0]:
+            raise ValueError(f"need one feature row per key, got {len(keys)} keys and shape {features.shape}")
+        with self._cache.transact():
+            for key, row in zip(keys, features):
+                self._cache.set(key, row.tobytes())
+
+    def __len__(self) -> int:
+        return len(self._cache) - (1 if _META_KEY in self._cache else 0)
+
+    def close(self) -> None:
+        self._cache.close()

@@ -1,0 +1,258 @@
+"""``otolith``: the same core calls as the dashboard, from a terminal.
+
+    otolith demo --out DIR [--n N] [--seed S]
+    otolith models
+    otolith extract --data PATH --model NAME [--device ...] [--batch-size N] [--cache-dir DIR] [--npz FILE]
+    otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--age-range MIN MAX] --out DIR
+    otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
+
+Problems a user can fix are printed as one clear message (exit code 2), never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_NOTHING_EVALUATED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .feature_extractor import EncoderUnavailable
+
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, KeyError, EncoderUnavailable) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished batches are kept in the cache; run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otolith", description="Compare frozen vision encoders for otolith age reading.")
+    sub = parser.add_subparsers(dest="command")
+
+    demo = sub.add_parser("demo", help="write the synthetic demo data set")
+    demo.add_argument("--out", required=True, help="folder to write (images/ and manifest.csv)")
+    demo.add_argument("--n", type=int, default=400, help="approximate number of images (default 400)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_cmd_demo)
+
+    models = sub.add_parser("models", help="list registered encoders and whether their weights are here")
+    models.add_argument("--weights-dir", help="Hugging Face cache folder for weights (default: HF_HUB_CACHE)")
+    models.set_defaults(handler=_cmd_models)
+
+    extract = sub.add_parser("extract", help="compute and cache one encoder's embeddings")
+    _data_arguments(extract)
+    extract.add_argument("--model", required=True, help="registry name, ARCH:TAG, hf-hub:org/name or local-dir:/path")
+    extract.add_argument("--npz", help="also export features, labels and paths to this .npz file")
+    _extraction_arguments(extract)
+    extract.set_defaults(handler=_cmd_extract)
+
+    run = sub.add_parser("run", help="cross-validate heads on several encoders and write the results")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="folder of age sub-folders, or a CSV manifest")
+    source.add_argument("--embeddings", help="NAME=FILE.npz[,NAME2=FILE2.npz]: evaluate embeddings you already have")
+    run.add_argument("--age-range", nargs=2, type=int, metavar=("MIN", "MAX"), help="clip ages into [MIN, MAX]")
+    run.add_argument("--preset", help="species settings from config.yaml (e.g. cod: ages clipped to 1..10)")
+    run.add_argument("--models", help="comma-separated encoders (with --data)")
+    run.add_argument("--heads", default="ridge,svc", help="comma-separated heads: ridge, svc (default both)")
+    run.add_argument("--alpha", type=float, default=6.0, help="ridge alpha (default 6, as in the paper)")
+    run.add_argument("--C", type=float, default=0.1, help="linear SVC C (default 0.1, as in the paper)")
+    run.add_argument("--scaling", default="l2", choices=["none", "l2", "standardize"],
+                     help="feature scaling fitted inside each training fold (default l2)")
+    run.add_argument("--folds", type=int, default=10)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", required=True, help="results folder")
+    run.add_argument("--no-chart", action="store_true", help="skip the PNG/SVG chart")
+    _extraction_arguments(run)
+    run.set_defaults(handler=_cmd_run)
+    return parser
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="folder of age sub-folders, or a CSV manifest")
+    parser.add_argument("--age-range", nargs=2, type=int, metavar=("MIN", "MAX"), help="clip ages into [MIN, MAX]")
+    parser.add_argument("--preset", help="species settings from config.yaml (e.g. cod)")
+
+
+def _extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (default 32 on CUDA, 8 otherwise)")
+    parser.add_argument("--cache-dir", help="embedding cache (default: $OTOLITH_CACHE_DIR or ./cache)")
+    parser.add_argument("--weights-dir", help="Hugging Face cache folder for weights (default: HF_HUB_CACHE)")
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_LABEL, write_demo_dataset
+
+    start = time.perf_counter()
+    manifest = write_demo_dataset(args.out, n_images=args.n, seed=args.seed)
+    print(f"wrote the {DEMO_LABEL} to {manifest} in {time.perf_counter() - start:.1f} s")
+    print(f"next: otolith run --data {manifest} --models otolith-morphometrics,pixels-32 --heads ridge,svc --out results")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .feature_extractor import weights_available
+    from .registry import registry
+
+    rows = [("name", "year", "dim", "input", "download", "offline", "description")]
+    for spec in registry().values():
+        pre = spec.preprocessing
+        size = f"{pre.size}px {pre.resize_mode}" if pre else "-"
+        offline = "yes" if weights_available(spec, weights_dir=args.weights_dir) else "no"
+        rows.append((spec.name, str(spec.year or ""), str(spec.embed_dim or "?"), size, spec.download_size, offline,
+                     spec.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print("\nAny other OpenCLIP model: --model ARCH:TAG, hf-hub:org/name or local-dir:/path")
+    return EXIT_OK
+
+
+def _load_data(args: argparse.Namespace):
+    from .data import load_dataset
+    from .registry import presets
+
+    age_range = tuple(args.age_range) if args.age_range else None
+    if args.preset:
+        known = presets()
+        if args.preset not in known:
+            raise KeyError(f"unknown preset {args.preset!r}; choose from {sorted(known)}")
+        if age_range is None and known[args.preset].get("age_range"):
+            age_range = tuple(known[args.preset]["age_range"])
+    dataset = load_dataset(args.data, age_range=age_range)
+    print(f"data: {len(dataset)} images from {dataset.source}"
+          + (f", {len(dataset.skipped)} skipped" if dataset.skipped else "")
+          + (f", ages clipped to {age_range[0]}..{age_range[1]}" if age_range else ""))
+    return dataset
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from .cache import default_cache_dir
+
+    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+
+
+def _extract_one(dataset, spec, args):
+    from tqdm import tqdm
+
+    from .embeddings import extract_embeddings
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"{spec.name}", unit="img", file=sys.stderr, dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return extract_embeddings(dataset, spec, cache_dir=_cache_dir(args), device=args.device,
+                                  batch_size=args.batch_size, weights_dir=args.weights_dir, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .embeddings import save_npz
+    from .registry import resolve_encoder
+
+    dataset = _load_data(args)
+    spec = resolve_encoder(args.model, weights_dir=args.weights_dir)
+    emb = _extract_one(dataset, spec, args)
+    cached = len(emb.rows) - emb.n_extracted
+    print(f"{spec.name}: {len(emb.rows)} images embedded ({emb.n_extracted} extracted now, "
+          f"{max(cached, 0)} from the cache), {len(emb.failures)} failed; cache {_cache_dir(args)}")
+    for failure in emb.failures[:20]:
+        print(f"  skipped {failure.path}: {failure.reason}")
+    if args.npz:
+        print(f"wrote {save_npz(args.npz, dataset, emb)}")
+    return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .evaluation import compare
+    from .feature_extractor import EncoderUnavailable
+    from .heads import HeadSpec
+    from .registry import resolve_encoder
+    from .report import provenance, write_results
+
+    heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
+    failed: dict[str, str] = {}
+    specs = {}
+    if args.embeddings:
+        from .embeddings import load_npz_embeddings
+
+        named = dict(_split_pair(item) for item in args.embeddings.split(",") if item.strip())
+        dataset, embeddings = load_npz_embeddings(named)
+        if args.age_range or args.preset:
+            raise ValueError("--age-range/--preset apply to --data; clip the labels in your .npz files instead")
+        cache_dir = None
+    else:
+        if not args.models:
+            raise ValueError("give --models A,B (see `otolith models`)")
+        dataset = _load_data(args)
+        cache_dir = _cache_dir(args)
+        embeddings = {}
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            try:
+                spec = resolve_encoder(name, weights_dir=args.weights_dir)
+                emb = _extract_one(dataset, spec, args)
+            except (EncoderUnavailable, KeyError, FileNotFoundError, ValueError) as exc:
+                message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+                failed[name] = str(message)
+                print(f"encoder {name} skipped: {message}", file=sys.stderr)
+                continue
+            specs[spec.name] = spec
+            if len(emb.rows) == 0:
+                failed[spec.name] = "no image could be embedded"
+                continue
+            embeddings[spec.name] = emb
+            print(f"{spec.name}: {len(emb.rows)} images ({emb.n_extracted} extracted now)")
+    if not embeddings:
+        print("nothing could be evaluated: every encoder failed (see above)", file=sys.stderr)
+        return EXIT_NOTHING_EVALUATED
+    comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, failed_encoders=failed)
+    for note in comparison.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)
+    written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart)
+    summary = comparison.summary_frame()
+    print()
+    for row in summary.itertuples():
+        print(f"  {row.encoder:<28} {row.head:<8} accuracy {row.accuracy_mean:6.1%} ± {row.accuracy_sd:.1%}   "
+              f"±1 {row.pm1_accuracy_mean:6.1%} ± {row.pm1_accuracy_sd:.1%}   RMSE {row.rmse_mean:.2f} ± {row.rmse_sd:.2f}")
+    print(f"\nwrote {len(written)} files to {Path(args.out).resolve()}"
+          + (f"; {len(comparison.skipped)} images skipped (skipped.csv)" if comparison.skipped else ""))
+    if failed:
+        print(f"{len(failed)} encoder(s) failed: {', '.join(failed)} (run.json lists why)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _split_pair(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"--embeddings entry {item!r} must look like NAME=FILE.npz")
+    name, file = item.split("=", 1)
+    return name.strip(), file.strip()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Dataset + encoder + cache -> embedding matrix; and the ``.npz`` format researchers already hold.
+
+``extract_embeddings`` computes only what the cache lacks, one batch per transaction, and reports
+images that cannot be decoded or embedded instead of stopping at them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .cache import EmbeddingStore, FileHashes
+from .data import Dataset, ImageRecord, Skipped, load_image
+from .registry import EncoderSpec
+
+ProgressCallback = Callable[[int, int], None]  # (images extracted so far, images to extract)
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """One encoder's embeddings of (part of) a dataset."""
+
+    encoder: str
+    features: np.ndarray  # (n_embedded, dim) float32
+    rows: np.ndarray  # (n_embedded,) positions of those images in dataset.records
+    failures: tuple[Skipped, ...] = ()
+    n_extracted: int = 0  # computed by this call (the rest came from the cache)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path) -> int:
+    """How many of the dataset's images already have this encoder's embedding."""
+    store = EmbeddingStore(cache_dir, spec)
+    try:
+        keys, _ = _keys(store, dataset.records)
+        return sum(1 for k in keys if k is not None) - len(store.missing([k for k in keys if k is not None]))
+    finally:
+        store.close()
+
+
+def extract_embeddings(
+    dataset: Dataset,
+    spec: EncoderSpec,
+    *,
+    cache_dir: str | Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+    weights_dir: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    encoder=None,
+) -> EmbeddingSet:
+    """Embed every image of ``dataset`` with ``spec``, reusing and filling the cache.
+
+    Parameters
+    ----------
+    dataset : from :func:`otolith_core.data.load_dataset`.
+    spec : from :func:`otolith_core.registry.resolve_encoder`.
+    cache_dir : cache folder; finished batches are kept there even if this call is interrupted.
+    device, batch_size, weights_dir : passed to :func:`~otolith_core.feature_extractor.load_encoder`,
+        which is called only when something is missing.
+    progress : called as ``progress(done, total)`` after each batch.
+    encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident).
+
+    Returns
+    -------
+    EmbeddingSet with a row per embedded image and the images that failed, with reasons.
+
+    Raises
+    ------
+    EncoderUnavailable : the encoder is needed and cannot be built (the cache is left as it was).
+    """
+    store = EmbeddingStore(cache_dir, spec, hashes=FileHashes(cache_dir))
+    try:
+        keys, failures = _keys(store, dataset.records)
+        known = [i for i, k in enumerate(keys) if k is not None]
+        todo_positions = [known[j] for j in store.missing([keys[i] for i in known])]
+        todo: dict[str, int] = {}
+        for i in todo_positions:  # identical files are embedded once
+            todo.setdefault(keys[i], i)
+        total, done = len(todo), 0
+        if todo:
+            if encoder is None:
+                from .feature_extractor import load_encoder
+
+                encoder = load_encoder(spec, device=device, batch_size=batch_size, weights_dir=weights_dir)
+            size = batch_size or encoder.batch_size
+            pending = list(todo.items())
+            if progress:
+                progress(0, total)
+            for start in range(0, total, size):
+                batch = pending[start: start + size]
+                batch_keys, features, bad = _embed_batch(encoder, [(k, dataset.records[i]) for k, i in batch])
+                failures.extend(bad)
+                if batch_keys:
+                    _check_dim(spec, features)
+                    store.put_many(batch_keys, features)
+                done += len(batch)
+                if progress:
+                    progress(done, total)
+        lookup = [keys[i] for i in known]
+        features, found = store.get_many(lookup)
+        rows = np.asarray(known, dtype=int)[found]
+        failed_images = {f.path for f in failures}
+        embedded = set(rows.tolist())
+        # A duplicate of a file that failed fails too, under its own name.
+        for i in known:
+            if i not in embedded and dataset.records[i].image not in failed_images:
+                failures.append(Skipped(dataset.records[i].image, f"{spec.name}: same content as an image that could not be embedded"))
+        return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=total)
+    finally:
+        store.close()
+
+
+def _keys(store: EmbeddingStore, records: Sequence[ImageRecord]) -> tuple[list[str | None], list[Skipped]]:
+    keys: list[str | None] = []
+    failures: list[Skipped] = []
+    for record in records:
+        try:
+            keys.append(store.keys_for([record])[0])
+        except OSError as exc:
+            keys.append(None)
+            failures.append(Skipped(record.image, f"cannot read file: {exc.strerror or exc}"))
+    return keys, failures
+
+
+def _embed_batch(encoder, items: list[tuple[str, ImageRecord]]) -> tuple[list[str], np.ndarray, list[Skipped]]:
+    """Decode and embed one batch; an image that fails is named and the rest go on."""
+    decoded, bad = [], []
+    for key, record in items:
+        try:
+            decoded.append((key, record, load_image(record)))
+        except ValueError as exc:
+            bad.append(Skipped(record.image, str(exc)))
+    if not decoded:
+        return [], np.zeros((0, 0), dtype=np.float32), bad
+    try:
+        return [key for key, _, _ in decoded], _finite(encoder.embed([im for _, _, im in decoded])), bad
+    except ValueError:
+        pass  # one image in the batch is unusable: find it by embedding one at a time
+    kept_keys, rows = [], []
+    for key, record, image in decoded:
+        try:
+            rows.append(_finite(encoder.embed([image]))[0])
+            kept_keys.append(key)
+        except ValueError as exc:
+            bad.append(Skipped(record.image, f"{encoder.spec.name} cannot use this image: {exc}"))
+    features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    return kept_keys, features, bad
+
+
+def _finite(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise ValueError("the embedding contains NaN or infinity")
+    return features
+
+
+def _check_dim(spec: EncoderSpec, features: np.ndarray) -> None:
+    if spec.embed_dim and features.shape[1] != spec.embed_dim:
+        from .feature_extractor import EncoderUnavailable
+
+        raise EncoderUnavailable(
+            f"encoder {spec.name!r} produced {features.shape[1]}-d embeddings but its entry states {spec.embed_dim}; "
+            f"fix embed_dim in config.yaml"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# .npz exchange: features (n, d), labels (n,), paths (n,) optional.
+
+
+def save_npz(path: str | Path, dataset: Dataset, embedding: EmbeddingSet) -> Path:
+    """Write ``features``, ``labels`` and ``paths`` for the embedded images."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [dataset.records[i] for i in embedding.rows]
+    np.savez_compressed(
+        path,
+        features=embedding.features,
+        labels=np.array([r.age for r in records], dtype=int),
+        paths=np.array([r.image for r in records], dtype=str),
+    )
+    return path
+
+
+def load_npz_embeddings(named_files: dict[str, str | Path]) -> tuple[Dataset, dict[str, EmbeddingSet]]:
+    """Read ``{encoder name: file.npz}`` into one dataset and aligned embedding sets.
+
+    With ``paths`` in every file, images are matched by path (those missing from any file are
+    skipped with a reason); otherwise all files must list the same images in the same order.
+    """
+    loaded = {name: _read_npz(name, Path(file)) for name, file in named_files.items()}
+    if not loaded:
+        raise ValueError("no embedding files given; use --embeddings NAME=FILE.npz[,NAME2=FILE2.npz]")
+    first_name, (first_x, first_y, first_paths) = next(iter(loaded.items()))
+    skipped: list[Skipped] = []
+    if all(p is not None for _, _, p in loaded.values()):
+        common = [p for p in first_paths if all(p in set(other[2]) for other in loaded.values())]
+        common_set = set(common)
+        for name, (_, _, paths) in loaded.items():
+            skipped += [Skipped(p, f"only in some embedding files (not all have it; seen in {name})") for p in paths if p not in common_set]
+        images = common
+    else:
+        lengths = {name: len(y) for name, (_, y, _) in loaded.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"embedding files without 'paths' must have the same number of rows, got {lengths}")
+        images = [f"row_{i + 1}" for i in range(len(first_y))]
+    label_of: dict[str, int] = {}
+    sets: dict[str, EmbeddingSet] = {}
+    for name, (x, y, paths) in loaded.items():
+        names = paths if paths is not None else images
+        position = {p: i for i, p in enumerate(names)}
+        take = np.array([position[p] for p in images], dtype=int)
+        for image, age in zip(images, y[take]):
+            if label_of.setdefault(image, int(age)) != int(age):
+                raise ValueError(f"embedding files disagree on the age of {image!r}: {label_of[image]} vs {int(age)} (in {name})")
+        sets[name] = EmbeddingSet(name, x[take], np.arange(len(images)), ())
+    records = tuple(ImageRecord(Path(p), p, label_of[p]) for p in images)
+    source = Path(next(iter(named_files.values()))).resolve()
+    dataset = Dataset(source, "embeddings", records, tuple(dict.fromkeys(skipped)))
+    return dataset, sets
+
+
+def _read_npz(name: str, path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding file for {name!r} not found: {str(path)!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("features", "labels") if k not in data.files]
+            if missing:
+                raise ValueError(f"{str(path)!r} lacks array(s) {missing}; expected features (n, d), labels (n,), optional paths (n,)")
+            x = np.asarray(data["features"], dtype=np.float32)
+            y = np.asarray(data["labels"])
+            paths = [str(p) for p in data["paths"]] if "paths" in data.files else None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "lacks array" in str(exc):
+            raise
+        raise ValueError(f"cannot read embedding file {str(path)!r}: {exc}") from exc
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"{str(path)!r}: features must be (n, d) and labels (n,), got {x.shape} and {y.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{str(path)!r}: features contain NaN or infinity")
+    if not np.all(np.isfinite(y.astype(float))) or np.any(y.astype(float) != np.round(y.astype(float))) or np.any(y.astype(float) < 0):
+        raise ValueError(f"{str(path)!r}: labels must be whole ages >= 0")
+    if paths is not None and (len(paths) != len(y) or len(set(paths)) != len(paths)):
+        raise ValueError(f"{str(path)!r}: paths must be unique and one per row")
+    return x, y.astype(int), paths

@@ -1,0 +1,113 @@
+"""Shallow heads fitted on frozen embeddings: name -> scikit-learn estimator.
+
+``ridge``: Ridge regression on age (the paper's alpha = 6); its continuous prediction is rounded to
+the nearest age and clipped to the training fold's age range. ``svc``: ``SVC(kernel="linear",
+C=0.1)``, one-vs-one, as in the paper. Feature scaling is part of the head, so it is fitted inside
+each training fold: ``none``, ``l2`` (each embedding to unit length; the default) or ``standardize``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
+from sklearn.svm import SVC
+
+HEADS = ("ridge", "svc")
+SCALINGS = ("none", "l2", "standardize")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head and its parameters; ``label`` names it in tables (``ridge``, ``svc``, or with parameters)."""
+
+    name: str
+    alpha: float = 6.0  # ridge
+    C: float = 0.1  # svc
+    scaling: str = "l2"
+
+    def __post_init__(self) -> None:
+        if self.name not in HEADS:
+            raise ValueError(f"unknown head {self.name!r}; choose from {list(HEADS)}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {self.scaling!r}; choose from {list(SCALINGS)}")
+        if not self.alpha > 0:
+            raise ValueError(f"ridge alpha must be > 0, got {self.alpha!r}")
+        if not self.C > 0:
+            raise ValueError(f"svc C must be > 0, got {self.C!r}")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.name == "ridge"
+
+    @property
+    def params(self) -> dict:
+        """The parameters that matter for this head (for tables and provenance)."""
+        own = {"alpha": self.alpha} if self.name == "ridge" else {"C": self.C}
+        return {**own, "scaling": self.scaling}
+
+    @property
+    def label(self) -> str:
+        """Short name used in every CSV: the bare name with default parameters, else with them."""
+        default = HeadSpec(self.name)
+        if self == default:
+            return self.name
+        return self.name + "(" + ",".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "label": self.label, **self.params}
+
+
+class RoundedRidge(RegressorMixin, BaseEstimator):
+    """Ridge regression whose ``predict`` returns whole ages inside the training age range.
+
+    ``predict_continuous`` gives the unrounded value.
+    """
+
+    def __init__(self, alpha: float = 6.0) -> None:
+        self.alpha = alpha
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "RoundedRidge":
+        y = np.asarray(y, dtype=float)
+        self.ridge_ = Ridge(alpha=self.alpha).fit(X, y)
+        self.age_min_, self.age_max_ = float(y.min()), float(y.max())
+        return self
+
+    def predict_continuous(self, X: np.ndarray) -> np.ndarray:
+        return self.ridge_.predict(X)
+
+    def round_ages(self, raw: np.ndarray) -> np.ndarray:
+        """Continuous predictions -> nearest whole age inside the training range."""
+        return np.clip(np.rint(raw), self.age_min_, self.age_max_).astype(int)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.round_ages(self.predict_continuous(X))
+
+
+def build_head(spec: HeadSpec) -> Pipeline:
+    """A fresh, unfitted pipeline ``scale -> model`` for one training fold."""
+    scaler = {
+        "none": FunctionTransformer(),
+        "l2": Normalizer(norm="l2"),
+        "standardize": StandardScaler(),
+    }[spec.scaling]
+    model = RoundedRidge(alpha=spec.alpha) if spec.is_regression else SVC(kernel="linear", C=spec.C)
+    return Pipeline([("scale", scaler), ("model", model)])
+
+
+def predict(head: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whole-age predictions, continuous predictions) of a fitted head.
+
+    For a classifier the continuous prediction is the predicted class itself.
+    """
+    model = head.named_steps["model"]
+    if isinstance(model, RoundedRidge):
+        scaled = head[:-1].transform(X)
+        raw = model.predict_continuous(scaled)
+        return model.round_ages(raw), raw
+    pred = head.predict(X).astype(int)
+    return pred, pred.astype(float)

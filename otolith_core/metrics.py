@@ -1,0 +1,54 @@
+"""Age-reading metrics: arrays of true and predicted ages in, numbers out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("accuracy", "pm1_accuracy", "rmse", "mae")
+METRIC_LABELS = {"accuracy": "Accuracy", "pm1_accuracy": "±1 accuracy", "rmse": "RMSE (years)", "mae": "MAE (years)"}
+HIGHER_IS_BETTER = {"accuracy": True, "pm1_accuracy": True, "rmse": False, "mae": False}
+
+
+def _pair(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    true, pred = np.asarray(true, dtype=float), np.asarray(pred, dtype=float)
+    if true.shape != pred.shape or true.ndim != 1:
+        raise ValueError(f"true and predicted ages need equal 1-d shapes, got {true.shape} and {pred.shape}")
+    if true.size == 0:
+        raise ValueError("no ages to score")
+    return true, pred
+
+
+def accuracy(true: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of exact age matches."""
+    true, pred = _pair(true, pred)
+    return float(np.mean(pred == true))
+
+
+def pm1_accuracy(true: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of predictions within one year of the reader's age."""
+    true, pred = _pair(true, pred)
+    return float(np.mean(np.abs(pred - true) <= 1))
+
+
+def rmse(true: np.ndarray, pred: np.ndarray) -> float:
+    """Root mean squared error in years."""
+    true, pred = _pair(true, pred)
+    return float(np.sqrt(np.mean((pred - true) ** 2)))
+
+
+def mae(true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute error in years."""
+    true, pred = _pair(true, pred)
+    return float(np.mean(np.abs(pred - true)))
+
+
+def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """All metrics of one fold, keyed as in ``METRICS``."""
+    return {"accuracy": accuracy(true, pred), "pm1_accuracy": pm1_accuracy(true, pred),
+            "rmse": rmse(true, pred), "mae": mae(true, pred)}
+
+
+def mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")

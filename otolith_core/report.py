@@ -1,0 +1,130 @@
+"""Write a comparison to a results folder: the CSVs, ``run.json`` provenance and the bar chart.
+
+Files are written to a temporary folder beside the target and moved into place one by one, so a
+crash never leaves a half-written CSV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .cache import FileHashes, encoder_fingerprint
+from .data import Dataset
+from .evaluation import Comparison
+from .heads import HeadSpec
+from .registry import EncoderSpec
+
+LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
+             "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that shape the numbers (read without importing them)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def image_set_hash(dataset: Dataset, images: Sequence[str], hashes: FileHashes | None) -> str:
+    """SHA-256 over the used images' content hashes (or ids for .npz input), crop boxes and ages."""
+    by_image = {r.image: r for r in dataset.records}
+    lines = []
+    for image in images:
+        record = by_image[image]
+        content = hashes.sha256(record.path) if hashes is not None and dataset.kind != "embeddings" else image
+        lines.append(f"{content}|{record.crop}|{record.age}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def provenance(
+    comparison: Comparison,
+    dataset: Dataset,
+    specs: Mapping[str, EncoderSpec],
+    heads: Sequence[HeadSpec],
+    *,
+    cache_dir: str | Path | None,
+) -> dict:
+    """Everything needed to trace a figure back to its run (``run.json``)."""
+    hashes = FileHashes(cache_dir) if cache_dir is not None else None
+    images = comparison.results[0].images if comparison.results else ()
+    encoders = {}
+    for name, spec in specs.items():
+        entry = spec.as_dict()
+        if hashes is not None and dataset.kind != "embeddings":
+            entry["fingerprint"] = encoder_fingerprint(spec, hashes)
+        encoders[name] = entry
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "data": {
+            "source": str(dataset.source),
+            "kind": dataset.kind,
+            "synthetic_demo": _is_demo(dataset),
+            "n_usable_rows": len(dataset),
+            "n_evaluated": len(images),
+            "n_skipped": len(comparison.skipped),
+            "age_range": list(dataset.age_range) if dataset.age_range else None,
+            "image_set_sha256": image_set_hash(dataset, images, hashes),
+        },
+        "encoders": encoders,
+        "failed_encoders": dict(comparison.failed_encoders),
+        "heads": [h.as_dict() for h in heads],
+        "cv": {"scheme": "StratifiedKFold", "shuffle": True, "n_folds": comparison.n_folds, "seed": comparison.seed,
+               "repeats": 1, "grouped_by_fish": False},
+        "warnings": list(comparison.warnings),
+    }
+    if hashes is not None:
+        hashes.close()
+    return record
+
+
+def _is_demo(dataset: Dataset) -> bool:
+    return any(r.metadata.get("source") == "synthetic demo" for r in dataset.records[:5])
+
+
+def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True) -> list[Path]:
+    """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``."""
+    from .charts import comparison_chart
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
+    try:
+        tables = {
+            "predictions.csv": comparison.predictions_frame(),
+            "folds.csv": comparison.folds_frame(),
+            "summary.csv": comparison.summary_frame(),
+            "ttests.csv": comparison.tests_frame(),
+            "skipped.csv": comparison.skipped_frame(),
+        }
+        for name, frame in tables.items():
+            frame.to_csv(staging / name, index=False)
+        (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
+        if chart and comparison.results:
+            figure = comparison_chart(comparison.summary_frame(), n_folds=comparison.n_folds)
+            figure.save(str(staging / "comparison.svg"))
+            figure.save(str(staging / "comparison.png"), scale_factor=1.5)
+        written = []
+        for file in sorted(staging.iterdir()):
+            target = out_dir / file.name
+            os.replace(file, target)
+            written.append(target)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

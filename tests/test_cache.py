@@ -1,0 +1,121 @@
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from otolith_core.cache import EmbeddingStore, FileHashes, encoder_fingerprint
+from otolith_core.data import load_dataset
+from otolith_core.embeddings import cached_count, extract_embeddings
+from otolith_core.registry import Preprocessing, registry, resolve_encoder
+
+
+class CountingEncoder:
+    """Wraps a real encoder and counts the images it is asked to embed."""
+
+    def __init__(self, inner, fail_after_batches=None):
+        self.inner, self.spec, self.batch_size = inner, inner.spec, 4
+        self.seen, self.batches, self.fail_after = 0, 0, fail_after_batches
+
+    def embed(self, images):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-extraction
+        self.batches += 1
+        self.seen += len(images)
+        return self.inner.embed(images)
+
+
+def _pixels():
+    from otolith_core.feature_extractor import load_encoder
+
+    return load_encoder(registry()["pixels-32"])
+
+
+def test_fingerprint_changes_with_everything_that_changes_numbers(tmp_path):
+    hashes = FileHashes(tmp_path)
+    spec = resolve_encoder("clip-vit-l-14-336")
+    base = encoder_fingerprint(spec, hashes)
+    assert base == encoder_fingerprint(dataclasses.replace(spec, name="renamed", description="x"), hashes)
+    changes = [
+        dataclasses.replace(spec, pretrained="laion2b"),
+        dataclasses.replace(spec, model_id="ViT-L-14-336"),
+        dataclasses.replace(spec, preprocessing=dataclasses.replace(spec.preprocessing, resize_mode="squash")),
+        dataclasses.replace(spec, preprocessing=dataclasses.replace(spec.preprocessing, size=224)),
+        dataclasses.replace(spec, preprocessing=Preprocessing(336, "shortest", (0.5,) * 3, (0.5,) * 3)),
+        dataclasses.replace(spec, preprocessing=dataclasses.replace(spec.preprocessing, interpolation="bilinear")),
+    ]
+    assert len({base, *(encoder_fingerprint(s, hashes) for s in changes)}) == len(changes) + 1
+
+
+def test_local_weights_are_keyed_by_content(tiny_model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    hashes = FileHashes(tmp_path / "c")
+    same = encoder_fingerprint(resolve_encoder(f"local-dir:{copy}"), hashes)
+    assert same == encoder_fingerprint(resolve_encoder(f"local-dir:{tiny_model_dir}"), hashes)
+    from conftest import save_tiny_open_clip
+
+    save_tiny_open_clip(copy, seed=1)  # same config, other weights
+    assert encoder_fingerprint(resolve_encoder(f"local-dir:{copy}"), hashes) != same
+
+
+def test_crop_box_is_part_of_the_image_key(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,age,x0,y0,x1,y1\na.png,1,,,,\na.png,2,0,0,10,10\n")
+    data = load_dataset(tmp_path / "m.csv")
+    store = EmbeddingStore(tmp_path / "cache", registry()["pixels-32"])
+    first, second = store.keys_for(data.records)
+    assert first != second and first.split(":")[0] == second.split(":")[0]
+
+
+def test_second_run_extracts_nothing_and_new_images_only_are_extracted(demo_manifest, tmp_path):
+    data = load_dataset(demo_manifest)
+    spec = registry()["pixels-32"]
+    head = data.subset(range(100))
+    enc = CountingEncoder(_pixels())
+    first = extract_embeddings(head, spec, cache_dir=tmp_path, encoder=enc)
+    assert enc.seen == 100 and first.n_extracted == 100 and first.features.shape == (100, 1024)
+    again = extract_embeddings(head, spec, cache_dir=tmp_path, encoder=enc)
+    assert enc.seen == 100 and again.n_extracted == 0
+    np.testing.assert_array_equal(first.features, again.features)
+    full = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=enc)
+    assert enc.seen == len(data) and full.n_extracted == len(data) - 100
+    assert cached_count(data, spec, cache_dir=tmp_path) == len(data)
+
+
+def test_interrupted_extraction_keeps_finished_batches(demo_manifest, tmp_path):
+    data = load_dataset(demo_manifest).subset(range(40))
+    spec = registry()["pixels-32"]
+    with pytest.raises(KeyboardInterrupt):
+        extract_embeddings(data, spec, cache_dir=tmp_path, encoder=CountingEncoder(_pixels(), fail_after_batches=3))
+    assert cached_count(data, spec, cache_dir=tmp_path) == 12
+    resumed = CountingEncoder(_pixels())
+    result = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=resumed)
+    assert resumed.seen == 28
+    clean = extract_embeddings(data, spec, cache_dir=tmp_path / "clean", encoder=_pixels())
+    np.testing.assert_array_equal(result.features, clean.features)
+
+
+def test_unreadable_images_are_named_and_the_rest_embedded(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    (tmp_path / "m.csv").write_text("path,age\ngood.png,1\nbad.jpg,2\n")
+    data = load_dataset(tmp_path / "m.csv")
+    result = extract_embeddings(data, registry()["pixels-32"], cache_dir=tmp_path / "c")
+    assert result.rows.tolist() == [0]
+    assert [f.path for f in result.failures] == ["bad.jpg"] and "cannot decode" in result.failures[0].reason
+
+
+def test_morphometrics_names_an_image_with_no_otolith(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(tmp_path / "blank.png")
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(tmp_path / "blank2.png")
+    (tmp_path / "m.csv").write_text("path,age\nblank.png,1\n")
+    data = load_dataset(tmp_path / "m.csv")
+    result = extract_embeddings(data, registry()["otolith-morphometrics"], cache_dir=tmp_path / "c")
+    assert len(result.rows) == 0 and "no otolith" in result.failures[0].reason

@@ -1,0 +1,142 @@
+"""The CLI end to end on a small synthetic demo, as a user runs it."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from otolith_core.cli import main
+from otolith_core.evaluation import FOLD_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS
+from otolith_core.metrics import score
+from otolith_core.stats import paired_t_test
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    cache = tmp_path_factory.mktemp("cache")
+    code = main(["run", "--data", str(demo_manifest), "--models", "otolith-morphometrics,pixels-32",
+                 "--heads", "ridge,svc", "--out", str(out), "--cache-dir", str(cache)])
+    assert code == 0
+    return out, cache
+
+
+def test_run_writes_exactly_the_promised_columns(demo_run):
+    out, _ = demo_run
+    assert list(pd.read_csv(out / "predictions.csv").columns) == PREDICTION_COLUMNS
+    assert list(pd.read_csv(out / "folds.csv").columns) == FOLD_COLUMNS
+    assert list(pd.read_csv(out / "summary.csv").columns) == SUMMARY_COLUMNS
+    assert list(pd.read_csv(out / "ttests.csv").columns) == TEST_COLUMNS
+    assert list(pd.read_csv(out / "skipped.csv").columns) == ["path", "reason"]
+    assert (out / "comparison.svg").stat().st_size > 1000 and (out / "comparison.png").stat().st_size > 1000
+    run = json.loads((out / "run.json").read_text())
+    assert run["cv"]["n_folds"] == 10 and run["cv"]["seed"] == 0 and run["data"]["synthetic_demo"]
+    assert len(run["data"]["image_set_sha256"]) == 64 and run["libraries"]["scikit-learn"]
+    assert run["encoders"]["otolith-morphometrics"]["fingerprint"]
+
+
+def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
+    out, _ = demo_run
+    pred = pd.read_csv(out / "predictions.csv")
+    folds = pd.read_csv(out / "folds.csv")
+    summary = pd.read_csv(out / "summary.csv")
+    tests = pd.read_csv(out / "ttests.csv")
+    assert len(pred) == 4 * len(pd.read_csv(demo_manifest))
+    for (encoder, head, fold), group in pred.groupby(["encoder", "head", "fold"]):
+        row = folds[(folds.encoder == encoder) & (folds["head"] == head) & (folds.fold == fold)].iloc[0]
+        expected = score(group.true_age.to_numpy(), group.pred_age.to_numpy())
+        assert row.n_test == len(group)
+        for metric, value in expected.items():
+            assert row[metric] == pytest.approx(value)
+    for row in summary.itertuples():
+        f = folds[(folds.encoder == row.encoder) & (folds["head"] == row.head)]
+        assert row.accuracy_mean == pytest.approx(f.accuracy.mean())
+        assert row.rmse_sd == pytest.approx(f.rmse.std(ddof=1))
+    for row in tests.itertuples():
+        a = folds[(folds.encoder == row.encoder_a) & (folds["head"] == row.head_a)].sort_values("fold")[row.metric]
+        b = folds[(folds.encoder == row.encoder_b) & (folds["head"] == row.head_b)].sort_values("fold")[row.metric]
+        diff, t, p = paired_t_test(a.to_numpy(), b.to_numpy())
+        assert row.mean_diff == pytest.approx(diff)
+        assert (np.isnan(row.t) and np.isnan(t)) or row.t == pytest.approx(t)
+
+
+def test_morphometrics_beats_the_pixel_floor_on_the_demo(demo_run):
+    summary = pd.read_csv(demo_run[0] / "summary.csv").set_index(["encoder", "head"])
+    assert summary.loc[("otolith-morphometrics", "ridge"), "accuracy_mean"] > summary.loc[("pixels-32", "ridge"), "accuracy_mean"]
+    assert summary.loc[("otolith-morphometrics", "ridge"), "rmse_mean"] < summary.loc[("pixels-32", "ridge"), "rmse_mean"]
+
+
+def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_run, tmp_path):
+    _, cache = demo_run
+    code = ("import sys; from otolith_core.cli import main; "
+            f"rc = main(['run', '--data', r'{demo_manifest}', '--models', 'otolith-morphometrics,pixels-32', "
+            f"'--out', r'{tmp_path}', '--cache-dir', r'{cache}', '--no-chart']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "(0 extracted now)" in done.stdout and "NO-TORCH" in done.stdout
+
+
+def test_missing_clip_weights_are_reported_quickly_and_morphometrics_still_runs(demo_manifest, tmp_path, offline_hub):
+    start = time.perf_counter()
+    code = main(["run", "--data", str(demo_manifest), "--models", "clip-vit-l-14-336,otolith-morphometrics",
+                 "--heads", "ridge", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                 "--weights-dir", str(tmp_path / "hf"), "--no-chart"])
+    assert code == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert "clip-vit-l-14-336" in run["failed_encoders"] and "1.7 GB" in run["failed_encoders"]["clip-vit-l-14-336"]
+    assert set(pd.read_csv(tmp_path / "out" / "summary.csv").encoder) == {"otolith-morphometrics"}
+    assert time.perf_counter() - start < 120
+
+
+def test_nothing_evaluable_exits_non_zero(demo_manifest, tmp_path, offline_hub, capsys):
+    code = main(["run", "--data", str(demo_manifest), "--models", "clip-vit-l-14-336", "--out", str(tmp_path),
+                 "--cache-dir", str(tmp_path / "c"), "--weights-dir", str(tmp_path / "hf")])
+    assert code == 1 and "nothing could be evaluated" in capsys.readouterr().err
+
+
+def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, capsys):
+    assert main(["run", "--data", str(tmp_path / "nope"), "--models", "pixels-32", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "does not exist" in err and "Traceback" not in err
+
+
+def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_path):
+    _, cache = demo_run
+    for name in ("pixels-32", "otolith-morphometrics"):
+        assert main(["extract", "--data", str(demo_manifest), "--model", name, "--cache-dir", str(cache),
+                     "--npz", str(tmp_path / f"{name}.npz")]) == 0
+    with np.load(tmp_path / "pixels-32.npz") as data:
+        n = len(pd.read_csv(demo_manifest))
+        assert data["features"].shape == (n, 1024) and data["labels"].shape == (n,) and data["paths"].shape == (n,)
+    out = tmp_path / "out"
+    spec = f"pix={tmp_path / 'pixels-32.npz'},morph={tmp_path / 'otolith-morphometrics.npz'}"
+    assert main(["run", "--embeddings", spec, "--heads", "ridge", "--out", str(out), "--no-chart"]) == 0
+    from_npz = pd.read_csv(out / "predictions.csv")
+    from_images = pd.read_csv(demo_run[0] / "predictions.csv")
+    mine = from_npz[from_npz.encoder == "pix"].set_index("image").pred_age.sort_index()
+    theirs = from_images[(from_images.encoder == "pixels-32") & (from_images["head"] == "ridge")].set_index("image").pred_age.sort_index()
+    pd.testing.assert_series_equal(mine, theirs, check_names=False)
+
+
+def test_models_lists_the_registry(capsys, offline_hub):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "siglip2-so400m-14-378" in out and "about 1.7 GB" in out
+
+
+def test_demo_command_is_deterministic_and_fast(tmp_path):
+    start = time.perf_counter()
+    assert main(["demo", "--out", str(tmp_path / "a"), "--n", "400"]) == 0
+    assert time.perf_counter() - start < 30
+    assert main(["demo", "--out", str(tmp_path / "b"), "--n", "400"]) == 0
+    a = pd.read_csv(tmp_path / "a" / "manifest.csv")
+    assert a.equals(pd.read_csv(tmp_path / "b" / "manifest.csv"))
+    assert 380 <= len(a) <= 420 and a.age.between(1, 10).all() and a.fish_id.duplicated().any()
+    counts = a.age.value_counts()
+    assert counts.idxmax() in (5, 6, 7) and counts.min() >= 10
+    assert (tmp_path / "a" / "images" / "fish_0001_1.jpg").read_bytes() == (tmp_path / "b" / "images" / "fish_0001_1.jpg").read_bytes()

@@ -1,0 +1,149 @@
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_MODEL_CFG, place_in_hf_cache, save_tiny_open_clip
+from otolith_core.feature_extractor import (
+    EncoderUnavailable, build_transform, fetch_hub_file, load_encoder, weights_available,
+)
+from otolith_core.registry import EncoderSpec, Preprocessing, registry, resolve_encoder
+
+
+def _images(n=3, size=(50, 40)):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _reference_embeddings(folder, images):
+    """The full OpenCLIP model built by open_clip itself: what our image-tower-only path must equal."""
+    import open_clip
+    import torch
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    model.eval()
+    with torch.inference_mode():
+        return model.encode_image(torch.stack([preprocess(im) for im in images])).numpy()
+
+
+def test_local_dir_image_tower_equals_full_open_clip_model(tiny_model_dir):
+    spec = resolve_encoder(f"local-dir:{tiny_model_dir}")
+    encoder = load_encoder(spec, device="cpu")
+    images = _images()
+    ours = encoder.embed(images)
+    assert ours.dtype == np.float32 and ours.shape == (3, TINY_MODEL_CFG["embed_dim"])
+    np.testing.assert_allclose(ours, _reference_embeddings(tiny_model_dir, images), rtol=1e-5, atol=1e-5)
+    assert not hasattr(encoder, "text") and not any(n.startswith("text") for n, _ in encoder.visual.named_modules())
+
+
+def test_hf_hub_model_loads_offline_from_the_hub_cache(tiny_model_dir, tmp_path, offline_hub):
+    """The same code path that downloads hf-hub:timm/... for users, fed from a temporary HF cache."""
+    cache = tmp_path / "hf"
+    place_in_hf_cache(cache, "someorg/tiny-clip", {
+        "open_clip_config.json": tiny_model_dir / "open_clip_config.json",
+        "open_clip_model.safetensors": tiny_model_dir / "open_clip_model.safetensors",
+    })
+    spec = resolve_encoder("hf-hub:someorg/tiny-clip", weights_dir=cache)
+    assert spec.preprocessing.resize_mode == "squash" and spec.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert weights_available(spec, weights_dir=cache)
+    encoder = load_encoder(spec, device="cpu", weights_dir=cache)
+    images = _images()
+    np.testing.assert_allclose(encoder.embed(images), _reference_embeddings(tiny_model_dir, images), rtol=1e-5, atol=1e-5)
+
+
+def test_registered_hub_encoder_checks_its_stated_preprocessing(tiny_model_dir, tmp_path, offline_hub):
+    cache = tmp_path / "hf"
+    place_in_hf_cache(cache, "someorg/tiny-clip", {
+        "open_clip_config.json": tiny_model_dir / "open_clip_config.json",
+        "open_clip_model.safetensors": tiny_model_dir / "open_clip_model.safetensors",
+    })
+    clip_like = Preprocessing(size=32, resize_mode="shortest", mean=(0.48145466, 0.4578275, 0.40821073),
+                              std=(0.26862954, 0.26130258, 0.27577711))
+    wrong = EncoderSpec(name="tiny", loader="hf-hub", model_id="someorg/tiny-clip", preprocessing=clip_like)
+    with pytest.raises(EncoderUnavailable, match="differs from the model's own"):
+        load_encoder(wrong, device="cpu", weights_dir=cache)
+
+
+def test_checkpoint_loader_uses_the_stated_preprocessing_not_clip_defaults(tiny_model_dir, tmp_path, monkeypatch):
+    """A bare weights file carries no preprocessing: the spec's squash + 0.5 mean/std is what runs."""
+    import open_clip
+
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "Tiny-Test", json.loads(json.dumps(TINY_MODEL_CFG)))
+    squash = Preprocessing(size=32, resize_mode="squash", mean=(0.5,) * 3, std=(0.5,) * 3)
+    spec = EncoderSpec(name="tiny-ckpt", loader="checkpoint", model_id="tiny", architecture="Tiny-Test",
+                       weights_path=str(tiny_model_dir / "open_clip_model.safetensors"), preprocessing=squash)
+    encoder = load_encoder(spec, device="cpu")
+    images = _images(size=(64, 32))  # not square: squash and centre-crop differ
+    np.testing.assert_allclose(encoder.embed(images), _reference_embeddings(tiny_model_dir, images), rtol=1e-5, atol=1e-5)
+
+
+def test_missing_weights_offline_fail_fast_with_instructions(tmp_path, offline_hub):
+    spec = registry()["siglip2-so400m-14-378"]
+    assert not weights_available(spec, weights_dir=tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(EncoderUnavailable) as info:
+        load_encoder(spec, device="cpu", weights_dir=tmp_path)
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert "siglip2-so400m-14-378" in message and "GB" in message and "local-dir:" in message
+
+
+def test_missing_weights_without_network_fail_within_seconds(tmp_path, monkeypatch):
+    """Not marked offline, but the hub cannot be reached: the probe answers in seconds, not ~25 s per file."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.perf_counter()
+    with pytest.raises(EncoderUnavailable, match="clip-vit-l-14-336"):
+        fetch_hub_file("timm/vit_large_patch14_clip_336.openai", ["open_clip_model.safetensors"],
+                       encoder="clip-vit-l-14-336", download_size="about 1.7 GB", weights_dir=tmp_path)
+    assert time.perf_counter() - start < 5
+
+
+def test_corrupt_weights_file_is_a_clear_error(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    data = (broken / "open_clip_model.safetensors").read_bytes()
+    (broken / "open_clip_model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(EncoderUnavailable, match="truncated or corrupt"):
+        load_encoder(resolve_encoder(f"local-dir:{broken}"), device="cpu")
+
+
+def test_local_dir_without_config_is_a_clear_error(tmp_path):
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        resolve_encoder(f"local-dir:{tmp_path}")
+
+
+def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
+    other = dict(TINY_MODEL_CFG, vision_cfg=dict(TINY_MODEL_CFG["vision_cfg"], width=48, head_width=16))
+    folder = save_tiny_open_clip(tmp_path / "a")
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"] = other
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(EncoderUnavailable, match="does not fit"):
+        load_encoder(resolve_encoder(f"local-dir:{folder}"), device="cpu")
+
+
+@pytest.mark.parametrize("mode,size", [("squash", (40, 20)), ("shortest", (40, 20))])
+def test_transform_follows_resize_mode(mode, size):
+    pre = Preprocessing(size=16, resize_mode=mode, mean=(0.5,) * 3, std=(0.5,) * 3)
+    image = Image.new("RGB", size)
+    image.paste((255, 255, 255), (0, 0, 10, 20))  # white left quarter
+    tensor = build_transform(pre)(image)
+    assert tuple(tensor.shape) == (3, 16, 16)
+    white_columns = int((tensor[0, 8] > 0.5).sum())
+    # squash keeps the whole width (a quarter is white); centre-crop cuts the white edge away.
+    assert white_columns == (4 if mode == "squash" else 0)
+
+
+def test_builtin_encoders_need_no_torch():
+    spec = registry()["pixels-32"]
+    encoder = load_encoder(spec)
+    features = encoder.embed(_images(2))
+    assert features.shape == (2, 1024) and features.dtype == np.float32

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.preprocessing import normalize
+from sklearn.svm import SVC
+
+from otolith_core.heads import HeadSpec, build_head, predict
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    ages = rng.integers(1, 8, 120)
+    features = rng.normal(size=(120, 12)) + ages[:, None] * 0.3
+    return features, ages
+
+
+def test_ridge_rounds_and_clips_to_the_training_age_range():
+    X, y = _data()
+    head = build_head(HeadSpec("ridge", alpha=6.0, scaling="l2")).fit(X[:100], y[:100])
+    pred, raw = predict(head, X[100:] * 5)  # push predictions beyond the training range
+    reference = Ridge(alpha=6.0).fit(normalize(X[:100]), y[:100]).predict(normalize(X[100:] * 5))
+    np.testing.assert_allclose(raw, reference)
+    np.testing.assert_array_equal(pred, np.clip(np.rint(reference), y[:100].min(), y[:100].max()))
+
+
+def test_svc_is_the_papers_linear_one_vs_one_svc():
+    X, y = _data(1)
+    head = build_head(HeadSpec("svc", scaling="none")).fit(X[:100], y[:100])
+    reference = SVC(kernel="linear", C=0.1).fit(X[:100], y[:100])
+    np.testing.assert_array_equal(predict(head, X[100:])[0], reference.predict(X[100:]))
+    assert reference.decision_function_shape == "ovr" and head.named_steps["model"].break_ties is False
+
+
+def test_labels_name_non_default_parameters():
+    assert HeadSpec("ridge").label == "ridge"
+    assert HeadSpec("svc", C=1.0).label == "svc(C=1.0,scaling=l2)"
+
+
+@pytest.mark.parametrize("kwargs,match", [({"name": "knn"}, "unknown head"), ({"name": "ridge", "alpha": 0}, "alpha"),
+                                          ({"name": "svc", "scaling": "max"}, "unknown scaling")])
+def test_bad_parameters_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HeadSpec(**kwargs)

@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from otolith_core.metrics import accuracy, mae, mean_sd, pm1_accuracy, rmse, score
+
+
+def test_metrics_against_hand_computation():
+    true = np.array([3, 4, 5, 6])
+    pred = np.array([3, 5, 7, 6])
+    assert accuracy(true, pred) == 0.5
+    assert pm1_accuracy(true, pred) == 0.75
+    assert rmse(true, pred) == pytest.approx(np.sqrt((0 + 1 + 4 + 0) / 4))
+    assert mae(true, pred) == 0.75
+    assert set(score(true, pred)) == {"accuracy", "pm1_accuracy", "rmse", "mae"}
+
+
+def test_mean_sd_uses_the_sample_sd():
+    mean, sd = mean_sd(np.array([1.0, 2.0, 3.0]))
+    assert (mean, sd) == (2.0, 1.0)
+
+
+def test_shape_mismatch_is_named():
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        accuracy(np.array([1, 2]), np.array([1]))
