@@ -101,6 +101,7 @@ class EmbeddingStore:
 
         self.cache_dir = Path(cache_dir)
         self.spec = spec
+        self._owns_hashes = hashes is None
         self.hashes = hashes or FileHashes(cache_dir)
         self.fingerprint = encoder_fingerprint(spec, self.hashes)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
@@ -142,3 +143,5 @@ class EmbeddingStore:
 
     def close(self) -> None:
         self._cache.close()
+        if self._owns_hashes:
+            self.hashes.close()

@@ -30,19 +30,21 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
     )[["model", "encoder", "head", "mean", "low", "high"]]
     title = METRIC_LABELS[metric]
     base = alt.Chart(data).encode(x=alt.X("model:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30, labelLimit=220)))
+    y_title = f"{title} (mean ± SD over folds)"  # every layer names it, so Vega-Lite shows it once
     bars = base.mark_bar().encode(
-        y=alt.Y("mean:Q", title=f"{title} (mean ± SD over folds)"),
+        y=alt.Y("mean:Q", title=y_title),
         color=alt.Color("encoder:N", legend=None),
         tooltip=["encoder", "head", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
                  alt.Tooltip("high:Q", format=".3f")],
     )
-    errors = base.mark_errorbar(ticks=True).encode(y="low:Q", y2="high:Q")
+    errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y=alt.Y("low:Q", title=y_title), y2="high:Q")
     layers = [bars, errors]
     if reference and metric in PAPER_COD:
         ref = pd.DataFrame({"value": [PAPER_COD[metric]], "label": [PAPER_LABEL]})
-        rule = alt.Chart(ref).mark_rule(strokeDash=[6, 4], color="black").encode(y="value:Q", tooltip=["label", "value"])
+        rule = alt.Chart(ref).mark_rule(strokeDash=[6, 4], color="black").encode(
+            y=alt.Y("value:Q", title=y_title), tooltip=["label", "value"])
         text = alt.Chart(ref).mark_text(align="left", dx=2, dy=-6, fontSize=9).encode(
-            y="value:Q", x=alt.value(0), text=alt.value(f"paper, cod: {PAPER_COD[metric]:g}"))
+            y=alt.Y("value:Q", title=y_title), x=alt.value(0), text=alt.value(f"published, cod (CLIP + Ridge): {PAPER_COD[metric]:g}"))
         layers += [rule, text]
     return alt.layer(*layers).properties(title=title, width=width, height=240)
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cache import EmbeddingStore, FileHashes
+from .cache import EmbeddingStore
 from .data import Dataset, ImageRecord, Skipped, load_image
 from .registry import EncoderSpec
 
@@ -39,7 +39,8 @@ def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path) 
     store = EmbeddingStore(cache_dir, spec)
     try:
         keys, _ = _keys(store, dataset.records)
-        return sum(1 for k in keys if k is not None) - len(store.missing([k for k in keys if k is not None]))
+        present = [k for k in keys if k is not None]
+        return len(present) - len(store.missing(present))
     finally:
         store.close()
 
@@ -75,7 +76,7 @@ def extract_embeddings(
     ------
     EncoderUnavailable : the encoder is needed and cannot be built (the cache is left as it was).
     """
-    store = EmbeddingStore(cache_dir, spec, hashes=FileHashes(cache_dir))
+    store = EmbeddingStore(cache_dir, spec)
     try:
         keys, failures = _keys(store, dataset.records)
         known = [i for i, k in enumerate(keys) if k is not None]

@@ -185,10 +185,16 @@ def hub_reachable(timeout: float = NETWORK_PROBE_SECONDS) -> tuple[bool, str]:
 
     Name lookup has no timeout of its own, so the probe runs in a daemon thread.
     """
+    from urllib.request import getproxies
+
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = getproxies().get(url.scheme) or getproxies().get("all")
+    if proxy and not _bypasses_proxy(host):
+        proxy_url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_url.hostname or host, proxy_url.port or 8080  # behind a proxy, the proxy must answer
     outcome: list[str] = []
 
     def probe() -> None:
@@ -204,6 +210,15 @@ def hub_reachable(timeout: float = NETWORK_PROBE_SECONDS) -> tuple[bool, str]:
     if not outcome:
         return False, f"{host} did not answer within {timeout:.0f} s"
     return outcome[0] == "", outcome[0]
+
+
+def _bypasses_proxy(host: str) -> bool:
+    from urllib.request import proxy_bypass
+
+    try:
+        return bool(proxy_bypass(host))
+    except OSError:
+        return False
 
 
 def fetch_hub_file(

@@ -147,3 +147,21 @@ def test_builtin_encoders_need_no_torch():
     encoder = load_encoder(spec)
     features = encoder.embed(_images(2))
     assert features.shape == (2, 1024) and features.dtype == np.float32
+
+
+def test_probe_goes_to_the_proxy_when_one_is_set(monkeypatch):
+    """Institutes reach the hub through a proxy: probing the hub directly would wrongly say 'offline'."""
+    import socket
+
+    from otolith_core import feature_extractor
+
+    seen = []
+
+    def fake_connect(address, timeout):
+        seen.append(address)
+        raise OSError("refused")
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
+    monkeypatch.setattr(socket, "create_connection", fake_connect)
+    ok, why = feature_extractor.hub_reachable(timeout=1)
+    assert not ok and seen == [("proxy.example.org", 3128)]
