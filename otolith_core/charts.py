@@ -13,8 +13,9 @@ PAPER_LABEL = "Sigurðardóttir et al. 2023, cod (CLIP + Ridge)"
 BAR_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 
 
-def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, width: int = 260) -> alt.Chart:
-    """Bars of one metric's mean per (encoder, head), SD error bars, the paper's cod value as a rule.
+def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, width: int = 260,
+                height: int = 300) -> alt.Chart:
+    """Bars of one metric's mean per encoder (grouped by head), SD error bars, the paper's cod value as a rule.
 
     Parameters
     ----------
@@ -23,17 +24,19 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
     reference : draw the published cod value, labelled as such.
     """
     data = summary.assign(
-        model=summary["encoder"] + " / " + summary["head"],
         mean=summary[f"{metric}_mean"],
         low=summary[f"{metric}_mean"] - summary[f"{metric}_sd"].fillna(0),
         high=summary[f"{metric}_mean"] + summary[f"{metric}_sd"].fillna(0),
-    )[["model", "encoder", "head", "mean", "low", "high"]]
+    )[["encoder", "head", "mean", "low", "high"]]
     title = METRIC_LABELS[metric]
-    base = alt.Chart(data).encode(x=alt.X("model:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30, labelLimit=220)))
     y_title = f"{title} (mean ± SD over folds)"  # every layer names it, so Vega-Lite shows it once
+    base = alt.Chart(data).encode(
+        x=alt.X("encoder:N", title=None, sort=None, axis=alt.Axis(labelAngle=-20, labelLimit=150)),
+        xOffset=alt.XOffset("head:N", sort=None),
+    )
     bars = base.mark_bar().encode(
         y=alt.Y("mean:Q", title=y_title),
-        color=alt.Color("encoder:N", legend=None),
+        color=alt.Color("head:N", title="head", sort=None),
         tooltip=["encoder", "head", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
                  alt.Tooltip("high:Q", format=".3f")],
     )
@@ -44,12 +47,64 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
         rule = alt.Chart(ref).mark_rule(strokeDash=[6, 4], color="black").encode(
             y=alt.Y("value:Q", title=y_title), tooltip=["label", "value"])
         text = alt.Chart(ref).mark_text(align="left", dx=2, dy=-6, fontSize=9).encode(
-            y=alt.Y("value:Q", title=y_title), x=alt.value(0), text=alt.value(f"published, cod (CLIP + Ridge): {PAPER_COD[metric]:g}"))
+            y=alt.Y("value:Q", title=y_title), x=alt.value(0),
+            text=alt.value(f"published, cod (CLIP + Ridge): {PAPER_COD[metric]:g}"))
         layers += [rule, text]
-    return alt.layer(*layers).properties(title=title, width=width, height=240)
+    return alt.layer(*layers).properties(title=title, width=width, height=height)
 
 
 def comparison_chart(summary: pd.DataFrame, *, n_folds: int, reference: bool = True) -> alt.HConcatChart:
     """The three metric bar charts side by side (the CLI's ``comparison.svg``)."""
     return alt.hconcat(*(metric_bars(summary, m, reference=reference) for m in BAR_METRICS)).properties(
         title=f"Otolith age from frozen embeddings: {n_folds}-fold cross-validation, mean ± SD over folds")
+
+
+def fold_lines(folds: pd.DataFrame, metric: str) -> alt.Chart:
+    """One line per (encoder, head) across folds: paired differences show as lines that keep their order."""
+    data = folds.assign(model=folds["encoder"] + " / " + folds["head"])
+    return alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("fold:O", title="fold"),
+        y=alt.Y(f"{metric}:Q", title=METRIC_LABELS[metric], scale=alt.Scale(zero=False)),
+        color=alt.Color("model:N", title="encoder / head"),
+        tooltip=["encoder", "head", "fold", alt.Tooltip(f"{metric}:Q", format=".3f")],
+    ).properties(title=f"{METRIC_LABELS[metric]} per fold", width=380, height=220)
+
+
+def age_histogram(ages: pd.Series, *, n_folds: int | None = None) -> alt.Chart:
+    """Images per age; a rule at the number of folds marks ages too sparse for stratified CV."""
+    data = ages.value_counts().sort_index().rename_axis("age").reset_index(name="images")
+    bars = alt.Chart(data).mark_bar().encode(
+        x=alt.X("age:O", title="reader age (years)"), y=alt.Y("images:Q", title="images"), tooltip=["age", "images"])
+    if n_folds is None:
+        return bars.properties(height=240)
+    rule = alt.Chart(pd.DataFrame({"folds": [n_folds]})).mark_rule(color="firebrick", strokeDash=[4, 3]).encode(
+        y="folds:Q", tooltip=[alt.Tooltip("folds:Q", title="folds (fewer images than this are too few)")])
+    return alt.layer(bars, rule).properties(height=240)
+
+
+def confusion_matrix(predictions: pd.DataFrame, *, normalise: bool = False, title: str = "") -> alt.Chart:
+    """Reader age (rows) against predicted age (columns); cells within ±1 year are outlined.
+
+    ``predictions`` holds one (encoder, head)'s rows of ``predictions.csv``. With ``normalise`` each
+    row sums to 1 (the share of a reader age given each predicted age).
+    """
+    ages = sorted(set(predictions["true_age"]) | set(predictions["pred_age"]))
+    counts = predictions.groupby(["true_age", "pred_age"]).size().rename("n").reset_index()
+    grid = pd.MultiIndex.from_product([ages, ages], names=["true_age", "pred_age"]).to_frame(index=False)
+    cells = grid.merge(counts, how="left", on=["true_age", "pred_age"]).fillna({"n": 0})
+    cells["share"] = cells["n"] / cells.groupby("true_age")["n"].transform("sum").replace(0, 1)
+    cells["within_1"] = (cells["true_age"] - cells["pred_age"]).abs() <= 1
+    value = "share" if normalise else "n"
+    base = alt.Chart(cells).encode(
+        x=alt.X("pred_age:O", title="predicted age"), y=alt.Y("true_age:O", title="reader age"))
+    heat = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", title="row share" if normalise else "images", scale=alt.Scale(scheme="blues")),
+        stroke=alt.condition("datum.within_1", alt.value("#e4572e"), alt.value(None)),
+        strokeWidth=alt.condition("datum.within_1", alt.value(1.2), alt.value(0)),
+        tooltip=["true_age", "pred_age", "n", alt.Tooltip("share:Q", format=".0%")],
+    )
+    label = base.mark_text(fontSize=9).encode(
+        text=alt.Text(f"{value}:Q", format=".0%" if normalise else "d"),
+        color=alt.condition(f"datum.{value} > {0.5 if normalise else cells['n'].max() / 2}", alt.value("white"), alt.value("black")),
+    )
+    return alt.layer(heat, label).properties(title=title, width=300, height=320)

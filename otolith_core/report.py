@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import pandas as pd
+
 from .cache import FileHashes, encoder_fingerprint
 from .data import Dataset
 from .evaluation import Comparison
@@ -98,6 +100,22 @@ def _is_demo(dataset: Dataset) -> bool:
     return any(r.metadata.get("source") == "synthetic demo" for r in dataset.records[:5])
 
 
+def result_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
+    """The CSV files of a run by file name; the CLI writes them and the dashboard offers them for download."""
+    return {
+        "summary.csv": comparison.summary_frame(),
+        "folds.csv": comparison.folds_frame(),
+        "predictions.csv": comparison.predictions_frame(),
+        "ttests.csv": comparison.tests_frame(),
+        "skipped.csv": comparison.skipped_frame(),
+    }
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """A table exactly as written to disk (UTF-8, no index)."""
+    return frame.to_csv(index=False).encode("utf-8")
+
+
 def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True) -> list[Path]:
     """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``."""
     from .charts import comparison_chart
@@ -106,15 +124,8 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
     try:
-        tables = {
-            "predictions.csv": comparison.predictions_frame(),
-            "folds.csv": comparison.folds_frame(),
-            "summary.csv": comparison.summary_frame(),
-            "ttests.csv": comparison.tests_frame(),
-            "skipped.csv": comparison.skipped_frame(),
-        }
-        for name, frame in tables.items():
-            frame.to_csv(staging / name, index=False)
+        for name, frame in result_tables(comparison).items():
+            (staging / name).write_bytes(csv_bytes(frame))
         (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
         if chart and comparison.results:
             figure = comparison_chart(comparison.summary_frame(), n_folds=comparison.n_folds)

@@ -1,0 +1,85 @@
+"""`streamlit run app.py` in a real headless Chromium: every page opens with no exception box.
+
+Needs Debian's `chromium` (CI installs it). Screenshots go to the test's temporary folder, or to
+``$OTOLITH_SCREENSHOTS`` when set (that is how README's pictures are made).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PAGES = ["Data", "Embeddings", "Results", "Errors"]
+
+if CHROMIUM is None:
+    message = "Debian's chromium is needed for the browser test: apt-get install chromium"
+    if os.environ.get("CI"):
+        raise RuntimeError(message)  # CI installs it; never pass silently there
+    pytest.skip(message, allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, OTOLITH_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("OTOLITH_DATA", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise RuntimeError("streamlit did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_every_page_opens_without_an_exception(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("OTOLITH_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server, timeout=120_000)
+        page.get_by_text("Synthetic demo").first.wait_for(timeout=180_000)  # first start writes the demo
+        page.get_by_role("button", name="Run comparison").click()
+        for name in PAGES:
+            page.get_by_role("link", name=name).first.click()
+            page.get_by_role("heading", name=name).first.wait_for(timeout=300_000)
+            if name == "Results":  # extraction and CV run on the first visit
+                page.get_by_role("button", name="predictions.csv").first.wait_for(timeout=300_000)
+            if name == "Errors":
+                page.get_by_text("Where two models disagree").first.wait_for(timeout=300_000)
+            page.wait_for_timeout(1500)  # let charts draw
+            assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
+            page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
+        browser.close()
+    assert sorted(f.name for f in shots.glob("*.png")) == sorted(f"{n.lower()}.png" for n in PAGES)

@@ -1,0 +1,135 @@
+"""The dashboard driven through streamlit's AppTest: every page, the numbers it shows, its downloads."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from otolith_core import evaluation
+from otolith_core.cli import main as cli
+
+ENCODERS = ["otolith-morphometrics", "pixels-32"]
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def media_stores(monkeypatch):
+    """The in-memory media stores AppTest creates for each run (download buttons keep their bytes there)."""
+    import streamlit.testing.v1.app_test as app_test_module
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    stores = []
+
+    class Recording(MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", Recording)
+    return stores
+
+
+@pytest.fixture
+def app(demo_manifest, tmp_path, monkeypatch, media_stores):
+    monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OTOLITH_DATA", str(demo_manifest))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _run(at, encoders=ENCODERS):
+    at.sidebar.multiselect(key="encoders").set_value(encoders)
+    at.sidebar.multiselect(key="heads").set_value(["ridge", "svc"])
+    at.run()
+    at.sidebar.button(key="run").click()
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _download(at, stores, label):
+    button = next(b for b in at.get("download_button") if b.proto.label == label)
+    file_id = button.proto.url.rsplit("/", 1)[-1].split(".")[0]
+    return stores[-1].get_file(file_id).content
+
+
+def test_data_page_shows_counts_chart_thumbnails_and_warnings(app, demo_manifest):
+    assert app.title[0].value == "Data"
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Images"] == str(len(pd.read_csv(demo_manifest)))
+    assert any("several photos" in w.value for w in app.warning)  # the demo photographs some fish twice
+    assert len(app.get("vega_lite_chart")) == 1 and len(app.get("image")) >= 10
+
+
+def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, demo_manifest, tmp_path, media_stores):
+    _run(app)
+    app.switch_page("views/results.py").run()
+    assert not app.exception and app.title[0].value == "Results"
+    shown = app.dataframe[0].value
+    out = tmp_path / "cli"
+    assert cli(["run", "--data", str(demo_manifest), "--models", ",".join(ENCODERS), "--heads", "ridge,svc",
+                "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    for row, expected in zip(shown.itertuples(), summary.itertuples()):
+        assert (row.encoder, row.head) == (expected.encoder, expected.head)
+        assert row.Accuracy == f"{expected.accuracy_mean:.2%} ± {expected.accuracy_sd:.2%}"
+        assert row[6] == f"{expected.rmse_mean:.3f} ± {expected.rmse_sd:.3f}"
+    for name in ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "skipped.csv"):
+        assert _download(app, media_stores, name) == (out / name).read_bytes(), name
+    assert len(app.get("vega_lite_chart")) == 4  # three metric bars and the per-fold lines
+    tests = app.dataframe[1].value
+    assert len(tests) == 6 * 3
+
+
+def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputing(app, monkeypatch):
+    _run(app)
+    app.switch_page("views/errors.py").run()
+    assert not app.exception
+    assert len(app.get("vega_lite_chart")) == 4  # one confusion matrix per encoder x head
+    assert [s.value for s in app.subheader] == ["Confusion matrices", "Misclassified images", "Where two models disagree"]
+    assert len(app.get("image")) > 0
+
+    calls = []
+    real = evaluation.compare
+    monkeypatch.setattr(evaluation, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    app.number_input(key="gallery_error").set_value(2).run()
+    app.toggle(key="cm_normalise").set_value(True).run()
+    assert not app.exception and calls == []  # display filters never rerun the cross-validation
+    assert any("wrong by ≥ 2" in c.value for c in app.caption)
+
+
+def test_embeddings_page_reports_cached_counts(app, demo_manifest):
+    _run(app)
+    app.switch_page("views/results.py").run()  # the comparison extracts what is missing, with progress
+    app.switch_page("views/embeddings.py").run()
+    assert not app.exception
+    n = len(pd.read_csv(demo_manifest))
+    assert {m.value for m in app.markdown if "cached" in m.value} == {f"**{e}** — {n} of {n} images cached" for e in ENCODERS}
+
+
+def test_encoder_without_weights_is_named_and_the_others_still_run(app, offline_hub):
+    _run(app, ["clip-vit-l-14-336", "pixels-32"])
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert any("clip-vit-l-14-336" in w.value and "download" in w.value for w in app.warning)
+    assert any(b.label.startswith("Download clip-vit-l-14-336 (about 1.7 GB)") for b in app.button)
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32"}
+
+
+def test_a_mistyped_path_is_explained(app):
+    app.sidebar.text_input(key="data_path").set_value("/no/such/folder").run()
+    assert not app.exception
+    assert any("does not exist" in w.value for w in app.sidebar.warning)
+
+
+def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("OTOLITH_DATA", raising=False)
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception
+    assert (tmp_path / "cache" / "demo_data" / "manifest.csv").is_file()
+    assert any("Synthetic demo" in w.value for w in at.warning)
+    assert at.sidebar.multiselect(key="encoders").value == ENCODERS

@@ -1,0 +1,332 @@
+"""The sidebar every page shares, and the Streamlit-cached wrappers around core calls.
+
+Pages import from here; nothing here computes anything itself. Cached functions take string keys
+(dataset hash, encoder fingerprint, head parameters, folds, seed) and skip hashing big arrays, so a
+widget that only changes the display never recomputes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from otolith_core.cache import default_cache_dir
+from otolith_core.data import Dataset, load_dataset
+from otolith_core.heads import HEADS, SCALINGS, HeadSpec
+from otolith_core.registry import EncoderSpec, presets, registry, resolve_encoder
+
+DEMO_CHOICE = "Built-in synthetic demo"
+PATH_CHOICE = "Folder or CSV manifest"
+DEMO_ENCODERS = ("otolith-morphometrics", "pixels-32")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar asks for; a run is keyed by it."""
+
+    data_path: str
+    is_demo: bool
+    encoders: tuple[str, ...]
+    heads: tuple[HeadSpec, ...]
+    n_folds: int
+    seed: int
+    age_range: tuple[int, int] | None
+    cache_dir: str
+
+
+def cache_dir() -> Path:
+    return default_cache_dir()
+
+
+def demo_manifest() -> Path:
+    """The synthetic demo under the cache folder, written on first use."""
+    folder = cache_dir() / "demo_data"
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        from otolith_core.demo import write_demo_dataset
+
+        with st.spinner("Writing the synthetic demo data set (first start only, about 10 s)…"):
+            write_demo_dataset(folder)
+    return manifest
+
+
+def data_signature(path: str) -> str:
+    """Changes when the manifest or any file in the folder changes (cheap: stat only)."""
+    p = Path(path)
+    if p.is_file():
+        stat = p.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+    total = 0
+    for root, _, files in os.walk(p):
+        for name in files:
+            try:
+                total ^= hash((name, os.stat(os.path.join(root, name)).st_mtime_ns))
+            except OSError:
+                continue
+    return str(total)
+
+
+@st.cache_data(show_spinner="Reading the image list…", max_entries=8)
+def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> Dataset:
+    return load_dataset(path, age_range=age_range)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def encoder_spec(name: str) -> EncoderSpec:
+    return resolve_encoder(name)
+
+
+def check_data_path(text: str) -> str | None:
+    """A clear sentence about what is wrong with a typed path, or None when it can be read."""
+    path = Path(text.strip()).expanduser()
+    if not text.strip():
+        return "Type the path of a folder with one sub-folder per age, or of a CSV manifest."
+    if not path.exists():
+        return f"`{path}` does not exist on this computer."
+    if not os.access(path, os.R_OK):
+        return f"`{path}` exists but cannot be read (permissions)."
+    if path.is_file() and path.suffix.lower() != ".csv":
+        return f"`{path}` is a file but not a .csv manifest."
+    return None
+
+
+def sidebar() -> Settings | None:
+    """Draw the shared sidebar and return the current settings (None while the data path is unusable)."""
+    sb = st.sidebar
+    sb.header("Data")
+    preset_path = os.environ.get("OTOLITH_DATA", "")
+    choice = sb.radio("Images", [DEMO_CHOICE, PATH_CHOICE], index=1 if preset_path else 0, key="data_choice")
+    if choice == DEMO_CHOICE:
+        data_path, is_demo = str(demo_manifest()), True
+        sb.caption("Synthetic demo: drawn otolith-like images, not real data.")
+    else:
+        typed = sb.text_input("Folder or manifest path", value=preset_path, key="data_path")
+        problem = check_data_path(typed)
+        if problem:
+            sb.warning(problem)
+            return None
+        data_path, is_demo = str(Path(typed).expanduser()), False
+
+    known = presets()
+    preset = sb.selectbox("Species preset", ["none", *known], key="preset",
+                          help="; ".join(f"{k}: {v.get('description', '')}" for k, v in known.items()))
+    clip = sb.checkbox("Clip ages to a range", value=preset != "none" and bool(known.get(preset, {}).get("age_range")),
+                       key="clip_ages")
+    age_range = None
+    if clip:
+        default = known.get(preset, {}).get("age_range") or [1, 10]
+        lo, hi = sb.columns(2)
+        age_range = (int(lo.number_input("min age", 0, 100, int(default[0]), key="age_min")),
+                     int(hi.number_input("max age", 0, 100, int(default[1]), key="age_max")))
+        if age_range[0] > age_range[1]:
+            sb.warning("The minimum age must not exceed the maximum.")
+            return None
+
+    sb.header("Encoders")
+    specs = registry()
+    weights = weights_offline_status(tuple(specs))
+    default = [n for n in DEMO_ENCODERS] if is_demo else []
+    chosen = sb.multiselect("Encoders", list(specs), default=default, key="encoders",
+                            format_func=lambda n: f"{n} · {specs[n].download_size} · "
+                                                  f"{'weights here' if weights[n] else 'needs download'}")
+    extra = sb.text_input("Other OpenCLIP model", key="extra_model", placeholder="ViT-B-32:laion2b_s34b_b79k",
+                          help="ARCH:TAG, hf-hub:org/name or local-dir:/path/to/folder")
+    encoders = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
+
+    sb.header("Heads")
+    head_names = sb.multiselect("Heads", list(HEADS), default=list(HEADS), key="heads")
+    alpha = sb.number_input("Ridge α", min_value=0.001, value=6.0, key="alpha")
+    c_value = sb.number_input("SVC C", min_value=0.0001, value=0.1, format="%.4f", key="svc_c")
+    scaling = sb.selectbox("Feature scaling (fitted per training fold)", list(SCALINGS), index=list(SCALINGS).index("l2"),
+                           key="scaling")
+    heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling) for h in head_names)
+
+    sb.header("Cross-validation")
+    n_folds = int(sb.number_input("Folds", min_value=2, max_value=50, value=10, key="folds"))
+    seed = int(sb.number_input("Seed", min_value=0, value=0, key="seed"))
+    settings = Settings(data_path, is_demo, encoders, heads, n_folds, seed, age_range, str(cache_dir()))
+    if sb.button("Run comparison", type="primary", key="run", disabled=not (encoders and heads)):
+        st.session_state["run_settings"] = settings
+    if run_settings() is not None:
+        stale = run_settings() != settings
+        sb.caption("Settings changed since the last run: press Run again." if stale else
+                   "Results of the last run are on the Results and Errors pages.")
+        sb.page_link("views/results.py", label="Open the results", icon=":material/bar_chart:")
+    return settings
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def weights_offline_status(names: tuple[str, ...]) -> dict[str, bool]:
+    from otolith_core.feature_extractor import weights_available
+
+    specs = registry()
+    return {n: weights_available(specs[n]) for n in names}
+
+
+def run_settings() -> Settings | None:
+    """The settings of the last "Run comparison" press, if any."""
+    return st.session_state.get("run_settings")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Embeddings and the comparison, cached by string keys.
+
+
+def dataset_for(settings: Settings) -> Dataset | None:
+    try:
+        return load_data(settings.data_path, settings.age_range, data_signature(settings.data_path))
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(f"Cannot read the data: {exc}")
+        return None
+
+
+def data_key(settings: Settings) -> str:
+    return f"{settings.data_path}|{settings.age_range}|{data_signature(settings.data_path)}"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_count(key: str, name: str, _dataset: Dataset, cache: str) -> int:
+    from otolith_core.embeddings import cached_count as count
+
+    return count(_dataset, encoder_spec(name), cache_dir=cache)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_embeddings(key: str, name: str, n_cached: int, _dataset: Dataset, cache: str):
+    """Embeddings straight from the cache (nothing missing: no encoder is loaded)."""
+    from otolith_core.embeddings import extract_embeddings
+
+    return extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache)
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the encoder…")
+def resident_encoder(name: str):
+    """The one encoder kept in memory; loading another replaces it."""
+    from otolith_core.feature_extractor import load_encoder
+
+    return load_encoder(encoder_spec(name))
+
+
+def extract_with_progress(settings: Settings, dataset: Dataset, name: str):
+    """Extract what the cache lacks, showing images done, rate and ETA; finished batches are kept."""
+    import time
+
+    from otolith_core.embeddings import extract_embeddings
+
+    spec = encoder_spec(name)
+    bar = st.progress(0.0, text=f"{name}: starting…")
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - start
+        rate = done / elapsed if elapsed > 0 and done else 0.0
+        eta = (total - done) / rate if rate else float("nan")
+        eta_text = f", about {eta:.0f} s left" if rate else ""
+        bar.progress(done / max(total, 1), text=f"{name}: {done}/{total} images, {rate:.1f} img/s{eta_text}")
+
+    encoder = None if spec.loader == "builtin" else resident_encoder(name)
+    result = extract_embeddings(dataset, spec, cache_dir=settings.cache_dir, progress=progress, encoder=encoder)
+    bar.empty()
+    cached_count.clear()
+    return result
+
+
+def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[str, str]]:
+    """Embeddings of every chosen encoder: from the cache, extracted now, or after the user allows a download.
+
+    Returns ``({name: EmbeddingSet}, {name: problem})``; an encoder that fails never stops the others.
+    """
+    from otolith_core.feature_extractor import EncoderUnavailable, weights_available
+
+    allowed = st.session_state.setdefault("allowed_downloads", set())
+    key = data_key(settings)
+    ready, problems = {}, {}
+    for name in settings.encoders:
+        try:
+            spec = encoder_spec(name)
+        except (KeyError, ValueError, FileNotFoundError, EncoderUnavailable) as exc:
+            problems[name] = str(exc.args[0] if isinstance(exc, KeyError) else exc)
+            continue
+        n_cached = cached_count(key, name, dataset, settings.cache_dir)
+        try:
+            if n_cached < len(dataset):
+                if not (weights_available(spec) or name in allowed):
+                    problems[name] = f"needs a download of {spec.download_size} before it can run"
+                    if st.button(f"Download {name} ({spec.download_size}) and extract", key=f"download-{name}"):
+                        allowed.add(name)
+                        st.rerun()
+                    continue
+                extract_with_progress(settings, dataset, name)
+                n_cached = cached_count(key, name, dataset, settings.cache_dir)
+            result = cached_embeddings(key, name, n_cached, dataset, settings.cache_dir)
+        except EncoderUnavailable as exc:
+            problems[name] = str(exc)
+            continue
+        if len(result.rows) == 0:
+            problems[name] = "no image could be embedded"
+            continue
+        ready[spec.name] = result
+    return ready, problems
+
+
+@st.cache_data(show_spinner="Cross-validating…", max_entries=16)
+def cached_comparison(key: str, _dataset: Dataset, _embeddings: dict, heads: tuple[HeadSpec, ...], n_folds: int,
+                      seed: int, problems: tuple[tuple[str, str], ...]):
+    from otolith_core.evaluation import compare
+
+    return compare(_dataset, _embeddings, list(heads), n_folds=n_folds, seed=seed, failed_encoders=dict(problems))
+
+
+def current_comparison():
+    """The comparison for the last Run press, computing only what is not cached yet; None with a message otherwise."""
+    settings = run_settings()
+    if settings is None:
+        st.info("Choose data, encoders and heads in the sidebar, then press **Run comparison**.")
+        return None
+    dataset = dataset_for(settings)
+    if dataset is None:
+        return None
+    embeddings, problems = ensure_embeddings(settings, dataset)
+    for name, problem in problems.items():
+        st.warning(f"**{name}** is left out: {problem}")
+    if not embeddings:
+        st.error("No encoder could be evaluated; see the messages above.")
+        return None
+    key = "|".join([data_key(settings), *(f"{n}:{len(e.rows)}:{float(e.features.sum()):.9g}" for n, e in embeddings.items()),
+                    *(repr(h) for h in settings.heads), str(settings.n_folds), str(settings.seed)])
+    try:
+        return cached_comparison(key, dataset, embeddings, settings.heads, settings.n_folds, settings.seed,
+                                 tuple(sorted(problems.items())))
+    except ValueError as exc:
+        st.error(f"Cross-validation cannot run: {exc}")
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int = 200):
+    """A small RGB array of one image (decoded once per file version); None when it cannot be decoded."""
+    import numpy as np
+
+    from otolith_core.data import ImageRecord, load_image
+
+    try:
+        image = load_image(ImageRecord(Path(path), path, 0, crop=crop))
+    except ValueError:
+        return None
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+def show_thumbnail(container, record, caption: str) -> None:
+    try:
+        mtime = record.path.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    pixels = thumbnail(str(record.path), record.crop, mtime)
+    if pixels is None:
+        container.caption(f"{record.image}: cannot be decoded")
+    else:
+        container.image(pixels, caption=caption, width="stretch")

@@ -1,0 +1,59 @@
+"""Data page: what was found, how ages are spread, what was skipped, and what matters for CV."""
+
+import pandas as pd
+import streamlit as st
+
+from otolith_core.charts import age_histogram
+from views.common import dataset_for, show_thumbnail
+
+st.title("Data")
+settings = st.session_state.get("settings")
+if settings is None:
+    st.info("Choose the images in the sidebar.")
+    st.stop()
+dataset = dataset_for(settings)
+if dataset is None:
+    st.stop()
+
+if settings.is_demo:
+    st.warning("**Synthetic demo**: these images are drawn by a program (ring count = age). Use them to try the "
+               "tool, never to judge an encoder.")
+ages = pd.Series(dataset.ages, name="age")
+left, mid, right = st.columns(3)
+left.metric("Images", len(dataset))
+mid.metric("Ages", f"{ages.min()}–{ages.max()}")
+right.metric("Skipped", len(dataset.skipped))
+st.caption(f"Source: `{dataset.source}` ({dataset.kind})"
+           + (f"; ages clipped to {dataset.age_range[0]}–{dataset.age_range[1]}" if dataset.age_range else ""))
+
+counts = ages.value_counts().sort_index()
+sparse = counts[counts < settings.n_folds]
+if len(sparse):
+    st.warning(f"Ages with fewer images than the {settings.n_folds} folds: "
+               + ", ".join(f"age {a}: {n}" for a, n in sparse.items())
+               + ". Some test folds will hold none of them. Remedies: clip the age range in the sidebar to merge "
+                 "them into a neighbour, or use fewer folds.")
+if dataset.has_fish_ids:
+    fish = pd.Series([r.fish_id for r in dataset.records]).value_counts()
+    repeated = fish[fish > 1]
+    if len(repeated):
+        st.warning(f"{len(repeated)} fish have several photos ({int(repeated.sum())} images). Plain stratified CV can "
+                   "put photos of one fish in both training and test folds, which flatters every encoder alike.")
+
+st.subheader("Images per age")
+st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")
+
+st.subheader("Examples per age")
+per_age = st.slider("Images shown per age", 1, 8, 4, key="thumbs_per_age")
+for age in counts.index:
+    records = [r for r in dataset.records if r.age == age][:per_age]
+    cols = st.columns(per_age + 1)
+    cols[0].markdown(f"**age {age}**  \n{counts[age]} images")
+    for col, record in zip(cols[1:], records):
+        show_thumbnail(col, record, record.image)
+
+st.subheader("Skipped files and rows")
+if dataset.skipped:
+    st.dataframe(pd.DataFrame([s.__dict__ for s in dataset.skipped]), hide_index=True, width="stretch")
+else:
+    st.caption("Nothing was skipped.")
