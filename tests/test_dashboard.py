@@ -32,6 +32,9 @@ def media_stores(monkeypatch):
 
 @pytest.fixture
 def app(demo_manifest, tmp_path, monkeypatch, media_stores):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # no weights, whatever this machine holds
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OTOLITH_DATA", str(demo_manifest))
     at = AppTest.from_file(APP, default_timeout=300)
@@ -108,6 +111,9 @@ def test_embeddings_page_reports_cached_counts(app, demo_manifest):
     assert not app.exception
     n = len(pd.read_csv(demo_manifest))
     assert {m.value for m in app.markdown if "cached" in m.value} == {f"**{e}** — {n} of {n} images cached" for e in ENCODERS}
+    labels = app.sidebar.multiselect(key="encoders").options
+    assert f"pixels-32 · cached {n}/{n} · built in" in labels
+    assert "clip-vit-l-14-336 · cached 0/{} · download about 1.7 GB".format(n) in labels
 
 
 def test_encoder_without_weights_is_named_and_the_others_still_run(app, offline_hub):

@@ -53,8 +53,9 @@ def demo_manifest() -> Path:
     return manifest
 
 
+@st.cache_data(show_spinner=False, ttl=2, max_entries=8)
 def data_signature(path: str) -> str:
-    """Changes when the manifest or any file in the folder changes (cheap: stat only)."""
+    """Changes when the manifest or any file in the folder changes (stat only; reused for 2 s within a rerun)."""
     p = Path(path)
     if p.is_file():
         stat = p.stat()
@@ -128,10 +129,15 @@ def sidebar() -> Settings | None:
     sb.header("Encoders")
     specs = registry()
     weights = weights_offline_status(tuple(specs))
+    cached = cached_counts_for(data_path, age_range, tuple(specs))
+
+    def describe(name: str) -> str:
+        where = "built in" if specs[name].loader == "builtin" else \
+            ("weights here" if weights[name] else f"download {specs[name].download_size}")
+        return f"{name} · cached {cached.get(name, '?')} · {where}"
+
     default = [n for n in DEMO_ENCODERS] if is_demo else []
-    chosen = sb.multiselect("Encoders", list(specs), default=default, key="encoders",
-                            format_func=lambda n: f"{n} · {specs[n].download_size} · "
-                                                  f"{'weights here' if weights[n] else 'needs download'}")
+    chosen = sb.multiselect("Encoders", list(specs), default=default, key="encoders", format_func=describe)
     extra = sb.text_input("Other OpenCLIP model", key="extra_model", placeholder="ViT-B-32:laion2b_s34b_b79k",
                           help="ARCH:TAG, hf-hub:org/name or local-dir:/path/to/folder")
     encoders = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
@@ -166,6 +172,16 @@ def weights_offline_status(names: tuple[str, ...]) -> dict[str, bool]:
     return {n: weights_available(specs[n]) for n in names}
 
 
+def cached_counts_for(data_path: str, age_range: tuple[int, int] | None, names: tuple[str, ...]) -> dict[str, str]:
+    """``{encoder: "cached/total"}`` for the sidebar labels (empty when the data cannot be read)."""
+    try:
+        dataset = load_data(data_path, age_range, data_signature(data_path))
+    except (ValueError, FileNotFoundError):
+        return {}
+    key = data_key(data_path, age_range)
+    return {n: f"{cached_count(key, n, dataset, str(cache_dir()))}/{len(dataset)}" for n in names}
+
+
 def run_settings() -> Settings | None:
     """The settings of the last "Run comparison" press, if any."""
     return st.session_state.get("run_settings")
@@ -183,8 +199,9 @@ def dataset_for(settings: Settings) -> Dataset | None:
         return None
 
 
-def data_key(settings: Settings) -> str:
-    return f"{settings.data_path}|{settings.age_range}|{data_signature(settings.data_path)}"
+def data_key(data_path: str, age_range: tuple[int, int] | None) -> str:
+    """String key of a data set as read now (path, age clipping, files' sizes and times)."""
+    return f"{data_path}|{age_range}|{data_signature(data_path)}"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -242,7 +259,7 @@ def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[
     from otolith_core.feature_extractor import EncoderUnavailable, weights_available
 
     allowed = st.session_state.setdefault("allowed_downloads", set())
-    key = data_key(settings)
+    key = data_key(settings.data_path, settings.age_range)
     ready, problems = {}, {}
     for name in settings.encoders:
         try:
@@ -295,7 +312,7 @@ def current_comparison():
     if not embeddings:
         st.error("No encoder could be evaluated; see the messages above.")
         return None
-    key = "|".join([data_key(settings), *(f"{n}:{len(e.rows)}:{float(e.features.sum()):.9g}" for n, e in embeddings.items()),
+    key = "|".join([data_key(settings.data_path, settings.age_range), *(f"{n}:{len(e.rows)}:{float(e.features.sum()):.9g}" for n, e in embeddings.items()),
                     *(repr(h) for h in settings.heads), str(settings.n_folds), str(settings.seed)])
     try:
         return cached_comparison(key, dataset, embeddings, settings.heads, settings.n_folds, settings.seed,

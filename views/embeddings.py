@@ -21,7 +21,7 @@ if not settings.encoders:
 st.caption(f"Cache: `{settings.cache_dir}`. Embeddings are computed once per encoder and image; an interrupted "
            "extraction keeps every finished batch.")
 rows = []
-key = data_key(settings)
+key = data_key(settings.data_path, settings.age_range)
 for name in settings.encoders:
     try:
         spec = encoder_spec(name)
