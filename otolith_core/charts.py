@@ -53,10 +53,11 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
     return alt.layer(*layers).properties(title=title, width=width, height=height)
 
 
-def comparison_chart(summary: pd.DataFrame, *, n_folds: int, reference: bool = True) -> alt.HConcatChart:
+def comparison_chart(summary: pd.DataFrame, *, n_folds: int, repeats: int = 1, reference: bool = True) -> alt.HConcatChart:
     """The three metric bar charts side by side (the CLI's ``comparison.svg``)."""
+    scheme = f"{repeats} x {n_folds}-fold" if repeats > 1 else f"{n_folds}-fold"
     return alt.hconcat(*(metric_bars(summary, m, reference=reference) for m in BAR_METRICS)).properties(
-        title=f"Otolith age from frozen embeddings: {n_folds}-fold cross-validation, mean ± SD over folds")
+        title=f"Otolith age from frozen embeddings: {scheme} cross-validation, mean ± SD over folds")
 
 
 def fold_lines(folds: pd.DataFrame, metric: str) -> alt.Chart:
@@ -108,3 +109,34 @@ def confusion_matrix(predictions: pd.DataFrame, *, normalise: bool = False, titl
         color=alt.condition(f"datum.{value} > {0.5 if normalise else cells['n'].max() / 2}", alt.value("white"), alt.value("black")),
     )
     return alt.layer(heat, label).properties(title=title, width=300, height=320)
+
+
+def age_bias_plot(agebias: pd.DataFrame) -> alt.Chart:
+    """Campana's age-bias plot: mean model age ± 95 % CI per reader age against the 1:1 line."""
+    data = agebias.assign(model=agebias["encoder"] + " / " + agebias["head"])
+    ages = pd.DataFrame({"age": sorted(set(data["true_age"]))})
+    identity = alt.Chart(ages).mark_line(color="grey", strokeDash=[4, 4]).encode(x="age:Q", y="age:Q")
+    base = alt.Chart(data).encode(
+        x=alt.X("true_age:Q", title="reader age (years)", scale=alt.Scale(zero=False)),
+        color=alt.Color("model:N", title="encoder / head"))
+    points = base.mark_point(filled=True, size=50).encode(
+        y=alt.Y("mean_pred:Q", title="mean model age ± 95 % CI (years)", scale=alt.Scale(zero=False)),
+        tooltip=["model", "true_age", "n", alt.Tooltip("mean_pred:Q", format=".2f"),
+                 alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f")])
+    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q")
+    return alt.layer(identity, bars, points).properties(title="Age bias (dashed: 1:1)", height=320)
+
+
+def learning_curve_chart(curve: pd.DataFrame, metric: str = "accuracy") -> alt.Chart:
+    """Mean ± SD over folds of a metric against the number of training images, one line per model."""
+    data = curve.assign(model=curve["encoder"] + " / " + curve["head"])
+    stats = data.groupby(["model", "train_fraction"]).agg(
+        n_train=("n_train", "mean"), mean=(metric, "mean"), sd=(metric, "std")).reset_index()
+    stats["low"], stats["high"] = stats["mean"] - stats["sd"].fillna(0), stats["mean"] + stats["sd"].fillna(0)
+    base = alt.Chart(stats).encode(x=alt.X("n_train:Q", title="training images per fold"),
+                                   color=alt.Color("model:N", title="encoder / head"))
+    band = base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("mean:Q", title=f"{METRIC_LABELS[metric]} (mean ± SD over folds)"),
+        tooltip=["model", "train_fraction", alt.Tooltip("n_train:Q", format=".0f"), alt.Tooltip("mean:Q", format=".3f")])
+    return alt.layer(band, line).properties(title=f"Learning curve: {METRIC_LABELS[metric]}", height=320)

@@ -3,7 +3,8 @@
     otolith demo --out DIR [--n N] [--seed S]
     otolith models
     otolith extract --data PATH --model NAME [--device ...] [--batch-size N] [--cache-dir DIR] [--npz FILE]
-    otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--age-range MIN MAX] --out DIR
+    otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
+                [--learning-curve] [--age-range MIN MAX] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
 
 Problems a user can fix are printed as one clear message (exit code 2), never as a stack trace.
@@ -67,13 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--age-range", nargs=2, type=int, metavar=("MIN", "MAX"), help="clip ages into [MIN, MAX]")
     run.add_argument("--preset", help="species settings from config.yaml (e.g. cod: ages clipped to 1..10)")
     run.add_argument("--models", help="comma-separated encoders (with --data)")
-    run.add_argument("--heads", default="ridge,svc", help="comma-separated heads: ridge, svc (default both)")
+    run.add_argument("--heads", default="ridge,svc",
+                     help="comma-separated heads: ridge, svc, ridge-cv (alpha chosen inside each training fold); default ridge,svc")
     run.add_argument("--alpha", type=float, default=6.0, help="ridge alpha (default 6, as in the paper)")
     run.add_argument("--C", type=float, default=0.1, help="linear SVC C (default 0.1, as in the paper)")
     run.add_argument("--scaling", default="l2", choices=["none", "l2", "standardize"],
                      help="feature scaling fitted inside each training fold (default l2)")
     run.add_argument("--folds", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--repeats", type=int, default=1, help="R x k-fold CV with seeds seed..seed+R-1 (default 1)")
+    grouping = run.add_mutually_exclusive_group()
+    grouping.add_argument("--group-by-fish", dest="group_by_fish", action="store_true", default=None,
+                          help="keep all photos of a fish in one fold (default: on when the data has fish_id repeats)")
+    grouping.add_argument("--no-group-by-fish", dest="group_by_fish", action="store_false")
+    run.add_argument("--learning-curve", action="store_true",
+                     help="also train on 10%%, 20%%, ..., 100%% of each training fold (learning_curve.csv)")
     run.add_argument("--out", required=True, help="results folder")
     run.add_argument("--no-chart", action="store_true", help="skip the PNG/SVG chart")
     _extraction_arguments(run)
@@ -230,7 +239,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not embeddings:
         print("nothing could be evaluated: every encoder failed (see above)", file=sys.stderr)
         return EXIT_NOTHING_EVALUATED
-    comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, failed_encoders=failed)
+    comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, repeats=args.repeats,
+                         group_by_fish=args.group_by_fish, with_learning_curve=args.learning_curve,
+                         failed_encoders=failed)
+    if comparison.grouped_by_fish:
+        print("folds keep all photos of a fish together (grouped by fish_id)")
     for note in comparison.warnings:
         print(f"warning: {note}", file=sys.stderr)
     run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)

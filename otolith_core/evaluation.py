@@ -1,8 +1,9 @@
 """Cross-validation of every (encoder, head) on the same folds -> :class:`Comparison`.
 
-Folds come from the reader ages and the seed only (``StratifiedKFold(shuffle=True)``), computed
-once on the images every encoder embedded, so all models are scored on identical splits and paired
-tests between them are meaningful. Every image gets an out-of-fold prediction.
+Folds come from the reader ages, the fish (when photos share a ``fish_id``) and the seed only, and
+are computed once on the images every encoder embedded, so all models are scored on identical splits
+and paired tests between them are meaningful. ``repeats`` R runs R x k-fold with seeds
+seed..seed+R-1. Every image gets one out-of-fold prediction per repeat.
 """
 
 from __future__ import annotations
@@ -14,49 +15,77 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
-from .heads import HeadSpec, build_head, predict
-from .metrics import METRICS, mean_sd, score
-from .stats import PairedTest, paired_t_test
+from .heads import HeadSpec, build_head, chosen_alpha, predict
+from .metrics import METRICS, mean_sd, rmse, score
+from .stats import (PairedTest, age_bias, bowker_symmetry, corrected_t_test, holm_adjust, mcnemar_test,
+                    paired_t_test, wilcoxon_test)
 
 TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
+LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
 PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "true_age", "pred_age", "pred_raw"]
-FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", *METRICS]
-SUMMARY_COLUMNS = ["encoder", "head", "n_images"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "sd")]
-TEST_COLUMNS = ["metric", "encoder_a", "head_a", "encoder_b", "head_b", "mean_diff", "t", "p_value", "test"]
+FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
+                "ape", "cv", "rmse_raw", "n_train", "alpha"]
+SUMMARY_COLUMNS = (["encoder", "head", "n_images"]
+                   + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"])
+TEST_COLUMNS = ["metric", "encoder_a", "head_a", "encoder_b", "head_b", "mean_diff", "t", "p_value", "test", "p_holm"]
+AGEBIAS_COLUMNS = ["encoder", "head", "true_age", "n", "mean_pred", "ci_low", "ci_high"]
+SYMMETRY_COLUMNS = ["encoder", "head", "statistic", "df", "p_value", "test"]
+LEARNING_COLUMNS = ["encoder", "head", "train_fraction", "repeat", "fold", "n_train", "accuracy", "pm1_accuracy", "rmse"]
 
 
 @dataclass(frozen=True)
 class CVResult:
-    """Out-of-fold predictions of one (encoder, head); per-fold and summary scores derive from them."""
+    """Out-of-fold predictions of one (encoder, head) over all repeats; scores derive from them.
+
+    Arrays hold one row per (repeat, image), repeats stacked in order.
+    """
 
     encoder: str
     head: HeadSpec
-    images: tuple[str, ...]
-    true_age: np.ndarray  # (n_images,) int
-    pred_age: np.ndarray  # (n_images,) int, rounded for ridge
-    pred_raw: np.ndarray  # (n_images,) float, ridge's continuous value (svc: the class)
-    fold: np.ndarray  # (n_images,) int, the fold in which each image was tested
-    repeat: int = 0
+    images: tuple[str, ...]  # (n_rows,)
+    true_age: np.ndarray  # (n_rows,) int
+    pred_age: np.ndarray  # (n_rows,) int, rounded for ridge heads
+    pred_raw: np.ndarray  # (n_rows,) float, ridge's continuous value (svc: the class)
+    fold: np.ndarray  # (n_rows,) int, the fold in which the row was tested
+    repeat: np.ndarray  # (n_rows,) int
+    alpha: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (repeat, fold) -> ridge alpha used
+
+    @property
+    def n_images(self) -> int:
+        return int(np.sum(self.repeat == self.repeat.min())) if self.repeat.size else 0
 
     def fold_scores(self) -> pd.DataFrame:
-        """One row per fold: ``encoder, head, repeat, fold, n_test, accuracy, pm1_accuracy, rmse, mae``."""
+        """One row per (repeat, fold) with every metric, the training size and the ridge alpha used."""
         rows = []
-        for k in np.unique(self.fold):
-            test = self.fold == k
-            rows.append({"encoder": self.encoder, "head": self.head.label, "repeat": self.repeat, "fold": int(k),
-                         "n_test": int(test.sum()), **score(self.true_age[test], self.pred_age[test])})
+        n_total = self.n_images
+        for (r, k), index in self._groups():
+            true, pred = self.true_age[index], self.pred_age[index]
+            rows.append({
+                "encoder": self.encoder, "head": self.head.label, "repeat": int(r), "fold": int(k),
+                "n_test": int(index.size), **score(true, pred),
+                "rmse_raw": rmse(true, self.pred_raw[index]) if self.head.is_regression else float("nan"),
+                "n_train": n_total - int(index.size), "alpha": self.alpha.get((int(r), int(k)), float("nan")),
+            })
         return pd.DataFrame(rows, columns=FOLD_COLUMNS)
 
+    def _groups(self):
+        keys = self.repeat.astype(np.int64) * 1_000_000 + self.fold
+        order = np.argsort(keys, kind="stable")
+        bounds = np.flatnonzero(np.diff(keys[order])) + 1
+        for index in np.split(order, bounds):
+            yield (self.repeat[index[0]], self.fold[index[0]]), index
+
     def summary(self) -> dict:
-        """Mean and sample SD over folds of every metric."""
+        """Mean and sample SD over all R x k folds of every metric."""
         folds = self.fold_scores()
-        row = {"encoder": self.encoder, "head": self.head.label, "n_images": len(self.images)}
-        for metric in METRICS:
+        row = {"encoder": self.encoder, "head": self.head.label, "n_images": self.n_images}
+        for metric in (*METRICS, "rmse_raw"):
             row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(folds[metric].to_numpy())
+        row["n_folds_total"] = len(folds)
         return row
 
     def predictions(self) -> pd.DataFrame:
@@ -64,6 +93,11 @@ class CVResult:
             "encoder": self.encoder, "head": self.head.label, "repeat": self.repeat, "fold": self.fold,
             "image": list(self.images), "true_age": self.true_age, "pred_age": self.pred_age, "pred_raw": self.pred_raw,
         }, columns=PREDICTION_COLUMNS)
+
+    def first_repeat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, reader ages, predicted ages) of repeat 0: each image exactly once."""
+        first = self.repeat == self.repeat.min()
+        return np.asarray(self.images)[first], self.true_age[first], self.pred_age[first]
 
 
 @dataclass(frozen=True)
@@ -74,9 +108,12 @@ class Comparison:
     tests: tuple[PairedTest, ...]
     n_folds: int
     seed: int
+    repeats: int = 1
+    grouped_by_fish: bool = False
     skipped: tuple[Skipped, ...] = ()
     warnings: tuple[str, ...] = ()
     failed_encoders: Mapping[str, str] = field(default_factory=dict)
+    learning_curve: pd.DataFrame | None = None
 
     def summary_frame(self) -> pd.DataFrame:
         return pd.DataFrame([r.summary() for r in self.results], columns=SUMMARY_COLUMNS)
@@ -95,37 +132,73 @@ class Comparison:
     def skipped_frame(self) -> pd.DataFrame:
         return pd.DataFrame([s.__dict__ for s in self.skipped], columns=["path", "reason"])
 
+    def agebias_frame(self) -> pd.DataFrame:
+        """Campana's age-bias table per (encoder, head), from the first repeat's predictions."""
+        rows = []
+        for r in self.results:
+            _, true, pred = r.first_repeat()
+            rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in age_bias(true, pred)]
+        return pd.DataFrame(rows, columns=AGEBIAS_COLUMNS)
 
-def make_folds(ages: np.ndarray, *, n_folds: int = 10, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Stratified fold of every image, from the ages and the seed only.
+    def symmetry_frame(self) -> pd.DataFrame:
+        """Bowker's test of symmetry of the reader-vs-model age table per (encoder, head), first repeat."""
+        rows = []
+        for r in self.results:
+            _, true, pred = r.first_repeat()
+            statistic, df, p = bowker_symmetry(true, pred)
+            rows.append({"encoder": r.encoder, "head": r.head.label, "statistic": statistic, "df": df,
+                         "p_value": p, "test": "bowker"})
+        return pd.DataFrame(rows, columns=SYMMETRY_COLUMNS)
+
+    def learning_curve_frame(self) -> pd.DataFrame:
+        return self.learning_curve if self.learning_curve is not None else pd.DataFrame(columns=LEARNING_COLUMNS)
+
+
+def make_folds(
+    ages: np.ndarray, *, n_folds: int = 10, seed: int = 0, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Stratified fold of every image, from the ages, the groups (fish) and the seed only.
+
+    Parameters
+    ----------
+    ages : ``(n_images,)`` reader ages.
+    groups : ``(n_images,)`` fish of each image; all photos of one fish land in one fold
+        (``StratifiedGroupKFold``). None: images are independent (``StratifiedKFold``).
 
     Returns
     -------
-    (fold index per image ``(n_images,)``, warnings for ages with fewer images than folds)
+    (fold index per image ``(n_images,)``, warnings for ages with fewer images or fish than folds)
     """
     ages = np.asarray(ages)
     if n_folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {n_folds}")
-    if ages.size < n_folds:
-        raise ValueError(f"{ages.size} images cannot fill {n_folds} folds; use fewer folds or add images")
-    values, counts = np.unique(ages, return_counts=True)
-    small = {int(a): int(c) for a, c in zip(values, counts) if c < n_folds}
+    units = "fish" if groups is not None else "images"
+    n_units = len(np.unique(groups)) if groups is not None else ages.size
+    if n_units < n_folds:
+        raise ValueError(f"{n_units} {units} cannot fill {n_folds} folds; use fewer folds or add {units}")
+    values = np.unique(ages)
+    counts = {int(a): int(len(np.unique(groups[ages == a])) if groups is not None else np.sum(ages == a)) for a in values}
+    small = {a: c for a, c in counts.items() if c < n_folds}
     notes = []
     if len(small) == len(values):
         raise ValueError(
-            f"every age has fewer images than the {n_folds} folds ({_counts_text(small)}); "
+            f"every age has fewer {units} than the {n_folds} folds ({_counts_text(small)}); "
             f"use fewer folds (--folds), or clip the age range (--age-range) to merge sparse ages"
         )
     if small:
         notes.append(
-            f"ages with fewer images than the {n_folds} folds: {_counts_text(small)}; some test folds have none of them. "
+            f"ages with fewer {units} than the {n_folds} folds: {_counts_text(small)}; some test folds have none of them. "
             f"Remedies: clip the age range (--age-range) to merge them into a neighbour, or use fewer folds (--folds)."
         )
     folds = np.empty(ages.size, dtype=int)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # reported above, in words a user can act on
-        for k, (_, test) in enumerate(splitter.split(np.zeros(ages.size), ages)):
+        if groups is None:
+            splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(ages.size), ages)
+        else:
+            splits = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
+                np.zeros(ages.size), ages, groups)
+        for k, (_, test) in enumerate(splits):
             folds[test] = k
     return folds, notes
 
@@ -134,9 +207,14 @@ def _counts_text(counts: Mapping[int, int]) -> str:
     return ", ".join(f"age {a}: {c}" for a, c in sorted(counts.items()))
 
 
+def fish_groups(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Group label per image: its ``fish_id``, or its own image name when it has none."""
+    return np.array([dataset.records[i].fish_id or f"image:{dataset.records[i].image}" for i in rows])
+
+
 def cross_validate_head(
     features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
     """Out-of-fold predictions of one head.
 
     Parameters
@@ -148,7 +226,7 @@ def cross_validate_head(
 
     Returns
     -------
-    (whole-age predictions ``(n_images,)``, continuous predictions ``(n_images,)``)
+    (whole-age predictions ``(n_images,)``, continuous predictions ``(n_images,)``, ridge alpha per fold)
     """
     features = np.asarray(features, dtype=np.float64)
     ages = np.asarray(ages)
@@ -156,11 +234,50 @@ def cross_validate_head(
         raise ValueError(f"features {features.shape}, ages {ages.shape} and folds {folds.shape} do not line up")
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
+    alphas = {}
     for k in np.unique(folds):
         test = folds == k
         model = build_head(head).fit(features[~test], ages[~test])
         pred[test], raw[test] = predict(model, features[test])
-    return pred, raw
+        alphas[int(k)] = chosen_alpha(model)
+    return pred, raw, alphas
+
+
+def nested_subsets(ages: np.ndarray, fractions: Sequence[float], *, seed: int) -> list[np.ndarray]:
+    """Stratified, nested subsets of a training fold: positions of the first ``f`` of each age, shuffled once.
+
+    Every subset holds at least one image of each age, and each subset contains the smaller ones.
+    """
+    rng = np.random.default_rng(seed)
+    ages = np.asarray(ages)
+    orders = {a: rng.permutation(np.flatnonzero(ages == a)) for a in np.unique(ages)}
+    subsets = []
+    for f in fractions:
+        take = [order[: max(1, int(round(f * order.size)))] for order in orders.values()]
+        subsets.append(np.sort(np.concatenate(take)))
+    return subsets
+
+
+def learning_curve(
+    features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, seed: int,
+    fractions: Sequence[float] = LEARNING_FRACTIONS,
+) -> list[dict]:
+    """Scores on each test fold when training on growing, nested fractions of its training fold."""
+    features = np.asarray(features, dtype=np.float64)
+    rows = []
+    for k in np.unique(folds):
+        test = np.flatnonzero(folds == k)
+        train = np.flatnonzero(folds != k)
+        for fraction, subset in zip(fractions, nested_subsets(ages[train], fractions, seed=seed * 1000 + int(k))):
+            chosen = train[subset]
+            if np.unique(ages[chosen]).size < 2:
+                continue  # a classifier needs two ages to learn from
+            model = build_head(head).fit(features[chosen], ages[chosen])
+            pred, _ = predict(model, features[test])
+            s = score(ages[test], pred)
+            rows.append({"train_fraction": fraction, "fold": int(k), "n_train": int(chosen.size),
+                         "accuracy": s["accuracy"], "pm1_accuracy": s["pm1_accuracy"], "rmse": s["rmse"]})
+    return rows
 
 
 def compare(
@@ -170,9 +287,19 @@ def compare(
     *,
     n_folds: int = 10,
     seed: int = 0,
+    repeats: int = 1,
+    group_by_fish: bool | None = None,
+    with_learning_curve: bool = False,
     failed_encoders: Mapping[str, str] | None = None,
 ) -> Comparison:
-    """Cross-validate every head on every encoder's embeddings with one shared set of folds.
+    """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
+
+    Parameters
+    ----------
+    repeats : R x k-fold with seeds ``seed .. seed + R - 1``.
+    group_by_fish : keep all photos of a fish in one fold; None (default) does so when the data has
+        several photos of any fish.
+    with_learning_curve : also train on 10 %, 20 %, ... 100 % of each training fold.
 
     Only images embedded by every encoder are used, so every model sees the same images and folds;
     the others are listed in ``Comparison.skipped`` with the reason.
@@ -180,7 +307,9 @@ def compare(
     if not embeddings:
         raise ValueError("no embeddings to evaluate: every encoder failed or none was chosen")
     if not heads:
-        raise ValueError("no heads chosen; choose from ridge, svc")
+        raise ValueError("no heads chosen; choose from ridge, svc, ridge-cv")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     common = _common_rows(embeddings.values())
     skipped = list(dataset.skipped)
     for emb in embeddings.values():
@@ -194,16 +323,33 @@ def compare(
         raise ValueError("no image was embedded by every chosen encoder")
     ages = dataset.ages[rows]
     images = tuple(dataset.records[i].image for i in rows)
-    folds, notes = make_folds(ages, n_folds=n_folds, seed=seed)
-    results = []
+    groups = fish_groups(dataset, rows)
+    if group_by_fish is None:
+        group_by_fish = len(np.unique(groups)) < len(groups)
+    fold_sets, notes = [], []
+    for r in range(repeats):
+        folds, fold_notes = make_folds(ages, n_folds=n_folds, seed=seed + r, groups=groups if group_by_fish else None)
+        fold_sets.append(folds)
+        notes += [n for n in fold_notes if n not in notes]
+    results, curve = [], []
     for name, emb in embeddings.items():
         position = {int(r): j for j, r in enumerate(emb.rows)}
         features = emb.features[[position[int(r)] for r in rows]]
         for head in heads:
-            pred, raw = cross_validate_head(features, ages, folds, head)
-            results.append(CVResult(name, head, images, ages, pred, raw, folds))
-    return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, tuple(skipped), tuple(notes),
-                      dict(failed_encoders or {}))
+            parts, alphas = [], {}
+            for r, folds in enumerate(fold_sets):
+                pred, raw, fold_alpha = cross_validate_head(features, ages, folds, head)
+                parts.append((pred, raw, folds, np.full(ages.size, r)))
+                alphas.update({(r, k): a for k, a in fold_alpha.items()})
+                if with_learning_curve:
+                    curve += [{"encoder": name, "head": head.label, "repeat": r, **row}
+                              for row in learning_curve(features, ages, folds, head, seed=seed + r)]
+            pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
+            results.append(CVResult(name, head, images * repeats, np.tile(ages, repeats), pred, raw, fold, repeat,
+                                    alphas))
+    lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
+    return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
+                      tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc)
 
 
 def _common_rows(sets) -> set[int]:
@@ -215,13 +361,33 @@ def _common_rows(sets) -> set[int]:
 
 
 def paired_tests(results: Sequence[CVResult]) -> list[PairedTest]:
-    """Paired t-test across folds between every pair of results, for accuracy, ±1 accuracy and RMSE."""
-    tests = []
+    """Every pair of results: naive and corrected t, Wilcoxon on fold scores, exact McNemar on images.
+
+    ``p_holm`` adjusts each family (one test on one metric over all pairs) with Holm's method.
+    """
+    tests: list[PairedTest] = []
     scores = {id(r): r.fold_scores() for r in results}
     for a, b in itertools.combinations(results, 2):
-        if not np.array_equal(a.fold, b.fold):
+        if not (np.array_equal(a.fold, b.fold) and np.array_equal(a.repeat, b.repeat)):
             raise ValueError(f"{a.encoder}/{a.head.label} and {b.encoder}/{b.head.label} were not scored on the same folds")
+        fa, fb = scores[id(a)], scores[id(b)]
+        ratio = float(np.mean(fa["n_test"] / fa["n_train"]))
+        names = (a.encoder, a.head.label, b.encoder, b.head.label)
         for metric in TESTED_METRICS:
-            diff, t, p = paired_t_test(scores[id(a)][metric].to_numpy(), scores[id(b)][metric].to_numpy())
-            tests.append(PairedTest(metric, a.encoder, a.head.label, b.encoder, b.head.label, diff, t, p))
-    return tests
+            x, y = fa[metric].to_numpy(), fb[metric].to_numpy()
+            tests.append(PairedTest(metric, *names, *paired_t_test(x, y), test="paired_t"))
+            tests.append(PairedTest(metric, *names, *corrected_t_test(x, y, test_train_ratio=ratio), test="corrected_t"))
+            tests.append(PairedTest(metric, *names, *wilcoxon_test(x, y), test="wilcoxon"))
+        _, true, pred_a = a.first_repeat()
+        _, _, pred_b = b.first_repeat()
+        tests.append(PairedTest("accuracy", *names, *mcnemar_test(pred_a == true, pred_b == true), test="mcnemar"))
+        tests.append(PairedTest("pm1_accuracy", *names,
+                                *mcnemar_test(np.abs(pred_a - true) <= 1, np.abs(pred_b - true) <= 1), test="mcnemar"))
+    families: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(tests):
+        families.setdefault((t.test, t.metric), []).append(i)
+    adjusted = list(tests)
+    for index in families.values():
+        for i, p in zip(index, holm_adjust(np.array([tests[i].p_value for i in index]))):
+            adjusted[i] = PairedTest(**{**tests[i].__dict__, "p_holm": float(p)})
+    return adjusted

@@ -2,7 +2,8 @@
 
 ``ridge``: Ridge regression on age (the paper's alpha = 6); its continuous prediction is rounded to
 the nearest age and clipped to the training fold's age range. ``svc``: ``SVC(kernel="linear",
-C=0.1)``, one-vs-one, as in the paper. Feature scaling is part of the head, so it is fitted inside
+C=0.1)``, one-vs-one, as in the paper. ``ridge-cv``: the same rounded ridge with alpha chosen inside
+each training fold by efficient leave-one-out CV over ``RIDGE_CV_ALPHAS`` (the test fold is never seen). Feature scaling is part of the head, so it is fitted inside
 each training fold: ``none``, ``l2`` (each embedding to unit length; the default) or ``standardize``.
 """
 
@@ -12,12 +13,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
 
-HEADS = ("ridge", "svc")
+HEADS = ("ridge", "svc", "ridge-cv")
+RIDGE_CV_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # searched inside each training fold
 SCALINGS = ("none", "l2", "standardize")
 
 
@@ -42,21 +44,22 @@ class HeadSpec:
 
     @property
     def is_regression(self) -> bool:
-        return self.name == "ridge"
+        return self.name in ("ridge", "ridge-cv")
 
     @property
     def params(self) -> dict:
         """The parameters that matter for this head (for tables and provenance)."""
-        own = {"alpha": self.alpha} if self.name == "ridge" else {"C": self.C}
-        return {**own, "scaling": self.scaling}
+        own = {"ridge": {"alpha": self.alpha}, "svc": {"C": self.C},
+               "ridge-cv": {"alphas": f"{RIDGE_CV_ALPHAS[0]:g}..{RIDGE_CV_ALPHAS[-1]:g} ({len(RIDGE_CV_ALPHAS)} values)"}}
+        return {**own[self.name], "scaling": self.scaling}
 
     @property
     def label(self) -> str:
         """Short name used in every CSV: the bare name with default parameters, else with them."""
-        default = HeadSpec(self.name)
-        if self == default:
+        if self.params == HeadSpec(self.name).params:
             return self.name
-        return self.name + "(" + ",".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+        changed = {k: v for k, v in self.params.items() if k != "alphas"}
+        return self.name + "(" + ",".join(f"{k}={v}" for k, v in changed.items()) + ")"
 
     def as_dict(self) -> dict:
         return {"name": self.name, "label": self.label, **self.params}
@@ -65,15 +68,22 @@ class HeadSpec:
 class RoundedRidge(RegressorMixin, BaseEstimator):
     """Ridge regression whose ``predict`` returns whole ages inside the training age range.
 
-    ``predict_continuous`` gives the unrounded value.
+    ``predict_continuous`` gives the unrounded value. With ``alphas`` the penalty is chosen on the
+    training data by leave-one-out CV (``RidgeCV``) and kept in ``alpha_``.
     """
 
-    def __init__(self, alpha: float = 6.0) -> None:
+    def __init__(self, alpha: float = 6.0, alphas: tuple[float, ...] | None = None) -> None:
         self.alpha = alpha
+        self.alphas = alphas
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "RoundedRidge":
         y = np.asarray(y, dtype=float)
-        self.ridge_ = Ridge(alpha=self.alpha).fit(X, y)
+        if self.alphas:
+            self.ridge_ = RidgeCV(alphas=self.alphas).fit(X, y)
+            self.alpha_ = float(self.ridge_.alpha_)
+        else:
+            self.ridge_ = Ridge(alpha=self.alpha).fit(X, y)
+            self.alpha_ = float(self.alpha)
         self.age_min_, self.age_max_ = float(y.min()), float(y.max())
         return self
 
@@ -95,8 +105,19 @@ def build_head(spec: HeadSpec) -> Pipeline:
         "l2": Normalizer(norm="l2"),
         "standardize": StandardScaler(),
     }[spec.scaling]
-    model = RoundedRidge(alpha=spec.alpha) if spec.is_regression else SVC(kernel="linear", C=spec.C)
+    if spec.name == "ridge":
+        model = RoundedRidge(alpha=spec.alpha)
+    elif spec.name == "ridge-cv":
+        model = RoundedRidge(alphas=RIDGE_CV_ALPHAS)
+    else:
+        model = SVC(kernel="linear", C=spec.C)
     return Pipeline([("scale", scaler), ("model", model)])
+
+
+def chosen_alpha(head: Pipeline) -> float:
+    """The ridge penalty a fitted head used (NaN for a classifier)."""
+    model = head.named_steps["model"]
+    return model.alpha_ if isinstance(model, RoundedRidge) else float("nan")
 
 
 def predict(head: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("accuracy", "pm1_accuracy", "rmse", "mae")
-METRIC_LABELS = {"accuracy": "Accuracy", "pm1_accuracy": "±1 accuracy", "rmse": "RMSE (years)", "mae": "MAE (years)"}
-HIGHER_IS_BETTER = {"accuracy": True, "pm1_accuracy": True, "rmse": False, "mae": False}
+METRICS = ("accuracy", "pm1_accuracy", "rmse", "mae", "ape", "cv")
+METRIC_LABELS = {"accuracy": "Accuracy", "pm1_accuracy": "±1 accuracy", "rmse": "RMSE (years)", "mae": "MAE (years)",
+                 "ape": "APE (%)", "cv": "CV (%)", "rmse_raw": "RMSE of the unrounded prediction (years)"}
+HIGHER_IS_BETTER = {"accuracy": True, "pm1_accuracy": True, "rmse": False, "mae": False, "ape": False, "cv": False}
 
 
 def _pair(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +43,27 @@ def mae(true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - true)))
 
 
+def average_percent_error(true: np.ndarray, pred: np.ndarray) -> float:
+    """Beamish & Fournier's APE between reader and model, two readings per fish, in per cent.
+
+    Per fish ``100 * |a - b| / (a + b)`` (0 when both readings are 0), averaged over fish.
+    """
+    true, pred = _pair(true, pred)
+    total = true + pred
+    per_fish = np.divide(100.0 * np.abs(true - pred), total, out=np.zeros_like(total), where=total != 0)
+    return float(per_fish.mean())
+
+
+def coefficient_of_variation(true: np.ndarray, pred: np.ndarray) -> float:
+    """Chang's CV between reader and model in per cent; with two readings per fish it is sqrt(2) * APE."""
+    return float(np.sqrt(2.0) * average_percent_error(true, pred))
+
+
 def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """All metrics of one fold, keyed as in ``METRICS``."""
     return {"accuracy": accuracy(true, pred), "pm1_accuracy": pm1_accuracy(true, pred),
-            "rmse": rmse(true, pred), "mae": mae(true, pred)}
+            "rmse": rmse(true, pred), "mae": mae(true, pred),
+            "ape": average_percent_error(true, pred), "cv": coefficient_of_variation(true, pred)}
 
 
 def mean_sd(values: np.ndarray) -> tuple[float, float]:

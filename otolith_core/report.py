@@ -87,8 +87,11 @@ def provenance(
         "encoders": encoders,
         "failed_encoders": dict(comparison.failed_encoders),
         "heads": [h.as_dict() for h in heads],
-        "cv": {"scheme": "StratifiedKFold", "shuffle": True, "n_folds": comparison.n_folds, "seed": comparison.seed,
-               "repeats": 1, "grouped_by_fish": False},
+        "cv": {"scheme": "StratifiedGroupKFold" if comparison.grouped_by_fish else "StratifiedKFold",
+               "shuffle": True, "n_folds": comparison.n_folds, "seed": comparison.seed,
+               "repeats": comparison.repeats, "repeat_seeds": [comparison.seed + r for r in range(comparison.repeats)],
+               "grouped_by_fish": comparison.grouped_by_fish,
+               "learning_curve": comparison.learning_curve is not None},
         "warnings": list(comparison.warnings),
     }
     if hashes is not None:
@@ -102,13 +105,18 @@ def _is_demo(dataset: Dataset) -> bool:
 
 def result_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
     """The CSV files of a run by file name; the CLI writes them and the dashboard offers them for download."""
-    return {
+    tables = {
         "summary.csv": comparison.summary_frame(),
         "folds.csv": comparison.folds_frame(),
         "predictions.csv": comparison.predictions_frame(),
         "ttests.csv": comparison.tests_frame(),
+        "agebias.csv": comparison.agebias_frame(),
+        "symmetry.csv": comparison.symmetry_frame(),
         "skipped.csv": comparison.skipped_frame(),
     }
+    if comparison.learning_curve is not None:
+        tables["learning_curve.csv"] = comparison.learning_curve_frame()
+    return tables
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -128,7 +136,7 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
             (staging / name).write_bytes(csv_bytes(frame))
         (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
         if chart and comparison.results:
-            figure = comparison_chart(comparison.summary_frame(), n_folds=comparison.n_folds)
+            figure = comparison_chart(comparison.summary_frame(), n_folds=comparison.n_folds, repeats=comparison.repeats)
             figure.save(str(staging / "comparison.svg"))
             figure.save(str(staging / "comparison.png"), scale_factor=1.5)
         written = []

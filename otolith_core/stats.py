@@ -21,6 +21,7 @@ class PairedTest:
     t: float
     p_value: float
     test: str = "paired_t"
+    p_holm: float = float("nan")
 
 
 def paired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -44,3 +45,107 @@ def paired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     t = mean / (sd / np.sqrt(d.size))
     p = float(2 * scipy_stats.t.sf(abs(t), df=d.size - 1))
     return mean, float(t), p
+
+
+def corrected_t_test(a: np.ndarray, b: np.ndarray, *, test_train_ratio: float) -> tuple[float, float, float]:
+    """Nadeau & Bengio's (2003) corrected resampled t-test over all R x k folds.
+
+    ``t = mean(d) / sqrt((1/J + n_test/n_train) * var(d))`` with ``J`` folds, ``var`` with ddof=1 and
+    ``J - 1`` degrees of freedom, two-sided. The ``n_test/n_train`` term accounts for folds sharing
+    training images, which the plain paired t-test ignores.
+
+    Returns
+    -------
+    (mean of a - b, t statistic, p value); NaN t and p when every difference is equal.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"corrected t-test needs two equal 1-d arrays of at least 2 folds, got {a.shape} and {b.shape}")
+    if not test_train_ratio > 0:
+        raise ValueError(f"test/train size ratio must be > 0, got {test_train_ratio!r}")
+    d = a - b
+    variance = float(d.var(ddof=1))
+    mean = float(d.mean())
+    if variance == 0.0:
+        return mean, float("nan"), float("nan")
+    t = mean / np.sqrt((1.0 / d.size + test_train_ratio) * variance)
+    return mean, float(t), float(2 * scipy_stats.t.sf(abs(t), df=d.size - 1))
+
+
+def wilcoxon_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Wilcoxon signed-rank test on per-fold differences: (mean of a - b, statistic, p); NaN when all differences are 0."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores need equal 1-d shapes, got {a.shape} and {b.shape}")
+    d = a - b
+    if not np.any(d != 0):
+        return float(d.mean()), float("nan"), float("nan")
+    result = scipy_stats.wilcoxon(d)
+    return float(d.mean()), float(result.statistic), float(result.pvalue)
+
+
+def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
+    """Exact McNemar test on per-image correctness of two models on the same images.
+
+    Returns
+    -------
+    (accuracy of a - accuracy of b, statistic = min of the discordant counts, exact two-sided p)
+    """
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"per-image correctness needs equal 1-d shapes, got {a.shape} and {b.shape}")
+    table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
+    result = mcnemar(table, exact=True)
+    return float(a.mean() - b.mean()), float(result.statistic), float(result.pvalue)
+
+
+def bowker_symmetry(true: np.ndarray, pred: np.ndarray) -> tuple[float, int, float]:
+    """Bowker's test that the reader-vs-model age table is symmetric (no systematic age bias).
+
+    Returns
+    -------
+    (chi-square statistic, degrees of freedom, p value); pairs of cells that are both empty do not count.
+    """
+    true, pred = np.asarray(true, dtype=int), np.asarray(pred, dtype=int)
+    ages = np.union1d(true, pred)
+    index = {a: i for i, a in enumerate(ages)}
+    table = np.zeros((ages.size, ages.size))
+    np.add.at(table, ([index[a] for a in true], [index[a] for a in pred]), 1)
+    upper = np.triu_indices(ages.size, k=1)
+    above, below = table[upper], table.T[upper]
+    used = (above + below) > 0
+    if not used.any():
+        return 0.0, 0, float("nan")
+    statistic = float(np.sum((above[used] - below[used]) ** 2 / (above[used] + below[used])))
+    df = int(used.sum())
+    return statistic, df, float(scipy_stats.chi2.sf(statistic, df))
+
+
+def holm_adjust(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (statsmodels); NaN entries stay NaN and are not counted."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    valid = ~np.isnan(p)
+    if valid.any():
+        adjusted[valid] = multipletests(p[valid], method="holm")[1]
+    return adjusted
+
+
+def age_bias(true: np.ndarray, pred: np.ndarray, *, confidence: float = 0.95) -> list[dict]:
+    """Campana's age-bias table: per reader age, n, mean model age and its t confidence interval."""
+    true, pred = np.asarray(true, dtype=int), np.asarray(pred, dtype=float)
+    rows = []
+    for age in np.unique(true):
+        values = pred[true == age]
+        mean = float(values.mean())
+        if values.size > 1 and values.std(ddof=1) > 0:
+            half = float(scipy_stats.t.ppf(0.5 + confidence / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+        else:
+            half = 0.0 if values.size > 1 else float("nan")
+        rows.append({"true_age": int(age), "n": int(values.size), "mean_pred": mean,
+                     "ci_low": mean - half, "ci_high": mean + half})
+    return rows

@@ -70,7 +70,9 @@ def test_every_page_opens_without_an_exception(server, tmp_path):
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(server, timeout=120_000)
         page.get_by_text("Synthetic demo").first.wait_for(timeout=180_000)  # first start writes the demo
+        page.wait_for_timeout(2000)  # let the first script run finish before pressing Run
         page.get_by_role("button", name="Run comparison").click()
+        page.get_by_text("Open the results").first.wait_for(timeout=120_000)  # the press was registered
         for name in PAGES:
             page.get_by_role("link", name=name).first.click()
             page.get_by_role("heading", name=name).first.wait_for(timeout=300_000)

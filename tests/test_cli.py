@@ -12,7 +12,7 @@ import pytest
 from otolith_core.cli import main
 from otolith_core.evaluation import FOLD_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS
 from otolith_core.metrics import score
-from otolith_core.stats import paired_t_test
+from otolith_core.stats import corrected_t_test, mcnemar_test, paired_t_test, wilcoxon_test
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,9 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     summary = pd.read_csv(out / "summary.csv")
     tests = pd.read_csv(out / "ttests.csv")
     assert len(pred) == 4 * len(pd.read_csv(demo_manifest))
-    for (encoder, head, fold), group in pred.groupby(["encoder", "head", "fold"]):
-        row = folds[(folds.encoder == encoder) & (folds["head"] == head) & (folds.fold == fold)].iloc[0]
+    for (encoder, head, repeat, fold), group in pred.groupby(["encoder", "head", "repeat", "fold"]):
+        row = folds[(folds.encoder == encoder) & (folds["head"] == head) & (folds.repeat == repeat)
+                    & (folds.fold == fold)].iloc[0]
         expected = score(group.true_age.to_numpy(), group.pred_age.to_numpy())
         assert row.n_test == len(group)
         for metric, value in expected.items():
@@ -56,12 +57,27 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
         f = folds[(folds.encoder == row.encoder) & (folds["head"] == row.head)]
         assert row.accuracy_mean == pytest.approx(f.accuracy.mean())
         assert row.rmse_sd == pytest.approx(f.rmse.std(ddof=1))
+    pred_first = pred[pred.repeat == 0]
     for row in tests.itertuples():
-        a = folds[(folds.encoder == row.encoder_a) & (folds["head"] == row.head_a)].sort_values("fold")[row.metric]
-        b = folds[(folds.encoder == row.encoder_b) & (folds["head"] == row.head_b)].sort_values("fold")[row.metric]
-        diff, t, p = paired_t_test(a.to_numpy(), b.to_numpy())
-        assert row.mean_diff == pytest.approx(diff)
-        assert (np.isnan(row.t) and np.isnan(t)) or row.t == pytest.approx(t)
+        a = folds[(folds.encoder == row.encoder_a) & (folds["head"] == row.head_a)].sort_values(["repeat", "fold"])
+        b = folds[(folds.encoder == row.encoder_b) & (folds["head"] == row.head_b)].sort_values(["repeat", "fold"])
+        if row.test == "mcnemar":
+            pa = pred_first[(pred_first.encoder == row.encoder_a) & (pred_first["head"] == row.head_a)].sort_values("image")
+            pb = pred_first[(pred_first.encoder == row.encoder_b) & (pred_first["head"] == row.head_b)].sort_values("image")
+            width = 0 if row.metric == "accuracy" else 1
+            diff, t, p = mcnemar_test((pa.pred_age - pa.true_age).abs().to_numpy() <= width,
+                                      (pb.pred_age - pb.true_age).abs().to_numpy() <= width)
+        elif row.test == "corrected_t":
+            diff, t, p = corrected_t_test(a[row.metric].to_numpy(), b[row.metric].to_numpy(),
+                                          test_train_ratio=float(np.mean(a.n_test / a.n_train)))
+        elif row.test == "wilcoxon":
+            diff, t, p = wilcoxon_test(a[row.metric].to_numpy(), b[row.metric].to_numpy())
+        else:
+            diff, t, p = paired_t_test(a[row.metric].to_numpy(), b[row.metric].to_numpy())
+        assert row.mean_diff == pytest.approx(diff), row
+        assert (np.isnan(row.t) and np.isnan(t)) or row.t == pytest.approx(t), row
+        assert (np.isnan(row.p_value) and np.isnan(p)) or row.p_value == pytest.approx(p), row
+    assert set(tests.test) == {"paired_t", "corrected_t", "wilcoxon", "mcnemar"}
 
 
 def test_morphometrics_beats_the_pixel_floor_on_the_demo(demo_run):
@@ -117,7 +133,10 @@ def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_
     spec = f"pix={tmp_path / 'pixels-32.npz'},morph={tmp_path / 'otolith-morphometrics.npz'}"
     assert main(["run", "--embeddings", spec, "--heads", "ridge", "--out", str(out), "--no-chart"]) == 0
     from_npz = pd.read_csv(out / "predictions.csv")
-    from_images = pd.read_csv(demo_run[0] / "predictions.csv")
+    # .npz files carry no fish ids, so compare with an image run whose folds ignore them too
+    assert main(["run", "--data", str(demo_manifest), "--models", "pixels-32", "--heads", "ridge", "--no-group-by-fish",
+                 "--out", str(tmp_path / "images"), "--cache-dir", str(cache), "--no-chart"]) == 0
+    from_images = pd.read_csv(tmp_path / "images" / "predictions.csv")
     mine = from_npz[from_npz.encoder == "pix"].set_index("image").pred_age.sort_index()
     theirs = from_images[(from_images.encoder == "pixels-32") & (from_images["head"] == "ridge")].set_index("image").pred_age.sort_index()
     pd.testing.assert_series_equal(mine, theirs, check_names=False)
@@ -140,3 +159,34 @@ def test_demo_command_is_deterministic_and_fast(tmp_path):
     counts = a.age.value_counts()
     assert counts.idxmax() in (5, 6, 7) and counts.min() >= 10
     assert (tmp_path / "a" / "images" / "fish_0001_1.jpg").read_bytes() == (tmp_path / "b" / "images" / "fish_0001_1.jpg").read_bytes()
+
+
+def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, tmp_path):
+    _, cache = demo_run
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(demo_manifest), "--models", "otolith-morphometrics,pixels-32",
+                 "--heads", "ridge,ridge-cv", "--repeats", "3", "--learning-curve", "--out", str(out),
+                 "--cache-dir", str(cache), "--no-chart"]) == 0
+    n = len(pd.read_csv(demo_manifest))
+    pred = pd.read_csv(out / "predictions.csv")
+    folds = pd.read_csv(out / "folds.csv")
+    assert len(pred) == 4 * 3 * n and sorted(pred.repeat.unique()) == [0, 1, 2] and len(folds) == 4 * 30
+    run = json.loads((out / "run.json").read_text())
+    assert run["cv"]["repeats"] == 3 and run["cv"]["repeat_seeds"] == [0, 1, 2] and run["cv"]["grouped_by_fish"]
+    manifest = pd.read_csv(demo_manifest)
+    fish = dict(zip(manifest.path, manifest.fish_id))
+    for _, group in pred.groupby(["encoder", "head", "repeat"]):
+        assert (group.assign(fish=group.image.map(fish)).groupby("fish").fold.nunique() == 1).all()
+    curve = pd.read_csv(out / "learning_curve.csv")
+    assert list(curve.columns) == ["encoder", "head", "train_fraction", "repeat", "fold", "n_train", "accuracy",
+                                   "pm1_accuracy", "rmse"]
+    assert sorted(curve.train_fraction.unique()) == pytest.approx([0.1 * k for k in range(1, 11)])
+    agebias = pd.read_csv(out / "agebias.csv")
+    first = pred[(pred.repeat == 0) & (pred.encoder == "pixels-32") & (pred["head"] == "ridge")]
+    row = agebias[(agebias.encoder == "pixels-32") & (agebias["head"] == "ridge") & (agebias.true_age == 5)].iloc[0]
+    assert row.n == (first.true_age == 5).sum() and row.mean_pred == pytest.approx(first[first.true_age == 5].pred_age.mean())
+    assert len(pd.read_csv(out / "symmetry.csv")) == 4
+    assert folds[folds["head"] == "ridge-cv"].alpha.notna().all() and (folds[folds["head"] == "ridge"].alpha == 6).all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"ape_mean", "cv_mean", "rmse_raw_mean", "n_folds_total"} <= set(summary.columns)
+    assert (summary.n_folds_total == 30).all()

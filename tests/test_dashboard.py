@@ -1,5 +1,6 @@
 """The dashboard driven through streamlit's AppTest: every page, the numbers it shows, its downloads."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -80,11 +81,27 @@ def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, de
         assert (row.encoder, row.head) == (expected.encoder, expected.head)
         assert row.Accuracy == f"{expected.accuracy_mean:.2%} ± {expected.accuracy_sd:.2%}"
         assert row[6] == f"{expected.rmse_mean:.3f} ± {expected.rmse_sd:.3f}"
-    for name in ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "skipped.csv"):
+    for name in ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "symmetry.csv",
+                 "skipped.csv"):
         assert _download(app, media_stores, name) == (out / name).read_bytes(), name
-    assert len(app.get("vega_lite_chart")) == 4  # three metric bars and the per-fold lines
-    tests = app.dataframe[1].value
-    assert len(tests) == 6 * 3
+    run = json.loads(_download(app, media_stores, "run.json"))
+    assert run["cv"] == json.loads((out / "run.json").read_text())["cv"]
+    assert run["data"]["image_set_sha256"] == json.loads((out / "run.json").read_text())["data"]["image_set_sha256"]
+    assert len(app.get("vega_lite_chart")) == 5  # three metric bars, per-fold lines, age bias
+    side_by_side = app.dataframe[1].value
+    assert len(side_by_side) == 6 * 3 and {"naive p", "corrected p"} <= set(side_by_side.columns)
+    assert any("over-confident" in m.value for m in app.markdown)
+
+
+def test_repeats_and_learning_curve_from_the_sidebar(app):
+    app.sidebar.number_input(key="repeats").set_value(2)
+    app.sidebar.checkbox(key="learning_curve").check()
+    _run(app)
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert any("2 × 10-fold" in s.value for s in app.subheader)
+    assert any(s.value == "Learning curve" for s in app.subheader)
+    assert len(app.get("vega_lite_chart")) == 6
 
 
 def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputing(app, monkeypatch):

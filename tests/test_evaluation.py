@@ -50,7 +50,8 @@ def test_every_encoder_and_head_sees_the_same_folds():
     folds = [r.fold for r in result.results]
     assert all(np.array_equal(folds[0], f) for f in folds)
     np.testing.assert_array_equal(folds[0], make_folds(data.ages, n_folds=5, seed=3)[0])
-    assert len(result.tests) == 6 * 3  # 4 models -> 6 pairs, 3 metrics each
+    # 4 models -> 6 pairs; per pair 3 metrics x (naive t, corrected t, Wilcoxon) + McNemar on accuracy and ±1
+    assert len(result.tests) == 6 * (3 * 3 + 2)
 
 
 def test_images_missing_from_one_encoder_are_left_out_for_all():
@@ -68,3 +69,68 @@ def test_sparse_ages_are_named_with_remedies():
     assert "age 1: 3" in notes[0] and "--age-range" in notes[0] and "--folds" in notes[0]
     with pytest.raises(ValueError, match="every age has fewer images"):
         make_folds(np.array([1, 1, 2, 2]), n_folds=3)
+
+
+def _with_fish(data, photos_per_fish=2):
+    records = tuple(ImageRecord(r.path, r.image, r.age, fish_id=f"F{i // photos_per_fish}-{r.age}")
+                    for i, r in enumerate(data.records))
+    return Dataset(data.source, data.kind, records)
+
+
+def test_grouped_folds_never_split_a_fish_and_are_on_by_default():
+    data, sets = _dataset()
+    fishy = _with_fish(data)
+    result = compare(fishy, sets, [HeadSpec("ridge")], n_folds=5)
+    assert result.grouped_by_fish
+    fold_of = {}
+    for record, fold in zip(fishy.records, result.results[0].fold):
+        assert fold_of.setdefault(record.fish_id, fold) == fold
+    assert not compare(fishy, sets, [HeadSpec("ridge")], n_folds=5, group_by_fish=False).grouped_by_fish
+
+
+def test_repeats_use_consecutive_seeds_and_every_repeat_predicts_every_image():
+    data, sets = _dataset()
+    result = compare(data, sets, [HeadSpec("ridge")], n_folds=5, seed=7, repeats=3)
+    r = result.results[0]
+    assert len(r.images) == 3 * len(data) and sorted(set(r.repeat.tolist())) == [0, 1, 2]
+    for repeat in range(3):
+        np.testing.assert_array_equal(r.fold[r.repeat == repeat], make_folds(data.ages, n_folds=5, seed=7 + repeat)[0])
+    assert len(r.fold_scores()) == 15 and r.summary()["n_folds_total"] == 15
+
+
+def test_ridge_cv_chooses_alpha_on_the_training_fold_only():
+    from sklearn.linear_model import RidgeCV
+
+    from otolith_core.heads import RIDGE_CV_ALPHAS
+
+    data, sets = _dataset()
+    result = compare(data, sets, [HeadSpec("ridge-cv")], n_folds=5)
+    r = result.results[0]
+    X, y = normalize(sets["enc-a"].features.astype(np.float64)), data.ages
+    for k in range(5):
+        train = r.fold != k
+        assert r.alpha[(0, k)] == RidgeCV(alphas=RIDGE_CV_ALPHAS).fit(X[train], y[train]).alpha_
+    assert r.fold_scores()["alpha"].notna().all()
+
+
+def test_learning_curve_subsets_are_nested_and_stratified():
+    from otolith_core.evaluation import LEARNING_FRACTIONS, nested_subsets
+
+    ages = np.repeat([1, 2, 3, 4], [10, 20, 30, 40])
+    subsets = nested_subsets(ages, LEARNING_FRACTIONS, seed=0)
+    for small, large in zip(subsets, subsets[1:]):
+        assert set(small) <= set(large)
+    for fraction, subset in zip(LEARNING_FRACTIONS, subsets):
+        counts = np.bincount(ages[subset], minlength=5)[1:]
+        np.testing.assert_array_equal(counts, np.maximum(1, np.round(fraction * np.array([10, 20, 30, 40]))))
+    assert len(subsets[-1]) == ages.size
+
+
+def test_learning_curve_rows_use_the_same_test_folds():
+    data, sets = _dataset()
+    result = compare(data, sets, [HeadSpec("ridge")], n_folds=5, with_learning_curve=True)
+    curve = result.learning_curve_frame()
+    full = curve[curve.train_fraction == 1.0].sort_values(["encoder", "fold"])
+    folds = result.folds_frame().sort_values(["encoder", "fold"])
+    np.testing.assert_allclose(full.accuracy.to_numpy(), folds.accuracy.to_numpy())
+    assert curve.groupby(["encoder", "fold"]).n_train.apply(lambda n: n.is_monotonic_increasing).all()

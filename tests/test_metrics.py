@@ -11,7 +11,7 @@ def test_metrics_against_hand_computation():
     assert pm1_accuracy(true, pred) == 0.75
     assert rmse(true, pred) == pytest.approx(np.sqrt((0 + 1 + 4 + 0) / 4))
     assert mae(true, pred) == 0.75
-    assert set(score(true, pred)) == {"accuracy", "pm1_accuracy", "rmse", "mae"}
+    assert set(score(true, pred)) == {"accuracy", "pm1_accuracy", "rmse", "mae", "ape", "cv"}
 
 
 def test_mean_sd_uses_the_sample_sd():
@@ -22,3 +22,15 @@ def test_mean_sd_uses_the_sample_sd():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="equal 1-d shapes"):
         accuracy(np.array([1, 2]), np.array([1]))
+
+
+def test_ape_and_cv_follow_the_fisheries_formulas():
+    from otolith_core.metrics import average_percent_error, coefficient_of_variation
+
+    true, pred = np.array([4, 5, 0]), np.array([6, 5, 0])
+    # per fish: 100*2/10 = 20, 0, and 0 by convention when both readings are 0
+    assert average_percent_error(true, pred) == pytest.approx(20 / 3)
+    assert coefficient_of_variation(true, pred) == pytest.approx(np.sqrt(2) * 20 / 3)
+    # CV from its definition with R = 2 readings: 100 * sd / mean per fish
+    per_fish = [100 * np.std([4, 6], ddof=1) / 5, 0, 0]
+    assert coefficient_of_variation(true, pred) == pytest.approx(np.mean(per_fish))

@@ -28,3 +28,69 @@ def test_identical_differences_give_nan_not_infinity():
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="equal 1-d shapes"):
         paired_t_test(np.ones(3), np.ones(4))
+
+
+def test_corrected_t_by_hand():
+    from otolith_core.stats import corrected_t_test
+
+    d = np.array([0.02, 0.05, -0.01, 0.04, 0.03, 0.00])
+    diff, t, p = corrected_t_test(d, np.zeros(6), test_train_ratio=1 / 9)
+    expected_t = d.mean() / np.sqrt((1 / 6 + 1 / 9) * d.var(ddof=1))
+    assert diff == pytest.approx(d.mean()) and t == pytest.approx(expected_t)
+    from scipy.stats import t as student
+
+    assert p == pytest.approx(2 * student.sf(abs(expected_t), df=5))
+    naive = paired_t_test(d, np.zeros(6))[1]
+    assert abs(t) < abs(naive)  # the correction widens the interval
+
+
+def test_mcnemar_against_statsmodels_on_a_hand_table():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from otolith_core.stats import mcnemar_test
+
+    # both right 10, only A right 5, only B right 1, both wrong 4
+    a = np.array([1] * 10 + [1] * 5 + [0] * 1 + [0] * 4, dtype=bool)
+    b = np.array([1] * 10 + [0] * 5 + [1] * 1 + [0] * 4, dtype=bool)
+    diff, statistic, p = mcnemar_test(a, b)
+    reference = mcnemar(np.array([[10, 5], [1, 4]]), exact=True)
+    assert diff == pytest.approx((15 - 11) / 20) and statistic == 1 and p == pytest.approx(reference.pvalue)
+    assert p == pytest.approx(2 * (1 + 6) / 2**6)  # binomial(6, 1/2): P(X <= 1) doubled
+
+
+def test_bowker_by_hand_and_against_statsmodels():
+    from statsmodels.stats.contingency_tables import SquareTable
+
+    from otolith_core.stats import bowker_symmetry
+
+    table = np.array([[5, 2, 1], [3, 6, 2], [0, 4, 7]])
+    true = np.repeat(np.repeat([1, 2, 3], 3), table.ravel())
+    pred = np.repeat(np.tile([1, 2, 3], 3), table.ravel())
+    statistic, df, p = bowker_symmetry(true, pred)
+    assert statistic == pytest.approx((2 - 3) ** 2 / 5 + (1 - 0) ** 2 / 1 + (2 - 4) ** 2 / 6) and df == 3
+    reference = SquareTable(table, shift_zeros=False).symmetry()
+    assert statistic == pytest.approx(reference.statistic) and p == pytest.approx(reference.pvalue)
+
+
+def test_holm_matches_statsmodels_and_keeps_nan():
+    from statsmodels.stats.multitest import multipletests
+
+    from otolith_core.stats import holm_adjust
+
+    p = np.array([0.01, 0.04, np.nan, 0.03, 0.2])
+    adjusted = holm_adjust(p)
+    assert np.isnan(adjusted[2])
+    np.testing.assert_allclose(adjusted[[0, 1, 3, 4]], multipletests(p[[0, 1, 3, 4]], method="holm")[1])
+
+
+def test_age_bias_uses_a_t_interval():
+    from scipy.stats import t as student
+
+    from otolith_core.stats import age_bias
+
+    rows = age_bias(np.array([3, 3, 3, 4]), np.array([3, 4, 5, 4]))
+    three = rows[0]
+    half = student.ppf(0.975, 2) * 1.0 / np.sqrt(3)
+    assert three["n"] == 3 and three["mean_pred"] == 4.0
+    assert three["ci_low"] == pytest.approx(4 - half) and three["ci_high"] == pytest.approx(4 + half)
+    assert np.isnan(rows[1]["ci_low"])  # one fish: no interval

@@ -21,6 +21,8 @@ from otolith_core.registry import EncoderSpec, presets, registry, resolve_encode
 DEMO_CHOICE = "Built-in synthetic demo"
 PATH_CHOICE = "Folder or CSV manifest"
 DEMO_ENCODERS = ("otolith-morphometrics", "pixels-32")
+GROUPING = {"kept in one fold when the data has fish_id repeats": None, "always kept in one fold": True,
+            "treated as independent images": False}
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class Settings:
     seed: int
     age_range: tuple[int, int] | None
     cache_dir: str
+    repeats: int = 1
+    group_by_fish: bool | None = None  # None: when the data has several photos of a fish
+    learning_curve: bool = False
 
 
 def cache_dir() -> Path:
@@ -143,7 +148,9 @@ def sidebar() -> Settings | None:
     encoders = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
 
     sb.header("Heads")
-    head_names = sb.multiselect("Heads", list(HEADS), default=list(HEADS), key="heads")
+    head_names = sb.multiselect("Heads", list(HEADS), default=["ridge", "svc"], key="heads",
+                                help="ridge: Ridge(α) with rounded ages; svc: linear SVC(C), one-vs-one; "
+                                     "ridge-cv: α chosen inside each training fold")
     alpha = sb.number_input("Ridge α", min_value=0.001, value=6.0, key="alpha")
     c_value = sb.number_input("SVC C", min_value=0.0001, value=0.1, format="%.4f", key="svc_c")
     scaling = sb.selectbox("Feature scaling (fitted per training fold)", list(SCALINGS), index=list(SCALINGS).index("l2"),
@@ -153,7 +160,13 @@ def sidebar() -> Settings | None:
     sb.header("Cross-validation")
     n_folds = int(sb.number_input("Folds", min_value=2, max_value=50, value=10, key="folds"))
     seed = int(sb.number_input("Seed", min_value=0, value=0, key="seed"))
-    settings = Settings(data_path, is_demo, encoders, heads, n_folds, seed, age_range, str(cache_dir()))
+    repeats = int(sb.number_input("Repeats (R x k-fold, seeds seed..seed+R-1)", min_value=1, max_value=20, value=1,
+                                  key="repeats"))
+    grouping = sb.selectbox("Photos of one fish", list(GROUPING), key="grouping",
+                            help="Several photos of one fish in both training and test folds inflate every number.")
+    curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key="learning_curve")
+    settings = Settings(data_path, is_demo, encoders, heads, n_folds, seed, age_range, str(cache_dir()),
+                        repeats, GROUPING[grouping], curve)
     if sb.button("Run comparison", type="primary", key="run", disabled=not (encoders and heads)):
         st.session_state["run_settings"] = settings
     if run_settings() is not None:
@@ -290,11 +303,14 @@ def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[
 
 
 @st.cache_data(show_spinner="Cross-validating…", max_entries=16)
-def cached_comparison(key: str, _dataset: Dataset, _embeddings: dict, heads: tuple[HeadSpec, ...], n_folds: int,
-                      seed: int, problems: tuple[tuple[str, str], ...]):
+def cached_comparison(key: str, _dataset: Dataset, _embeddings: dict, _settings: Settings,
+                      problems: tuple[tuple[str, str], ...]):
+    """The comparison for ``key`` (data, embeddings, heads, CV settings); computed once per key."""
     from otolith_core.evaluation import compare
 
-    return compare(_dataset, _embeddings, list(heads), n_folds=n_folds, seed=seed, failed_encoders=dict(problems))
+    s = _settings
+    return compare(_dataset, _embeddings, list(s.heads), n_folds=s.n_folds, seed=s.seed, repeats=s.repeats,
+                   group_by_fish=s.group_by_fish, with_learning_curve=s.learning_curve, failed_encoders=dict(problems))
 
 
 def current_comparison():
@@ -312,11 +328,13 @@ def current_comparison():
     if not embeddings:
         st.error("No encoder could be evaluated; see the messages above.")
         return None
-    key = "|".join([data_key(settings.data_path, settings.age_range), *(f"{n}:{len(e.rows)}:{float(e.features.sum()):.9g}" for n, e in embeddings.items()),
-                    *(repr(h) for h in settings.heads), str(settings.n_folds), str(settings.seed)])
+    key = "|".join([data_key(settings.data_path, settings.age_range),
+                    *(f"{n}:{len(e.rows)}:{float(e.features.sum()):.9g}" for n, e in embeddings.items()),
+                    *(repr(h) for h in settings.heads),
+                    f"folds={settings.n_folds}|seed={settings.seed}|repeats={settings.repeats}",
+                    f"group={settings.group_by_fish}|curve={settings.learning_curve}"])
     try:
-        return cached_comparison(key, dataset, embeddings, settings.heads, settings.n_folds, settings.seed,
-                                 tuple(sorted(problems.items())))
+        return cached_comparison(key, dataset, embeddings, settings, tuple(sorted(problems.items())))
     except ValueError as exc:
         st.error(f"Cross-validation cannot run: {exc}")
         return None
@@ -347,3 +365,22 @@ def show_thumbnail(container, record, caption: str) -> None:
         container.caption(f"{record.image}: cannot be decoded")
     else:
         container.image(pixels, caption=caption, width="stretch")
+
+
+def run_json(comparison, settings: Settings) -> bytes:
+    """``run.json`` for a dashboard run: the same provenance record as the CLI writes."""
+    import json
+
+    from otolith_core.report import provenance
+
+    dataset = dataset_for(settings)
+    specs = {}
+    for name in settings.encoders:
+        try:
+            spec = encoder_spec(name)
+        except Exception:  # an encoder that failed is listed under failed_encoders already
+            continue
+        specs[spec.name] = spec
+    record = provenance(comparison, dataset, specs, list(settings.heads), cache_dir=settings.cache_dir)
+    record["command"] = "streamlit run app.py (dashboard)"
+    return json.dumps(record, indent=2, default=str).encode("utf-8")

@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from otolith_core.charts import BAR_METRICS, PAPER_LABEL, fold_lines, metric_bars
+from otolith_core.charts import BAR_METRICS, PAPER_LABEL, age_bias_plot, fold_lines, learning_curve_chart, metric_bars
 from otolith_core.metrics import METRIC_LABELS
 from otolith_core.report import csv_bytes, result_tables
-from views.common import current_comparison, run_settings
+from views.common import current_comparison, run_json, run_settings
 
 st.title("Results")
 comparison = current_comparison()
@@ -19,7 +19,9 @@ for note in comparison.warnings:
     st.warning(note)
 
 summary = comparison.summary_frame()
-st.subheader(f"Summary: {comparison.n_folds}-fold stratified CV (seed {comparison.seed}), mean ± SD over folds")
+scheme = f"{comparison.repeats} × {comparison.n_folds}-fold" if comparison.repeats > 1 else f"{comparison.n_folds}-fold"
+grouping = ", photos of a fish kept in one fold" if comparison.grouped_by_fish else ""
+st.subheader(f"Summary: {scheme} stratified CV (seed {comparison.seed}{grouping}), mean ± SD over folds")
 table = pd.DataFrame({"encoder": summary["encoder"], "head": summary["head"], "images": summary["n_images"]})
 for metric in ("accuracy", "pm1_accuracy", "rmse", "mae"):
     mean, sd = summary[f"{metric}_mean"], summary[f"{metric}_sd"]
@@ -37,19 +39,49 @@ folds = comparison.folds_frame()
 metric = st.radio("Metric", list(BAR_METRICS), horizontal=True, format_func=METRIC_LABELS.get, key="fold_metric")
 st.altair_chart(fold_lines(folds, metric), width="stretch")
 
-st.subheader("Paired t-tests across folds")
+st.subheader("Is one model better than another?")
 tests = comparison.tests_frame()
 if tests.empty:
     st.caption("Choose at least two encoder/head combinations to compare them.")
 else:
-    st.caption("mean_diff = mean over folds of (A − B). Folds share training images, so this t-test is "
-               "over-confident; read small p-values with care.")
-    st.dataframe(tests.assign(metric=tests["metric"].map(METRIC_LABELS)), hide_index=True, width="stretch",
-                 column_config={"mean_diff": st.column_config.NumberColumn(format="%.4f"),
-                                "t": st.column_config.NumberColumn(format="%.3f"),
-                                "p_value": st.column_config.NumberColumn(format="%.4g")})
+    st.markdown(
+        "The **naive** paired t-test treats the folds as independent, but every two training folds share most of "
+        "their images, so it is over-confident. The **corrected** test (Nadeau & Bengio 2003) widens the variance "
+        "by the test/train size ratio; quote it, and use repeated CV (sidebar) for more folds.")
+    key_cols = ["metric", "encoder_a", "head_a", "encoder_b", "head_b"]
+    naive = tests[tests["test"] == "paired_t"].set_index(key_cols)
+    corrected = tests[tests["test"] == "corrected_t"].set_index(key_cols)
+    side = pd.DataFrame({"mean difference (A − B)": naive["mean_diff"], "naive t": naive["t"],
+                         "naive p": naive["p_value"], "corrected t": corrected["t"], "corrected p": corrected["p_value"],
+                         "corrected p (Holm)": corrected["p_holm"]}).reset_index()
+    side["metric"] = side["metric"].map(METRIC_LABELS)
+    st.dataframe(side, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.4g") for c in side.columns[5:]})
+    with st.expander("All tests: naive t, corrected t, Wilcoxon signed-rank, exact McNemar (first repeat)"):
+        st.dataframe(tests, hide_index=True, width="stretch")
+
+st.subheader("Age-reading precision and bias (model against reader)")
+precision = summary[["encoder", "head", "ape_mean", "ape_sd", "cv_mean", "cv_sd", "rmse_raw_mean"]].rename(columns={
+    "ape_mean": "APE % (mean)", "ape_sd": "APE % (SD)", "cv_mean": "CV % (mean)", "cv_sd": "CV % (SD)",
+    "rmse_raw_mean": "RMSE of unrounded ridge"})
+st.dataframe(precision, hide_index=True, width="stretch")
+left, right = st.columns([3, 2])
+left.altair_chart(age_bias_plot(comparison.agebias_frame()), width="stretch")
+right.caption("Bowker's test of symmetry of the reader-vs-model age table (first repeat): a small p means the "
+              "model systematically reads older or younger than the reader for some ages.")
+right.dataframe(comparison.symmetry_frame().drop(columns="test"), hide_index=True, width="stretch")
+
+if comparison.learning_curve is not None:
+    st.subheader("Learning curve")
+    curve_metric = st.radio("Metric", list(BAR_METRICS), horizontal=True, format_func=METRIC_LABELS.get,
+                            key="curve_metric")
+    st.altair_chart(learning_curve_chart(comparison.learning_curve_frame(), curve_metric), width="stretch")
 
 st.subheader("Downloads")
-st.caption("The same files `otolith run` writes for these settings.")
-for column, (name, frame) in zip(st.columns(5), result_tables(comparison).items()):
-    column.download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
+st.caption("The same files `otolith run` writes for these settings; run.json records how they were made.")
+tables = result_tables(comparison)
+columns = st.columns(4)
+for i, (name, frame) in enumerate(tables.items()):
+    columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
+columns[len(tables) % 4].download_button("run.json", run_json(comparison, settings), file_name="run.json",
+                                         mime="application/json", key="download-run.json")
