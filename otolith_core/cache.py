@@ -7,7 +7,7 @@ Layout under the cache folder (``--cache-dir``, ``OTOLITH_CACHE_DIR``, default `
 
 An encoder's *fingerprint* hashes everything that changes its numbers: loader, model id, weights
 tag or weights-file content, architecture, preprocessing (size, resize mode, interpolation,
-mean/std) and the extractor version. Inside it an image's key is its content hash plus its crop
+mean/std), the JPEG decode scale rule and the extractor version. Inside it an image's key is its content hash plus its crop
 box, so renamed or moved files are still hits and a changed file is a miss.
 
 Every batch is written in one transaction: an interrupted extraction keeps all finished batches.
@@ -63,7 +63,7 @@ class FileHashes:
 
 def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes) -> str:
     """Hex digest naming everything that changes an encoder's embeddings (not its display name)."""
-    from .feature_extractor import EXTRACTOR_VERSION, LOCAL_WEIGHT_FILES
+    from .feature_extractor import EXTRACTOR_VERSION, LOCAL_WEIGHT_FILES, decode_min_side
 
     weights: str | None = spec.pretrained
     if spec.loader == "checkpoint":
@@ -84,6 +84,7 @@ def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes) -> str:
         "architecture": spec.architecture,
         "weights": weights,
         "preprocessing": asdict(spec.preprocessing) if spec.preprocessing else None,
+        "decode_min_side": decode_min_side(spec),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

@@ -6,6 +6,7 @@ images that cannot be decoded or embedded instead of stopping at them.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +18,7 @@ from .data import Dataset, ImageRecord, Skipped, load_image
 from .registry import EncoderSpec
 
 ProgressCallback = Callable[[int, int], None]  # (images extracted so far, images to extract)
+DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
 
 
 @dataclass(frozen=True)
@@ -90,20 +92,32 @@ def extract_embeddings(
                 from .feature_extractor import load_encoder
 
                 encoder = load_encoder(spec, device=device, batch_size=batch_size, weights_dir=weights_dir)
+            from .feature_extractor import decode_min_side
+
             size = batch_size or encoder.batch_size
-            pending = list(todo.items())
+            pending = [(k, dataset.records[i]) for k, i in todo.items()]
+            batches = [pending[start: start + size] for start in range(0, total, size)]
+            min_side = decode_min_side(spec)
             if progress:
                 progress(0, total)
-            for start in range(0, total, size):
-                batch = pending[start: start + size]
-                batch_keys, features, bad = _embed_batch(encoder, [(k, dataset.records[i]) for k, i in batch])
-                failures.extend(bad)
-                if batch_keys:
-                    _check_dim(spec, features)
-                    store.put_many(batch_keys, features)
-                done += len(batch)
-                if progress:
-                    progress(done, total)
+            # Images of the next batch are decoded in threads while the encoder works on this one.
+            with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+                def decode(batch):
+                    return [pool.submit(_decode, key, record, min_side) for key, record in batch]
+
+                upcoming = decode(batches[0])
+                for b, batch in enumerate(batches):
+                    current, upcoming = upcoming, (decode(batches[b + 1]) if b + 1 < len(batches) else [])
+                    decoded = [f.result() for f in current]
+                    failures.extend(item for item in decoded if isinstance(item, Skipped))
+                    batch_keys, features, bad = _embed_decoded(encoder, [d for d in decoded if not isinstance(d, Skipped)])
+                    failures.extend(bad)
+                    if batch_keys:
+                        _check_dim(spec, features)
+                        store.put_many(batch_keys, features)
+                    done += len(batch)
+                    if progress:
+                        progress(done, total)
         lookup = [keys[i] for i in known]
         features, found = store.get_many(lookup)
         rows = np.asarray(known, dtype=int)[found]
@@ -130,21 +144,23 @@ def _keys(store: EmbeddingStore, records: Sequence[ImageRecord]) -> tuple[list[s
     return keys, failures
 
 
-def _embed_batch(encoder, items: list[tuple[str, ImageRecord]]) -> tuple[list[str], np.ndarray, list[Skipped]]:
-    """Decode and embed one batch; an image that fails is named and the rest go on."""
-    decoded, bad = [], []
-    for key, record in items:
-        try:
-            decoded.append((key, record, load_image(record)))
-        except ValueError as exc:
-            bad.append(Skipped(record.image, str(exc)))
-    if not decoded:
-        return [], np.zeros((0, 0), dtype=np.float32), bad
+def _decode(key: str, record: ImageRecord, min_side: int | None):
+    """(key, record, image), or a Skipped naming why the image cannot be used."""
     try:
-        return [key for key, _, _ in decoded], _finite(encoder.embed([im for _, _, im in decoded])), bad
+        return key, record, load_image(record, min_side=min_side)
+    except ValueError as exc:
+        return Skipped(record.image, str(exc))
+
+
+def _embed_decoded(encoder, decoded: list) -> tuple[list[str], np.ndarray, list[Skipped]]:
+    """Embed one batch of decoded images; an image the encoder cannot use is named and the rest go on."""
+    if not decoded:
+        return [], np.zeros((0, 0), dtype=np.float32), []
+    try:
+        return [key for key, _, _ in decoded], _finite(encoder.embed([im for _, _, im in decoded])), []
     except ValueError:
         pass  # one image in the batch is unusable: find it by embedding one at a time
-    kept_keys, rows = [], []
+    kept_keys, rows, bad = [], [], []
     for key, record, image in decoded:
         try:
             rows.append(_finite(encoder.embed([image]))[0])

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # Bump when decoding or transforms change the numbers an encoder produces: it is part of every cache key.
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2  # 2: JPEGs decoded at reduced DCT scale, never below twice the model's input side
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 LOCAL_WEIGHT_FILES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
@@ -112,6 +112,15 @@ def select_device(device: str = "auto") -> str:
     if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
     return device
+
+
+def decode_min_side(spec: EncoderSpec) -> int:
+    """Smallest shorter side a JPEG may be decoded at for this encoder: twice what the encoder looks at."""
+    if spec.preprocessing is not None:
+        return 2 * spec.preprocessing.size
+    from .morphometrics import BUILTIN_DECODE_SIDE
+
+    return BUILTIN_DECODE_SIDE.get(spec.model_id, 2048)
 
 
 def default_batch_size(device: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
@@ -98,6 +98,26 @@ class RoundedRidge(RegressorMixin, BaseEstimator):
         return self.round_ages(self.predict_continuous(X))
 
 
+class GramSVC(ClassifierMixin, BaseEstimator):
+    """``SVC(kernel="linear", C)`` solved on a precomputed Gram matrix: the same model and predictions.
+
+    libsvm evaluates a linear kernel one dot product at a time; one BLAS product ``X @ X.T`` is far
+    faster for embedding-sized inputs (10-fold CV on 8,637 x 1,152: minutes -> seconds).
+    """
+
+    def __init__(self, C: float = 0.1) -> None:
+        self.C = C
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "GramSVC":
+        self.train_ = np.ascontiguousarray(X, dtype=np.float64)
+        self.svc_ = SVC(kernel="precomputed", C=self.C).fit(self.train_ @ self.train_.T, y)
+        self.classes_ = self.svc_.classes_
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.svc_.predict(np.asarray(X, dtype=np.float64) @ self.train_.T)
+
+
 def build_head(spec: HeadSpec) -> Pipeline:
     """A fresh, unfitted pipeline ``scale -> model`` for one training fold."""
     scaler = {
@@ -110,7 +130,7 @@ def build_head(spec: HeadSpec) -> Pipeline:
     elif spec.name == "ridge-cv":
         model = RoundedRidge(alphas=RIDGE_CV_ALPHAS)
     else:
-        model = SVC(kernel="linear", C=spec.C)
+        model = GramSVC(C=spec.C)
     return Pipeline([("scale", scaler), ("model", model)])
 
 

@@ -160,6 +160,9 @@ def pixels_32(image: Image.Image) -> np.ndarray:
     return (np.asarray(thumb, dtype=np.float32) / 255.0).ravel()
 
 
+# Shorter side a JPEG may be reduced to before each extractor (twice what it measures at).
+BUILTIN_DECODE_SIDE = {"otolith-morphometrics": 2 * WORK_SIDE, "pixels-32": 64}
+
 BUILTIN_EXTRACTORS: dict[str, Callable[[Image.Image], np.ndarray]] = {
     "otolith-morphometrics": otolith_morphometrics,
     "pixels-32": pixels_32,

@@ -165,3 +165,25 @@ def test_probe_goes_to_the_proxy_when_one_is_set(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", fake_connect)
     ok, why = feature_extractor.hub_reachable(timeout=1)
     assert not ok and seen == [("proxy.example.org", 3128)]
+
+
+def test_reduced_scale_jpeg_decoding_keeps_embeddings_close(tiny_model_dir, tmp_path):
+    """The fast path (JPEG DCT scaling to >= 2x the input side) against full decoding: cosine >= 0.999."""
+    from pathlib import Path
+
+    from otolith_core.data import ImageRecord, load_image
+    from otolith_core.feature_extractor import decode_min_side
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((2000, 3000, 3)) * 40).astype(np.uint8)
+    pixels[500:1500, 700:2300] += 160  # a bright otolith-sized object
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=90)
+    spec = resolve_encoder(f"local-dir:{tiny_model_dir}")
+    encoder = load_encoder(spec, device="cpu")
+    for crop in (None, (600, 400, 2400, 1600)):
+        record = ImageRecord(Path(tmp_path / "photo.jpg"), "photo.jpg", 3, crop=crop)
+        fast_image = load_image(record, min_side=decode_min_side(spec))
+        assert min(fast_image.size) < min(load_image(record).size)  # it really decoded smaller
+        full, fast = encoder.embed([load_image(record)])[0], encoder.embed([fast_image])[0]
+        cosine = float(full @ fast / np.linalg.norm(full) / np.linalg.norm(fast))
+        assert cosine >= 0.999, cosine

@@ -23,12 +23,20 @@ def test_ridge_rounds_and_clips_to_the_training_age_range():
     np.testing.assert_array_equal(pred, np.clip(np.rint(reference), y[:100].min(), y[:100].max()))
 
 
-def test_svc_is_the_papers_linear_one_vs_one_svc():
-    X, y = _data(1)
-    head = build_head(HeadSpec("svc", scaling="none")).fit(X[:100], y[:100])
-    reference = SVC(kernel="linear", C=0.1).fit(X[:100], y[:100])
-    np.testing.assert_array_equal(predict(head, X[100:])[0], reference.predict(X[100:]))
-    assert reference.decision_function_shape == "ovr" and head.named_steps["model"].break_ties is False
+@pytest.mark.parametrize("scaling,C", [("none", 0.1), ("l2", 50.0), ("standardize", 0.1)])
+def test_svc_predicts_exactly_as_the_papers_linear_one_vs_one_svc(scaling, C):
+    """Solved on a precomputed Gram matrix for speed, but the same model as SVC(kernel="linear", C=0.1)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(1, 11, 600)
+    X = rng.normal(size=(600, 300)) + y[:, None] * 0.05
+    head = build_head(HeadSpec("svc", C=C, scaling=scaling)).fit(X[:500], y[:500])
+    scaler = {"none": [], "l2": [Normalizer()], "standardize": [StandardScaler()]}[scaling]
+    reference = make_pipeline(*scaler, SVC(kernel="linear", C=C)).fit(X[:500], y[:500])
+    np.testing.assert_array_equal(predict(head, X[500:])[0], reference.predict(X[500:]))
+    assert len(set(reference.predict(X[500:]))) > 3  # a non-trivial comparison, not the majority class
 
 
 def test_labels_name_non_default_parameters():
