@@ -1,0 +1,8 @@
+"""Otolith age from frozen image embeddings: the core behind the dashboard and the `otolith` CLI.
+
+One image's path, module by module: data (find and decode) -> registry (which encoder) ->
+feature_extractor (build it) -> cache / embeddings (embed once, keep) -> heads -> evaluation
+(shared folds) -> metrics / stats -> charts / report. This package never imports streamlit.
+"""
+
+__version__ = "0.1.0"

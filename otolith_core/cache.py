@@ -31,6 +31,7 @@ from .registry import EncoderSpec
 SCHEMA_VERSION = 1
 DEFAULT_CACHE_DIR = "cache"
 _META_KEY = "__encoder__"
+_MATRIX_KEY = "__matrix__"  # the last complete dataset matrix read from this store
 _CACHE_SETTINGS = {"eviction_policy": "none", "size_limit": 2**50, "cull_limit": 0}
 
 
@@ -40,7 +41,12 @@ def default_cache_dir() -> Path:
 
 
 class FileHashes:
-    """SHA-256 of files, remembered by (absolute path, size, mtime) so warm runs read no image bytes."""
+    """SHA-256 of files, remembered by (absolute path, size, mtime) so warm runs read no image bytes.
+
+    Remembered on disk across runs, and in memory within one process (every encoder of a run asks).
+    """
+
+    _memo: dict[str, str] = {}
 
     def __init__(self, cache_dir: str | Path) -> None:
         import diskcache
@@ -48,13 +54,14 @@ class FileHashes:
         self._cache = diskcache.Cache(str(Path(cache_dir) / "file_hashes"), **_CACHE_SETTINGS)
 
     def sha256(self, path: str | Path) -> str:
-        path = Path(path).resolve()
-        stat = path.stat()
+        path = os.path.abspath(path)
+        stat = os.stat(path)
         key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-        digest = self._cache.get(key)
+        digest = self._memo.get(key) or self._cache.get(key)
         if digest is None:
-            digest = file_sha256(path)
+            digest = file_sha256(Path(path))
             self._cache.set(key, digest)
+        self._memo[key] = digest
         return digest
 
     def close(self) -> None:
@@ -119,7 +126,16 @@ class EmbeddingStore:
         return [i for i, key in enumerate(keys) if key not in self._cache]
 
     def get_many(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(features ``(n_found, dim)`` float32, positions of the found keys in ``keys``)."""
+        """(features ``(n_found, dim)`` float32, positions of the found keys in ``keys``).
+
+        A complete lookup is also kept as one matrix under the digest of its key list, so the next
+        run over the same images reads one blob instead of one row per image.
+        """
+        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+        snapshot = self._cache.get(_MATRIX_KEY)
+        if snapshot is not None and snapshot["digest"] == digest:
+            matrix = np.frombuffer(snapshot["matrix"], dtype=np.float32).reshape(len(keys), -1)
+            return matrix, np.arange(len(keys))
         rows, found = [], []
         for i, key in enumerate(keys):
             blob = self._cache.get(key)
@@ -128,7 +144,10 @@ class EmbeddingStore:
                 found.append(i)
         if not rows:
             return np.zeros((0, self.spec.embed_dim or 0), dtype=np.float32), np.zeros(0, dtype=int)
-        return np.stack(rows), np.asarray(found, dtype=int)
+        matrix = np.stack(rows)
+        if len(found) == len(keys):  # entries never change under one key, so a complete matrix stays valid
+            self._cache.set(_MATRIX_KEY, {"digest": digest, "matrix": matrix.tobytes()})
+        return matrix, np.asarray(found, dtype=int)
 
     def put_many(self, keys: Sequence[str], features: np.ndarray) -> None:
         """Store one batch atomically: after a crash either all of it is there or none."""
@@ -140,7 +159,7 @@ class EmbeddingStore:
                 self._cache.set(key, row.tobytes())
 
     def __len__(self) -> int:
-        return len(self._cache) - (1 if _META_KEY in self._cache else 0)
+        return len(self._cache) - sum(1 for k in (_META_KEY, _MATRIX_KEY) if k in self._cache)
 
     def close(self) -> None:
         self._cache.close()

@@ -82,7 +82,9 @@ def extract_embeddings(
     try:
         keys, failures = _keys(store, dataset.records)
         known = [i for i, k in enumerate(keys) if k is not None]
-        todo_positions = [known[j] for j in store.missing([keys[i] for i in known])]
+        lookup = [keys[i] for i in known]
+        features, found = store.get_many(lookup)
+        todo_positions = [known[j] for j in sorted(set(range(len(known))) - set(found.tolist()))]
         todo: dict[str, int] = {}
         for i in todo_positions:  # identical files are embedded once
             todo.setdefault(keys[i], i)
@@ -118,8 +120,8 @@ def extract_embeddings(
                     done += len(batch)
                     if progress:
                         progress(done, total)
-        lookup = [keys[i] for i in known]
-        features, found = store.get_many(lookup)
+        if total:
+            features, found = store.get_many(lookup)
         rows = np.asarray(known, dtype=int)[found]
         failed_images = {f.path for f in failures}
         embedded = set(rows.tolist())

@@ -119,3 +119,22 @@ def test_morphometrics_names_an_image_with_no_otolith(tmp_path):
     data = load_dataset(tmp_path / "m.csv")
     result = extract_embeddings(data, registry()["otolith-morphometrics"], cache_dir=tmp_path / "c")
     assert len(result.rows) == 0 and "no otolith" in result.failures[0].reason
+
+
+def test_a_dataset_matrix_is_read_back_as_one_blob(demo_manifest, tmp_path):
+    data = load_dataset(demo_manifest)
+    spec = registry()["pixels-32"]
+    first = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=_pixels())
+    store = EmbeddingStore(tmp_path, spec)
+    keys = store.keys_for(data.records)
+    reads = []
+    real_get = store._cache.get
+    store._cache.get = lambda key, *a, **k: reads.append(key) or real_get(key, *a, **k)
+    matrix, found = store.get_many(keys)
+    assert len(reads) == 1 and found.tolist() == list(range(len(keys)))
+    np.testing.assert_array_equal(matrix, first.features)
+    reads.clear()
+    part, _ = store.get_many(keys[:10])  # another image list: row by row, never the stale matrix
+    assert len(reads) == 11
+    np.testing.assert_array_equal(part, first.features[:10])
+    store.close()

@@ -212,6 +212,18 @@ def dataset_for(settings: Settings) -> Dataset | None:
         return None
 
 
+def current_data() -> tuple[Settings, Dataset]:
+    """The sidebar's settings and their data set; stops the page with a message when there is none."""
+    settings = st.session_state.get("settings")
+    if settings is None:
+        st.info("Choose the images in the sidebar.")
+        st.stop()
+    dataset = dataset_for(settings)
+    if dataset is None:
+        st.stop()
+    return settings, dataset
+
+
 def data_key(data_path: str, age_range: tuple[int, int] | None) -> str:
     """String key of a data set as read now (path, age clipping, files' sizes and times)."""
     return f"{data_path}|{age_range}|{data_signature(data_path)}"

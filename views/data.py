@@ -4,16 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import age_histogram
-from views.common import dataset_for, show_thumbnail
+from views.common import current_data, show_thumbnail
 
 st.title("Data")
-settings = st.session_state.get("settings")
-if settings is None:
-    st.info("Choose the images in the sidebar.")
-    st.stop()
-dataset = dataset_for(settings)
-if dataset is None:
-    st.stop()
+settings, dataset = current_data()
 
 if settings.is_demo:
     st.warning("**Synthetic demo**: these images are drawn by a program (ring count = age). Use them to try the "

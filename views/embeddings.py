@@ -4,16 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.feature_extractor import EncoderUnavailable, weights_available
-from views.common import cached_count, data_key, dataset_for, encoder_spec, extract_with_progress
+from views.common import cached_count, current_data, data_key, encoder_spec, extract_with_progress
 
 st.title("Embeddings")
-settings = st.session_state.get("settings")
-if settings is None:
-    st.info("Choose the images in the sidebar.")
-    st.stop()
-dataset = dataset_for(settings)
-if dataset is None:
-    st.stop()
+settings, dataset = current_data()
 if not settings.encoders:
     st.info("Choose one or more encoders in the sidebar.")
     st.stop()
