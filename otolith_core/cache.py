@@ -139,9 +139,15 @@ class EmbeddingStore:
         rows, found = [], []
         for i, key in enumerate(keys):
             blob = self._cache.get(key)
-            if blob is not None:
-                rows.append(np.frombuffer(blob, dtype=np.float32))
-                found.append(i)
+            if blob is None:
+                continue
+            row = np.frombuffer(blob, dtype=np.float32) if isinstance(blob, bytes) and len(blob) % 4 == 0 else None
+            if row is None or (self.spec.embed_dim and row.size != self.spec.embed_dim) or not np.isfinite(row).all() \
+                    or (rows and row.size != rows[0].size):
+                self._cache.delete(key)  # a damaged entry is recomputed, never read
+                continue
+            rows.append(row)
+            found.append(i)
         if not rows:
             return np.zeros((0, self.spec.embed_dim or 0), dtype=np.float32), np.zeros(0, dtype=int)
         matrix = np.stack(rows)

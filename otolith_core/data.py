@@ -27,6 +27,8 @@ MANIFEST_COLUMNS = ("path", "age", "fish_id", *CROP_COLUMNS)
 MAX_IMAGE_PIXELS = 250_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
+MIN_IMAGE_SIDE = 8  # smaller images (or crops) carry no readable otolith
+
 _AGE_FOLDER = re.compile(r"^(?:age[_\- ]?)?(\d+)$", re.IGNORECASE)
 
 
@@ -256,6 +258,10 @@ def load_image(record: ImageRecord, *, min_side: int | None = None) -> Image.Ima
         if x1 > rgb.width or y1 > rgb.height:
             raise ValueError(f"crop box {record.crop} lies outside the {rgb.width * scale}x{rgb.height * scale} image")
         rgb = rgb.crop((x0, y0, x1, y1))
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image is only {rgb.width}x{rgb.height} pixels; at least {MIN_IMAGE_SIDE} on each side are needed")
+    if all(low == high for low, high in rgb.getextrema()):
+        raise ValueError("image is blank: every pixel has the same colour")
     return rgb
 
 

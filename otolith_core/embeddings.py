@@ -30,6 +30,7 @@ class EmbeddingSet:
     rows: np.ndarray  # (n_embedded,) positions of those images in dataset.records
     failures: tuple[Skipped, ...] = ()
     n_extracted: int = 0  # computed by this call (the rest came from the cache)
+    keys: tuple[str, ...] = ()  # (n_embedded,) image identity (content hash + crop); equal keys = same image
 
     @property
     def dim(self) -> int:
@@ -129,7 +130,8 @@ def extract_embeddings(
         for i in known:
             if i not in embedded and dataset.records[i].image not in failed_images:
                 failures.append(Skipped(dataset.records[i].image, f"{spec.name}: same content as an image that could not be embedded"))
-        return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=total)
+        return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=total,
+                            keys=tuple(lookup[j] for j in found))
     finally:
         store.close()
 

@@ -331,6 +331,7 @@ def compare(
         folds, fold_notes = make_folds(ages, n_folds=n_folds, seed=seed + r, groups=groups if group_by_fish else None)
         fold_sets.append(folds)
         notes += [n for n in fold_notes if n not in notes]
+    notes += duplicate_warnings(next(iter(embeddings.values())), rows, images, ages, fold_sets)
     results, curve = [], []
     for name, emb in embeddings.items():
         position = {int(r): j for j, r in enumerate(emb.rows)}
@@ -350,6 +351,29 @@ def compare(
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc)
+
+
+def duplicate_warnings(emb: EmbeddingSet, rows: np.ndarray, images: Sequence[str], ages: np.ndarray,
+                       fold_sets: Sequence[np.ndarray]) -> list[str]:
+    """Sentences about images with the same content; "ERROR:" when they disagree on age or straddle folds."""
+    if not emb.keys:
+        return []
+    key_of = dict(zip(emb.rows.tolist(), emb.keys))
+    by_key: dict[str, list[int]] = {}
+    for j, row in enumerate(rows.tolist()):
+        by_key.setdefault(key_of[row], []).append(j)
+    notes = []
+    for members in (m for m in by_key.values() if len(m) > 1):
+        names = ", ".join(images[j] for j in members)
+        if len(set(ages[members].tolist())) > 1:
+            notes.append(f"ERROR: {names} are the same image but carry different ages "
+                         f"({', '.join(str(a) for a in ages[members])}); fix the manifest")
+        elif any(len(set(folds[members].tolist())) > 1 for folds in fold_sets):
+            notes.append(f"ERROR: {names} are the same image and fall in different folds, so the model is tested "
+                         f"on an image it was trained on; remove the copies or give them one fish_id")
+        else:
+            notes.append(f"{names} are the same image (duplicates)")
+    return notes
 
 
 def _common_rows(sets) -> set[int]:

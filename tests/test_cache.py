@@ -101,7 +101,9 @@ def test_interrupted_extraction_keeps_finished_batches(demo_manifest, tmp_path):
 def test_unreadable_images_are_named_and_the_rest_embedded(tmp_path):
     from PIL import Image
 
-    Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "good.png")
+    good = Image.new("RGB", (20, 20), (9, 9, 9))
+    good.paste((200, 200, 200), (5, 5, 15, 15))
+    good.save(tmp_path / "good.png")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     (tmp_path / "m.csv").write_text("path,age\ngood.png,1\nbad.jpg,2\n")
     data = load_dataset(tmp_path / "m.csv")
@@ -113,9 +115,9 @@ def test_unreadable_images_are_named_and_the_rest_embedded(tmp_path):
 def test_morphometrics_names_an_image_with_no_otolith(tmp_path):
     from PIL import Image
 
-    Image.new("RGB", (64, 64), (0, 0, 0)).save(tmp_path / "blank.png")
-    Image.new("RGB", (64, 64), (0, 0, 0)).save(tmp_path / "blank2.png")
-    (tmp_path / "m.csv").write_text("path,age\nblank.png,1\n")
+    faint = np.random.default_rng(0).integers(10, 14, (64, 64, 3), dtype=np.uint8)  # noise, no object
+    Image.fromarray(faint).save(tmp_path / "faint.png")
+    (tmp_path / "m.csv").write_text("path,age\nfaint.png,1\n")
     data = load_dataset(tmp_path / "m.csv")
     result = extract_embeddings(data, registry()["otolith-morphometrics"], cache_dir=tmp_path / "c")
     assert len(result.rows) == 0 and "no otolith" in result.failures[0].reason
@@ -138,3 +140,76 @@ def test_a_dataset_matrix_is_read_back_as_one_blob(demo_manifest, tmp_path):
     assert len(reads) == 11
     np.testing.assert_array_equal(part, first.features[:10])
     store.close()
+
+
+def _extract_command(manifest, cache, model="otolith-morphometrics"):
+    import sys
+
+    return [sys.executable, "-m", "otolith_core.cli", "extract", "--data", str(manifest), "--model", model,
+            "--cache-dir", str(cache), "--batch-size", "4"]
+
+
+def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(demo_manifest, tmp_path):
+    import subprocess
+    import time
+
+    data = load_dataset(demo_manifest)
+    spec = registry()["otolith-morphometrics"]
+    process = subprocess.Popen(_extract_command(demo_manifest, tmp_path / "cache"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (tmp_path / "cache" / "embeddings").exists() and cached_count(data, spec, cache_dir=tmp_path / "cache") >= 12:
+            break
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: no clean-up code runs
+    process.wait()
+    kept = cached_count(data, spec, cache_dir=tmp_path / "cache")
+    assert 12 <= kept < len(data), kept
+    resumed = extract_embeddings(data, spec, cache_dir=tmp_path / "cache")
+    assert resumed.n_extracted == len(data) - kept  # nothing finished was redone
+    clean = extract_embeddings(data, spec, cache_dir=tmp_path / "clean")
+    np.testing.assert_array_equal(resumed.features, clean.features)
+    np.testing.assert_array_equal(resumed.rows, clean.rows)
+
+
+def test_two_processes_extracting_into_one_cache_both_finish_correctly(demo_manifest, tmp_path):
+    import subprocess
+
+    command = _extract_command(demo_manifest, tmp_path / "cache", model="pixels-32")
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.wait(timeout=300) == 0, second.stderr.read()
+    data = load_dataset(demo_manifest)
+    shared = extract_embeddings(data, registry()["pixels-32"], cache_dir=tmp_path / "cache")
+    clean = extract_embeddings(data, registry()["pixels-32"], cache_dir=tmp_path / "clean", encoder=_pixels())
+    assert shared.n_extracted == 0
+    np.testing.assert_array_equal(shared.features, clean.features)
+
+
+def test_a_cache_of_another_schema_version_is_never_read(demo_manifest, tmp_path, monkeypatch):
+    from otolith_core import cache as cache_module
+
+    data = load_dataset(demo_manifest).subset(range(8))
+    spec = registry()["pixels-32"]
+    monkeypatch.setattr(cache_module, "SCHEMA_VERSION", cache_module.SCHEMA_VERSION - 1)
+    extract_embeddings(data, spec, cache_dir=tmp_path, encoder=_pixels())
+    monkeypatch.undo()
+    assert cached_count(data, spec, cache_dir=tmp_path) == 0  # rebuilt under the current schema
+
+
+def test_a_damaged_cache_entry_is_recomputed_not_read(demo_manifest, tmp_path):
+    data = load_dataset(demo_manifest).subset(range(12))
+    spec = registry()["pixels-32"]
+    clean = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=_pixels())
+    store = EmbeddingStore(tmp_path, spec)
+    keys = store.keys_for(data.records)
+    store._cache.delete("__matrix__")
+    store._cache.set(keys[3], b"\x00\x01\x02")  # truncated write
+    store._cache.set(keys[5], np.full(1024, np.nan, dtype=np.float32).tobytes())
+    store.close()
+    counter = CountingEncoder(_pixels())
+    again = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=counter)
+    assert counter.seen == 2
+    np.testing.assert_array_equal(again.features, clean.features)

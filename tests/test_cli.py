@@ -190,3 +190,95 @@ def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, t
     summary = pd.read_csv(out / "summary.csv")
     assert {"ape_mean", "cv_mean", "rmse_raw_mean", "n_folds_total"} <= set(summary.columns)
     assert (summary.n_folds_total == 30).all()
+
+
+def test_a_manifest_mixing_every_kind_of_bad_row_runs_to_completion(demo_manifest, tmp_path):
+    """Broken, missing, mislabelled and degenerate rows are named in skipped.csv; every valid image is used,
+    however unusual its format."""
+    from PIL import Image
+
+    root = demo_manifest.parent
+    rows = pd.read_csv(demo_manifest)[["path", "age"]]
+    rows["path"] = [str(root / p) for p in rows.path]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    valid = {
+        "grey16.png": Image.fromarray((rng.random((300, 400)) * 65535).astype(np.uint16)),
+        "cmyk.jpg": base.convert("CMYK"),
+        "palette.png": base.convert("P"),
+        "alpha.png": base.convert("RGBA"),
+        "grey16.tif": Image.fromarray((rng.random((300, 400)) * 65535).astype(np.uint16)),
+        "otólito ñ.png": base,
+        "big35mp.jpg": base.resize((7200, 4900)),
+    }
+    for name, image in valid.items():
+        image.save(odd / name)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    base.save(odd / "rotated.jpg", exif=exif.tobytes())
+    valid["rotated.jpg"] = None
+    (odd / "empty.jpg").write_bytes(b"")
+    (odd / "truncated.jpg").write_bytes((odd / "cmyk.jpg").read_bytes()[:200])
+    (odd / "notes.png").write_text("not an image")
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(odd / "tiny.png")
+    Image.new("RGB", (100, 100), (0, 0, 0)).save(odd / "blank.png")
+    bad = [("empty.jpg", 5, "cannot decode"), ("truncated.jpg", 5, "cannot decode"), ("notes.png", 5, "cannot decode"),
+           ("tiny.png", 5, "only 1x1"), ("blank.png", 5, "blank"), ("missing.jpg", 5, "file not found"),
+           ("cmyk.jpg", "five", "not a number"), ("cmyk.jpg", -2, ">= 0"), ("cmyk.jpg", "", "blank age")]
+    extra = [(str(odd / n), 6) for n in valid] + [(str(odd / n), a) for n, a, _ in bad]
+    manifest = pd.concat([rows, pd.DataFrame(extra, columns=["path", "age"])], ignore_index=True)
+    manifest["x0"] = manifest["y0"] = manifest["x1"] = manifest["y1"] = ""
+    inverted = {"path": str(odd / "alpha.png"), "age": 4, "x0": 50, "y0": 50, "x1": 10, "y1": 90}
+    outside = {"path": str(odd / "palette.png"), "age": 4, "x0": 0, "y0": 0, "x1": 900, "y1": 90}
+    manifest = pd.concat([manifest, pd.DataFrame([inverted, outside])], ignore_index=True)
+    manifest.to_csv(tmp_path / "mixed.csv", index=False)
+
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tmp_path / "mixed.csv"), "--models", "pixels-32", "--heads", "ridge",
+                 "--folds", "5", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
+    skipped = pd.read_csv(out / "skipped.csv")
+    reasons = " | ".join(skipped.reason)
+    for _, _, reason in bad:
+        assert reason in reasons, reason
+    assert "inverted" in reasons and "outside" in reasons
+    used = set(pd.read_csv(out / "predictions.csv").image)
+    assert all(str(odd / n) in used for n in valid)
+    assert len(used) == len(rows) + len(valid)
+
+
+def test_a_crash_while_writing_results_leaves_no_half_written_file(tmp_path, monkeypatch):
+    from otolith_core import report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("from an earlier run\n")
+    calls = []
+    real = report.csv_bytes
+
+    def failing(frame):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(frame)
+
+    monkeypatch.setattr(report, "csv_bytes", failing)
+    with pytest.raises(OSError):
+        report.write_results(_comparison_for_writing(), out, run_info={}, chart=False)
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # nothing new, no staging folder left
+    assert (out / "summary.csv").read_text() == "from an earlier run\n"
+
+
+def _comparison_for_writing():
+    from pathlib import Path
+
+    from otolith_core.data import Dataset, ImageRecord
+    from otolith_core.embeddings import EmbeddingSet
+    from otolith_core.evaluation import compare
+    from otolith_core.heads import HeadSpec
+
+    ages = np.repeat(np.arange(1, 4), 10)
+    data = Dataset(Path("/x"), "folder", tuple(ImageRecord(Path(f"/x/{i}"), f"{i}", int(a)) for i, a in enumerate(ages)))
+    features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    return compare(data, {"e": EmbeddingSet("e", features, np.arange(30))}, [HeadSpec("ridge")], n_folds=3)

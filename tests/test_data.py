@@ -110,3 +110,12 @@ def test_crop_outside_the_image_and_broken_files_raise_value_error(tmp_path):
         load_image(outside)
     with pytest.raises(ValueError, match="cannot decode"):
         load_image(broken)
+
+
+@pytest.mark.parametrize("image,reason", [(Image.new("RGB", (1, 1), (50, 60, 70)), "only 1x1 pixels"),
+                                          (Image.new("RGB", (64, 64), (0, 0, 0)), "blank")])
+def test_degenerate_images_are_named(tmp_path, image, reason):
+    image.save(tmp_path / "x.png")
+    (tmp_path / "m.csv").write_text("path,age\nx.png,3\n")
+    with pytest.raises(ValueError, match=reason):
+        load_image(load_dataset(tmp_path / "m.csv").records[0])

@@ -134,3 +134,14 @@ def test_learning_curve_rows_use_the_same_test_folds():
     folds = result.folds_frame().sort_values(["encoder", "fold"])
     np.testing.assert_allclose(full.accuracy.to_numpy(), folds.accuracy.to_numpy())
     assert curve.groupby(["encoder", "fold"]).n_train.apply(lambda n: n.is_monotonic_increasing).all()
+
+
+def test_duplicate_images_are_reported_and_errors_named():
+    data, sets = _dataset(n=100)
+    keys = [f"k{i}" for i in range(100)]
+    keys[1] = keys[0]  # same content, same age (both age 1)
+    keys[99] = keys[2]  # same content, ages 1 and 5
+    sets = {n: EmbeddingSet(n, e.features, e.rows, keys=tuple(keys)) for n, e in sets.items()}
+    notes = compare(data, sets, [HeadSpec("ridge")], n_folds=5).warnings
+    assert any("0.png, 1.png are the same image" in n for n in notes)
+    assert any(n.startswith("ERROR: 2.png, 99.png are the same image but carry different ages") for n in notes)
