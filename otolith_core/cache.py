@@ -32,6 +32,7 @@ SCHEMA_VERSION = 1
 DEFAULT_CACHE_DIR = "cache"
 _META_KEY = "__encoder__"
 _MATRIX_KEY = "__matrix__"  # the last complete dataset matrix read from this store
+_FAILED_PREFIX = "failed:"  # + image key -> why it could not be embedded
 _CACHE_SETTINGS = {"eviction_policy": "none", "size_limit": 2**50, "cull_limit": 0}
 
 
@@ -164,8 +165,18 @@ class EmbeddingStore:
             for key, row in zip(keys, features):
                 self._cache.set(key, row.tobytes())
 
+    def record_failures(self, reasons: dict[str, str]) -> None:
+        """Remember why images could not be embedded (shown again without retrying them)."""
+        with self._cache.transact():
+            for key, reason in reasons.items():
+                self._cache.set(_FAILED_PREFIX + key, reason)
+
+    def failure(self, key: str) -> str | None:
+        """Why this image could not be embedded last time, if it failed."""
+        return self._cache.get(_FAILED_PREFIX + key)
+
     def __len__(self) -> int:
-        return len(self._cache) - sum(1 for k in (_META_KEY, _MATRIX_KEY) if k in self._cache)
+        return sum(1 for k in self._cache.iterkeys() if k not in (_META_KEY, _MATRIX_KEY) and not k.startswith(_FAILED_PREFIX))
 
     def close(self) -> None:
         self._cache.close()

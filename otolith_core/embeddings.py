@@ -58,6 +58,7 @@ def extract_embeddings(
     weights_dir: str | Path | None = None,
     progress: ProgressCallback | None = None,
     encoder=None,
+    cached_only: bool = False,
 ) -> EmbeddingSet:
     """Embed every image of ``dataset`` with ``spec``, reusing and filling the cache.
 
@@ -70,6 +71,7 @@ def extract_embeddings(
         which is called only when something is missing.
     progress : called as ``progress(done, total)`` after each batch.
     encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident).
+    cached_only : return what the cache holds and name the rest, extracting nothing.
 
     Returns
     -------
@@ -89,6 +91,11 @@ def extract_embeddings(
         todo: dict[str, int] = {}
         for i in todo_positions:  # identical files are embedded once
             todo.setdefault(keys[i], i)
+        if cached_only:
+            failures += [Skipped(dataset.records[i].image,
+                                 store.failure(keys[i]) or f"{spec.name}: not embedded yet (run the extraction)")
+                         for i in todo_positions]
+            todo = {}
         total, done = len(todo), 0
         if todo:
             if encoder is None:
@@ -112,12 +119,16 @@ def extract_embeddings(
                 for b, batch in enumerate(batches):
                     current, upcoming = upcoming, (decode(batches[b + 1]) if b + 1 < len(batches) else [])
                     decoded = [f.result() for f in current]
-                    failures.extend(item for item in decoded if isinstance(item, Skipped))
-                    batch_keys, features, bad = _embed_decoded(encoder, [d for d in decoded if not isinstance(d, Skipped)])
+                    bad = [item for item in decoded if isinstance(item, Skipped)]
+                    batch_keys, batch_features, unusable = _embed_decoded(
+                        encoder, [d for d in decoded if not isinstance(d, Skipped)])
+                    bad += unusable
                     failures.extend(bad)
+                    key_of = {record.image: key for key, record in batch}
+                    store.record_failures({key_of[f.path]: f.reason for f in bad})
                     if batch_keys:
-                        _check_dim(spec, features)
-                        store.put_many(batch_keys, features)
+                        _check_dim(spec, batch_features)
+                        store.put_many(batch_keys, batch_features)
                     done += len(batch)
                     if progress:
                         progress(done, total)

@@ -213,3 +213,23 @@ def test_a_damaged_cache_entry_is_recomputed_not_read(demo_manifest, tmp_path):
     again = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=counter)
     assert counter.seen == 2
     np.testing.assert_array_equal(again.features, clean.features)
+
+
+def test_cached_only_reads_without_extracting_and_repeats_the_failure_reason(tmp_path):
+    from PIL import Image
+
+    good = Image.new("RGB", (20, 20), (9, 9, 9))
+    good.paste((200, 200, 200), (5, 5, 15, 15))
+    good.save(tmp_path / "good.png")
+    good.save(tmp_path / "later.png", format="PNG", compress_level=1)  # same pixels, other bytes: another image
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    (tmp_path / "m.csv").write_text("path,age\ngood.png,1\nbad.jpg,2\n")
+    spec = registry()["pixels-32"]
+    extract_embeddings(load_dataset(tmp_path / "m.csv"), spec, cache_dir=tmp_path / "c")
+    (tmp_path / "m.csv").write_text("path,age\ngood.png,1\nbad.jpg,2\nlater.png,3\n")
+    counter = CountingEncoder(_pixels())
+    result = extract_embeddings(load_dataset(tmp_path / "m.csv"), spec, cache_dir=tmp_path / "c", encoder=counter,
+                                cached_only=True)
+    assert counter.seen == 0 and result.rows.tolist() == [0]
+    reasons = {f.path: f.reason for f in result.failures}
+    assert "cannot decode" in reasons["bad.jpg"] and "not embedded yet" in reasons["later.png"]

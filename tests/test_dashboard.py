@@ -156,3 +156,27 @@ def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "demo_data" / "manifest.csv").is_file()
     assert any("Synthetic demo" in w.value for w in at.warning)
     assert at.sidebar.multiselect(key="encoders").value == ENCODERS
+
+
+def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, monkeypatch, demo_manifest):
+    from PIL import Image
+
+    rows = pd.read_csv(demo_manifest)[["path", "age"]]
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    Image.new("RGB", (50, 50), (0, 0, 0)).save(tmp_path / "blank.png")
+    extra = pd.DataFrame({"path": [str(tmp_path / "broken.jpg"), str(tmp_path / "blank.png"), "nowhere.jpg"],
+                          "age": [3, 4, 5]})
+    pd.concat([rows, extra]).to_csv(tmp_path / "mixed.csv", index=False)
+    monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OTOLITH_DATA", str(tmp_path / "mixed.csv"))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    _run(at, ["pixels-32"])
+    at.switch_page("views/results.py").run()  # extracts; the broken and blank images fail there
+    assert not at.exception
+    at.switch_page("views/data.py").run()
+    skipped = at.dataframe[-1].value
+    reasons = dict(zip(skipped.path, skipped.reason))
+    assert "cannot decode" in reasons[str(tmp_path / "broken.jpg")]
+    assert "blank" in reasons[str(tmp_path / "blank.png")]
+    assert any("file not found" in r for r in reasons.values())

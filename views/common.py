@@ -238,10 +238,28 @@ def cached_count(key: str, name: str, _dataset: Dataset, cache: str) -> int:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def cached_embeddings(key: str, name: str, n_cached: int, _dataset: Dataset, cache: str):
-    """Embeddings straight from the cache (nothing missing: no encoder is loaded)."""
+    """Embeddings straight from the cache; nothing is extracted and no encoder is loaded."""
     from otolith_core.embeddings import extract_embeddings
 
-    return extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache)
+    return extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache, cached_only=True)
+
+
+def unusable_images(settings: Settings, dataset: Dataset) -> list[dict]:
+    """Images the chosen encoders tried and could not use (undecodable, blank, too small), from the cache."""
+    key = data_key(settings.data_path, settings.age_range)
+    rows: dict[str, str] = {}
+    for name in settings.encoders:
+        try:
+            if cached_count(key, name, dataset, settings.cache_dir) == 0:
+                continue
+            result = cached_embeddings(key, name, cached_count(key, name, dataset, settings.cache_dir), dataset,
+                                       settings.cache_dir)
+        except Exception:  # an encoder that cannot even be resolved is reported on the other pages
+            continue
+        for failure in result.failures:
+            if "not embedded yet" not in failure.reason:
+                rows.setdefault(failure.path, failure.reason)
+    return [{"path": p, "reason": r} for p, r in rows.items()]
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the encoder…")
@@ -293,8 +311,9 @@ def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[
             problems[name] = str(exc.args[0] if isinstance(exc, KeyError) else exc)
             continue
         n_cached = cached_count(key, name, dataset, settings.cache_dir)
+        attempted = st.session_state.setdefault("attempted_extractions", set())
         try:
-            if n_cached < len(dataset):
+            if n_cached < len(dataset) and (key, name) not in attempted:  # images that failed once are not retried
                 if not (weights_available(spec) or name in allowed):
                     problems[name] = f"needs a download of {spec.download_size} before it can run"
                     if st.button(f"Download {name} ({spec.download_size}) and extract", key=f"download-{name}"):
@@ -302,6 +321,7 @@ def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[
                         st.rerun()
                     continue
                 extract_with_progress(settings, dataset, name)
+                attempted.add((key, name))
                 n_cached = cached_count(key, name, dataset, settings.cache_dir)
             result = cached_embeddings(key, name, n_cached, dataset, settings.cache_dir)
         except EncoderUnavailable as exc:

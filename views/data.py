@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import age_histogram
-from views.common import current_data, show_thumbnail
+from views.common import current_data, show_thumbnail, unusable_images
 
 st.title("Data")
 settings, dataset = current_data()
@@ -47,7 +47,8 @@ for age in counts.index:
         show_thumbnail(col, record, record.image)
 
 st.subheader("Skipped files and rows")
-if dataset.skipped:
-    st.dataframe(pd.DataFrame([s.__dict__ for s in dataset.skipped]), hide_index=True, width="stretch")
+skipped = [s.__dict__ for s in dataset.skipped] + unusable_images(settings, dataset)
+if skipped:
+    st.dataframe(pd.DataFrame(skipped, columns=["path", "reason"]), hide_index=True, width="stretch")
 else:
     st.caption("Nothing was skipped.")
