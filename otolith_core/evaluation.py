@@ -311,9 +311,7 @@ def compare(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     common = _common_rows(embeddings.values())
-    skipped = list(dataset.skipped)
-    for emb in embeddings.values():
-        skipped += [s for s in emb.failures if s not in skipped]
+    skipped = list(dict.fromkeys([*dataset.skipped, *(s for emb in embeddings.values() for s in emb.failures)]))
     named = {s.path for s in skipped}
     for i, record in enumerate(dataset.records):
         if i not in common and record.image not in named:
