@@ -165,8 +165,11 @@ def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, m
     rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     Image.new("RGB", (50, 50), (0, 0, 0)).save(tmp_path / "blank.png")
-    extra = pd.DataFrame({"path": [str(tmp_path / "broken.jpg"), str(tmp_path / "blank.png"), "nowhere.jpg"],
-                          "age": [3, 4, 5]})
+    copy = tmp_path / "copy of first.jpg"
+    copy.write_bytes(Path(rows.path[0]).read_bytes())
+    other_age = 1 if rows.age[0] != 1 else 2
+    extra = pd.DataFrame({"path": [str(tmp_path / "broken.jpg"), str(tmp_path / "blank.png"), "nowhere.jpg", str(copy)],
+                          "age": [3, 4, 5, other_age]})
     pd.concat([rows, extra]).to_csv(tmp_path / "mixed.csv", index=False)
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OTOLITH_DATA", str(tmp_path / "mixed.csv"))
@@ -180,3 +183,4 @@ def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, m
     assert "cannot decode" in reasons[str(tmp_path / "broken.jpg")]
     assert "blank" in reasons[str(tmp_path / "blank.png")]
     assert any("file not found" in r for r in reasons.values())
+    assert any("same image but carry different ages" in e.value and str(copy) in e.value for e in at.error)

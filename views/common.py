@@ -244,6 +244,24 @@ def cached_embeddings(key: str, name: str, n_cached: int, _dataset: Dataset, cac
     return extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache, cached_only=True)
 
 
+def duplicate_notes(settings: Settings, dataset: Dataset) -> list[str]:
+    """Images with the same content, from the first chosen encoder that has embeddings cached."""
+    from otolith_core.evaluation import duplicate_warnings
+
+    key = data_key(settings.data_path, settings.age_range)
+    for name in settings.encoders:
+        try:
+            n_cached = cached_count(key, name, dataset, settings.cache_dir)
+            if n_cached == 0:
+                continue
+            emb = cached_embeddings(key, name, n_cached, dataset, settings.cache_dir)
+        except Exception:  # an encoder that cannot even be resolved is reported on the other pages
+            continue
+        images = [dataset.records[i].image for i in emb.rows]
+        return duplicate_warnings(emb, emb.rows, images, dataset.ages[emb.rows], [])
+    return []
+
+
 def unusable_images(settings: Settings, dataset: Dataset) -> list[dict]:
     """Images the chosen encoders tried and could not use (undecodable, blank, too small), from the cache."""
     key = data_key(settings.data_path, settings.age_range)

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import age_histogram
-from views.common import current_data, show_thumbnail, unusable_images
+from views.common import current_data, duplicate_notes, show_thumbnail, unusable_images
 
 st.title("Data")
 settings, dataset = current_data()
@@ -33,6 +33,9 @@ if dataset.has_fish_ids:
     if len(repeated):
         st.warning(f"{len(repeated)} fish have several photos ({int(repeated.sum())} images). Plain stratified CV can "
                    "put photos of one fish in both training and test folds, which flatters every encoder alike.")
+
+for note in duplicate_notes(settings, dataset):
+    (st.error if note.startswith("ERROR") else st.warning)(note)
 
 st.subheader("Images per age")
 st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")
