@@ -244,19 +244,25 @@ def cached_embeddings(key: str, name: str, n_cached: int, _dataset: Dataset, cac
     return extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache, cached_only=True)
 
 
+def cached_sets(settings: Settings, dataset: Dataset) -> list:
+    """The chosen encoders' embeddings as far as the cache holds them (nothing is extracted)."""
+    key = data_key(settings.data_path, settings.age_range)
+    sets = []
+    for name in settings.encoders:
+        try:
+            n_cached = cached_count(key, name, dataset, settings.cache_dir)
+            if n_cached:
+                sets.append(cached_embeddings(key, name, n_cached, dataset, settings.cache_dir))
+        except Exception:  # an encoder that cannot even be resolved is reported on the other pages
+            continue
+    return sets
+
+
 def duplicate_notes(settings: Settings, dataset: Dataset) -> list[str]:
     """Images with the same content, from the first chosen encoder that has embeddings cached."""
     from otolith_core.evaluation import duplicate_warnings
 
-    key = data_key(settings.data_path, settings.age_range)
-    for name in settings.encoders:
-        try:
-            n_cached = cached_count(key, name, dataset, settings.cache_dir)
-            if n_cached == 0:
-                continue
-            emb = cached_embeddings(key, name, n_cached, dataset, settings.cache_dir)
-        except Exception:  # an encoder that cannot even be resolved is reported on the other pages
-            continue
+    for emb in cached_sets(settings, dataset)[:1]:
         images = [dataset.records[i].image for i in emb.rows]
         return duplicate_warnings(emb, emb.rows, images, dataset.ages[emb.rows], [])
     return []
@@ -264,17 +270,9 @@ def duplicate_notes(settings: Settings, dataset: Dataset) -> list[str]:
 
 def unusable_images(settings: Settings, dataset: Dataset) -> list[dict]:
     """Images the chosen encoders tried and could not use (undecodable, blank, too small), from the cache."""
-    key = data_key(settings.data_path, settings.age_range)
     rows: dict[str, str] = {}
-    for name in settings.encoders:
-        try:
-            if cached_count(key, name, dataset, settings.cache_dir) == 0:
-                continue
-            result = cached_embeddings(key, name, cached_count(key, name, dataset, settings.cache_dir), dataset,
-                                       settings.cache_dir)
-        except Exception:  # an encoder that cannot even be resolved is reported on the other pages
-            continue
-        for failure in result.failures:
+    for emb in cached_sets(settings, dataset):
+        for failure in emb.failures:
             if "not embedded yet" not in failure.reason:
                 rows.setdefault(failure.path, failure.reason)
     return [{"path": p, "reason": r} for p, r in rows.items()]
