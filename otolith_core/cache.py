@@ -7,7 +7,8 @@ Layout under the cache folder (``--cache-dir``, ``OTOLITH_CACHE_DIR``, default `
 
 An encoder's *fingerprint* hashes everything that changes its numbers: loader, model id, weights
 tag or weights-file content, architecture, preprocessing (size, resize mode, interpolation,
-mean/std), the JPEG decode scale rule and the extractor version. Inside it an image's key is its content hash plus its crop
+mean/std), the JPEG decode scale rule, the extractor version and a reduced arithmetic precision
+(bf16/fp16; fp32 adds nothing, so plain stores keep their names). Inside it an image's key is its content hash plus its crop
 box, so renamed or moved files are still hits and a changed file is a miss.
 
 Every batch is written in one transaction: an interrupted extraction keeps all finished batches.
@@ -69,7 +70,7 @@ class FileHashes:
         self._cache.close()
 
 
-def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes) -> str:
+def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32") -> str:
     """Hex digest naming everything that changes an encoder's embeddings (not its display name)."""
     from .feature_extractor import EXTRACTOR_VERSION, LOCAL_WEIGHT_FILES, decode_min_side
 
@@ -94,6 +95,8 @@ def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes) -> str:
         "preprocessing": asdict(spec.preprocessing) if spec.preprocessing else None,
         "decode_min_side": decode_min_side(spec),
     }
+    if precision != "fp32":
+        identity["precision"] = precision
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -102,21 +105,30 @@ def image_key(content_sha256: str, crop: tuple[int, int, int, int] | None) -> st
     return f"{content_sha256}:{'full' if crop is None else ','.join(map(str, crop))}"
 
 
-class EmbeddingStore:
-    """Embeddings of one encoder identity: ``image key -> float32 vector``."""
+def store_path(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32") -> Path:
+    """Folder of the store for ``spec`` run in ``precision`` (nothing is created)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
+    return Path(cache_dir) / "embeddings" / f"{slug}-{encoder_fingerprint(spec, hashes, precision)[:16]}"
 
-    def __init__(self, cache_dir: str | Path, spec: EncoderSpec, *, hashes: FileHashes | None = None) -> None:
+
+class EmbeddingStore:
+    """Embeddings of one encoder identity, in one arithmetic precision: ``image key -> float32 vector``."""
+
+    def __init__(
+        self, cache_dir: str | Path, spec: EncoderSpec, *, precision: str = "fp32", hashes: FileHashes | None = None
+    ) -> None:
         import diskcache
 
         self.cache_dir = Path(cache_dir)
         self.spec = spec
+        self.precision = precision
         self._owns_hashes = hashes is None
         self.hashes = hashes or FileHashes(cache_dir)
-        self.fingerprint = encoder_fingerprint(spec, self.hashes)
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
-        self.path = self.cache_dir / "embeddings" / f"{slug}-{self.fingerprint[:16]}"
+        self.fingerprint = encoder_fingerprint(spec, self.hashes, precision)
+        self.path = store_path(cache_dir, spec, self.hashes, precision)
         self._cache = diskcache.Cache(str(self.path), **_CACHE_SETTINGS)
-        self._cache.add(_META_KEY, {"schema": SCHEMA_VERSION, "fingerprint": self.fingerprint, "encoder": spec.as_dict()})
+        self._cache.add(_META_KEY, {"schema": SCHEMA_VERSION, "fingerprint": self.fingerprint,
+                                    "encoder": spec.as_dict(), "precision": precision})
 
     def keys_for(self, records: Sequence[ImageRecord]) -> list[str]:
         """Cache keys of ``records`` (content hashes are memoised, so this is cheap when warm)."""

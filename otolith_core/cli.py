@@ -2,7 +2,8 @@
 
     otolith demo --out DIR [--n N] [--seed S]
     otolith models
-    otolith extract --data PATH --model NAME [--device ...] [--batch-size N] [--cache-dir DIR] [--npz FILE]
+    otolith extract --data PATH --model NAME [--device ...] [--precision ...] [--batch-size N] [--cache-dir DIR]
+                    [--npz FILE]
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
                 [--learning-curve] [--age-range MIN MAX] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
@@ -98,6 +99,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="arithmetic of the forward pass; auto: the encoder's choice for the device "
+                             "(config.yaml), or the precision of embeddings already cached. fp16 needs CUDA")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default 32 on CUDA, 8 otherwise)")
     parser.add_argument("--cache-dir", help="embedding cache (default: $OTOLITH_CACHE_DIR or ./cache)")
     parser.add_argument("--weights-dir", help="Hugging Face cache folder for weights (default: HF_HUB_CACHE)")
@@ -120,13 +124,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .feature_extractor import weights_available
     from .registry import registry
 
-    rows = [("name", "year", "dim", "input", "download", "offline", "description")]
+    rows = [("name", "year", "dim", "input", "cpu/cuda", "download", "offline", "description")]
     for spec in registry().values():
         pre = spec.preprocessing
         size = f"{pre.size}px {pre.resize_mode}" if pre else "-"
         offline = "yes" if weights_available(spec, weights_dir=args.weights_dir) else "no"
-        rows.append((spec.name, str(spec.year or ""), str(spec.embed_dim or "?"), size, spec.download_size, offline,
-                     spec.description))
+        precision = "-" if spec.loader == "builtin" else f"{spec.precision.cpu}/{spec.precision.cuda}"
+        rows.append((spec.name, str(spec.year or ""), str(spec.embed_dim or "?"), size, precision, spec.download_size,
+                     offline, spec.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -174,7 +179,8 @@ def _extract_one(dataset, spec, args):
 
     try:
         return extract_embeddings(dataset, spec, cache_dir=_cache_dir(args), device=args.device,
-                                  batch_size=args.batch_size, weights_dir=args.weights_dir, progress=progress)
+                                  precision=args.precision, batch_size=args.batch_size, weights_dir=args.weights_dir,
+                                  progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -188,7 +194,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     spec = resolve_encoder(args.model, weights_dir=args.weights_dir)
     emb = _extract_one(dataset, spec, args)
     cached = len(emb.rows) - emb.n_extracted
-    print(f"{spec.name}: {len(emb.rows)} images embedded ({emb.n_extracted} extracted now, "
+    print(f"{spec.name}: {len(emb.rows)} images embedded in {emb.precision} ({emb.n_extracted} extracted now, "
           f"{max(cached, 0)} from the cache), {len(emb.failures)} failed; cache {_cache_dir(args)}")
     for failure in emb.failures[:20]:
         print(f"  skipped {failure.path}: {failure.reason}")
@@ -235,7 +241,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 failed[spec.name] = "no image could be embedded"
                 continue
             embeddings[spec.name] = emb
-            print(f"{spec.name}: {len(emb.rows)} images ({emb.n_extracted} extracted now)")
+            print(f"{spec.name}: {len(emb.rows)} images, {emb.precision} ({emb.n_extracted} extracted now)")
     if not embeddings:
         print("nothing could be evaluated: every encoder failed (see above)", file=sys.stderr)
         return EXIT_NOTHING_EVALUATED

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cache import EmbeddingStore
+from .cache import EmbeddingStore, FileHashes, image_key, store_path
 from .data import Dataset, ImageRecord, Skipped, load_image
-from .registry import EncoderSpec
+from .registry import PRECISIONS, EncoderSpec
 
 ProgressCallback = Callable[[int, int], None]  # (images extracted so far, images to extract)
 DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
@@ -31,21 +31,25 @@ class EmbeddingSet:
     failures: tuple[Skipped, ...] = ()
     n_extracted: int = 0  # computed by this call (the rest came from the cache)
     keys: tuple[str, ...] = ()  # (n_embedded,) image identity (content hash + crop); equal keys = same image
+    precision: str = "fp32"  # arithmetic the encoder ran in (each precision has its own cache store)
 
     @property
     def dim(self) -> int:
         return int(self.features.shape[1])
 
 
-def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path) -> int:
-    """How many of the dataset's images already have this encoder's embedding."""
-    store = EmbeddingStore(cache_dir, spec)
+def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto") -> int:
+    """How many of the dataset's images already have this encoder's embedding (in its fullest store)."""
+    hashes = FileHashes(cache_dir)
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(spec, precision))
     try:
-        keys, _ = _keys(store, dataset.records)
+        keys, _ = _keys(hashes, dataset.records)
         present = [k for k in keys if k is not None]
-        return len(present) - len(store.missing(present))
+        return max((len(present) - len(store.missing(present)) for store in stores), default=0)
     finally:
-        store.close()
+        for store in stores:
+            store.close()
+        hashes.close()
 
 
 def extract_embeddings(
@@ -54,6 +58,7 @@ def extract_embeddings(
     *,
     cache_dir: str | Path,
     device: str = "auto",
+    precision: str = "auto",
     batch_size: int | None = None,
     weights_dir: str | Path | None = None,
     progress: ProgressCallback | None = None,
@@ -69,8 +74,13 @@ def extract_embeddings(
     cache_dir : cache folder; finished batches are kept there even if this call is interrupted.
     device, batch_size, weights_dir : passed to :func:`~otolith_core.feature_extractor.load_encoder`,
         which is called only when something is missing.
+    precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``. Each precision has its own store. ``auto``
+        reads whichever store of the encoder holds most of the images (ties: fp32, bf16, fp16; no torch
+        import), and extracts into that store if the device can run its precision, else into a store of
+        the spec's choice for the device. An explicit precision reads and fills only its own store.
     progress : called as ``progress(done, total)`` after each batch.
-    encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident).
+    encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident); what it
+        extracts goes to the store of its own precision.
     cached_only : return what the cache holds and name the rest, extracting nothing.
 
     Returns
@@ -81,58 +91,30 @@ def extract_embeddings(
     ------
     EncoderUnavailable : the encoder is needed and cannot be built (the cache is left as it was).
     """
-    store = EmbeddingStore(cache_dir, spec)
+    hashes = FileHashes(cache_dir)
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(spec, precision))
     try:
-        keys, failures = _keys(store, dataset.records)
+        keys, failures = _keys(hashes, dataset.records)
         known = [i for i, k in enumerate(keys) if k is not None]
         lookup = [keys[i] for i in known]
-        features, found = store.get_many(lookup)
-        todo_positions = [known[j] for j in sorted(set(range(len(known))) - set(found.tolist()))]
-        todo: dict[str, int] = {}
-        for i in todo_positions:  # identical files are embedded once
-            todo.setdefault(keys[i], i)
+        store, features, found = _fullest(stores, lookup)
         if cached_only:
             failures += [Skipped(dataset.records[i].image,
-                                 store.failure(keys[i]) or f"{spec.name}: not embedded yet (run the extraction)")
-                         for i in todo_positions]
-            todo = {}
-        total, done = len(todo), 0
-        if todo:
+                                 (store and store.failure(keys[i])) or f"{spec.name}: not embedded yet (run the extraction)")
+                         for i in _missing_positions(known, found)]
+        elif len(found) < len(lookup):
             if encoder is None:
-                from .feature_extractor import load_encoder
-
-                encoder = load_encoder(spec, device=device, batch_size=batch_size, weights_dir=weights_dir)
-            from .feature_extractor import decode_min_side
-
-            size = batch_size or encoder.batch_size
-            pending = [(k, dataset.records[i]) for k, i in todo.items()]
-            batches = [pending[start: start + size] for start in range(0, total, size)]
-            min_side = decode_min_side(spec)
-            if progress:
-                progress(0, total)
-            # Images of the next batch are decoded in threads while the encoder works on this one.
-            with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-                def decode(batch):
-                    return [pool.submit(_decode, key, record, min_side) for key, record in batch]
-
-                upcoming = decode(batches[0])
-                for b, batch in enumerate(batches):
-                    current, upcoming = upcoming, (decode(batches[b + 1]) if b + 1 < len(batches) else [])
-                    decoded = [f.result() for f in current]
-                    bad = [item for item in decoded if isinstance(item, Skipped)]
-                    batch_keys, batch_features, unusable = _embed_decoded(
-                        encoder, [d for d in decoded if not isinstance(d, Skipped)])
-                    bad += unusable
-                    failures.extend(bad)
-                    key_of = {record.image: key for key, record in batch}
-                    store.record_failures({key_of[f.path]: f.reason for f in bad})
-                    if batch_keys:
-                        _check_dim(spec, batch_features)
-                        store.put_many(batch_keys, batch_features)
-                    done += len(batch)
-                    if progress:
-                        progress(done, total)
-        if total:
+                encoder = _load_for(spec, store if len(found) else None, device, precision, batch_size, weights_dir)
+            if store is None or store.precision != encoder.precision:
+                store = EmbeddingStore(cache_dir, spec, precision=encoder.precision, hashes=hashes)
+                stores.append(store)
+                features, found = store.get_many(lookup)
+        todo: dict[str, int] = {}
+        for i in ([] if cached_only else _missing_positions(known, found)):  # identical files are embedded once
+            todo.setdefault(keys[i], i)
+        if todo:
+            failures += _extract_into(store, encoder, [(k, dataset.records[i]) for k, i in todo.items()],
+                                      batch_size or encoder.batch_size, progress)
             features, found = store.get_many(lookup)
         rows = np.asarray(known, dtype=int)[found]
         failed_images = {f.path for f in failures}
@@ -141,18 +123,96 @@ def extract_embeddings(
         for i in known:
             if i not in embedded and dataset.records[i].image not in failed_images:
                 failures.append(Skipped(dataset.records[i].image, f"{spec.name}: same content as an image that could not be embedded"))
-        return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=total,
-                            keys=tuple(lookup[j] for j in found))
+        return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=len(todo),
+                            keys=tuple(lookup[j] for j in found), precision=store.precision if store else "fp32")
     finally:
-        store.close()
+        for open_store in stores:
+            open_store.close()
+        hashes.close()
 
 
-def _keys(store: EmbeddingStore, records: Sequence[ImageRecord]) -> tuple[list[str | None], list[Skipped]]:
+def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, progress: ProgressCallback | None) -> list[Skipped]:
+    """Embed ``pending`` (key, record) pairs batch by batch into ``store``; the images that failed, with reasons."""
+    from .feature_extractor import decode_min_side
+
+    failures: list[Skipped] = []
+    total, done = len(pending), 0
+    batches = [pending[start: start + size] for start in range(0, total, size)]
+    min_side = decode_min_side(store.spec)
+    if progress:
+        progress(0, total)
+    # Images of the next batch are decoded in threads while the encoder works on this one.
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        def decode(batch):
+            return [pool.submit(_decode, key, record, min_side) for key, record in batch]
+
+        upcoming = decode(batches[0])
+        for b, batch in enumerate(batches):
+            current, upcoming = upcoming, (decode(batches[b + 1]) if b + 1 < len(batches) else [])
+            decoded = [f.result() for f in current]
+            bad = [item for item in decoded if isinstance(item, Skipped)]
+            batch_keys, batch_features, unusable = _embed_decoded(
+                encoder, [d for d in decoded if not isinstance(d, Skipped)])
+            bad += unusable
+            failures.extend(bad)
+            key_of = {record.image: key for key, record in batch}
+            store.record_failures({key_of[f.path]: f.reason for f in bad})
+            if batch_keys:
+                _check_dim(store.spec, batch_features)
+                store.put_many(batch_keys, batch_features)
+            done += len(batch)
+            if progress:
+                progress(done, total)
+    return failures
+
+
+def _precisions(spec: EncoderSpec, precision: str) -> tuple[str, ...]:
+    """The stores an extraction may read: the asked precision, or any."""
+    if spec.loader == "builtin":
+        return ("fp32",)  # numpy float32, whatever was asked
+    return PRECISIONS if precision == "auto" else (precision,)
+
+
+def _existing_stores(cache_dir, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str]) -> list[EmbeddingStore]:
+    """The stores of ``spec`` in these precisions that exist (none is created here)."""
+    return [EmbeddingStore(cache_dir, spec, precision=p, hashes=hashes)
+            for p in precisions if store_path(cache_dir, spec, hashes, p).is_dir()]
+
+
+def _fullest(stores: Sequence[EmbeddingStore], lookup: Sequence[str]) -> tuple[EmbeddingStore | None, np.ndarray, np.ndarray]:
+    """(store, features, found positions) of the store holding most of ``lookup``; ties go to the first."""
+    best: tuple[EmbeddingStore | None, np.ndarray, np.ndarray] = (None, np.zeros((0, 0), dtype=np.float32),
+                                                                 np.zeros(0, dtype=int))
+    for store in stores:
+        features, found = store.get_many(lookup)
+        if best[0] is None or len(found) > len(best[2]):
+            best = (store, features, found)
+        if len(found) == len(lookup):
+            break
+    return best
+
+
+def _missing_positions(known: list[int], found: np.ndarray) -> list[int]:
+    return [known[j] for j in sorted(set(range(len(known))) - set(found.tolist()))]
+
+
+def _load_for(spec: EncoderSpec, started: EmbeddingStore | None, device: str, precision: str, batch_size, weights_dir):
+    """The encoder to fill the cache with: it continues a store already begun if the device can run its precision."""
+    from .feature_extractor import load_encoder, runs_on, select_device
+
+    if spec.loader != "builtin" and precision == "auto" and started is not None:
+        device = select_device(device)
+        if runs_on(started.precision, device):
+            precision = started.precision
+    return load_encoder(spec, device=device, precision=precision, batch_size=batch_size, weights_dir=weights_dir)
+
+
+def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str | None], list[Skipped]]:
     keys: list[str | None] = []
     failures: list[Skipped] = []
     for record in records:
         try:
-            keys.append(store.keys_for([record])[0])
+            keys.append(image_key(hashes.sha256(record.path), record.crop))
         except OSError as exc:
             keys.append(None)
             failures.append(Skipped(record.image, f"cannot read file: {exc.strerror or exc}"))

@@ -26,6 +26,7 @@ from .stats import (PairedTest, age_bias, bowker_symmetry, corrected_t_test, hol
 
 TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
+PARALLEL_MIN_IMAGES = 6000  # below this, starting worker processes for the folds costs more than it saves
 PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "true_age", "pred_age", "pred_raw"]
 FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
                 "ape", "cv", "rmse_raw", "n_train", "alpha"]
@@ -114,6 +115,7 @@ class Comparison:
     warnings: tuple[str, ...] = ()
     failed_encoders: Mapping[str, str] = field(default_factory=dict)
     learning_curve: pd.DataFrame | None = None
+    precisions: Mapping[str, str] = field(default_factory=dict)  # encoder -> arithmetic its embeddings came from
 
     def summary_frame(self) -> pd.DataFrame:
         return pd.DataFrame([r.summary() for r in self.results], columns=SUMMARY_COLUMNS)
@@ -213,7 +215,7 @@ def fish_groups(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
 
 
 def cross_validate_head(
-    features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec
+    features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, n_jobs: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
     """Out-of-fold predictions of one head.
 
@@ -223,6 +225,8 @@ def cross_validate_head(
     ages : ``(n_images,)`` reader ages.
     folds : ``(n_images,)`` test fold of each image, from :func:`make_folds`.
     head : which head and parameters; a fresh head is fitted on each training fold.
+    n_jobs : folds fitted at once, in worker processes; ``None`` decides by :func:`fold_workers`.
+        The predictions are the same whatever the number.
 
     Returns
     -------
@@ -232,15 +236,43 @@ def cross_validate_head(
     ages = np.asarray(ages)
     if features.ndim != 2 or features.shape[0] != ages.shape[0] or folds.shape != ages.shape:
         raise ValueError(f"features {features.shape}, ages {ages.shape} and folds {folds.shape} do not line up")
+    fold_ids = [int(k) for k in np.unique(folds)]
+    workers = fold_workers(head, features.shape[0], len(fold_ids)) if n_jobs is None else max(1, int(n_jobs))
+    if workers > 1:
+        from joblib import Parallel, delayed
+
+        outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, head) for k in fold_ids)
+    else:
+        outcomes = [_fit_fold(features, ages, folds == k, head) for k in fold_ids]
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
     alphas = {}
-    for k in np.unique(folds):
+    for k, (fold_pred, fold_raw, alpha) in zip(fold_ids, outcomes):
         test = folds == k
-        model = build_head(head).fit(features[~test], ages[~test])
-        pred[test], raw[test] = predict(model, features[test])
-        alphas[int(k)] = chosen_alpha(model)
+        pred[test], raw[test] = fold_pred, fold_raw
+        alphas[k] = alpha
     return pred, raw, alphas
+
+
+def fold_workers(head: HeadSpec, n_images: int, n_folds: int) -> int:
+    """Processes to fit folds in: one per core for the SVC on large data, else 1.
+
+    libsvm solves on one core (threads do not help: it holds the GIL), so its folds gain from
+    processes; ridge is a few BLAS calls that already use every core. Below
+    ``PARALLEL_MIN_IMAGES`` starting workers costs more than it saves.
+    """
+    import os
+
+    if head.name != "svc" or n_images < PARALLEL_MIN_IMAGES:
+        return 1
+    return max(1, min(n_folds, os.cpu_count() or 1))
+
+
+def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, alpha)."""
+    model = build_head(head).fit(features[~test], ages[~test])
+    pred, raw = predict(model, features[test])
+    return pred, raw, chosen_alpha(model)
 
 
 def nested_subsets(ages: np.ndarray, fractions: Sequence[float], *, seed: int) -> list[np.ndarray]:
@@ -348,7 +380,8 @@ def compare(
                                     alphas))
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
-                      tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc)
+                      tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
+                      {name: emb.precision for name, emb in embeddings.items()})
 
 
 def duplicate_warnings(emb: EmbeddingSet, rows: np.ndarray, images: Sequence[str], ages: np.ndarray,

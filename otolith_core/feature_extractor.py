@@ -35,6 +35,9 @@ LOCAL_WEIGHT_FILES = (
     "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin",
 )
 NETWORK_PROBE_SECONDS = 3.0
+# Reduced precision (bf16/fp16 autocast) is chosen for an encoder only if its embeddings stay at least this
+# cosine-similar to fp32 (tests/test_registry.py checks every registry entry's CPU choice).
+REDUCED_PRECISION_COSINE_FLOOR = 0.999
 
 
 class EncoderUnavailable(RuntimeError):
@@ -45,12 +48,13 @@ class EncoderUnavailable(RuntimeError):
 
 
 class Encoder:
-    """A loaded encoder: ``embed(images)`` -> float32 array ``(n_images, dim)``."""
+    """A loaded encoder: ``embed(images)`` -> float32 array ``(n_images, dim)``, computed in ``precision``."""
 
-    def __init__(self, spec: EncoderSpec, device: str = "cpu", batch_size: int = 1) -> None:
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", batch_size: int = 1, precision: str = "fp32") -> None:
         self.spec = spec
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -68,20 +72,55 @@ class BuiltinEncoder(Encoder):
 
 
 class OpenClipEncoder(Encoder):
-    """An OpenCLIP image tower with the spec's own preprocessing."""
+    """An OpenCLIP image tower with the spec's own preprocessing, run in fp32 or under ``torch.autocast``."""
 
-    def __init__(self, spec: EncoderSpec, visual: "torch.nn.Module", device: str, batch_size: int) -> None:
-        super().__init__(spec, device=device, batch_size=batch_size)
+    def __init__(
+        self, spec: EncoderSpec, visual: "torch.nn.Module", device: str, batch_size: int, precision: str = "fp32"
+    ) -> None:
+        super().__init__(spec, device=device, batch_size=batch_size, precision=check_precision(precision, device))
         self.visual = visual.to(device).eval()
         self.transform = build_transform(spec.preprocessing)
+        if device.startswith("cuda") and precision == "fp32":
+            import torch  # fp32 means fp32: no TensorFloat-32 shortcut in matmuls and convolutions
+
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import contextlib
+
         import torch
 
         batch = torch.stack([self.transform(im) for im in images]).to(self.device)
-        with torch.inference_mode():
+        autocast = contextlib.nullcontext() if self.precision == "fp32" else torch.autocast(
+            device_type=self.device.split(":")[0], dtype=getattr(torch, AUTOCAST_DTYPES[self.precision]))
+        with torch.inference_mode(), autocast:
             features = self.visual(batch)
         return features.float().cpu().numpy()
+
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
+
+
+def check_precision(precision: str, device: str) -> str:
+    """``precision`` if ``device`` can run it, else a clear error."""
+    from .registry import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
+    if not runs_on(precision, device):
+        raise EncoderUnavailable(f"precision {precision} cannot run on device {device!r} "
+                                 f"(fp16 needs a CUDA GPU; Apple MPS runs fp32); use --precision auto or fp32")
+    return precision
+
+
+def runs_on(precision: str, device: str) -> bool:
+    """Whether autocast in ``precision`` is offered on ``device``."""
+    if precision == "fp32":
+        return True
+    if device.startswith("cuda"):
+        return True
+    return device == "cpu" and precision == "bf16"
 
 
 def build_transform(preprocessing: Preprocessing) -> Callable[[Image.Image], "torch.Tensor"]:
@@ -128,7 +167,12 @@ def default_batch_size(device: str) -> int:
 
 
 def load_encoder(
-    spec: EncoderSpec, *, device: str = "auto", batch_size: int | None = None, weights_dir: str | Path | None = None
+    spec: EncoderSpec,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    weights_dir: str | Path | None = None,
 ) -> Encoder:
     """Build the encoder a spec describes, downloading weights on first use.
 
@@ -136,6 +180,8 @@ def load_encoder(
     ----------
     spec : from :func:`otolith_core.registry.resolve_encoder`.
     device : ``auto`` (cuda -> mps -> cpu), ``cpu``, ``cuda`` or ``mps``; built-in extractors run on the CPU.
+    precision : ``auto`` (the spec's choice for the device), ``fp32``, ``bf16`` or ``fp16`` (CUDA only);
+        built-in extractors always compute in numpy float32.
     batch_size : images per forward pass (default by device).
     weights_dir : Hugging Face cache folder for downloads (default: the HF default, ``HF_HUB_CACHE``).
 
@@ -151,8 +197,9 @@ def load_encoder(
                                      f"choose from {sorted(BUILTIN_EXTRACTORS)}")
         return BuiltinEncoder(spec, BUILTIN_EXTRACTORS[spec.model_id])
     device = select_device(device)
+    precision = spec.precision.for_device(device) if precision == "auto" else check_precision(precision, device)
     visual = _load_visual_tower(spec, weights_dir)
-    return OpenClipEncoder(spec, visual, device, batch_size or default_batch_size(device))
+    return OpenClipEncoder(spec, visual, device, batch_size or default_batch_size(device), precision)
 
 
 # ----------------------------------------------------------------------------------------------------

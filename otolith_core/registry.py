@@ -19,6 +19,7 @@ import yaml
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 LOADERS = ("openclip", "hf-hub", "local-dir", "checkpoint", "builtin")
 RESIZE_MODES = ("shortest", "squash", "longest")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast; bf16/fp16: torch.autocast with that dtype
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -44,6 +45,32 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Precision:
+    """Arithmetic an encoder runs in, per kind of device; reduced precision only where it measurably helps.
+
+    ``fp32`` is the plain path. ``bf16``/``fp16`` run the forward pass under ``torch.autocast`` (layer
+    norms and softmax stay in fp32). Apple MPS always runs fp32. The precision actually used is part of
+    the cache key, so embeddings of different precisions are never mixed.
+    """
+
+    cpu: str = "fp32"
+    cuda: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for device, value in (("cpu", self.cpu), ("cuda", self.cuda)):
+            if value not in PRECISIONS:
+                raise ValueError(f"precision for {device} must be one of {PRECISIONS}, got {value!r}")
+        if self.cpu == "fp16":
+            raise ValueError("fp16 autocast is for CUDA GPUs; on the CPU choose fp32 or bf16")
+
+    def for_device(self, device: str) -> str:
+        """The precision on ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+        if device.startswith("cuda"):
+            return self.cuda
+        return self.cpu if device == "cpu" else "fp32"
+
+
+@dataclass(frozen=True)
 class EncoderSpec:
     """Everything needed to build an encoder and to key its embeddings."""
 
@@ -55,6 +82,7 @@ class EncoderSpec:
     weights_repo: str | None = None  # Hugging Face repo holding the weights (availability checks)
     weights_path: str | None = None  # checkpoint loader: local weights file
     preprocessing: Preprocessing | None = None
+    precision: Precision = Precision()
     description: str = ""
     year: int | None = None
     embed_dim: int | None = None
@@ -92,10 +120,11 @@ class EncoderSpec:
 def _spec_from_entry(entry: dict[str, Any]) -> EncoderSpec:
     entry = dict(entry)
     pre = entry.pop("preprocessing", None)
-    unknown = set(entry) - {f for f in EncoderSpec.__dataclass_fields__ if f != "preprocessing"}
+    precision = entry.pop("precision", None) or {}
+    unknown = set(entry) - {f for f in EncoderSpec.__dataclass_fields__ if f not in ("preprocessing", "precision")}
     if unknown:
         raise ValueError(f"encoder entry {entry.get('name')!r} has unknown field(s) {sorted(unknown)}")
-    return EncoderSpec(**entry, preprocessing=Preprocessing(**pre) if pre else None)
+    return EncoderSpec(**entry, preprocessing=Preprocessing(**pre) if pre else None, precision=Precision(**precision))
 
 
 @lru_cache(maxsize=4)

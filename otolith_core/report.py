@@ -66,8 +66,10 @@ def provenance(
     encoders = {}
     for name, spec in specs.items():
         entry = spec.as_dict()
+        if name in comparison.precisions:
+            entry["precision_used"] = comparison.precisions[name]
         if hashes is not None and dataset.kind != "embeddings":
-            entry["fingerprint"] = encoder_fingerprint(spec, hashes)
+            entry["fingerprint"] = encoder_fingerprint(spec, hashes, comparison.precisions.get(name, "fp32"))
         encoders[name] = entry
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

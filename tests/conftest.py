@@ -62,3 +62,51 @@ def offline_hub(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[str], list[str]]:
+    """The demo plus every kind of bad row and every unusual-but-valid image format, as one CSV manifest.
+
+    Returns (manifest, paths of the unusual valid images, a phrase of the reason given for each bad row).
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rows = pd.read_csv(demo_manifest)[["path", "age"]]
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    odd = folder / "odd"
+    odd.mkdir()
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    valid = {
+        "grey16.png": Image.fromarray((rng.random((300, 400)) * 65535).astype(np.uint16)),
+        "cmyk.jpg": base.convert("CMYK"),
+        "palette.png": base.convert("P"),
+        "alpha.png": base.convert("RGBA"),
+        "grey16.tif": Image.fromarray((rng.random((300, 400)) * 65535).astype(np.uint16)),
+        "otólito ñ.png": base,
+        "big35mp.jpg": base.resize((7200, 4900)),
+    }
+    for name, image in valid.items():
+        image.save(odd / name)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    base.save(odd / "rotated.jpg", exif=exif.tobytes())
+    valid["rotated.jpg"] = None
+    (odd / "empty.jpg").write_bytes(b"")
+    (odd / "truncated.jpg").write_bytes((odd / "cmyk.jpg").read_bytes()[:200])
+    (odd / "notes.png").write_text("not an image")
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(odd / "tiny.png")
+    Image.new("RGB", (100, 100), (0, 0, 0)).save(odd / "blank.png")
+    bad = [("empty.jpg", 5, "cannot decode"), ("truncated.jpg", 5, "cannot decode"), ("notes.png", 5, "cannot decode"),
+           ("tiny.png", 5, "only 1x1"), ("blank.png", 5, "blank"), ("missing.jpg", 5, "file not found"),
+           ("cmyk.jpg", "five", "not a number"), ("cmyk.jpg", -2, ">= 0"), ("cmyk.jpg", "", "blank age")]
+    extra = [(str(odd / n), 6) for n in valid] + [(str(odd / n), a) for n, a, _ in bad]
+    manifest = pd.concat([rows, pd.DataFrame(extra, columns=["path", "age"])], ignore_index=True)
+    manifest["x0"] = manifest["y0"] = manifest["x1"] = manifest["y1"] = ""
+    inverted = {"path": str(odd / "alpha.png"), "age": 4, "x0": 50, "y0": 50, "x1": 10, "y1": 90}
+    outside = {"path": str(odd / "palette.png"), "age": 4, "x0": 0, "y0": 0, "x1": 900, "y1": 90}
+    manifest = pd.concat([manifest, pd.DataFrame([inverted, outside])], ignore_index=True)
+    manifest.to_csv(folder / "mixed.csv", index=False)
+    return folder / "mixed.csv", [str(odd / n) for n in valid], [reason for *_, reason in bad] + ["inverted", "outside"]

@@ -14,7 +14,7 @@ class CountingEncoder:
     """Wraps a real encoder and counts the images it is asked to embed."""
 
     def __init__(self, inner, fail_after_batches=None):
-        self.inner, self.spec, self.batch_size = inner, inner.spec, 4
+        self.inner, self.spec, self.batch_size, self.precision = inner, inner.spec, 4, inner.precision
         self.seen, self.batches, self.fail_after = 0, 0, fail_after_batches
 
     def embed(self, images):
@@ -45,6 +45,50 @@ def test_fingerprint_changes_with_everything_that_changes_numbers(tmp_path):
         dataclasses.replace(spec, preprocessing=dataclasses.replace(spec.preprocessing, interpolation="bilinear")),
     ]
     assert len({base, *(encoder_fingerprint(s, hashes) for s in changes)}) == len(changes) + 1
+    # Reduced precision changes numbers; fp32 adds nothing, so stores written before precisions existed stay valid.
+    assert encoder_fingerprint(spec, hashes, "fp32") == base
+    assert len({base, encoder_fingerprint(spec, hashes, "bf16"), encoder_fingerprint(spec, hashes, "fp16")}) == 3
+
+
+def _bf16_tiny(tiny_model_dir):
+    from otolith_core.registry import Precision
+
+    return dataclasses.replace(resolve_encoder(f"local-dir:{tiny_model_dir}"), precision=Precision(cpu="bf16", cuda="bf16"))
+
+
+def test_each_precision_has_its_own_store_and_auto_reads_the_fullest(demo_manifest, tiny_model_dir, tmp_path):
+    data = load_dataset(demo_manifest).subset(range(24))
+    spec = _bf16_tiny(tiny_model_dir)
+    cache = tmp_path / "cache"
+    assert cached_count(data, spec, cache_dir=cache) == 0 and not (cache / "embeddings").exists()  # counting creates nothing
+    half = extract_embeddings(data.subset(range(12)), spec, cache_dir=cache, device="cpu", precision="fp32")
+    assert half.precision == "fp32" and half.n_extracted == 12
+    # auto, on a CPU whose choice is bf16: the fp32 store already begun is finished, not started over in bf16
+    finished = extract_embeddings(data, spec, cache_dir=cache, device="cpu")
+    assert finished.precision == "fp32" and finished.n_extracted == 12
+    np.testing.assert_array_equal(finished.features[:12], half.features)
+    reduced = extract_embeddings(data, spec, cache_dir=cache, device="cpu", precision="bf16")
+    assert reduced.precision == "bf16" and reduced.n_extracted == 24  # its own store: nothing mixed
+    cosine = np.sum(reduced.features * finished.features, 1) / np.linalg.norm(reduced.features, axis=1) \
+        / np.linalg.norm(finished.features, axis=1)
+    assert cosine.min() >= 0.999 and not np.array_equal(reduced.features, finished.features)
+    both_full = extract_embeddings(data, spec, cache_dir=cache, cached_only=True)
+    assert both_full.precision == "fp32" and len(both_full.rows) == 24  # a tie goes to fp32
+    assert len(list((cache / "embeddings").iterdir())) == 2
+
+
+def test_a_fresh_extraction_uses_the_encoders_precision_for_the_device(demo_manifest, tiny_model_dir, tmp_path):
+    data = load_dataset(demo_manifest).subset(range(8))
+    spec = _bf16_tiny(tiny_model_dir)
+    first = extract_embeddings(data, spec, cache_dir=tmp_path, device="cpu")
+    assert first.precision == "bf16" and first.n_extracted == 8
+    warm = extract_embeddings(data, spec, cache_dir=tmp_path, cached_only=True)  # no device known, no torch needed
+    assert warm.precision == "bf16" and len(warm.rows) == 8
+    np.testing.assert_array_equal(warm.features, first.features)
+    from otolith_core.feature_extractor import EncoderUnavailable
+
+    with pytest.raises(EncoderUnavailable, match="fp16 needs a CUDA GPU"):
+        extract_embeddings(data, spec, cache_dir=tmp_path / "other", device="cpu", precision="fp16")
 
 
 def test_local_weights_are_keyed_by_content(tiny_model_dir, tmp_path):

@@ -1,6 +1,7 @@
 """The CLI end to end on a small synthetic demo, as a user runs it."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_mixed_manifest
 from otolith_core.cli import main
 from otolith_core.evaluation import FOLD_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS
 from otolith_core.metrics import score
@@ -37,6 +39,7 @@ def test_run_writes_exactly_the_promised_columns(demo_run):
     assert run["cv"]["n_folds"] == 10 and run["cv"]["seed"] == 0 and run["data"]["synthetic_demo"]
     assert len(run["data"]["image_set_sha256"]) == 64 and run["libraries"]["scikit-learn"]
     assert run["encoders"]["otolith-morphometrics"]["fingerprint"]
+    assert run["encoders"]["pixels-32"]["precision_used"] == "fp32"
 
 
 def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
@@ -142,6 +145,28 @@ def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_
     pd.testing.assert_series_equal(mine, theirs, check_names=False)
 
 
+def test_precision_is_chosen_on_the_command_line_and_recorded(demo_manifest, tiny_model_dir, tmp_path, capsys):
+    from otolith_core.cache import FileHashes, encoder_fingerprint
+    from otolith_core.registry import resolve_encoder
+
+    model = f"local-dir:{tiny_model_dir}"
+    args = ["--data", str(demo_manifest), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(["run", *args, "--models", model, "--precision", "bf16", "--heads", "ridge", "--no-chart",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert re.search(r"images, bf16 \(\d+ extracted now\)", capsys.readouterr().out)
+    entry = json.loads((tmp_path / "out" / "run.json").read_text())["encoders"][model]
+    hashes = FileHashes(tmp_path / "cache")
+    assert entry["precision_used"] == "bf16"
+    assert entry["fingerprint"] == encoder_fingerprint(resolve_encoder(model), hashes, "bf16")
+    [store] = (tmp_path / "cache" / "embeddings").iterdir()
+    assert store.name.endswith(entry["fingerprint"][:16])
+    # auto afterwards reads what was made (the tiny model's own choice would be fp32): nothing is recomputed
+    assert main(["extract", *args, "--model", model]) == 0
+    assert "embedded in bf16 (0 extracted now" in capsys.readouterr().out
+    assert main(["extract", *args, "--model", model, "--precision", "fp16"]) == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
 def test_models_lists_the_registry(capsys, offline_hub):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -195,57 +220,17 @@ def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, t
 def test_a_manifest_mixing_every_kind_of_bad_row_runs_to_completion(demo_manifest, tmp_path):
     """Broken, missing, mislabelled and degenerate rows are named in skipped.csv; every valid image is used,
     however unusual its format."""
-    from PIL import Image
-
-    root = demo_manifest.parent
-    rows = pd.read_csv(demo_manifest)[["path", "age"]]
-    rows["path"] = [str(root / p) for p in rows.path]
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    rng = np.random.default_rng(0)
-    base = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
-    valid = {
-        "grey16.png": Image.fromarray((rng.random((300, 400)) * 65535).astype(np.uint16)),
-        "cmyk.jpg": base.convert("CMYK"),
-        "palette.png": base.convert("P"),
-        "alpha.png": base.convert("RGBA"),
-        "grey16.tif": Image.fromarray((rng.random((300, 400)) * 65535).astype(np.uint16)),
-        "otólito ñ.png": base,
-        "big35mp.jpg": base.resize((7200, 4900)),
-    }
-    for name, image in valid.items():
-        image.save(odd / name)
-    exif = Image.Exif()
-    exif[0x0112] = 8
-    base.save(odd / "rotated.jpg", exif=exif.tobytes())
-    valid["rotated.jpg"] = None
-    (odd / "empty.jpg").write_bytes(b"")
-    (odd / "truncated.jpg").write_bytes((odd / "cmyk.jpg").read_bytes()[:200])
-    (odd / "notes.png").write_text("not an image")
-    Image.new("RGB", (1, 1), (9, 9, 9)).save(odd / "tiny.png")
-    Image.new("RGB", (100, 100), (0, 0, 0)).save(odd / "blank.png")
-    bad = [("empty.jpg", 5, "cannot decode"), ("truncated.jpg", 5, "cannot decode"), ("notes.png", 5, "cannot decode"),
-           ("tiny.png", 5, "only 1x1"), ("blank.png", 5, "blank"), ("missing.jpg", 5, "file not found"),
-           ("cmyk.jpg", "five", "not a number"), ("cmyk.jpg", -2, ">= 0"), ("cmyk.jpg", "", "blank age")]
-    extra = [(str(odd / n), 6) for n in valid] + [(str(odd / n), a) for n, a, _ in bad]
-    manifest = pd.concat([rows, pd.DataFrame(extra, columns=["path", "age"])], ignore_index=True)
-    manifest["x0"] = manifest["y0"] = manifest["x1"] = manifest["y1"] = ""
-    inverted = {"path": str(odd / "alpha.png"), "age": 4, "x0": 50, "y0": 50, "x1": 10, "y1": 90}
-    outside = {"path": str(odd / "palette.png"), "age": 4, "x0": 0, "y0": 0, "x1": 900, "y1": 90}
-    manifest = pd.concat([manifest, pd.DataFrame([inverted, outside])], ignore_index=True)
-    manifest.to_csv(tmp_path / "mixed.csv", index=False)
-
+    manifest, valid, bad = write_mixed_manifest(demo_manifest, tmp_path)
     out = tmp_path / "out"
-    assert main(["run", "--data", str(tmp_path / "mixed.csv"), "--models", "pixels-32", "--heads", "ridge",
+    assert main(["run", "--data", str(manifest), "--models", "pixels-32", "--heads", "ridge",
                  "--folds", "5", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
     skipped = pd.read_csv(out / "skipped.csv")
     reasons = " | ".join(skipped.reason)
-    for _, _, reason in bad:
+    for reason in bad:
         assert reason in reasons, reason
-    assert "inverted" in reasons and "outside" in reasons
     used = set(pd.read_csv(out / "predictions.csv").image)
-    assert all(str(odd / n) in used for n in valid)
-    assert len(used) == len(rows) + len(valid)
+    assert set(valid) <= used
+    assert len(used) == len(pd.read_csv(demo_manifest)) + len(valid)
 
 
 def test_a_crash_while_writing_results_leaves_no_half_written_file(tmp_path, monkeypatch):

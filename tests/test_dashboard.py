@@ -184,3 +184,31 @@ def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, m
     assert "blank" in reasons[str(tmp_path / "blank.png")]
     assert any("file not found" in r for r in reasons.values())
     assert any("same image but carry different ages" in e.value and str(copy) in e.value for e in at.error)
+
+
+def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(tmp_path, monkeypatch, demo_manifest,
+                                                                               media_stores):
+    """The CLI's corpus of bad and unusual files: every bad row named on the Data page and in skipped.csv,
+    every valid image evaluated."""
+    import io
+
+    from conftest import write_mixed_manifest
+
+    manifest, valid, bad = write_mixed_manifest(demo_manifest, tmp_path)
+    monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OTOLITH_DATA", str(manifest))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception
+    _run(at, ["pixels-32"])
+    at.switch_page("views/results.py").run()
+    assert not at.exception
+    predictions = pd.read_csv(io.BytesIO(_download(at, media_stores, "predictions.csv")))
+    assert set(valid) <= set(predictions.image)
+    assert predictions.image.nunique() == len(pd.read_csv(demo_manifest)) + len(valid)
+    downloaded = " | ".join(pd.read_csv(io.BytesIO(_download(at, media_stores, "skipped.csv"))).reason)
+    at.switch_page("views/data.py").run()
+    assert not at.exception
+    shown = " | ".join(at.dataframe[-1].value.reason)
+    for reason in bad:
+        assert reason in shown, f"Data page: {reason}"
+        assert reason in downloaded, f"skipped.csv: {reason}"

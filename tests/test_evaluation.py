@@ -44,6 +44,29 @@ def test_cv_numbers_equal_a_direct_scikit_learn_loop():
     np.testing.assert_allclose(ridge_folds.accuracy.to_numpy(), expected)
 
 
+@pytest.mark.parametrize("head", [HeadSpec("svc"), HeadSpec("ridge-cv", scaling="standardize")], ids=lambda h: h.label)
+def test_folds_in_worker_processes_give_the_same_predictions(head):
+    from otolith_core.evaluation import cross_validate_head
+
+    data, sets = _dataset(n=300)
+    folds, _ = make_folds(data.ages, n_folds=5, seed=1)
+    serial = cross_validate_head(sets["enc-a"].features, data.ages, folds, head, n_jobs=1)
+    parallel = cross_validate_head(sets["enc-a"].features, data.ages, folds, head, n_jobs=2)
+    np.testing.assert_array_equal(serial[0], parallel[0])
+    np.testing.assert_array_equal(serial[1], parallel[1])
+    np.testing.assert_equal(serial[2], parallel[2])  # ridge alpha per fold (NaN for the SVC)
+
+
+def test_only_large_svc_runs_fold_in_processes(monkeypatch):
+    from otolith_core.evaluation import PARALLEL_MIN_IMAGES, fold_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES, 10) == 8
+    assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES, 5) == 5
+    assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES - 1, 10) == 1  # the dashboard's small runs stay instant
+    assert fold_workers(HeadSpec("ridge"), 10 * PARALLEL_MIN_IMAGES, 10) == 1  # BLAS already uses every core
+
+
 def test_every_encoder_and_head_sees_the_same_folds():
     data, sets = _dataset()
     result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=5, seed=3)

@@ -42,23 +42,50 @@ def test_entry_agrees_with_open_clip_own_configuration(spec):
 
 
 @pytest.mark.parametrize("spec", OPENCLIP_ENTRIES, ids=lambda s: s.name)
-def test_real_architecture_with_random_weights_has_the_stated_shape(spec):
-    """Build each registered image tower at full size (random weights) once: dim and input size."""
+def test_real_architecture_with_random_weights_has_the_stated_shape_and_precision(spec):
+    """Build each registered image tower at full size (random weights) once: dim, input size, and the
+    stated CPU precision keeps embeddings within the cosine floor of fp32 (through the encoder's own path)."""
+    import numpy as np
     import open_clip
     import torch
     from open_clip.model import _build_vision_tower
+    from PIL import Image
+
+    from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR, OpenClipEncoder
 
     cfg = open_clip.get_model_config(spec.model_id if spec.loader == "openclip" else spec.architecture)
     vision = dict(cfg["vision_cfg"], timm_model_pretrained=False) if "timm_model_name" in cfg["vision_cfg"] else cfg["vision_cfg"]
+    torch.manual_seed(0)
     tower = _build_vision_tower(cfg["embed_dim"], vision, quick_gelu=bool(cfg.get("quick_gelu", False))).eval()
-    size = spec.preprocessing.size
-    with torch.inference_mode():
-        out = tower(torch.zeros(1, 3, size, size))
-    assert tuple(out.shape) == (1, spec.embed_dim)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((300, 400, 3)) * 255).astype(np.uint8))
+    plain = OpenClipEncoder(spec, tower, "cpu", 1, "fp32").embed([image])
+    assert plain.shape == (1, spec.embed_dim)
     if spec.name == "clip-vit-l-14-336":
         from open_clip.transformer import QuickGELU
 
         assert any(isinstance(m, QuickGELU) for m in tower.modules()), "OpenAI weights need QuickGELU"
+    if spec.precision.cpu != "fp32":
+        reduced = OpenClipEncoder(spec, tower, "cpu", 1, spec.precision.cpu).embed([image])
+        cosine = float(plain[0] @ reduced[0] / np.linalg.norm(plain[0]) / np.linalg.norm(reduced[0]))
+        assert cosine >= REDUCED_PRECISION_COSINE_FLOOR, f"{spec.name} in {spec.precision.cpu}: cosine {cosine}"
+        assert not np.array_equal(plain, reduced), "autocast did not run"
+
+
+def test_precision_is_stated_per_device_and_checked():
+    from otolith_core.registry import Precision
+
+    specs = registry()
+    assert specs["clip-vit-l-14-336"].precision == Precision(cpu="fp32", cuda="fp16")  # bf16 makes it ~10x slower on CPU
+    for name in ("siglip-so400m-14-384", "siglip2-so400m-14-378", "siglip2-so400m-16-384"):
+        assert specs[name].precision == Precision(cpu="bf16", cuda="bf16")
+    assert specs["pixels-32"].precision == Precision()  # fp32 unless stated
+    clip = specs["clip-vit-l-14-336"].precision
+    assert (clip.for_device("cpu"), clip.for_device("cuda:1"), clip.for_device("mps")) == ("fp32", "fp16", "fp32")
+    with pytest.raises(ValueError, match="CUDA"):
+        Precision(cpu="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        Precision(cuda="int8")
 
 
 def test_unknown_name_lists_close_names():

@@ -24,7 +24,9 @@ for name in settings.encoders:
         continue
     n_cached = cached_count(key, name, dataset, settings.cache_dir)
     here = weights_available(spec)
+    precision = "numpy float32" if spec.loader == "builtin" else f"{spec.precision.cpu} / {spec.precision.cuda}"
     rows.append({"encoder": name, "cached": f"{n_cached} / {len(dataset)}", "year": spec.year, "dim": spec.embed_dim,
+                 "precision (CPU / GPU)": precision,
                  "weights": "here" if here else f"download {spec.download_size}", "description": spec.description})
     with st.container(border=True):
         st.markdown(f"**{name}** — {n_cached} of {len(dataset)} images cached")

@@ -1,0 +1,71 @@
+"""Reduced precision per encoder: speed and embedding similarity of bf16/fp16 autocast against fp32.
+
+Every OpenCLIP entry of the registry is built at full size with random weights (no download) and
+embeds the same images through ``OpenClipEncoder`` in fp32 and in each reduced precision the device
+offers (CPU: bf16; CUDA: fp16 and bf16). The registry's choice (config.yaml ``precision``) should be
+the fastest precision whose minimum cosine to fp32 stays above the stated floor.
+
+    python benchmarks/precision.py [--images 4] [--device cpu] [--models clip-vit-l-14-336,...]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR, OpenClipEncoder
+from otolith_core.registry import registry
+
+
+def tower(spec):
+    import open_clip
+    from open_clip.model import _build_vision_tower
+
+    cfg = open_clip.get_model_config(spec.model_id if spec.loader == "openclip" else spec.architecture)
+    vision = dict(cfg["vision_cfg"])
+    if "timm_model_name" in vision:
+        vision["timm_model_pretrained"] = False
+    return _build_vision_tower(cfg["embed_dim"], vision, quick_gelu=bool(cfg.get("quick_gelu"))).eval()
+
+
+def timed(encoder, images) -> tuple[float, np.ndarray]:
+    encoder.embed(images[:1])  # warm-up: kernels chosen, memory allocated
+    if encoder.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    features = encoder.embed(images)
+    return time.perf_counter() - start, features
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", help="registry names (default: every OpenCLIP entry)")
+    args = parser.parse_args()
+    specs = [s for s in registry().values() if s.loader in ("openclip", "hf-hub")]
+    if args.models:
+        specs = [s for s in specs if s.name in args.models.split(",")]
+    reduced = ["bf16"] if args.device == "cpu" else ["fp16", "bf16"]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((600, 800, 3)) * 255).astype(np.uint8)) for _ in range(args.images)]
+    torch.manual_seed(0)
+    print(f"device {args.device}, {args.images} images per timing, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; cosine floor {REDUCED_PRECISION_COSINE_FLOOR}")
+    for spec in specs:
+        visual = tower(spec)
+        plain_s, plain = timed(OpenClipEncoder(spec, visual, args.device, args.images, "fp32"), images)
+        line = [f"{spec.name}: fp32 {args.images / plain_s:.2f} img/s"]
+        for precision in reduced:
+            s, x = timed(OpenClipEncoder(spec, visual, args.device, args.images, precision), images)
+            cosine = np.sum(plain * x, 1) / np.linalg.norm(plain, axis=1) / np.linalg.norm(x, axis=1)
+            line.append(f"{precision} {args.images / s:.2f} img/s (ratio to fp32 time {s / plain_s:.2f}, "
+                        f"min cosine {cosine.min():.5f})")
+        chosen = spec.precision.for_device(args.device)
+        print("; ".join(line) + f"; registry chooses {chosen}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
