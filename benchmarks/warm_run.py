@@ -8,7 +8,7 @@ Makes 8,637 image files (tiny, distinct) and puts embeddings for `otolith-morpho
            L2 scaling and rounding, write predictions.csv.
 and, in this process, the time to assemble one encoder's (8,637, 1,024) matrix from the cache.
 
-    python benchmarks/warm_run.py [--n 8637]
+    python benchmarks/warm_run.py [--n 8637] [--rounds 3] [--keep DIR]
 """
 
 import argparse
@@ -53,10 +53,13 @@ def timed(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8637)
+    parser.add_argument("--rounds", type=int, default=3, help="timings of each, alternating; medians reported")
+    parser.add_argument("--keep", help="leave the data and cache in this folder (for profiling)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.keep or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "img").mkdir()
         ages = np.clip(np.round(rng.normal(6, 2, args.n)), 1, 10).astype(int)
         lines = ["path,age"]
@@ -82,13 +85,18 @@ def main() -> None:
         assert loaded.n_extracted == 0 and loaded.features.shape == (args.n, 1024)
 
         (tmp / "bare.py").write_text(BARE)
-        bare = timed([sys.executable, str(tmp / "bare.py"), str(tmp / "bare.csv"), *npz])
-        ours = timed([sys.executable, "-m", "otolith_core.cli", "run", "--data", str(tmp / "manifest.csv"),
-                      "--models", "otolith-morphometrics,pixels-32", "--heads", "ridge", "--no-chart",
-                      "--cache-dir", str(cache), "--out", str(tmp / "out")])
+        bares, ours_all = [], []
+        for _ in range(args.rounds):  # alternating, so a slow spell of the machine hits both alike
+            bares.append(timed([sys.executable, str(tmp / "bare.py"), str(tmp / "bare.csv"), *npz]))
+            ours_all.append(timed([sys.executable, "-m", "otolith_core.cli", "run", "--data", str(tmp / "manifest.csv"),
+                                   "--models", "otolith-morphometrics,pixels-32", "--heads", "ridge", "--no-chart",
+                                   "--cache-dir", str(cache), "--out", str(tmp / "out")]))
+        bare, ours = float(np.median(bares)), float(np.median(ours_all))
     print(f"images: {args.n}; cache matrix load (pixels-32, {args.n} x 1024): {load:.2f} s")
-    print(f"warm `otolith run`, 2 encoders x ridge, 10-fold, process start included: {ours:6.2f} s")
-    print(f"bare scikit-learn script, same CV and predictions.csv:                 {bare:6.2f} s")
+    print(f"warm `otolith run`, 2 encoders x ridge, 10-fold, process start included: {ours:6.2f} s "
+          f"(median of {' '.join(f'{t:.2f}' for t in ours_all)})")
+    print(f"bare scikit-learn script, same CV and predictions.csv:                 {bare:6.2f} s "
+          f"(median of {' '.join(f'{t:.2f}' for t in bares)})")
     print(f"ratio ours / bare: {ours / bare:.2f}")
 
 

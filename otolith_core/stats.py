@@ -124,14 +124,18 @@ def bowker_symmetry(true: np.ndarray, pred: np.ndarray) -> tuple[float, int, flo
 
 
 def holm_adjust(p_values: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (statsmodels); NaN entries stay NaN and are not counted."""
-    from statsmodels.stats.multitest import multipletests
+    """Holm's step-down adjusted p-values; NaN entries stay NaN and are not counted.
 
+    statsmodels' ``multipletests(method="holm")`` written out (the tests check they agree): that function
+    runs a full garbage collection on every call, 0.06 s each once a run holds large arrays.
+    """
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full(p.shape, np.nan)
-    valid = ~np.isnan(p)
-    if valid.any():
-        adjusted[valid] = multipletests(p[valid], method="holm")[1]
+    valid = np.flatnonzero(~np.isnan(p))
+    if valid.size:
+        order = valid[np.argsort(p[valid], kind="stable")]
+        stepped = np.maximum.accumulate(p[order] * np.arange(order.size, 0, -1))
+        adjusted[order] = np.minimum(stepped, 1.0)
     return adjusted
 
 

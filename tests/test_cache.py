@@ -156,6 +156,17 @@ def test_unreadable_images_are_named_and_the_rest_embedded(tmp_path):
     assert [f.path for f in result.failures] == ["bad.jpg"] and "cannot decode" in result.failures[0].reason
 
 
+def test_reasons_are_kept_when_no_image_could_be_embedded(tmp_path, tiny_model_dir):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    (tmp_path / "m.csv").write_text("path,age\nbad.jpg,2\n")
+    data = load_dataset(tmp_path / "m.csv")
+    spec = _bf16_tiny(tiny_model_dir)
+    first = extract_embeddings(data, spec, cache_dir=tmp_path / "c", device="cpu")
+    again = extract_embeddings(data, spec, cache_dir=tmp_path / "c", cached_only=True)  # a store holding no embedding
+    assert first.precision == again.precision == "bf16"
+    assert "cannot decode" in again.failures[0].reason
+
+
 def test_morphometrics_names_an_image_with_no_otolith(tmp_path):
     from PIL import Image
 

@@ -81,6 +81,10 @@ def test_holm_matches_statsmodels_and_keeps_nan():
     adjusted = holm_adjust(p)
     assert np.isnan(adjusted[2])
     np.testing.assert_allclose(adjusted[[0, 1, 3, 4]], multipletests(p[[0, 1, 3, 4]], method="holm")[1])
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 40):  # ties, values clipped at 1, unsorted input
+        p = np.round(rng.random(n) ** 2, 2)
+        np.testing.assert_allclose(holm_adjust(p), multipletests(p, method="holm")[1])
 
 
 def test_age_bias_uses_a_t_interval():
