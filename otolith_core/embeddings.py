@@ -79,8 +79,8 @@ def extract_embeddings(
         import), and extracts into that store if the device can run its precision, else into a store of
         the spec's choice for the device. An explicit precision reads and fills only its own store.
     progress : called as ``progress(done, total)`` after each batch.
-    encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident); what it
-        extracts goes to the store of its own precision.
+    encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident); it follows
+        the same precision rule (a copy is switched, the given object is not changed).
     cached_only : return what the cache holds and name the rest, extracting nothing.
 
     Returns
@@ -91,6 +91,8 @@ def extract_embeddings(
     ------
     EncoderUnavailable : the encoder is needed and cannot be built (the cache is left as it was).
     """
+    if spec.loader == "builtin":
+        precision = "fp32"  # numpy float32, whatever was asked
     hashes = FileHashes(cache_dir)
     stores = _existing_stores(cache_dir, spec, hashes, _precisions(spec, precision))
     try:
@@ -103,8 +105,8 @@ def extract_embeddings(
                                  (store is not None and store.failure(keys[i])) or f"{spec.name}: not embedded yet (run the extraction)")
                          for i in _missing_positions(known, found)]
         elif len(found) < len(lookup):
-            if encoder is None:
-                encoder = _load_for(spec, store if len(found) else None, device, precision, batch_size, weights_dir)
+            encoder = _encoder_for(spec, encoder, store if len(found) else None, device, precision, batch_size,
+                                   weights_dir)
             if store is None or store.precision != encoder.precision:
                 store = EmbeddingStore(cache_dir, spec, precision=encoder.precision, hashes=hashes)
                 stores.append(store)
@@ -196,15 +198,22 @@ def _missing_positions(known: list[int], found: np.ndarray) -> list[int]:
     return [known[j] for j in sorted(set(range(len(known))) - set(found.tolist()))]
 
 
-def _load_for(spec: EncoderSpec, started: EmbeddingStore | None, device: str, precision: str, batch_size, weights_dir):
-    """The encoder to fill the cache with: it continues a store already begun if the device can run its precision."""
+def _encoder_for(spec: EncoderSpec, encoder, started: EmbeddingStore | None, device: str, precision: str,
+                 batch_size, weights_dir):
+    """The encoder to fill the cache with, loaded if none is given.
+
+    With ``precision="auto"`` it continues a store already begun if the device can run that store's
+    precision (a given encoder is switched to it; it is not changed in place).
+    """
     from .feature_extractor import load_encoder, runs_on, select_device
 
-    if spec.loader != "builtin" and precision == "auto" and started is not None:
-        device = select_device(device)
-        if runs_on(started.precision, device):
-            precision = started.precision
-    return load_encoder(spec, device=device, precision=precision, batch_size=batch_size, weights_dir=weights_dir)
+    if precision == "auto" and started is not None:
+        where = encoder.device if encoder is not None else select_device(device)
+        if runs_on(started.precision, where):
+            device, precision = where, started.precision
+    if encoder is None:
+        return load_encoder(spec, device=device, precision=precision, batch_size=batch_size, weights_dir=weights_dir)
+    return encoder if precision in ("auto", encoder.precision) else encoder.with_precision(precision)
 
 
 def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str | None], list[Skipped]]:

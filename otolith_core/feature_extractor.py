@@ -59,6 +59,14 @@ class Encoder:
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def with_precision(self, precision: str) -> "Encoder":
+        """The same loaded model computing in ``precision`` (a shallow copy; the weights are shared)."""
+        import copy
+
+        other = copy.copy(self)
+        other.precision = check_precision(precision, self.device)
+        return other
+
 
 class BuiltinEncoder(Encoder):
     """A per-image numpy extractor shipped with the package (no download, CPU)."""
@@ -80,11 +88,6 @@ class OpenClipEncoder(Encoder):
         super().__init__(spec, device=device, batch_size=batch_size, precision=check_precision(precision, device))
         self.visual = visual.to(device).eval()
         self.transform = build_transform(spec.preprocessing)
-        if device.startswith("cuda") and precision == "fp32":
-            import torch  # fp32 means fp32: no TensorFloat-32 shortcut in matmuls and convolutions
-
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         import contextlib
@@ -92,6 +95,10 @@ class OpenClipEncoder(Encoder):
         import torch
 
         batch = torch.stack([self.transform(im) for im in images]).to(self.device)
+        if self.device.startswith("cuda") and self.precision == "fp32":
+            # fp32 means fp32: no TensorFloat-32 shortcut in matmuls and convolutions
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         autocast = contextlib.nullcontext() if self.precision == "fp32" else torch.autocast(
             device_type=self.device.split(":")[0], dtype=getattr(torch, AUTOCAST_DTYPES[self.precision]))
         with torch.inference_mode(), autocast:

@@ -77,6 +77,21 @@ def test_each_precision_has_its_own_store_and_auto_reads_the_fullest(demo_manife
     assert len(list((cache / "embeddings").iterdir())) == 2
 
 
+def test_a_resident_encoder_continues_a_store_begun_in_another_precision(demo_manifest, tiny_model_dir, tmp_path):
+    from otolith_core.feature_extractor import load_encoder
+
+    data = load_dataset(demo_manifest).subset(range(12))
+    spec = _bf16_tiny(tiny_model_dir)
+    resident = load_encoder(spec, device="cpu")  # the dashboard keeps one loaded
+    assert resident.precision == "bf16"
+    extract_embeddings(data.subset(range(6)), spec, cache_dir=tmp_path, device="cpu", precision="fp32")
+    finished = extract_embeddings(data, spec, cache_dir=tmp_path, encoder=resident)
+    assert finished.precision == "fp32" and finished.n_extracted == 6
+    assert resident.precision == "bf16"  # switched on a copy only
+    clean = extract_embeddings(data, spec, cache_dir=tmp_path / "clean", device="cpu", precision="fp32")
+    np.testing.assert_allclose(finished.features, clean.features, rtol=1e-5, atol=1e-6)
+
+
 def test_a_fresh_extraction_uses_the_encoders_precision_for_the_device(demo_manifest, tiny_model_dir, tmp_path):
     data = load_dataset(demo_manifest).subset(range(8))
     spec = _bf16_tiny(tiny_model_dir)

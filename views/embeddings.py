@@ -42,7 +42,8 @@ for name in settings.encoders:
             except EncoderUnavailable as exc:
                 st.error(str(exc))
                 continue
-            st.success(f"{name}: {result.n_extracted} images extracted, {len(result.failures)} failed.")
+            st.success(f"{name}: {result.n_extracted} images extracted ({result.precision}), "
+                       f"{len(result.failures)} failed.")
             for failure in result.failures[:50]:
                 st.caption(f"skipped `{failure.path}`: {failure.reason}")
 if rows:
