@@ -64,10 +64,12 @@ def offline_hub(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[str], list[str]]:
-    """The demo plus every kind of bad row and every unusual-but-valid image format, as one CSV manifest.
+def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[str], list[str], str]:
+    """The demo plus every kind of bad row, every unusual-but-valid image format and a copy of a demo
+    image under another age, as one CSV manifest.
 
-    Returns (manifest, paths of the unusual valid images, a phrase of the reason given for each bad row).
+    Returns (manifest, paths of the valid images added, a phrase of the reason given for each bad row,
+    the path of the copy that disagrees on age).
     """
     import numpy as np
     import pandas as pd
@@ -102,11 +104,16 @@ def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[
     bad = [("empty.jpg", 5, "cannot decode"), ("truncated.jpg", 5, "cannot decode"), ("notes.png", 5, "cannot decode"),
            ("tiny.png", 5, "only 1x1"), ("blank.png", 5, "blank"), ("missing.jpg", 5, "file not found"),
            ("cmyk.jpg", "five", "not a number"), ("cmyk.jpg", -2, ">= 0"), ("cmyk.jpg", "", "blank age")]
-    extra = [(str(odd / n), 6) for n in valid] + [(str(odd / n), a) for n, a, _ in bad]
+    copy = odd / "copy of the first demo image.png"
+    copy.write_bytes(Path(rows.path[0]).read_bytes())
+    valid[copy.name] = None
+    extra = [(str(odd / n), 6 if n != copy.name else int(rows.age[0]) % 10 + 1) for n in valid] \
+        + [(str(odd / n), a) for n, a, _ in bad]
     manifest = pd.concat([rows, pd.DataFrame(extra, columns=["path", "age"])], ignore_index=True)
     manifest["x0"] = manifest["y0"] = manifest["x1"] = manifest["y1"] = ""
     inverted = {"path": str(odd / "alpha.png"), "age": 4, "x0": 50, "y0": 50, "x1": 10, "y1": 90}
     outside = {"path": str(odd / "palette.png"), "age": 4, "x0": 0, "y0": 0, "x1": 900, "y1": 90}
     manifest = pd.concat([manifest, pd.DataFrame([inverted, outside])], ignore_index=True)
     manifest.to_csv(folder / "mixed.csv", index=False)
-    return folder / "mixed.csv", [str(odd / n) for n in valid], [reason for *_, reason in bad] + ["inverted", "outside"]
+    return (folder / "mixed.csv", [str(odd / n) for n in valid], [reason for *_, reason in bad] + ["inverted", "outside"],
+            str(copy))

@@ -220,7 +220,7 @@ def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, t
 def test_a_manifest_mixing_every_kind_of_bad_row_runs_to_completion(demo_manifest, tmp_path):
     """Broken, missing, mislabelled and degenerate rows are named in skipped.csv; every valid image is used,
     however unusual its format."""
-    manifest, valid, bad = write_mixed_manifest(demo_manifest, tmp_path)
+    manifest, valid, bad, copy = write_mixed_manifest(demo_manifest, tmp_path)
     out = tmp_path / "out"
     assert main(["run", "--data", str(manifest), "--models", "pixels-32", "--heads", "ridge",
                  "--folds", "5", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
@@ -231,6 +231,8 @@ def test_a_manifest_mixing_every_kind_of_bad_row_runs_to_completion(demo_manifes
     used = set(pd.read_csv(out / "predictions.csv").image)
     assert set(valid) <= used
     assert len(used) == len(pd.read_csv(demo_manifest)) + len(valid)
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert any(w.startswith("ERROR") and "different ages" in w and copy in w for w in warnings)
 
 
 def test_a_crash_while_writing_results_leaves_no_half_written_file(tmp_path, monkeypatch):

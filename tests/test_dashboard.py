@@ -194,7 +194,7 @@ def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(t
 
     from conftest import write_mixed_manifest
 
-    manifest, valid, bad = write_mixed_manifest(demo_manifest, tmp_path)
+    manifest, valid, bad, copy = write_mixed_manifest(demo_manifest, tmp_path)
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OTOLITH_DATA", str(manifest))
     at = AppTest.from_file(APP, default_timeout=300).run()
@@ -212,3 +212,4 @@ def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(t
     for reason in bad:
         assert reason in shown, f"Data page: {reason}"
         assert reason in downloaded, f"skipped.csv: {reason}"
+    assert any("same image but carry different ages" in e.value and copy in e.value for e in at.error)
