@@ -101,8 +101,8 @@ def extract_embeddings(
         lookup = [keys[i] for i in known]
         store, features, found = _fullest(stores, lookup)
         if cached_only:
-            failures += [Skipped(dataset.records[i].image,
-                                 (store is not None and store.failure(keys[i])) or f"{spec.name}: not embedded yet (run the extraction)")
+            not_yet = f"{spec.name}: not embedded yet (run the extraction)"
+            failures += [Skipped(dataset.records[i].image, (store is not None and store.failure(keys[i])) or not_yet)
                          for i in _missing_positions(known, found)]
         elif len(found) < len(lookup):
             encoder = _encoder_for(spec, encoder, store if len(found) else None, device, precision, batch_size,
@@ -126,7 +126,8 @@ def extract_embeddings(
             if i not in embedded and dataset.records[i].image not in failed_images:
                 failures.append(Skipped(dataset.records[i].image, f"{spec.name}: same content as an image that could not be embedded"))
         return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=len(todo),
-                            keys=tuple(lookup[j] for j in found), precision=store.precision if store is not None else "fp32")
+                            keys=tuple(lookup[j] for j in found),
+                            precision=store.precision if store is not None else "fp32")
     finally:
         for open_store in stores:
             open_store.close()

@@ -257,9 +257,9 @@ def cross_validate_head(
 def fold_workers(head: HeadSpec, n_images: int, n_folds: int) -> int:
     """Processes to fit folds in: one per core for the SVC on large data, else 1.
 
-    libsvm solves on one core (threads do not help: it holds the GIL), so its folds gain from
+    libsvm solves on one core (folds in threads measured no faster), so its folds gain from
     processes; ridge is a few BLAS calls that already use every core. Below
-    ``PARALLEL_MIN_IMAGES`` starting workers costs more than it saves.
+    ``PARALLEL_MIN_IMAGES`` starting workers costs more than it saves (benchmarks/README.md).
     """
     import os
 
