@@ -91,6 +91,7 @@ def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, de
     side_by_side = app.dataframe[1].value
     assert len(side_by_side) == 6 * 3 and {"naive p", "corrected p"} <= set(side_by_side.columns)
     assert any("over-confident" in m.value for m in app.markdown)
+    assert any(c.value.startswith("Embeddings computed in: otolith-morphometrics fp32, pixels-32 fp32") for c in app.caption)
 
 
 def test_repeats_and_learning_curve_from_the_sidebar(app):

@@ -30,6 +30,9 @@ for metric in ("accuracy", "pm1_accuracy", "rmse", "mae"):
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy 50.47 %, ±1 accuracy 94.10 %, RMSE 0.84 (published values, "
            "not computed here).")
+if comparison.precisions:
+    st.caption("Embeddings computed in: " + ", ".join(f"{name} {p}" for name, p in comparison.precisions.items())
+               + " (bf16/fp16: reduced-precision autocast, within cosine 0.999 of fp32; see the README).")
 
 for column, metric in zip(st.columns(3), BAR_METRICS):
     column.altair_chart(metric_bars(summary, metric, height=380), width="stretch")
