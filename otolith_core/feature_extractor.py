@@ -121,6 +121,16 @@ def check_precision(precision: str, device: str) -> str:
     return precision
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX), the only CPUs where bf16 autocast was
+    measured to pay. Read from ``/proc/cpuinfo``; elsewhere (macOS, Windows) we cannot tell and say no."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def runs_on(precision: str, device: str) -> bool:
     """Whether autocast in ``precision`` is offered on ``device``."""
     if precision == "fp32":
@@ -204,7 +214,11 @@ def load_encoder(
                                      f"choose from {sorted(BUILTIN_EXTRACTORS)}")
         return BuiltinEncoder(spec, BUILTIN_EXTRACTORS[spec.model_id])
     device = select_device(device)
-    precision = spec.precision.for_device(device) if precision == "auto" else check_precision(precision, device)
+    if precision == "auto":
+        precision = spec.precision.for_device(device)
+        if device == "cpu" and precision == "bf16" and not cpu_has_bf16():
+            precision = "fp32"  # without bf16 instructions, bf16 autocast is emulated and slower than fp32
+    precision = check_precision(precision, device)
     visual = _load_visual_tower(spec, weights_dir)
     return OpenClipEncoder(spec, visual, device, batch_size or default_batch_size(device), precision)
 

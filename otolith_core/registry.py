@@ -49,7 +49,8 @@ class Precision:
     """Arithmetic an encoder runs in, per kind of device; reduced precision only where it measurably helps.
 
     ``fp32`` is the plain path. ``bf16``/``fp16`` run the forward pass under ``torch.autocast`` (layer
-    norms and softmax stay in fp32). Apple MPS always runs fp32. The precision actually used is part of
+    norms and softmax stay in fp32). Apple MPS always runs fp32, and a CPU without bf16 instructions runs
+    a bf16 choice in fp32 (decided when the encoder is loaded). The precision actually used is part of
     the cache key, so embeddings of different precisions are never mixed.
     """
 

@@ -50,6 +50,12 @@ def test_fingerprint_changes_with_everything_that_changes_numbers(tmp_path):
     assert len({base, encoder_fingerprint(spec, hashes, "bf16"), encoder_fingerprint(spec, hashes, "fp16")}) == 3
 
 
+@pytest.fixture(autouse=True)
+def _cpu_with_bf16(monkeypatch):
+    """These tests follow the CPU choice of bf16, whatever CPU runs them."""
+    monkeypatch.setattr("otolith_core.feature_extractor.cpu_has_bf16", lambda: True)
+
+
 def _bf16_tiny(tiny_model_dir):
     from otolith_core.registry import Precision
 

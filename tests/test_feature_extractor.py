@@ -187,3 +187,16 @@ def test_reduced_scale_jpeg_decoding_keeps_embeddings_close(tiny_model_dir, tmp_
         full, fast = encoder.embed([load_image(record)])[0], encoder.embed([fast_image])[0]
         cosine = float(full @ fast / np.linalg.norm(full) / np.linalg.norm(fast))
         assert cosine >= 0.999, cosine
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_cpu_choice_of_bf16_needs_bf16_instructions(tiny_model_dir, monkeypatch, has_bf16, expected):
+    import dataclasses
+
+    from otolith_core import feature_extractor
+    from otolith_core.registry import Precision
+
+    monkeypatch.setattr(feature_extractor, "cpu_has_bf16", lambda: has_bf16)
+    spec = dataclasses.replace(resolve_encoder(f"local-dir:{tiny_model_dir}"), precision=Precision(cpu="bf16"))
+    assert load_encoder(spec, device="cpu").precision == expected
+    assert load_encoder(spec, device="cpu", precision="bf16").precision == "bf16"  # asked for: given
