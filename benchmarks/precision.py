@@ -5,7 +5,13 @@ embeds the same images through ``OpenClipEncoder`` in fp32 and in each reduced p
 offers (CPU: bf16; CUDA: fp16 and bf16). The registry's choice (config.yaml ``precision``) should be
 the fastest precision whose minimum cosine to fp32 stays above the stated floor.
 
+With ``--weights`` the encoders are loaded with their real weights instead (downloaded on first use,
+or from the Hugging Face cache), the check that matters before trusting a reduced precision; any
+encoder name the CLI takes works then (``local-dir:/path``, ``hf-hub:org/name``, ``ARCH:TAG``), and
+``--images-from`` takes real photos (a folder or manifest, as ``--data``).
+
     python benchmarks/precision.py [--images 4] [--device cpu] [--models clip-vit-l-14-336,...]
+                                   [--weights] [--images-from DATA]
 """
 
 import argparse
@@ -15,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR, OpenClipEncoder
-from otolith_core.registry import registry
+from otolith_core.data import load_dataset, load_image
+from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR, OpenClipEncoder, load_encoder
+from otolith_core.registry import registry, resolve_encoder
 
 
 def tower(spec):
@@ -43,25 +50,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", help="registry names (default: every OpenCLIP entry)")
+    parser.add_argument("--models", help="encoder names (default: every OpenCLIP entry of the registry)")
+    parser.add_argument("--weights", action="store_true", help="load the real weights instead of random ones")
+    parser.add_argument("--images-from", help="take the first --images photos of this folder or manifest")
     args = parser.parse_args()
-    specs = [s for s in registry().values() if s.loader in ("openclip", "hf-hub")]
     if args.models:
-        specs = [s for s in specs if s.name in args.models.split(",")]
+        specs = [resolve_encoder(name) for name in args.models.split(",")]
+    else:
+        specs = [s for s in registry().values() if s.loader in ("openclip", "hf-hub")]
     reduced = ["bf16"] if args.device == "cpu" else ["fp16", "bf16"]
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray((rng.random((600, 800, 3)) * 255).astype(np.uint8)) for _ in range(args.images)]
+    if args.images_from:
+        images = [load_image(r) for r in load_dataset(args.images_from).records[: args.images]]
+    else:
+        rng = np.random.default_rng(0)
+        images = [Image.fromarray((rng.random((600, 800, 3)) * 255).astype(np.uint8)) for _ in range(args.images)]
     torch.manual_seed(0)
-    print(f"device {args.device}, {args.images} images per timing, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; cosine floor {REDUCED_PRECISION_COSINE_FLOOR}")
+    print(f"device {args.device}, {len(images)} images per timing, {'real' if args.weights else 'random'} weights, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; cosine floor {REDUCED_PRECISION_COSINE_FLOOR}")
     for spec in specs:
-        visual = tower(spec)
-        plain_s, plain = timed(OpenClipEncoder(spec, visual, args.device, args.images, "fp32"), images)
-        line = [f"{spec.name}: fp32 {args.images / plain_s:.2f} img/s"]
+        if args.weights:
+            plain_encoder = load_encoder(spec, device=args.device, precision="fp32", batch_size=len(images))
+        else:
+            plain_encoder = OpenClipEncoder(spec, tower(spec), args.device, len(images), "fp32")
+        plain_s, plain = timed(plain_encoder, images)
+        line = [f"{spec.name}: fp32 {len(images) / plain_s:.2f} img/s"]
         for precision in reduced:
-            s, x = timed(OpenClipEncoder(spec, visual, args.device, args.images, precision), images)
+            s, x = timed(plain_encoder.with_precision(precision), images)
             cosine = np.sum(plain * x, 1) / np.linalg.norm(plain, axis=1) / np.linalg.norm(x, axis=1)
-            line.append(f"{precision} {args.images / s:.2f} img/s (ratio to fp32 time {s / plain_s:.2f}, "
+            line.append(f"{precision} {len(images) / s:.2f} img/s (ratio to fp32 time {s / plain_s:.2f}, "
                         f"min cosine {cosine.min():.5f})")
         chosen = spec.precision.for_device(args.device)
         print("; ".join(line) + f"; registry chooses {chosen}", flush=True)

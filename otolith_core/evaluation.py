@@ -255,17 +255,32 @@ def cross_validate_head(
 
 
 def fold_workers(head: HeadSpec, n_images: int, n_folds: int) -> int:
-    """Processes to fit folds in: one per core for the SVC on large data, else 1.
+    """Processes to fit folds in: for the SVC on large data, as many as cores and memory allow, else 1.
 
     libsvm solves on one core (folds in threads measured no faster), so its folds gain from
     processes; ridge is a few BLAS calls that already use every core. Below
-    ``PARALLEL_MIN_IMAGES`` starting workers costs more than it saves (benchmarks/README.md).
+    ``PARALLEL_MIN_IMAGES`` starting workers costs more than it saves (benchmarks/README.md). Each
+    worker holds its fold's Gram matrix (``8 * n_train**2`` bytes, 0.5 GB for the cod study), so no
+    more are started than fit in half of the memory now available.
     """
-    import os
+    from joblib import cpu_count  # counts the cores this process may use (affinity, container quotas)
 
     if head.name != "svc" or n_images < PARALLEL_MIN_IMAGES:
         return 1
-    return max(1, min(n_folds, os.cpu_count() or 1))
+    n_train = n_images - n_images // max(n_folds, 1)
+    per_worker = 1.5 * 8 * n_train**2  # Gram matrix, test kernel and copies, with headroom
+    by_memory = int(0.5 * available_memory() // per_worker)
+    return max(1, min(n_folds, cpu_count(), by_memory))
+
+
+def available_memory() -> float:
+    """Bytes of memory available now (physical pages free per ``sysconf``); infinity where unknown."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return float("inf")
 
 
 def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec) -> tuple[np.ndarray, np.ndarray, float]:

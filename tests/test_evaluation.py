@@ -57,14 +57,21 @@ def test_folds_in_worker_processes_give_the_same_predictions(head):
     np.testing.assert_equal(serial[2], parallel[2])  # ridge alpha per fold (NaN for the SVC)
 
 
-def test_only_large_svc_runs_fold_in_processes(monkeypatch):
+def test_only_large_svc_runs_fold_in_processes_as_cores_and_memory_allow(monkeypatch):
+    from otolith_core import evaluation
     from otolith_core.evaluation import PARALLEL_MIN_IMAGES, fold_workers
 
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("joblib.cpu_count", lambda: 8)
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 64e9)
     assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES, 10) == 8
     assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES, 5) == 5
     assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES - 1, 10) == 1  # the dashboard's small runs stay instant
     assert fold_workers(HeadSpec("ridge"), 10 * PARALLEL_MIN_IMAGES, 10) == 1  # BLAS already uses every core
+    # the cod study's size: each worker's Gram matrix is ~0.5 GB, so an 8 GB laptop with 3 GB free gets 2
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 3e9)
+    assert fold_workers(HeadSpec("svc"), 8637, 10) == 2
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 0.5e9)
+    assert fold_workers(HeadSpec("svc"), 8637, 10) == 1
 
 
 def test_every_encoder_and_head_sees_the_same_folds():
