@@ -105,6 +105,11 @@ def image_key(content_sha256: str, crop: tuple[int, int, int, int] | None) -> st
     return f"{content_sha256}:{'full' if crop is None else ','.join(map(str, crop))}"
 
 
+def record_key(record: ImageRecord, hashes: FileHashes) -> str:
+    """Cache key of one dataset image: its file's content hash and its crop box (reads no bytes when warm)."""
+    return image_key(hashes.sha256(record.path), record.crop)
+
+
 def store_path(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32") -> Path:
     """Folder of the store for ``spec`` run in ``precision`` (nothing is created)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
@@ -132,7 +137,7 @@ class EmbeddingStore:
 
     def keys_for(self, records: Sequence[ImageRecord]) -> list[str]:
         """Cache keys of ``records`` (content hashes are memoised, so this is cheap when warm)."""
-        return [image_key(self.hashes.sha256(r.path), r.crop) for r in records]
+        return [record_key(r, self.hashes) for r in records]
 
     def missing(self, keys: Iterable[str]) -> list[int]:
         """Positions of the keys that have no embedding yet."""

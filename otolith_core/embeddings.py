@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cache import EmbeddingStore, FileHashes, image_key, store_path
+from .cache import EmbeddingStore, FileHashes, record_key, store_path
 from .data import Dataset, ImageRecord, Skipped, load_image
 from .registry import PRECISIONS, EncoderSpec
 
@@ -40,8 +40,9 @@ class EmbeddingSet:
 
 def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto") -> int:
     """How many of the dataset's images already have this encoder's embedding (in its fullest store)."""
+    precision = _asked_precision(spec, precision)
     hashes = FileHashes(cache_dir)
-    stores = _existing_stores(cache_dir, spec, hashes, _precisions(spec, precision))
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision))
     try:
         keys, _ = _keys(hashes, dataset.records)
         present = [k for k in keys if k is not None]
@@ -91,10 +92,9 @@ def extract_embeddings(
     ------
     EncoderUnavailable : the encoder is needed and cannot be built (the cache is left as it was).
     """
-    if spec.loader == "builtin":
-        precision = "fp32"  # numpy float32, whatever was asked
+    precision = _asked_precision(spec, precision)
     hashes = FileHashes(cache_dir)
-    stores = _existing_stores(cache_dir, spec, hashes, _precisions(spec, precision))
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision))
     try:
         keys, failures = _keys(hashes, dataset.records)
         known = [i for i, k in enumerate(keys) if k is not None]
@@ -169,10 +169,13 @@ def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, prog
     return failures
 
 
-def _precisions(spec: EncoderSpec, precision: str) -> tuple[str, ...]:
+def _asked_precision(spec: EncoderSpec, precision: str) -> str:
+    """The precision asked for; built-in extractors compute in numpy float32, whatever was asked."""
+    return "fp32" if spec.loader == "builtin" else precision
+
+
+def _precisions(precision: str) -> tuple[str, ...]:
     """The stores an extraction may read: the asked precision, or any."""
-    if spec.loader == "builtin":
-        return ("fp32",)  # numpy float32, whatever was asked
     return PRECISIONS if precision == "auto" else (precision,)
 
 
@@ -222,7 +225,7 @@ def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str 
     failures: list[Skipped] = []
     for record in records:
         try:
-            keys.append(image_key(hashes.sha256(record.path), record.crop))
+            keys.append(record_key(record, hashes))
         except OSError as exc:
             keys.append(None)
             failures.append(Skipped(record.image, f"cannot read file: {exc.strerror or exc}"))

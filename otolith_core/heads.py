@@ -3,8 +3,9 @@
 ``ridge``: Ridge regression on age (the paper's alpha = 6); its continuous prediction is rounded to
 the nearest age and clipped to the training fold's age range. ``svc``: ``SVC(kernel="linear",
 C=0.1)``, one-vs-one, as in the paper. ``ridge-cv``: the same rounded ridge with alpha chosen inside
-each training fold by efficient leave-one-out CV over ``RIDGE_CV_ALPHAS`` (the test fold is never seen). Feature scaling is part of the head, so it is fitted inside
-each training fold: ``none``, ``l2`` (each embedding to unit length; the default) or ``standardize``.
+each training fold by efficient leave-one-out CV over ``RIDGE_CV_ALPHAS`` (the test fold is never
+seen). Feature scaling is part of the head, so it is fitted inside each training fold: ``none``,
+``l2`` (each embedding to unit length; the default) or ``standardize``.
 """
 
 from __future__ import annotations

@@ -318,6 +318,7 @@ def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[
     from otolith_core.feature_extractor import EncoderUnavailable, weights_available
 
     allowed = st.session_state.setdefault("allowed_downloads", set())
+    attempted = st.session_state.setdefault("attempted_extractions", set())
     key = data_key(settings.data_path, settings.age_range)
     ready, problems = {}, {}
     for name in settings.encoders:
@@ -327,7 +328,6 @@ def ensure_embeddings(settings: Settings, dataset: Dataset) -> tuple[dict, dict[
             problems[name] = str(exc.args[0] if isinstance(exc, KeyError) else exc)
             continue
         n_cached = cached_count(key, name, dataset, settings.cache_dir)
-        attempted = st.session_state.setdefault("attempted_extractions", set())
         try:
             if n_cached < len(dataset) and (key, name) not in attempted:  # images that failed once are not retried
                 if not (weights_available(spec) or name in allowed):
@@ -396,7 +396,7 @@ def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, 
     from otolith_core.data import ImageRecord, load_image
 
     try:
-        image = load_image(ImageRecord(Path(path), path, 0, crop=crop))
+        image = load_image(ImageRecord(Path(path), path, 0, crop=crop), min_side=size)  # JPEGs decoded small
     except ValueError:
         return None
     image.thumbnail((size, size))
