@@ -197,7 +197,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {len(emb.rows)} images embedded in {emb.precision} ({emb.n_extracted} extracted now, "
           f"{max(cached, 0)} from the cache), {len(emb.failures)} failed; cache {_cache_dir(args)}")
     for failure in emb.failures[:20]:
-        print(f"  skipped {failure.path}: {failure.reason}")
+        print(f"  skipped {failure.where()}: {failure.reason}")
     if args.npz:
         print(f"wrote {save_npz(args.npz, dataset, emb)}")
     return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
@@ -251,7 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if comparison.grouped_by_fish:
         print("folds keep all photos of a fish together (grouped by fish_id)")
     for note in comparison.warnings:
-        print(f"warning: {note}", file=sys.stderr)
+        print(note, file=sys.stderr)
     run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart)
     summary = comparison.summary_frame()

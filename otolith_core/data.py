@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -34,22 +35,52 @@ _AGE_FOLDER = re.compile(r"^(?:age[_\- ]?)?(\d+)$", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One usable image: where it is, how it is named in outputs, and its reader age."""
+    """One usable image: where it is, how it is named in outputs, and its reader age.
+
+    ``id`` is the record's unique key in every table (file and crop box): one photo holding several
+    otoliths appears as several records, one per crop box.
+    """
 
     path: Path  # absolute path on disk
-    image: str  # as written in the manifest, or relative to the data folder (used in every CSV)
+    name: str  # as written in the manifest, or relative to the data folder (the `path` column of every CSV)
     age: int
     fish_id: str | None = None
     crop: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in pixels after EXIF rotation
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    row: int | None = None  # manifest row (the header is row 1); None for a folder scan
+
+    @property
+    def id(self) -> str:
+        """Unique key of this image: the file as named, plus the crop box when there is one."""
+        return image_id(self.name, self.crop)
+
+
+def image_id(name: str, crop: tuple[int, int, int, int] | None) -> str:
+    """``name`` for a whole file, ``name[x0,y0,x1,y1]`` for a crop of it."""
+    return name if crop is None else f"{name}[{','.join(map(str, crop))}]"
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """An input row or file that was not used, and why."""
+    """An input row, file or image that was not used, and why.
+
+    ``path`` holds the path alone; ``row`` is the manifest row (None for files found by a folder
+    scan); ``image`` is the record id when the row had become an image record (it failed later).
+    """
 
     path: str
     reason: str
+    row: int | None = None
+    image: str | None = None
+
+    @classmethod
+    def of(cls, record: ImageRecord, reason: str) -> Skipped:
+        """A record that could not be used."""
+        return cls(record.name, reason, record.row, record.id)
+
+    def where(self) -> str:
+        """The path and the manifest row, for messages."""
+        return f"{self.path} (manifest row {self.row})" if self.row is not None else self.path
 
 
 @dataclass(frozen=True)
@@ -74,8 +105,9 @@ class Dataset:
         return np.array([r.age for r in self.records], dtype=int)
 
     @property
-    def images(self) -> list[str]:
-        return [r.image for r in self.records]
+    def ids(self) -> list[str]:
+        """Record ids, shape ``(n_images,)``, unique."""
+        return [r.id for r in self.records]
 
     @property
     def has_fish_ids(self) -> bool:
@@ -131,12 +163,64 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None) 
     return Dataset(path.resolve(), kind, tuple(records), tuple(skipped), age_range)
 
 
+def data_signature(path: str | Path) -> str:
+    """A digest that changes whenever :func:`load_dataset` on ``path`` may give another answer.
+
+    A folder: every file's path relative to it, size and modification time. A manifest: its bytes,
+    plus the size and modification time of every file it lists (so a file added, replaced or deleted
+    later is noticed). Reads no image bytes.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "manifest.csv").is_file():
+        path = path / "manifest.csv"
+    digest = hashlib.sha256()
+    if path.is_dir():
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in files:
+                file = Path(root, name)
+                entries.append(f"{file.relative_to(path).as_posix()}|{_stat_text(file)}")
+        digest.update("\n".join(sorted(entries)).encode())
+    elif path.is_file():
+        content = path.read_bytes()
+        digest.update(content)
+        for listed in _manifest_paths(content, path.parent):
+            digest.update(f"\n{listed}|{_stat_text(listed)}".encode())
+    else:
+        digest.update(b"missing")
+    return digest.hexdigest()
+
+
+def _stat_text(file: Path) -> str:
+    try:
+        stat = file.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _manifest_paths(content: bytes, base: Path) -> list[Path]:
+    """The files a manifest lists (relative ones resolved against its folder); [] when unreadable."""
+    import csv
+    import io
+
+    try:
+        reader = csv.DictReader(io.StringIO(content.decode("utf-8-sig")))
+        column = next((c for c in reader.fieldnames or () if c.strip() == "path"), None)
+        if column is None:
+            return []
+        return [base / Path(row[column].strip()).expanduser() for row in reader if (row.get(column) or "").strip()]
+    except (UnicodeDecodeError, csv.Error):
+        return []
+
+
 def _clip_age(record: ImageRecord, age_range: tuple[int, int]) -> ImageRecord:
     lo, hi = age_range
     clipped = min(max(record.age, lo), hi)
     if clipped == record.age:
         return record
-    return ImageRecord(record.path, record.image, clipped, record.fish_id, record.crop, record.metadata)
+    return replace(record, age=clipped)
 
 
 def _scan_folder(root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
@@ -177,31 +261,39 @@ def _read_manifest(csv_path: Path) -> tuple[list[ImageRecord], list[Skipped]]:
 
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
+    first_row: dict[tuple[Path, tuple | None], tuple[int, int]] = {}  # (file, crop) -> (row, age)
     base = csv_path.parent
     for row_number, row in enumerate(table.to_dict("records"), start=2):  # row 1 is the header
         image = row["path"].strip()
-        where = f"{image} (manifest row {row_number})" if image else f"manifest row {row_number}"
         if not image:
-            skipped.append(Skipped(where, "blank path"))
+            skipped.append(Skipped("", "blank path", row_number))
             continue
         age, problem = _parse_age(row["age"])
         if problem:
-            skipped.append(Skipped(where, problem))
+            skipped.append(Skipped(image, problem, row_number))
             continue
         crop, problem = _parse_crop(row) if crop_present else (None, None)
         if problem:
-            skipped.append(Skipped(where, problem))
+            skipped.append(Skipped(image, problem, row_number))
             continue
         file = Path(image).expanduser()
         file = file if file.is_absolute() else base / file
         if not file.is_file():
-            skipped.append(Skipped(where, f"file not found at {str(file)!r}"))
+            skipped.append(Skipped(image, f"file not found at {str(file)!r}", row_number))
             continue
         if file.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(where, f"not an image file (extension {file.suffix or 'none'!r}); use JPEG, PNG, TIFF or BMP"))
+            skipped.append(Skipped(image, f"not an image file (extension {file.suffix or 'none'!r}); use JPEG, PNG, TIFF or BMP",
+                                   row_number))
+            continue
+        file = file.resolve()
+        earlier = first_row.setdefault((file, crop), (row_number, age))
+        if earlier[0] != row_number:
+            ages = f"with the same age {age}" if earlier[1] == age else f"with age {earlier[1]}, this row says {age}"
+            skipped.append(Skipped(image, f"same file and crop box as manifest row {earlier[0]} ({ages}); "
+                                          f"list each image once", row_number))
             continue
         fish = row.get("fish_id", "").strip() or None
-        records.append(ImageRecord(file.resolve(), image, age, fish, crop, {c: row[c] for c in extra}))
+        records.append(ImageRecord(file, image, age, fish, crop, {c: row[c] for c in extra}, row_number))
     return records, skipped
 
 

@@ -28,10 +28,16 @@ class EmbeddingSet:
     encoder: str
     features: np.ndarray  # (n_embedded, dim) float32
     rows: np.ndarray  # (n_embedded,) positions of those images in dataset.records
-    failures: tuple[Skipped, ...] = ()
+    failures: tuple[Skipped, ...] = ()  # images that could not be embedded, with reasons
     n_extracted: int = 0  # computed by this call (the rest came from the cache)
     keys: tuple[str, ...] = ()  # (n_embedded,) image identity (content hash + crop); equal keys = same image
     precision: str = "fp32"  # arithmetic the encoder ran in (each precision has its own cache store)
+    pending: tuple[str, ...] = ()  # ids of images not embedded yet (``cached_only`` reads); they never failed
+
+    @property
+    def complete(self) -> bool:
+        """Whether every image is embedded or known to be unusable (nothing is left to extract)."""
+        return not self.pending
 
     @property
     def dim(self) -> int:
@@ -100,10 +106,14 @@ def extract_embeddings(
         known = [i for i, k in enumerate(keys) if k is not None]
         lookup = [keys[i] for i in known]
         store, features, found = _fullest(stores, lookup)
+        pending: list[str] = []
         if cached_only:
-            not_yet = f"{spec.name}: not embedded yet (run the extraction)"
-            failures += [Skipped(dataset.records[i].image, (store is not None and store.failure(keys[i])) or not_yet)
-                         for i in _missing_positions(known, found)]
+            for i in _missing_positions(known, found):
+                reason = store.failure(keys[i]) if store is not None else None
+                if reason:
+                    failures.append(Skipped.of(dataset.records[i], reason))
+                else:
+                    pending.append(dataset.records[i].id)
         elif len(found) < len(lookup):
             encoder = _encoder_for(spec, encoder, store if len(found) else None, device, precision, batch_size,
                                    weights_dir)
@@ -119,15 +129,15 @@ def extract_embeddings(
                                       batch_size or encoder.batch_size, progress)
             features, found = store.get_many(lookup)
         rows = np.asarray(known, dtype=int)[found]
-        failed_images = {f.path for f in failures}
+        accounted = {f.image for f in failures} | set(pending)
         embedded = set(rows.tolist())
         # A duplicate of a file that failed fails too, under its own name.
         for i in known:
-            if i not in embedded and dataset.records[i].image not in failed_images:
-                failures.append(Skipped(dataset.records[i].image, f"{spec.name}: same content as an image that could not be embedded"))
+            if i not in embedded and dataset.records[i].id not in accounted:
+                failures.append(Skipped.of(dataset.records[i], f"{spec.name}: same content as an image that could not be embedded"))
         return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=len(todo),
                             keys=tuple(lookup[j] for j in found),
-                            precision=store.precision if store is not None else "fp32")
+                            precision=store.precision if store is not None else "fp32", pending=tuple(pending))
     finally:
         for open_store in stores:
             open_store.close()
@@ -158,8 +168,8 @@ def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, prog
                 encoder, [d for d in decoded if not isinstance(d, Skipped)])
             bad += unusable
             failures.extend(bad)
-            key_of = {record.image: key for key, record in batch}
-            store.record_failures({key_of[f.path]: f.reason for f in bad})
+            key_of = {record.id: key for key, record in batch}
+            store.record_failures({key_of[f.image]: f.reason for f in bad})
             if batch_keys:
                 _check_dim(store.spec, batch_features)
                 store.put_many(batch_keys, batch_features)
@@ -228,7 +238,7 @@ def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str 
             keys.append(record_key(record, hashes))
         except OSError as exc:
             keys.append(None)
-            failures.append(Skipped(record.image, f"cannot read file: {exc.strerror or exc}"))
+            failures.append(Skipped.of(record, f"cannot read file: {exc.strerror or exc}"))
     return keys, failures
 
 
@@ -237,7 +247,7 @@ def _decode(key: str, record: ImageRecord, min_side: int | None):
     try:
         return key, record, load_image(record, min_side=min_side)
     except ValueError as exc:
-        return Skipped(record.image, str(exc))
+        return Skipped.of(record, str(exc))
 
 
 def _embed_decoded(encoder, decoded: list) -> tuple[list[str], np.ndarray, list[Skipped]]:
@@ -254,7 +264,7 @@ def _embed_decoded(encoder, decoded: list) -> tuple[list[str], np.ndarray, list[
             rows.append(_finite(encoder.embed([image]))[0])
             kept_keys.append(key)
         except ValueError as exc:
-            bad.append(Skipped(record.image, f"{encoder.spec.name} cannot use this image: {exc}"))
+            bad.append(Skipped.of(record, f"{encoder.spec.name} cannot use this image: {exc}"))
     features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     return kept_keys, features, bad
 
@@ -281,7 +291,11 @@ def _check_dim(spec: EncoderSpec, features: np.ndarray) -> None:
 
 
 def save_npz(path: str | Path, dataset: Dataset, embedding: EmbeddingSet) -> Path:
-    """Write ``features``, ``labels`` and ``paths`` for the embedded images."""
+    """Write ``features``, ``labels`` and ``paths`` for the embedded images.
+
+    ``paths`` holds each image's id (its path, with the crop box appended for a crop), so two crops
+    of one photo stay two rows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = [dataset.records[i] for i in embedding.rows]
@@ -289,7 +303,7 @@ def save_npz(path: str | Path, dataset: Dataset, embedding: EmbeddingSet) -> Pat
         path,
         features=embedding.features,
         labels=np.array([r.age for r in records], dtype=int),
-        paths=np.array([r.image for r in records], dtype=str),
+        paths=np.array([r.id for r in records], dtype=str),
     )
     return path
 

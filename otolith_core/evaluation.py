@@ -27,7 +27,9 @@ from .stats import (PairedTest, age_bias, bowker_symmetry, corrected_t_test, hol
 TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
 PARALLEL_MIN_IMAGES = 6000  # below this, starting worker processes for the folds costs more than it saves
-PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "true_age", "pred_age", "pred_raw"]
+PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "path", "true_age", "pred_age", "pred_raw"]
+SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
+SEVERITIES = ("error", "warning", "info")
 FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
                 "ape", "cv", "rmse_raw", "n_train", "alpha"]
 SUMMARY_COLUMNS = (["encoder", "head", "n_images"]
@@ -39,6 +41,21 @@ LEARNING_COLUMNS = ["encoder", "head", "train_fraction", "repeat", "fold", "n_tr
 
 
 @dataclass(frozen=True)
+class Note:
+    """Something about a run a person must read; ``error`` means a result is likely wrong until it is fixed."""
+
+    severity: str  # one of SEVERITIES
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}; choose from {SEVERITIES}")
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+@dataclass(frozen=True)
 class CVResult:
     """Out-of-fold predictions of one (encoder, head) over all repeats; scores derive from them.
 
@@ -47,7 +64,8 @@ class CVResult:
 
     encoder: str
     head: HeadSpec
-    images: tuple[str, ...]  # (n_rows,)
+    images: tuple[str, ...]  # (n_rows,) image ids (file + crop box), unique within a repeat
+    paths: tuple[str, ...]  # (n_rows,) each image's path as the user named it
     true_age: np.ndarray  # (n_rows,) int
     pred_age: np.ndarray  # (n_rows,) int, rounded for ridge heads
     pred_raw: np.ndarray  # (n_rows,) float, ridge's continuous value (svc: the class)
@@ -92,7 +110,7 @@ class CVResult:
     def predictions(self) -> pd.DataFrame:
         return pd.DataFrame({
             "encoder": self.encoder, "head": self.head.label, "repeat": self.repeat, "fold": self.fold,
-            "image": list(self.images), "true_age": self.true_age, "pred_age": self.pred_age, "pred_raw": self.pred_raw,
+            "image": list(self.images), "path": list(self.paths), "true_age": self.true_age, "pred_age": self.pred_age, "pred_raw": self.pred_raw,
         }, columns=PREDICTION_COLUMNS)
 
     def first_repeat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,7 +130,7 @@ class Comparison:
     repeats: int = 1
     grouped_by_fish: bool = False
     skipped: tuple[Skipped, ...] = ()
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[Note, ...] = ()
     failed_encoders: Mapping[str, str] = field(default_factory=dict)
     learning_curve: pd.DataFrame | None = None
     precisions: Mapping[str, str] = field(default_factory=dict)  # encoder -> arithmetic its embeddings came from
@@ -132,7 +150,24 @@ class Comparison:
         return pd.DataFrame([t.__dict__ for t in self.tests], columns=TEST_COLUMNS)
 
     def skipped_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([s.__dict__ for s in self.skipped], columns=["path", "reason"])
+        return skipped_frame(self.skipped)
+
+    def per_image(self, repeat: int = 0) -> pd.DataFrame:
+        """One row per image of one repeat: ``image, path, true_age`` and each model's predicted age.
+
+        Models are named ``"encoder / head"``. Each value is that repeat's out-of-fold prediction, so
+        it is a whole age a model really gave (never an average over repeats).
+        """
+        if not 0 <= repeat < self.repeats:
+            raise ValueError(f"repeat {repeat} does not exist; this run has repeats 0..{self.repeats - 1}")
+        table = None
+        for r in self.results:
+            keep = r.repeat == repeat
+            column = pd.DataFrame({"image": np.asarray(r.images)[keep], "path": np.asarray(r.paths)[keep],
+                                   "true_age": r.true_age[keep], model_label(r.encoder, r.head.label): r.pred_age[keep]})
+            table = column if table is None else table.merge(column, on=["image", "path", "true_age"], how="inner",
+                                                             validate="one_to_one")
+        return table if table is not None else pd.DataFrame(columns=["image", "path", "true_age"])
 
     def agebias_frame(self) -> pd.DataFrame:
         """Campana's age-bias table per (encoder, head), from the first repeat's predictions."""
@@ -156,9 +191,22 @@ class Comparison:
         return self.learning_curve if self.learning_curve is not None else pd.DataFrame(columns=LEARNING_COLUMNS)
 
 
+def model_label(encoder: str, head: str) -> str:
+    """How a model (encoder and head) is named in the dashboard's charts and tables."""
+    return f"{encoder} / {head}"
+
+
+def skipped_frame(skipped: Sequence[Skipped]) -> pd.DataFrame:
+    """``skipped.csv``: path, manifest row (empty for files found by a folder scan), reason, image id."""
+    frame = pd.DataFrame([{"path": s.path, "row": s.row, "reason": s.reason, "image": s.image} for s in skipped],
+                         columns=SKIPPED_COLUMNS)
+    frame["row"] = frame["row"].astype("Int64")
+    return frame
+
+
 def make_folds(
     ages: np.ndarray, *, n_folds: int = 10, seed: int = 0, groups: np.ndarray | None = None
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[Note]]:
     """Stratified fold of every image, from the ages, the groups (fish) and the seed only.
 
     Parameters
@@ -188,10 +236,11 @@ def make_folds(
             f"use fewer folds (--folds), or clip the age range (--age-range) to merge sparse ages"
         )
     if small:
-        notes.append(
+        notes.append(Note(
+            "warning",
             f"ages with fewer {units} than the {n_folds} folds: {_counts_text(small)}; some test folds have none of them. "
             f"Remedies: clip the age range (--age-range) to merge them into a neighbour, or use fewer folds (--folds)."
-        )
+        ))
     folds = np.empty(ages.size, dtype=int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # reported above, in words a user can act on
@@ -210,8 +259,8 @@ def _counts_text(counts: Mapping[int, int]) -> str:
 
 
 def fish_groups(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
-    """Group label per image: its ``fish_id``, or its own image name when it has none."""
-    return np.array([dataset.records[i].fish_id or f"image:{dataset.records[i].image}" for i in rows])
+    """Group label per image: its ``fish_id``, or its own image id when it has none."""
+    return np.array([dataset.records[i].fish_id or f"image:{dataset.records[i].id}" for i in rows])
 
 
 def cross_validate_head(
@@ -359,15 +408,16 @@ def compare(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     common = _common_rows(embeddings.values())
     skipped = list(dict.fromkeys([*dataset.skipped, *(s for emb in embeddings.values() for s in emb.failures)]))
-    named = {s.path for s in skipped}
+    named = {s.image for s in skipped}
     for i, record in enumerate(dataset.records):
-        if i not in common and record.image not in named:
-            skipped.append(Skipped(record.image, "not embedded by every chosen encoder"))
+        if i not in common and record.id not in named:
+            skipped.append(Skipped.of(record, "not embedded by every chosen encoder"))
     rows = np.array(sorted(common), dtype=int)
     if rows.size == 0:
         raise ValueError("no image was embedded by every chosen encoder")
     ages = dataset.ages[rows]
-    images = tuple(dataset.records[i].image for i in rows)
+    images = tuple(dataset.records[i].id for i in rows)
+    paths = tuple(dataset.records[i].name for i in rows)
     groups = fish_groups(dataset, rows)
     if group_by_fish is None:
         group_by_fish = len(np.unique(groups)) < len(groups)
@@ -391,8 +441,8 @@ def compare(
                     curve += [{"encoder": name, "head": head.label, "repeat": r, **row}
                               for row in learning_curve(features, ages, folds, head, seed=seed + r)]
             pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
-            results.append(CVResult(name, head, images * repeats, np.tile(ages, repeats), pred, raw, fold, repeat,
-                                    alphas))
+            results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,
+                                    fold, repeat, alphas))
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
@@ -400,8 +450,8 @@ def compare(
 
 
 def duplicate_warnings(emb: EmbeddingSet, rows: np.ndarray, images: Sequence[str], ages: np.ndarray,
-                       fold_sets: Sequence[np.ndarray]) -> list[str]:
-    """Sentences about images with the same content; "ERROR:" when they disagree on age or straddle folds."""
+                       fold_sets: Sequence[np.ndarray]) -> list[Note]:
+    """Notes about images with the same content; errors when they disagree on age or straddle folds."""
     if not emb.keys:
         return []
     key_of = dict(zip(emb.rows.tolist(), emb.keys))
@@ -412,13 +462,13 @@ def duplicate_warnings(emb: EmbeddingSet, rows: np.ndarray, images: Sequence[str
     for members in (m for m in by_key.values() if len(m) > 1):
         names = ", ".join(images[j] for j in members)
         if len(set(ages[members].tolist())) > 1:
-            notes.append(f"ERROR: {names} are the same image but carry different ages "
-                         f"({', '.join(str(a) for a in ages[members])}); fix the manifest")
+            notes.append(Note("error", f"{names} are the same image but carry different ages "
+                                       f"({', '.join(str(a) for a in ages[members])}); fix the manifest"))
         elif any(len(set(folds[members].tolist())) > 1 for folds in fold_sets):
-            notes.append(f"ERROR: {names} are the same image and fall in different folds, so the model is tested "
-                         f"on an image it was trained on; remove the copies or give them one fish_id")
+            notes.append(Note("error", f"{names} are the same image and fall in different folds, so the model is "
+                                       f"tested on an image it was trained on; remove the copies or give them one fish_id"))
         else:
-            notes.append(f"{names} are the same image (duplicates)")
+            notes.append(Note("info", f"{names} are the same image (duplicates)"))
     return notes
 
 

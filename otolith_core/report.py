@@ -42,8 +42,11 @@ def library_versions() -> dict[str, str | None]:
 
 
 def image_set_hash(dataset: Dataset, images: Sequence[str], hashes: FileHashes | None) -> str:
-    """SHA-256 over the used images' content hashes (or ids for .npz input), crop boxes and ages."""
-    by_image = {r.image: r for r in dataset.records}
+    """SHA-256 over the used images' content hashes (or ids for .npz input), crop boxes and ages.
+
+    ``images`` are record ids (file + crop box), so two crops of one photo count as two images.
+    """
+    by_image = {r.id: r for r in dataset.records}
     lines = []
     for image in images:
         record = by_image[image]
@@ -62,7 +65,7 @@ def provenance(
 ) -> dict:
     """Everything needed to trace a figure back to its run (``run.json``)."""
     hashes = FileHashes(cache_dir) if cache_dir is not None else None
-    images = comparison.results[0].images if comparison.results else ()
+    images = tuple(comparison.results[0].first_repeat()[0]) if comparison.results else ()  # each image once
     encoders = {}
     for name, spec in specs.items():
         entry = spec.as_dict()
@@ -94,7 +97,7 @@ def provenance(
                "repeats": comparison.repeats, "repeat_seeds": [comparison.seed + r for r in range(comparison.repeats)],
                "grouped_by_fish": comparison.grouped_by_fish,
                "learning_curve": comparison.learning_curve is not None},
-        "warnings": list(comparison.warnings),
+        "warnings": [{"severity": n.severity, "message": n.message} for n in comparison.warnings],
     }
     if hashes is not None:
         hashes.close()

@@ -308,4 +308,5 @@ def test_cached_only_reads_without_extracting_and_repeats_the_failure_reason(tmp
                                 cached_only=True)
     assert counter.seen == 0 and result.rows.tolist() == [0]
     reasons = {f.path: f.reason for f in result.failures}
-    assert "cannot decode" in reasons["bad.jpg"] and "not embedded yet" in reasons["later.png"]
+    assert set(reasons) == {"bad.jpg"} and "cannot decode" in reasons["bad.jpg"]
+    assert result.pending == ("later.png",) and not result.complete  # not tried yet: pending, not failed

@@ -33,7 +33,7 @@ def test_run_writes_exactly_the_promised_columns(demo_run):
     assert list(pd.read_csv(out / "folds.csv").columns) == FOLD_COLUMNS
     assert list(pd.read_csv(out / "summary.csv").columns) == SUMMARY_COLUMNS
     assert list(pd.read_csv(out / "ttests.csv").columns) == TEST_COLUMNS
-    assert list(pd.read_csv(out / "skipped.csv").columns) == ["path", "reason"]
+    assert list(pd.read_csv(out / "skipped.csv").columns) == ["path", "row", "reason", "image"]
     assert (out / "comparison.svg").stat().st_size > 1000 and (out / "comparison.png").stat().st_size > 1000
     run = json.loads((out / "run.json").read_text())
     assert run["cv"]["n_folds"] == 10 and run["cv"]["seed"] == 0 and run["data"]["synthetic_demo"]
@@ -232,7 +232,7 @@ def test_a_manifest_mixing_every_kind_of_bad_row_runs_to_completion(demo_manifes
     assert set(valid) <= used
     assert len(used) == len(pd.read_csv(demo_manifest)) + len(valid)
     warnings = json.loads((out / "run.json").read_text())["warnings"]
-    assert any(w.startswith("ERROR") and "different ages" in w and copy in w for w in warnings)
+    assert any(w["severity"] == "error" and "different ages" in w["message"] and copy in w["message"] for w in warnings)
 
 
 def test_a_crash_while_writing_results_leaves_no_half_written_file(tmp_path, monkeypatch):
@@ -269,3 +269,44 @@ def _comparison_for_writing():
     data = Dataset(Path("/x"), "folder", tuple(ImageRecord(Path(f"/x/{i}"), f"{i}", int(a)) for i, a in enumerate(ages)))
     features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     return compare(data, {"e": EmbeddingSet("e", features, np.arange(30))}, [HeadSpec("ridge")], n_folds=3)
+
+
+def test_crops_of_one_photo_are_separate_images_everywhere(demo_manifest, tmp_path):
+    """A frame holding several otoliths, listed once per crop box: each crop is its own image in every file,
+    two crops are not mistaken for photos of one fish, and a failing crop is named by its own id."""
+    from PIL import Image
+
+    rows = pd.read_csv(demo_manifest)[["path", "age"]]
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (60, 120, 3), dtype=np.uint8)).save(tmp_path / "plate.png")
+    plate = str(tmp_path / "plate.png")
+    crops = pd.DataFrame({"path": [plate, plate, plate], "age": [3, 7, 5],
+                          "x0": [0, 60, 0], "y0": [0, 0, 0], "x1": [60, 120, 500], "y1": [60, 60, 60]})
+    pd.concat([rows, crops], ignore_index=True).to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tmp_path / "m.csv"), "--models", "pixels-32", "--heads", "ridge",
+                 "--folds", "5", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
+    pred = pd.read_csv(out / "predictions.csv")
+    mine = pred[pred.path == plate].set_index("image")
+    assert sorted(mine.index) == [f"{plate}[0,0,60,60]", f"{plate}[60,0,120,60]"]
+    assert mine.true_age.to_dict() == {f"{plate}[0,0,60,60]": 3, f"{plate}[60,0,120,60]": 7}
+    assert pred.image.is_unique
+    run = json.loads((out / "run.json").read_text())
+    assert not run["cv"]["grouped_by_fish"] and run["data"]["n_evaluated"] == len(rows) + 2
+    skipped = pd.read_csv(out / "skipped.csv")
+    (outside,) = skipped[skipped.path == plate].itertuples()
+    assert outside.image == f"{plate}[0,0,500,60]" and outside.row == len(rows) + 4 and "outside" in outside.reason
+
+
+def test_skipped_csv_holds_the_path_alone_and_the_row_in_its_own_column(demo_manifest, tmp_path):
+    rows = pd.read_csv(demo_manifest)[["path", "age"]]
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    bad = pd.DataFrame({"path": ["images/missing.jpg", rows.path[0]], "age": [4, "five"]})
+    pd.concat([rows, bad], ignore_index=True).to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tmp_path / "m.csv"), "--models", "pixels-32", "--heads", "ridge",
+                 "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
+    skipped = pd.read_csv(out / "skipped.csv", dtype={"row": "Int64"})
+    assert skipped[["path", "row"]].values.tolist() == [["images/missing.jpg", len(rows) + 2],
+                                                        [rows.path[0], len(rows) + 3]]

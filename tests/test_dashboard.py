@@ -214,3 +214,29 @@ def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(t
         assert reason in shown, f"Data page: {reason}"
         assert reason in downloaded, f"skipped.csv: {reason}"
     assert any("same image but carry different ages" in e.value and copy in e.value for e in at.error)
+
+
+def test_errors_page_with_repeats_shows_one_repeats_real_predictions(app, demo_manifest, tmp_path):
+    app.sidebar.number_input(key="repeats").set_value(2)
+    _run(app)
+    app.switch_page("views/errors.py").run()
+    assert not app.exception
+    out = tmp_path / "cli"
+    assert cli(["run", "--data", str(demo_manifest), "--models", ",".join(ENCODERS), "--heads", "ridge,svc",
+                "--repeats", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
+    predictions = pd.read_csv(out / "predictions.csv")
+    a, b = "otolith-morphometrics / ridge", "otolith-morphometrics / svc"
+    for repeat in (0, 1):
+        app.selectbox(key="gallery_repeat").set_value(repeat).run()
+        app.selectbox(key="disagree_a").set_value(a)
+        app.selectbox(key="disagree_b").set_value(b).run()
+        assert not app.exception
+        own = predictions[predictions.repeat == repeat]
+        right = {m: own[own.encoder + " / " + own["head"] == m].set_index("image").eval("pred_age == true_age")
+                 for m in (a, b)}
+        expected = int((right[a] & ~right[b]).sum())
+        shown = next(m.value for m in app.markdown if m.value.startswith("**A right, B wrong"))
+        assert shown.endswith(f": {expected} images"), (repeat, shown)
+        for table in app.dataframe:
+            if {a, b} <= set(table.value.columns):
+                assert all(float(v).is_integer() for v in table.value[a])

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +20,7 @@ def test_folder_per_age_accepts_plain_and_prefixed_names(tmp_path):
     (tmp_path / "age_05" / "notes.txt").write_text("x")
     data = load_dataset(tmp_path)
     assert data.kind == "folder"
-    assert sorted((r.image, r.age) for r in data.records) == [("4/a.jpg", 4), ("age_05/b.png", 5)]
+    assert sorted((r.name, r.age) for r in data.records) == [("4/a.jpg", 4), ("age_05/b.png", 5)]
     reasons = {s.path: s.reason for s in data.skipped}
     assert "not an age" in reasons["unknown/c.png"] and "not an image" in reasons["age_05/notes.txt"]
 
@@ -38,12 +40,14 @@ def test_manifest_rows_are_named_when_unusable(tmp_path):
         "img/ok.jpg,3,F3,5,5,2,9,x\n"
     )
     data = load_dataset(tmp_path / "m.csv")
-    assert [(r.image, r.age, r.fish_id, r.crop) for r in data.records] == [
+    assert [(r.name, r.age, r.fish_id, r.crop) for r in data.records] == [
         ("img/ok.jpg", 5, "F1", (0, 0, 10, 5)), (str(absolute), 7, None, None)]
     assert data.records[0].metadata == {"station": "north"}
     reasons = [s.reason for s in data.skipped]
     assert len(reasons) == 6
-    assert "file not found" in reasons[0] and "row 4" in data.skipped[0].path
+    assert "file not found" in reasons[0]
+    assert (data.skipped[0].path, data.skipped[0].row) == ("img/missing.jpg", 4)
+    assert [s.row for s in data.skipped] == [4, 5, 6, 7, 8, 9]
     assert "not a number" in reasons[1] and ">= 0" in reasons[2] and "whole number" in reasons[3]
     assert "blank age" in reasons[4] and "inverted" in reasons[5]
 
@@ -119,3 +123,59 @@ def test_degenerate_images_are_named(tmp_path, image, reason):
     (tmp_path / "m.csv").write_text("path,age\nx.png,3\n")
     with pytest.raises(ValueError, match=reason):
         load_image(load_dataset(tmp_path / "m.csv").records[0])
+
+
+def test_one_photo_with_several_crop_boxes_gives_records_with_unique_ids(tmp_path):
+    _save(tmp_path / "plate.png", Image.new("RGB", (40, 20), (200, 100, 50)))
+    (tmp_path / "m.csv").write_text(
+        "path,age,x0,y0,x1,y1\n"
+        "plate.png,3,0,0,20,20\n"
+        "plate.png,5,20,0,40,20\n"
+        "plate.png,4,0,0,20,20\n"  # the first box again: listed twice, with another age
+    )
+    data = load_dataset(tmp_path / "m.csv")
+    assert data.ids == ["plate.png[0,0,20,20]", "plate.png[20,0,40,20]"]
+    assert [r.name for r in data.records] == ["plate.png", "plate.png"]
+    (again,) = data.skipped
+    assert (again.path, again.row) == ("plate.png", 4)
+    assert "same file and crop box as manifest row 2" in again.reason and "with age 3, this row says 4" in again.reason
+
+
+def test_signature_changes_when_an_image_moves_to_another_age_folder(tmp_path):
+    from otolith_core.data import data_signature
+
+    image = _save(tmp_path / "4" / "x.jpg")
+    before = data_signature(tmp_path)
+    stat = image.stat()
+    (tmp_path / "5").mkdir()
+    moved = image.rename(tmp_path / "5" / "x.jpg")  # same name, size and modification time
+    os.utime(moved, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data_signature(tmp_path) != before
+    assert load_dataset(tmp_path).records[0].age == 5
+
+
+def test_signature_sees_every_file_even_pairs_that_look_alike(tmp_path):
+    from otolith_core.data import data_signature
+
+    empty = data_signature(tmp_path)
+    a = _save(tmp_path / "4" / "a.jpg")
+    b = _save(tmp_path / "5" / "a.jpg")
+    os.utime(b, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    assert data_signature(tmp_path) != empty
+
+
+def test_signature_of_a_manifest_follows_its_content_and_its_files(tmp_path):
+    from otolith_core.data import data_signature
+
+    _save(tmp_path / "a.jpg")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,age\na.jpg,3\nb.jpg,4\n")
+    stat = manifest.stat()
+    first = data_signature(manifest)
+    manifest.write_text("path,age\na.jpg,5\nb.jpg,4\n")  # same size, and the same time set back
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = data_signature(manifest)
+    assert second != first
+    _save(tmp_path / "b.jpg")  # a listed file that was missing appears
+    assert data_signature(manifest) != second
+    assert data_signature(tmp_path / "m.csv") == data_signature(manifest)

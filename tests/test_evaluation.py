@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import StratifiedKFold
@@ -16,7 +17,7 @@ from otolith_core.heads import HeadSpec
 def _dataset(n=150, seed=0):
     rng = np.random.default_rng(seed)
     ages = np.repeat(np.arange(1, 6), n // 5)
-    records = tuple(ImageRecord(path=Path(f"/x/{i}.png"), image=f"{i}.png", age=int(a))
+    records = tuple(ImageRecord(path=Path(f"/x/{i}.png"), name=f"{i}.png", age=int(a))
                     for i, a in enumerate(ages))
     data = Dataset(Path("/x"), "folder", records)
     a = rng.normal(size=(n, 20)) + ages[:, None] * 0.4
@@ -96,13 +97,14 @@ def test_images_missing_from_one_encoder_are_left_out_for_all():
 def test_sparse_ages_are_named_with_remedies():
     ages = np.array([1] * 3 + [2] * 20 + [3] * 20)
     folds, notes = make_folds(ages, n_folds=10)
-    assert "age 1: 3" in notes[0] and "--age-range" in notes[0] and "--folds" in notes[0]
+    assert notes[0].severity == "warning"
+    assert "age 1: 3" in notes[0].message and "--age-range" in notes[0].message and "--folds" in notes[0].message
     with pytest.raises(ValueError, match="every age has fewer images"):
         make_folds(np.array([1, 1, 2, 2]), n_folds=3)
 
 
 def _with_fish(data, photos_per_fish=2):
-    records = tuple(ImageRecord(r.path, r.image, r.age, fish_id=f"F{i // photos_per_fish}-{r.age}")
+    records = tuple(ImageRecord(r.path, r.name, r.age, fish_id=f"F{i // photos_per_fish}-{r.age}")
                     for i, r in enumerate(data.records))
     return Dataset(data.source, data.kind, records)
 
@@ -173,5 +175,23 @@ def test_duplicate_images_are_reported_and_errors_named():
     keys[99] = keys[2]  # same content, ages 1 and 5
     sets = {n: EmbeddingSet(n, e.features, e.rows, keys=tuple(keys)) for n, e in sets.items()}
     notes = compare(data, sets, [HeadSpec("ridge")], n_folds=5).warnings
-    assert any("0.png, 1.png are the same image" in n for n in notes)
-    assert any(n.startswith("ERROR: 2.png, 99.png are the same image but carry different ages") for n in notes)
+    assert any("0.png, 1.png are the same image" in n.message for n in notes)
+    assert any(n.severity == "error" and n.message.startswith("2.png, 99.png are the same image but carry different ages")
+               for n in notes)
+
+
+def test_per_image_table_holds_one_repeats_own_predictions():
+    data, sets = _dataset()
+    result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=5, repeats=2)
+    predictions = result.predictions_frame()
+    for repeat in (0, 1):
+        wide = result.per_image(repeat).set_index("image")
+        assert len(wide) == len(data) and wide.index.is_unique
+        for r in result.results:
+            own = predictions[(predictions.encoder == r.encoder) & (predictions["head"] == r.head.label)
+                              & (predictions.repeat == repeat)].set_index("image").pred_age
+            column = wide[f"{r.encoder} / {r.head.label}"]
+            assert column.dtype.kind == "i"
+            pd.testing.assert_series_equal(column.sort_index(), own.sort_index(), check_names=False)
+    with pytest.raises(ValueError, match="repeat 2 does not exist"):
+        result.per_image(2)

@@ -61,18 +61,9 @@ def demo_manifest() -> Path:
 @st.cache_data(show_spinner=False, ttl=2, max_entries=8)
 def data_signature(path: str) -> str:
     """Changes when the manifest or any file in the folder changes (stat only; reused for 2 s within a rerun)."""
-    p = Path(path)
-    if p.is_file():
-        stat = p.stat()
-        return f"{stat.st_size}-{stat.st_mtime_ns}"
-    total = 0
-    for root, _, files in os.walk(p):
-        for name in files:
-            try:
-                total ^= hash((name, os.stat(os.path.join(root, name)).st_mtime_ns))
-            except OSError:
-                continue
-    return str(total)
+    from otolith_core.data import data_signature as signature
+
+    return signature(path)
 
 
 @st.cache_data(show_spinner="Reading the image list…", max_entries=8)
@@ -263,19 +254,18 @@ def duplicate_notes(settings: Settings, dataset: Dataset) -> list[str]:
     from otolith_core.evaluation import duplicate_warnings
 
     for emb in cached_sets(settings, dataset)[:1]:
-        images = [dataset.records[i].image for i in emb.rows]
+        images = [dataset.records[i].id for i in emb.rows]
         return duplicate_warnings(emb, emb.rows, images, dataset.ages[emb.rows], [])
     return []
 
 
-def unusable_images(settings: Settings, dataset: Dataset) -> list[dict]:
+def unusable_images(settings: Settings, dataset: Dataset) -> list:
     """Images the chosen encoders tried and could not use (undecodable, blank, too small), from the cache."""
-    rows: dict[str, str] = {}
+    rows: dict[str, object] = {}
     for emb in cached_sets(settings, dataset):
         for failure in emb.failures:
-            if "not embedded yet" not in failure.reason:
-                rows.setdefault(failure.path, failure.reason)
-    return [{"path": p, "reason": r} for p, r in rows.items()]
+            rows.setdefault(failure.image, failure)
+    return list(rows.values())
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the encoder…")
@@ -410,7 +400,7 @@ def show_thumbnail(container, record, caption: str) -> None:
         mtime = 0
     pixels = thumbnail(str(record.path), record.crop, mtime)
     if pixels is None:
-        container.caption(f"{record.image}: cannot be decoded")
+        container.caption(f"{record.id}: cannot be decoded")
     else:
         container.image(pixels, caption=caption, width="stretch")
 

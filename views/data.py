@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import age_histogram
+from otolith_core.evaluation import skipped_frame
 from views.common import current_data, duplicate_notes, show_thumbnail, unusable_images
 
 st.title("Data")
@@ -35,7 +36,7 @@ if dataset.has_fish_ids:
                    "put photos of one fish in both training and test folds, which flatters every encoder alike.")
 
 for note in duplicate_notes(settings, dataset):
-    (st.error if note.startswith("ERROR") else st.warning)(note)
+    {"error": st.error, "warning": st.warning, "info": st.info}[note.severity](note.message)
 
 st.subheader("Images per age")
 st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")
@@ -47,11 +48,11 @@ for age in counts.index:
     cols = st.columns(per_age + 1)
     cols[0].markdown(f"**age {age}**  \n{counts[age]} images")
     for col, record in zip(cols[1:], records):
-        show_thumbnail(col, record, record.image)
+        show_thumbnail(col, record, record.id)
 
 st.subheader("Skipped files and rows")
-skipped = [s.__dict__ for s in dataset.skipped] + unusable_images(settings, dataset)
-if skipped:
-    st.dataframe(pd.DataFrame(skipped, columns=["path", "reason"]), hide_index=True, width="stretch")
+skipped = skipped_frame([*dataset.skipped, *unusable_images(settings, dataset)])
+if len(skipped):
+    st.dataframe(skipped, hide_index=True, width="stretch")
 else:
     st.caption("Nothing was skipped.")

@@ -14,7 +14,7 @@ dataset = dataset_for(run_settings())
 predictions = comparison.predictions_frame()
 predictions["model"] = predictions["encoder"] + " / " + predictions["head"]
 models = list(dict.fromkeys(predictions["model"]))
-records = {r.image: r for r in dataset.records}
+records = {r.id: r for r in dataset.records}
 
 st.subheader("Confusion matrices")
 st.caption("Rows: reader age; columns: predicted age. Outlined cells are within ±1 year.")
@@ -25,7 +25,12 @@ for start in range(0, len(models), 3):
                             width="stretch")
 
 st.subheader("Misclassified images")
-wide = predictions.pivot_table(index=["image", "true_age"], columns="model", values="pred_age").reset_index()
+repeat = 0
+if comparison.repeats > 1:
+    repeat = st.selectbox("Repeat", range(comparison.repeats), key="gallery_repeat",
+                          format_func=lambda r: f"repeat {r} (seed {comparison.seed + r})",
+                          help="Each repeat predicts every image once; the gallery and the disagreements show one.")
+wide = comparison.per_image(repeat)
 f1, f2, f3 = st.columns(3)
 shown_models = f1.multiselect("Models", models, default=models[:1], key="gallery_models")
 ages = sorted(predictions["true_age"].unique())

@@ -16,7 +16,7 @@ settings = run_settings()
 if settings.is_demo:
     st.warning("**Synthetic demo**: numbers from drawn images, not otoliths.")
 for note in comparison.warnings:
-    st.warning(note)
+    {"error": st.error, "warning": st.warning, "info": st.info}[note.severity](note.message)
 
 summary = comparison.summary_frame()
 scheme = f"{comparison.repeats} × {comparison.n_folds}-fold" if comparison.repeats > 1 else f"{comparison.n_folds}-fold"
