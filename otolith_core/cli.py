@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from .feature_extractor import EncoderUnavailable
+    from .jobs import Cancelled
 
     try:
         return args.handler(args)
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         print("\ninterrupted: finished batches are kept in the cache; run the same command to resume", file=sys.stderr)
         return 130
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _data_arguments(extract)
     extract.add_argument("--model", required=True, help="registry name, ARCH:TAG, hf-hub:org/name or local-dir:/path")
     extract.add_argument("--npz", help="also export features, labels and paths to this .npz file")
+    extract.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard for the job it launched
     _extraction_arguments(extract)
     extract.set_defaults(handler=_cmd_extract)
 
@@ -163,17 +165,21 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
 
 
-def _extract_one(dataset, spec, args):
+def _extract_one(dataset, spec, args, job=None):
+    """Extract what the cache lacks, with a progress bar on a terminal (and into ``job``'s record when given)."""
     from tqdm import tqdm
 
     from .embeddings import extract_embeddings
 
     bar = None
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, failed: int) -> None:
         nonlocal bar
+        if job is not None:
+            job.progress(done, total, failed)
         if bar is None:
-            bar = tqdm(total=total, desc=f"{spec.name}", unit="img", file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(total=total, desc=f"{spec.name}", unit="img", file=sys.stderr, dynamic_ncols=True,
+                       disable=not sys.stderr.isatty())
         bar.n = done
         bar.refresh()
 
@@ -188,11 +194,14 @@ def _extract_one(dataset, spec, args):
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .embeddings import save_npz
+    from .jobs import JobRecorder, JobRequest
     from .registry import resolve_encoder
 
-    dataset = _load_data(args)
-    spec = resolve_encoder(args.model, weights_dir=args.weights_dir)
-    emb = _extract_one(dataset, spec, args)
+    request = JobRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir)
+    with JobRecorder(_cache_dir(args), request, args.job_id) as job:  # shows on the dashboard, can be cancelled there
+        dataset = _load_data(args)
+        spec = resolve_encoder(args.model, weights_dir=args.weights_dir)
+        emb = _extract_one(dataset, spec, args, job)
     cached = len(emb.rows) - emb.n_extracted
     print(f"{spec.name}: {len(emb.rows)} images embedded in {emb.precision} ({emb.n_extracted} extracted now, "
           f"{max(cached, 0)} from the cache), {len(emb.failures)} failed; cache {_cache_dir(args)}")

@@ -17,7 +17,7 @@ from .cache import EmbeddingStore, FileHashes, record_key, store_path
 from .data import Dataset, ImageRecord, Skipped, load_image
 from .registry import PRECISIONS, EncoderSpec
 
-ProgressCallback = Callable[[int, int], None]  # (images extracted so far, images to extract)
+ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
 DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
 
 
@@ -85,7 +85,7 @@ def extract_embeddings(
         reads whichever store of the encoder holds most of the images (ties: fp32, bf16, fp16; no torch
         import), and extracts into that store if the device can run its precision, else into a store of
         the spec's choice for the device. An explicit precision reads and fills only its own store.
-    progress : called as ``progress(done, total)`` after each batch.
+    progress : called as ``progress(done, total, failed)`` before the first and after each batch.
     encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident); it follows
         the same precision rule (a copy is switched, the given object is not changed).
     cached_only : return what the cache holds and name the rest, extracting nothing.
@@ -153,7 +153,7 @@ def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, prog
     batches = [pending[start: start + size] for start in range(0, total, size)]
     min_side = decode_min_side(store.spec)
     if progress:
-        progress(0, total)
+        progress(0, total, 0)
     # Images of the next batch are decoded in threads while the encoder works on this one.
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         def decode(batch):
@@ -175,7 +175,7 @@ def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, prog
                 store.put_many(batch_keys, batch_features)
             done += len(batch)
             if progress:
-                progress(done, total)
+                progress(done, total, len(failures))
     return failures
 
 

@@ -1,0 +1,388 @@
+"""Extraction as a background job: work that outlives a page, a closed tab and a restarted dashboard.
+
+A job is one ``otolith extract`` process. The dashboard starts it detached (its own session, output to
+a log file), so widget changes, page switches and dashboard restarts never reach it. Every extraction,
+whether started by the dashboard or typed in a terminal, records itself under the cache folder::
+
+    jobs/<job id>/job.json        what it extracts (data, encoder, precision), its pid, who started it
+                  progress.json   images done and to do, failures so far, rate, ETA (rewritten per batch)
+                  outcome.json    how it ended: finished, failed (with the reason) or cancelled
+                  cancel          present when a cancel was asked for
+                  log.txt         what it printed
+
+One job per (data, encoder, precision): starting a job that is running joins it. Cancelling ends it
+between two batches; finished batches stay in the cache, as they do when a job is killed. A job whose
+process is gone without an outcome (killed, out of memory) reads as failed, with its log tail.
+
+Nothing here imports torch, and reading job states reads a few small files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+STATES = ("starting", "running", "finished", "failed", "cancelled")
+ACTIVE_STATES = ("starting", "running")
+START_GRACE_SECONDS = 60.0  # a launched process that has not written its own record yet is still starting
+LOG_TAIL_LINES = 20
+LOG_EVERY_SECONDS = 10.0
+
+
+class Cancelled(BaseException):
+    """Raised inside a job's process when a cancel arrives (a BaseException, like KeyboardInterrupt, so no
+    ``except Exception`` on the way turns it into an ordinary error)."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a job extracts. Its ``id`` names the job: the same request is the same job."""
+
+    data: str  # folder or manifest, as an absolute path
+    encoder: str  # encoder name as given (registry name, ad hoc model)
+    precision: str = "auto"
+    device: str = "auto"
+    batch_size: int | None = None
+    weights_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
+
+    @property
+    def id(self) -> str:
+        identity = json.dumps({"data": self.data, "encoder": self.encoder, "precision": self.precision})
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    def command(self, cache_dir: str | Path) -> list[str]:
+        """The ``otolith extract`` command line that does this job."""
+        command = [sys.executable, "-m", "otolith_core.cli", "extract", "--data", self.data, "--model", self.encoder,
+                   "--cache-dir", str(Path(cache_dir).resolve()), "--precision", self.precision,
+                   "--device", self.device, "--job-id", self.id]
+        if self.batch_size:
+            command += ["--batch-size", str(self.batch_size)]
+        if self.weights_dir:
+            command += ["--weights-dir", self.weights_dir]
+        return command
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job as it stands now, read from its files."""
+
+    id: str
+    request: JobRequest
+    state: str  # one of STATES
+    origin: str  # "dashboard" | "terminal"
+    pid: int | None
+    started: float  # seconds since the epoch
+    updated: float
+    phase: str = ""  # what it is doing: preparing (hashing files, loading the encoder), extracting
+    done: int = 0
+    total: int | None = None
+    failed: int = 0
+    rate: float | None = None  # images per second in this run
+    eta_seconds: float | None = None
+    reason: str | None = None  # why it failed
+    log_tail: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def fraction(self) -> float:
+        """Share of the work done, 0..1 (0 while the amount is not known yet)."""
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def describe(self) -> str:
+        """One line a person reads: what, how far, how fast."""
+        if self.state == "running" and self.phase == "extracting" and self.total is not None:
+            text = f"{self.done}/{self.total} images"
+            if self.rate:
+                text += f", {self.rate:.1f} img/s"
+            if self.eta_seconds is not None and self.done < self.total:
+                text += f", about {_duration(self.eta_seconds)} left"
+            return text + (f", {self.failed} failed" if self.failed else "")
+        if self.state in ACTIVE_STATES:
+            return "preparing (reading files, loading the encoder)…"
+        if self.state == "finished":
+            return f"finished: {self.done}/{self.total} images" + (f", {self.failed} could not be used" if self.failed else "")
+        if self.state == "cancelled":
+            return f"cancelled after {self.done} images (finished batches are kept)"
+        return f"failed: {self.reason}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def jobs_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "jobs"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Starting, reading and cancelling jobs (the dashboard's side).
+
+
+def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
+    """Start ``request`` as a detached process, or join it when it is already running.
+
+    The process gets its own session, so it outlives the caller; its output goes to ``log.txt``.
+    """
+    folder = jobs_dir(cache_dir) / request.id
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        current = read_job(cache_dir, request.id)
+        if current is not None and current.active:
+            return current
+        record = {"request": asdict(request), "origin": "dashboard", "pid": None, "create_time": None,
+                  "started": time.time()}
+        _write_json(folder / "job.json", record)  # reads as "starting" until the process exists
+        for name in ("progress.json", "outcome.json", "cancel"):
+            (folder / name).unlink(missing_ok=True)
+        log = open(folder / "log.txt", "ab")
+        try:
+            log.write(f"\n=== started {time.strftime('%Y-%m-%d %H:%M:%S')} from the dashboard\n".encode())
+            log.flush()
+            detached = {"start_new_session": True} if os.name == "posix" else \
+                {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+            process = subprocess.Popen(request.command(cache_dir), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, close_fds=True,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, **detached)
+        finally:
+            log.close()
+        _write_json(folder / "job.json", {**record, "pid": process.pid, "create_time": _create_time(process.pid)})
+    # Reap the child when it ends, so it never lingers as a zombie of a long-running dashboard.
+    threading.Thread(target=process.wait, daemon=True).start()
+    return read_job(cache_dir, request.id)
+
+
+def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
+    """The job's state now, or None when there is no such job."""
+    folder = jobs_dir(cache_dir) / job_id
+    record = _read_json(folder / "job.json")
+    if record is None:
+        return None
+    try:
+        request = JobRequest(**record["request"])
+    except (KeyError, TypeError):
+        return None
+    progress = _read_json(folder / "progress.json") or {}
+    outcome = _read_json(folder / "outcome.json")
+    started = float(record.get("started", 0.0))
+    updated = max(started, float(progress.get("updated", 0.0)), float((outcome or {}).get("ended", 0.0)))
+    if outcome is not None:
+        state, reason = outcome.get("state", "failed"), outcome.get("reason")
+    elif _alive(record.get("pid"), record.get("create_time")):
+        state, reason = ("running" if progress else "starting"), None
+    elif record.get("pid") is None and time.time() - started < START_GRACE_SECONDS:
+        state, reason = "starting", None
+    elif (folder / "cancel").exists():
+        state, reason = "cancelled", None  # stopped before it could record how it ended
+    else:
+        state, reason = "failed", "the process ended without finishing (killed, or out of memory?); see the log"
+    return JobStatus(
+        id=job_id, request=request, state=state, origin=record.get("origin", "terminal"), pid=record.get("pid"),
+        started=started, updated=updated, phase=progress.get("phase", ""), done=int(progress.get("done", 0)),
+        total=progress.get("total"), failed=int(progress.get("failed", 0)), rate=progress.get("rate"),
+        eta_seconds=progress.get("eta_seconds"), reason=reason,
+        log_tail=_tail(folder / "log.txt") if state != "finished" else "",
+    )
+
+
+def list_jobs(cache_dir: str | Path) -> list[JobStatus]:
+    """Every recorded job, most recently updated first."""
+    root = jobs_dir(cache_dir)
+    if not root.is_dir():
+        return []
+    jobs = [read_job(cache_dir, folder.name) for folder in root.iterdir() if folder.is_dir()]
+    return sorted((j for j in jobs if j is not None), key=lambda j: j.updated, reverse=True)
+
+
+def find_job(cache_dir: str | Path, request: JobRequest) -> JobStatus | None:
+    """The job of this request, if it was ever started."""
+    return read_job(cache_dir, request.id)
+
+
+def cancel_job(cache_dir: str | Path, job_id: str) -> None:
+    """Ask a job to stop: it ends between two batches (finished batches stay cached)."""
+    folder = jobs_dir(cache_dir) / job_id
+    if not folder.is_dir():
+        return
+    (folder / "cancel").touch()
+    record = _read_json(folder / "job.json") or {}
+    if _alive(record.get("pid"), record.get("create_time")):
+        try:
+            os.kill(int(record["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# Recording a job from inside its process (``otolith extract``).
+
+
+class JobRecorder:
+    """Writes a running extraction's record, progress and outcome; turns a cancel into :class:`Cancelled`.
+
+    Use as ``with JobRecorder(cache_dir, request, job_id) as job: ... job.progress(done, total, failed)``.
+    """
+
+    def __init__(self, cache_dir: str | Path, request: JobRequest, job_id: str | None = None) -> None:
+        self.request = request
+        self.cache_dir = Path(cache_dir)
+        launched = job_id is not None
+        job_id = job_id or request.id
+        current = read_job(cache_dir, job_id)
+        if not launched and current is not None and current.active and current.pid != os.getpid():
+            job_id = f"{job_id}-{os.getpid()}"  # the same work is running elsewhere: both are safe, record apart
+        self.id = job_id
+        self.folder = jobs_dir(cache_dir) / job_id
+        self.origin = "dashboard" if launched else "terminal"
+        self._first: tuple[float, int] | None = None
+        self._last_log = 0.0
+
+    def __enter__(self) -> JobRecorder:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.origin == "terminal":
+            for name in ("progress.json", "outcome.json", "cancel"):
+                (self.folder / name).unlink(missing_ok=True)
+        record = _read_json(self.folder / "job.json") or {}
+        _write_json(self.folder / "job.json", {
+            "request": asdict(self.request), "origin": self.origin, "pid": os.getpid(),
+            "create_time": _create_time(os.getpid()), "started": record.get("started", time.time()),
+        })
+        self._write_progress("preparing", 0, None, 0)
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_term)
+        self.log(f"extracting {self.request.encoder} for {self.request.data} (pid {os.getpid()})")
+        if (self.folder / "cancel").exists():  # cancelled while it was starting
+            self.__exit__(Cancelled, Cancelled(), None)
+            raise Cancelled()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        if error is None:
+            state, reason = "finished", None
+        elif isinstance(error, (Cancelled, KeyboardInterrupt)):
+            state, reason = "cancelled", None
+        else:
+            state, reason = "failed", str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+        _write_json(self.folder / "outcome.json", {"state": state, "reason": reason, "ended": time.time()})
+        self.log(state + (f": {reason}" if reason else ""))
+        return False
+
+    def _on_term(self, signum, frame) -> None:
+        raise Cancelled()
+
+    def progress(self, done: int, total: int, failed: int = 0) -> None:
+        """Record progress after a batch; raises :class:`Cancelled` when a cancel was asked for."""
+        if (self.folder / "cancel").exists():
+            raise Cancelled()
+        self._write_progress("extracting", done, total, failed)
+
+    def _write_progress(self, phase: str, done: int, total: int | None, failed: int) -> None:
+        now = time.time()
+        rate = eta = None
+        if phase == "extracting":
+            if self._first is None:
+                self._first = (now, done)
+            elapsed, gained = now - self._first[0], done - self._first[1]
+            if elapsed > 0 and gained > 0:
+                rate = gained / elapsed
+                eta = (total - done) / rate if total is not None else None
+        _write_json(self.folder / "progress.json", {"phase": phase, "done": done, "total": total, "failed": failed,
+                                                    "rate": rate, "eta_seconds": eta, "updated": now})
+        if phase == "extracting" and (now - self._last_log >= LOG_EVERY_SECONDS or done == total):
+            self._last_log = now
+            self.log(f"{done}/{total} images" + (f", {rate:.2f} img/s" if rate else "") + (f", {failed} failed" if failed else ""))
+
+    def log(self, line: str) -> None:
+        if self.origin == "terminal":  # a launched job's output already goes to the log
+            with open(self.folder / "log.txt", "a", encoding="utf-8") as handle:
+                handle.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _alive(pid, create_time) -> bool:
+    """Whether process ``pid`` is the one recorded (same start time) and has not ended (zombies have)."""
+    if not pid:
+        return False
+    import psutil
+
+    try:
+        process = psutil.Process(int(pid))
+        if create_time is not None and abs(process.create_time() - float(create_time)) > 1.0:
+            return False  # the pid was reused by another process
+        return process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write atomically: a reader sees the old or the new file, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 16_000))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a job folder, so two dashboards starting one job start it once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock (one dashboard per cache folder there)
+        yield
+        return
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
