@@ -4,6 +4,8 @@ Layout under the cache folder (``--cache-dir``, ``OTOLITH_CACHE_DIR``, default `
 
     embeddings/<encoder-name>-<fingerprint>/   one diskcache per encoder identity
     file_hashes/                               SHA-256 of image and weights files, by path+size+mtime
+    results/                                   finished comparisons, by the key of their settings
+    jobs/                                      extraction jobs (otolith_core.jobs)
 
 An encoder's *fingerprint* hashes everything that changes its numbers: loader, model id, weights
 tag or weights-file content, architecture, preprocessing (size, resize mode, interpolation,
@@ -114,6 +116,48 @@ def store_path(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, pre
     """Folder of the store for ``spec`` run in ``precision`` (nothing is created)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
     return Path(cache_dir) / "embeddings" / f"{slug}-{encoder_fingerprint(spec, hashes, precision)[:16]}"
+
+
+def store_stamp(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str]) -> str:
+    """Changes whenever any of ``spec``'s stores in these precisions is written (sizes and times of its files)."""
+    parts = []
+    for precision in precisions:
+        folder = store_path(cache_dir, spec, hashes, precision)
+        for name in ("cache.db", "cache.db-wal"):
+            try:
+                stat = (folder / name).stat()
+                parts.append(f"{precision}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                continue
+    return "|".join(parts)
+
+
+class ResultStore:
+    """Finished comparisons on disk, by a key naming everything they were computed from.
+
+    So a dashboard restarted, or a browser tab reloaded, shows the last results without computing them again.
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        import diskcache
+
+        self._cache = diskcache.Cache(str(Path(cache_dir) / "results"), **_CACHE_SETTINGS)
+
+    def get(self, key: str):
+        """The stored value, or None (also when it was written by another version of this code)."""
+        try:
+            entry = self._cache.get(key)
+        except Exception:  # unpicklable after a code change: compute again
+            return None
+        if not isinstance(entry, dict) or entry.get("schema") != SCHEMA_VERSION:
+            return None
+        return entry["value"]
+
+    def put(self, key: str, value) -> None:
+        self._cache.set(key, {"schema": SCHEMA_VERSION, "value": value})
+
+    def close(self) -> None:
+        self._cache.close()
 
 
 class EmbeddingStore:

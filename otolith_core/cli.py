@@ -28,14 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    from .feature_extractor import EncoderUnavailable
     from .jobs import Cancelled
+    from .registry import ENCODER_ERRORS, error_message
 
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, KeyError, EncoderUnavailable) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+    except ENCODER_ERRORS as exc:
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (KeyboardInterrupt, Cancelled):
         print("\ninterrupted: finished batches are kept in the cache; run the same command to resume", file=sys.stderr)
@@ -214,9 +213,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .evaluation import compare
-    from .feature_extractor import EncoderUnavailable
     from .heads import HeadSpec
-    from .registry import resolve_encoder
+    from .registry import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
 
     heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
@@ -236,14 +234,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dataset = _load_data(args)
         cache_dir = _cache_dir(args)
         embeddings = {}
-        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        resolved, failed = resolve_encoders([m.strip() for m in args.models.split(",") if m.strip()],
+                                            weights_dir=args.weights_dir)
+        for name, message in failed.items():
+            print(f"encoder {name} skipped: {message}", file=sys.stderr)
+        for name, spec in resolved.items():
             try:
-                spec = resolve_encoder(name, weights_dir=args.weights_dir)
                 emb = _extract_one(dataset, spec, args)
-            except (EncoderUnavailable, KeyError, FileNotFoundError, ValueError) as exc:
-                message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-                failed[name] = str(message)
-                print(f"encoder {name} skipped: {message}", file=sys.stderr)
+            except ENCODER_ERRORS as exc:
+                failed[name] = error_message(exc)
+                print(f"encoder {name} skipped: {failed[name]}", file=sys.stderr)
                 continue
             specs[spec.name] = spec
             if len(emb.rows) == 0:

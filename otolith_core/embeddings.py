@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cache import EmbeddingStore, FileHashes, record_key, store_path
+from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
 from .data import Dataset, ImageRecord, Skipped, load_image
 from .registry import PRECISIONS, EncoderSpec
 
@@ -56,6 +56,18 @@ def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, 
     finally:
         for store in stores:
             store.close()
+        hashes.close()
+
+
+def embedding_stamp(spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto") -> str:
+    """A text that changes whenever this encoder's cached embeddings change (a few file stats, no torch).
+
+    Lets a caller keep a read of the cache until an extraction, here or in another process, writes to it.
+    """
+    hashes = FileHashes(cache_dir)
+    try:
+        return store_stamp(cache_dir, spec, hashes, _precisions(_asked_precision(spec, precision)))
+    finally:
         hashes.close()
 
 

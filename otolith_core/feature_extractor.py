@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from .registry import EncoderSpec, Preprocessing, preprocessing_from_open_clip_config
+from .registry import EncoderSpec, EncoderUnavailable, Preprocessing, preprocessing_from_open_clip_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,13 +38,6 @@ NETWORK_PROBE_SECONDS = 3.0
 # Reduced precision (bf16/fp16 autocast) is chosen for an encoder only if its embeddings stay at least this
 # cosine-similar to fp32 (tests/test_registry.py checks every registry entry's CPU choice).
 REDUCED_PRECISION_COSINE_FLOOR = 0.999
-
-
-class EncoderUnavailable(RuntimeError):
-    """An encoder cannot be built: weights missing offline, a corrupt file, a bad config.
-
-    The message is written for the person running the tool and says what to do.
-    """
 
 
 class Encoder:

@@ -81,6 +81,7 @@ class JobStatus:
 
     id: str
     request: JobRequest
+    cache_dir: str  # the cache folder the job fills (its record lives in jobs/ there)
     state: str  # one of STATES
     origin: str  # "dashboard" | "terminal"
     pid: int | None
@@ -197,7 +198,7 @@ def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
     else:
         state, reason = "failed", "the process ended without finishing (killed, or out of memory?); see the log"
     return JobStatus(
-        id=job_id, request=request, state=state, origin=record.get("origin", "terminal"), pid=record.get("pid"),
+        id=job_id, request=request, cache_dir=str(cache_dir), state=state, origin=record.get("origin", "terminal"), pid=record.get("pid"),
         started=started, updated=updated, phase=progress.get("phase", ""), done=int(progress.get("done", 0)),
         total=progress.get("total"), failed=int(progress.get("failed", 0)), rate=progress.get("rate"),
         eta_seconds=progress.get("eta_seconds"), reason=reason,

@@ -24,6 +24,22 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class EncoderUnavailable(RuntimeError):
+    """An encoder cannot be built: weights missing offline, a corrupt file, a bad config.
+
+    The message is written for the person running the tool and says what to do.
+    """
+
+
+# Everything resolving or loading an encoder raises for a cause the user can fix.
+ENCODER_ERRORS = (KeyError, ValueError, FileNotFoundError, EncoderUnavailable)
+
+
+def error_message(exc: BaseException) -> str:
+    """The sentence an error carries (a KeyError's repr would add quotes around it)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes the model's input tensor (open_clip's ``PreprocessCfg`` terms)."""
@@ -170,6 +186,17 @@ def resolve_encoder(name: str, *, weights_dir: str | Path | None = None) -> Enco
         f"unknown encoder {name!r}{hint} Choose from {sorted(known)}, or give an OpenCLIP model as "
         f"'ARCH:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k), 'hf-hub:org/name' or 'local-dir:/path'"
     )
+
+
+def resolve_encoders(names, *, weights_dir: str | Path | None = None) -> tuple[dict[str, EncoderSpec], dict[str, str]]:
+    """Resolve several names at once: ``({name: spec}, {name: why it cannot be used})``; never raises for a name."""
+    specs, problems = {}, {}
+    for name in names:
+        try:
+            specs[name] = resolve_encoder(name, weights_dir=weights_dir)
+        except ENCODER_ERRORS as exc:
+            problems[name] = error_message(exc)
+    return specs, problems
 
 
 def _openclip_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""`streamlit run app.py` in a real headless Chromium: every page opens with no exception box.
+"""`streamlit run app.py` in a real headless Chromium: extraction jobs survive what a user does, every page opens.
 
 Needs Debian's `chromium` (CI installs it). Screenshots go to the test's temporary folder, or to
 ``$OTOLITH_SCREENSHOTS`` when set (that is how README's pictures are made).
@@ -60,7 +60,9 @@ def server(tmp_path):
         process.wait(timeout=20)
 
 
-def test_every_page_opens_without_an_exception(server, tmp_path):
+def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(server, tmp_path):
+    """The issue's walk-through: Run starts extraction jobs; change the seed, open another page, reload the tab;
+    the settings are restored from the URL, the jobs keep going and finish, and every page then opens."""
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("OTOLITH_SCREENSHOTS") or tmp_path / "screenshots")
@@ -69,19 +71,40 @@ def test_every_page_opens_without_an_exception(server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(server, timeout=120_000)
-        page.get_by_text("Synthetic demo").first.wait_for(timeout=180_000)  # first start writes the demo
-        page.wait_for_timeout(2000)  # let the first script run finish before pressing Run
-        page.get_by_role("button", name="Run comparison").click()
-        page.get_by_text("Open the results").first.wait_for(timeout=120_000)  # the press was registered
+        run = page.get_by_role("button", name="Run comparison")
+        run.wait_for(timeout=300_000)  # the first start writes the demo
+        page.wait_for_timeout(1500)  # let the first script run finish before pressing Run
+        run.click()
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("Extraction jobs").wait_for(timeout=120_000)
+        page.get_by_role("link", name="Results").first.click()
+        page.get_by_text("Waiting for extraction").first.wait_for(timeout=120_000)
+        page.screenshot(path=str(shots / "waiting.png"), full_page=True)
+
+        seed = page.get_by_label("Seed", exact=True)  # touch a widget while the jobs run
+        seed.fill("3")
+        seed.press("Enter")
+        page.get_by_role("link", name="Embeddings").first.click()
+        page.get_by_role("heading", name="Embeddings").first.wait_for(timeout=60_000)
+        page.wait_for_function("() => new URLSearchParams(location.search).get('seed') === '3'", timeout=60_000)
+        page.reload()
+        page.get_by_label("Seed", exact=True).wait_for(timeout=120_000)
+        assert page.get_by_label("Seed", exact=True).input_value() == "3"  # restored from the URL after the reload
+        assert "encoders=otolith-morphometrics" in page.url and "encoders=pixels-32" in page.url
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("finished: 400/400 images").nth(1).wait_for(timeout=600_000)  # both jobs end
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+        page.get_by_role("button", name="Run comparison").click()  # the seed changed: run these settings
         for name in PAGES:
             page.get_by_role("link", name=name).first.click()
             page.get_by_role("heading", name=name).first.wait_for(timeout=300_000)
-            if name == "Results":  # extraction and CV run on the first visit
+            if name == "Results":
                 page.get_by_role("button", name="predictions.csv").first.wait_for(timeout=300_000)
+                assert page.get_by_text("seed 3").count() > 0
             if name == "Errors":
                 page.get_by_text("Where two models disagree").first.wait_for(timeout=300_000)
             page.wait_for_timeout(1500)  # let charts draw
             assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
             page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
         browser.close()
-    assert sorted(f.name for f in shots.glob("*.png")) == sorted(f"{n.lower()}.png" for n in PAGES)

@@ -1,6 +1,8 @@
 """The dashboard driven through streamlit's AppTest: every page, the numbers it shows, its downloads."""
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from otolith_core import evaluation
 from otolith_core.cli import main as cli
+from otolith_core.jobs import list_jobs
 
 ENCODERS = ["otolith-morphometrics", "pixels-32"]
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -45,13 +48,23 @@ def app(demo_manifest, tmp_path, monkeypatch, media_stores):
 
 
 def _run(at, encoders=ENCODERS):
+    """Choose encoders and heads, press Run, and wait for the extraction jobs it started."""
     at.sidebar.multiselect(key="encoders").set_value(encoders)
     at.sidebar.multiselect(key="heads").set_value(["ridge", "svc"])
     at.run()
     at.sidebar.button(key="run").click()
     at.run()
     assert not at.exception
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    at.run()
     return at
+
+
+def wait_for_jobs(cache_dir, timeout=300):
+    deadline = time.time() + timeout
+    while any(job.active for job in list_jobs(cache_dir)):
+        assert time.time() < deadline, list_jobs(cache_dir)
+        time.sleep(0.2)
 
 
 def _download(at, stores, label):

@@ -4,11 +4,20 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import age_histogram
-from otolith_core.evaluation import skipped_frame
-from views.common import current_data, duplicate_notes, show_thumbnail, unusable_images
+from otolith_core.evaluation import duplicate_warnings, skipped_frame
+from views import cached, state
+from views.widgets import show_note, show_thumbnail
 
 st.title("Data")
-settings, dataset = current_data()
+settings = state.settings()
+if settings is None:
+    st.info("Choose the images in the sidebar.")
+    st.stop()
+try:
+    dataset = cached.dataset(settings)
+except (ValueError, FileNotFoundError) as exc:
+    st.error(f"Cannot read the data: {exc}")
+    st.stop()
 
 if settings.is_demo:
     st.warning("**Synthetic demo**: these images are drawn by a program (ring count = age). Use them to try the "
@@ -35,8 +44,13 @@ if dataset.has_fish_ids:
         st.warning(f"{len(repeated)} fish have several photos ({int(repeated.sum())} images). Plain stratified CV can "
                    "put photos of one fish in both training and test folds, which flatters every encoder alike.")
 
-for note in duplicate_notes(settings, dataset):
-    {"error": st.error, "warning": st.warning, "info": st.info}[note.severity](note.message)
+# What the chosen encoders already know about the images, read from the cache (nothing is extracted here).
+embedded = [e for e, _ in cached.cached_embeddings(settings, dataset, settings.encoders).values()]
+with_keys = next((e for e in embedded if len(e.rows)), None)
+if with_keys is not None:
+    for note in duplicate_warnings(with_keys, with_keys.rows, [dataset.records[i].id for i in with_keys.rows],
+                                   dataset.ages[with_keys.rows], []):
+        show_note(note)
 
 st.subheader("Images per age")
 st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")
@@ -51,7 +65,8 @@ for age in counts.index:
         show_thumbnail(col, record, record.id)
 
 st.subheader("Skipped files and rows")
-skipped = skipped_frame([*dataset.skipped, *unusable_images(settings, dataset)])
+unusable = {f.image: f for e in embedded for f in e.failures}  # images an encoder tried and could not use
+skipped = skipped_frame([*dataset.skipped, *unusable.values()])
 if len(skipped):
     st.dataframe(skipped, hide_index=True, width="stretch")
 else:

@@ -4,15 +4,17 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import confusion_matrix
-from views.common import current_comparison, dataset_for, run_settings, show_thumbnail
+from otolith_core.evaluation import model_label
+from views.comparison import current_comparison
+from views.widgets import show_thumbnail
 
 st.title("Errors")
-comparison = current_comparison()
-if comparison is None:
+shown = current_comparison()
+if shown is None:
     st.stop()
-dataset = dataset_for(run_settings())
+comparison, dataset = shown.comparison, shown.dataset
 predictions = comparison.predictions_frame()
-predictions["model"] = predictions["encoder"] + " / " + predictions["head"]
+predictions["model"] = [model_label(e, h) for e, h in zip(predictions["encoder"], predictions["head"])]
 models = list(dict.fromkeys(predictions["model"]))
 records = {r.id: r for r in dataset.records}
 

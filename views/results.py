@@ -3,20 +3,22 @@
 import pandas as pd
 import streamlit as st
 
-from otolith_core.charts import BAR_METRICS, PAPER_LABEL, age_bias_plot, fold_lines, learning_curve_chart, metric_bars
+from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, age_bias_plot, fold_lines, learning_curve_chart,
+                                 metric_bars)
+from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR
 from otolith_core.metrics import METRIC_LABELS
-from otolith_core.report import csv_bytes, result_tables
-from views.common import current_comparison, run_json, run_settings
+from views.comparison import current_comparison
+from views.widgets import result_downloads, show_note
 
 st.title("Results")
-comparison = current_comparison()
-if comparison is None:
+shown = current_comparison()
+if shown is None:
     st.stop()
-settings = run_settings()
+settings, comparison = shown.settings, shown.comparison
 if settings.is_demo:
     st.warning("**Synthetic demo**: numbers from drawn images, not otoliths.")
 for note in comparison.warnings:
-    {"error": st.error, "warning": st.warning, "info": st.info}[note.severity](note.message)
+    show_note(note)
 
 summary = comparison.summary_frame()
 scheme = f"{comparison.repeats} × {comparison.n_folds}-fold" if comparison.repeats > 1 else f"{comparison.n_folds}-fold"
@@ -28,11 +30,12 @@ for metric in ("accuracy", "pm1_accuracy", "rmse", "mae"):
     percent = metric in ("accuracy", "pm1_accuracy")
     table[METRIC_LABELS[metric]] = [f"{m:.2%} ± {s:.2%}" if percent else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
 st.dataframe(table, hide_index=True, width="stretch")
-st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy 50.47 %, ±1 accuracy 94.10 %, RMSE 0.84 (published values, "
-           "not computed here).")
+st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy {PAPER_COD['accuracy']:.2%}, ±1 accuracy "
+           f"{PAPER_COD['pm1_accuracy']:.2%}, RMSE {PAPER_COD['rmse']:g} (published values, not computed here).")
 if comparison.precisions:
     st.caption("Embeddings computed in: " + ", ".join(f"{name} {p}" for name, p in comparison.precisions.items())
-               + " (bf16/fp16: reduced-precision autocast, within cosine 0.999 of fp32; see the README).")
+               + f" (bf16/fp16: reduced-precision autocast, within cosine {REDUCED_PRECISION_COSINE_FLOOR:g} of fp32; "
+                 "see the README).")
 
 for column, metric in zip(st.columns(3), BAR_METRICS):
     column.altair_chart(metric_bars(summary, metric, height=380), width="stretch")
@@ -82,9 +85,4 @@ if comparison.learning_curve is not None:
 
 st.subheader("Downloads")
 st.caption("The same files `otolith run` writes for these settings; run.json records how they were made.")
-tables = result_tables(comparison)
-columns = st.columns(4)
-for i, (name, frame) in enumerate(tables.items()):
-    columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
-columns[len(tables) % 4].download_button("run.json", run_json(comparison, settings), file_name="run.json",
-                                         mime="application/json", key="download-run.json")
+result_downloads(comparison, settings)

@@ -1,0 +1,137 @@
+"""Streamlit-cached wrappers around core calls, each keyed by strings that name what its result depends on.
+
+Nothing here draws. A key holds the data set's signature (files' paths, sizes, times), an encoder
+name and the stamp of its cache stores (which changes whenever an extraction, here or in a job,
+writes), head parameters and CV settings; big arrays are never hashed by Streamlit. So a widget that
+only changes the display recomputes nothing, and a finished extraction is seen at the next rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import streamlit as st
+
+from otolith_core.data import Dataset, load_dataset
+from otolith_core.embeddings import EmbeddingSet
+from otolith_core.registry import ENCODER_ERRORS, EncoderSpec, error_message, resolve_encoder
+from views.state import Settings
+
+
+@st.cache_data(show_spinner="Reading the image list…", max_entries=8)
+def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> Dataset:
+    """The data set at ``path`` as of ``signature`` (a changed file gives a new signature and a new read)."""
+    return load_dataset(path, age_range=age_range)
+
+
+def dataset(settings: Settings) -> Dataset:
+    """The settings' data set; raises ValueError or FileNotFoundError with a readable message."""
+    return load_data(settings.data_path, settings.age_range, settings.data_signature)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def encoder_spec(name: str) -> EncoderSpec:
+    return resolve_encoder(name)
+
+
+def resolve(names) -> tuple[dict[str, EncoderSpec], dict[str, str]]:
+    """``({name: spec}, {name: why it cannot be used})`` for the chosen encoder names."""
+    specs, problems = {}, {}
+    for name in names:
+        try:
+            specs[name] = encoder_spec(name)
+        except ENCODER_ERRORS as exc:
+            problems[name] = error_message(exc)
+    return specs, problems
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def weights_here(names: tuple[str, ...]) -> dict[str, bool]:
+    """Whether each encoder can run without a download (re-checked every minute)."""
+    from otolith_core.feature_extractor import weights_available
+
+    specs, _ = resolve(names)
+    return {n: weights_available(spec) for n, spec in specs.items()}
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)  # a resource: handed out without copying the features
+def _cached_read(data_key: str, name: str, stamp: str, _dataset: Dataset, cache_dir: str) -> tuple[EmbeddingSet, str]:
+    from otolith_core.embeddings import extract_embeddings
+
+    embedding = extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache_dir, cached_only=True)
+    digest = hashlib.blake2b(embedding.features.tobytes(), digest_size=16).hexdigest()
+    return embedding, digest
+
+
+def cached_embeddings(settings: Settings, data: Dataset, names) -> dict[str, tuple[EmbeddingSet, str]]:
+    """``{name: (what the cache holds, a digest of its features)}`` for the encoders that resolve.
+
+    Nothing is extracted and no encoder is loaded; unused images are named in ``failures`` and the
+    ones not tried yet in ``pending``.
+    """
+    from otolith_core.embeddings import embedding_stamp
+
+    specs, _ = resolve(names)
+    return {name: _cached_read(settings.data_key, name, embedding_stamp(spec, cache_dir=settings.cache_dir), data,
+                               settings.cache_dir)
+            for name, spec in specs.items()}
+
+
+def comparison_key(settings: Settings, embeddings: dict[str, tuple[EmbeddingSet, str]]) -> str:
+    """Names everything a comparison is computed from: data, each encoder's embeddings, heads, CV settings."""
+    parts = {
+        "data": settings.data_key,
+        "embeddings": [(name, e.precision, len(e.rows), digest) for name, (e, digest) in embeddings.items()],
+        "heads": [repr(h) for h in settings.heads],
+        "cv": [settings.n_folds, settings.seed, settings.repeats, settings.group_by_fish, settings.learning_curve],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def stored_comparison(key: str, cache_dir: str):
+    """The comparison stored on disk under ``key`` (by an earlier session or dashboard), or None."""
+    from otolith_core.cache import ResultStore
+
+    store = ResultStore(cache_dir)
+    try:
+        return store.get(key)
+    finally:
+        store.close()
+
+
+def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: dict[str, EmbeddingSet],
+                       problems: dict[str, str]):
+    """Cross-validate, store the result on disk under ``key`` and return it."""
+    from otolith_core.cache import ResultStore
+    from otolith_core.evaluation import compare
+
+    with st.spinner("Cross-validating…"):
+        result = compare(data, embeddings, list(settings.heads), n_folds=settings.n_folds, seed=settings.seed,
+                         repeats=settings.repeats, group_by_fish=settings.group_by_fish,
+                         with_learning_curve=settings.learning_curve, failed_encoders=problems)
+    store = ResultStore(settings.cache_dir)
+    try:
+        store.put(key, result)
+    finally:
+        store.close()
+    stored_comparison.clear()
+    return result
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int = 200):
+    """A small RGB array of one image (decoded once per file version); None when it cannot be decoded."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from otolith_core.data import ImageRecord, load_image
+
+    try:
+        image = load_image(ImageRecord(Path(path), path, 0, crop=crop), min_side=size)  # JPEGs decoded small
+    except ValueError:
+        return None
+    image.thumbnail((size, size))
+    return np.asarray(image)

@@ -1,0 +1,103 @@
+"""Extraction from the dashboard: start (with download consent), show and stop background jobs.
+
+The work itself runs in ``otolith extract`` processes (otolith_core.jobs), so it goes on through
+widget changes, page switches, a closed tab and a restarted dashboard. This module only starts them,
+draws their progress and offers Cancel / Restart. The status area in the sidebar refreshes itself
+while a job runs and reruns the page when one ends, so a waiting Results page goes on by itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from otolith_core.jobs import JobRequest, JobStatus, cancel_job, list_jobs, read_job, start_job
+from views import cached
+from views.state import Settings, allow_download, download_allowed
+
+REFRESH_SECONDS = 2
+RECENT_SECONDS = 15 * 60  # ended jobs stay listed this long
+_ACTIVE_SEEN = "jobs_active_seen"
+
+
+def request_for(settings: Settings, encoder: str) -> JobRequest:
+    return JobRequest(settings.data_path, encoder)
+
+
+def job_for(settings: Settings, encoder: str) -> JobStatus | None:
+    """The job extracting ``encoder`` for the settings' data, if one was ever started."""
+    return read_job(settings.cache_dir, request_for(settings, encoder).id)
+
+
+def may_start(encoder: str) -> bool:
+    """Whether an extraction may start without asking: weights here (or built in), or the user agreed."""
+    return cached.weights_here((encoder,)).get(encoder, False) or download_allowed(encoder)
+
+
+def start(settings: Settings, encoder: str) -> JobStatus:
+    """Start (or join) the extraction job of ``encoder``."""
+    job = start_job(request_for(settings, encoder), settings.cache_dir)
+    st.session_state.setdefault(_ACTIVE_SEEN, set()).add(job.id)
+    return job
+
+
+def start_button(settings: Settings, encoder: str, n_missing: int, *, container=st) -> None:
+    """A button that starts the extraction, saying the download size first when weights are not here."""
+    spec = cached.encoder_spec(encoder)
+    if may_start(encoder):
+        label = f"Extract {n_missing} images with {encoder}"
+    else:
+        label = f"Download {encoder} ({spec.download_size}) and extract {n_missing} images"
+    if container.button(label, key=f"start-{encoder}"):
+        allow_download(encoder)
+        start(settings, encoder)
+        st.rerun()
+
+
+def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
+    """Progress, state and the buttons that fit it (Cancel while it runs, Restart after a failure or cancel)."""
+    name = job.request.encoder
+    origin = "" if job.origin == "dashboard" else f" (started in a terminal, pid {job.pid})"
+    if job.active:
+        container.progress(job.fraction, text=f"**{name}**: {job.describe()}{origin}")
+        if container.button("Cancel", key=f"cancel-{key}{job.id}", help="Finished batches stay in the cache."):
+            cancel_job(job.cache_dir, job.id)
+            st.rerun()
+        return
+    text = f"**{name}**: {job.describe()}{origin}"
+    if job.state == "finished":
+        container.success(text, icon=":material/check_circle:")
+        return
+    (container.error if job.state == "failed" else container.warning)(text)
+    if job.log_tail:
+        with container.expander("Log (last lines)"):
+            st.code(job.log_tail, language=None)
+    if container.button("Restart", key=f"restart-{key}{job.id}",
+                        help="Goes on from what is cached; only missing images are extracted."):
+        start_job(job.request, job.cache_dir)
+        st.session_state.setdefault(_ACTIVE_SEEN, set()).add(job.id)
+        st.rerun()
+
+
+def status_area(cache_dir: str) -> None:
+    """Running and recent jobs of this cache, in the sidebar; refreshes itself while one runs."""
+    running = any(j.active for j in list_jobs(cache_dir))
+    with st.sidebar:
+        st.fragment(_draw_status, run_every=REFRESH_SECONDS if running else None)(cache_dir)
+
+
+def _draw_status(cache_dir: str) -> None:
+    now = time.time()
+    jobs = [j for j in list_jobs(cache_dir) if j.active or now - j.updated < RECENT_SECONDS]
+    seen: set[str] = st.session_state.setdefault(_ACTIVE_SEEN, set())
+    active = {j.id for j in jobs if j.active}
+    ended = seen - active
+    st.session_state[_ACTIVE_SEEN] = active
+    if not jobs:
+        return
+    st.header("Extraction jobs")
+    for job in jobs:
+        job_card(job, key="sidebar-")
+    if ended:  # a job this session saw running has ended: let the page go on with its embeddings
+        st.rerun(scope="app")

@@ -1,0 +1,182 @@
+"""The sidebar every page shares: data, encoders, heads, CV settings, the Run button and the job status area.
+
+Its widget values are restored from the URL on a new session (a reload) and mirrored back into it
+(views/state.py). Pressing **Run comparison** records the request and starts (or joins) an extraction
+job for every chosen encoder whose embeddings are not all cached yet; the Results page then waits for
+them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from otolith_core.cache import default_cache_dir
+from otolith_core.data import data_signature
+from otolith_core.heads import HEADS, SCALINGS, HeadSpec
+from otolith_core.registry import presets, registry
+from views import cached, jobs, state
+from views.state import Settings
+
+DEMO, PATH = "demo", "path"
+DATA_CHOICES = {DEMO: "Built-in synthetic demo", PATH: "Folder or CSV manifest"}
+DEMO_ENCODERS = ("otolith-morphometrics", "pixels-32")
+GROUPING = {"auto": ("kept in one fold when the data has fish_id repeats", None),
+            "fish": ("always kept in one fold", True), "images": ("treated as independent images", False)}
+
+
+def demo_manifest() -> Path:
+    """The synthetic demo under the cache folder, written on first use."""
+    folder = default_cache_dir() / "demo_data"
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        from otolith_core.demo import write_demo_dataset
+
+        with st.spinner("Writing the synthetic demo data set (first start only, about 10 s)…"):
+            write_demo_dataset(folder)
+    return manifest
+
+
+def check_data_path(text: str) -> str | None:
+    """A clear sentence about what is wrong with a typed path, or None when it can be read."""
+    path = Path(text.strip()).expanduser()
+    if not text.strip():
+        return "Type the path of a folder with one sub-folder per age, or of a CSV manifest."
+    if not path.exists():
+        return f"`{path}` does not exist on this computer."
+    if not os.access(path, os.R_OK):
+        return f"`{path}` exists but cannot be read (permissions)."
+    if path.is_file() and path.suffix.lower() != ".csv":
+        return f"`{path}` is a file but not a .csv manifest."
+    return None
+
+
+def sidebar() -> Settings | None:
+    """Draw the shared sidebar and return the current settings (None while the data path is unusable)."""
+    specs = registry()
+    known = presets()
+    run_from_url = state.restore_from_url({"data_choice": list(DATA_CHOICES), "preset": ["none", *known],
+                                           "encoders": list(specs), "heads": list(HEADS), "scaling": list(SCALINGS),
+                                           "grouping": list(GROUPING)})
+    settings = _draw(specs, known)
+    state.set_settings(settings)
+    if settings is not None and run_from_url:
+        state.request_run(settings)  # a reloaded tab goes on with the run it had asked for
+    requested = state.requested_run()
+    if settings is not None and st.sidebar.button("Run comparison", type="primary", key="run",
+                                                  disabled=not (settings.encoders and settings.heads)):
+        requested = settings
+        state.request_run(settings)
+        _start_missing(settings)
+    if requested is not None:
+        st.sidebar.caption("Settings changed since the last run: press Run again." if requested != settings else
+                           "The Results and Errors pages show this run.")
+        st.sidebar.page_link("views/results.py", label="Open the results", icon=":material/bar_chart:")
+    state.mirror_to_url(run_requested=requested is not None and requested == settings)
+    jobs.status_area(settings.cache_dir if settings is not None else str(default_cache_dir()))
+    return settings
+
+
+def _initial(key: str, value) -> str:
+    """Give a widget its starting value through the session state (where the URL's values also go), never
+    through the widget's own default, which Streamlit would then report as a conflict."""
+    st.session_state.setdefault(key, value)
+    return key
+
+
+def _draw(specs, known) -> Settings | None:
+    sb = st.sidebar
+    sb.header("Data")
+    preset_path = os.environ.get("OTOLITH_DATA", "")
+    choice = sb.radio("Images", list(DATA_CHOICES), key=_initial("data_choice", PATH if preset_path else DEMO),
+                      format_func=DATA_CHOICES.get)
+    if choice == DEMO:
+        data_path, is_demo = str(demo_manifest()), True
+        sb.caption("Synthetic demo: drawn otolith-like images, not real data.")
+    else:
+        typed = sb.text_input("Folder or manifest path", key=_initial("data_path", preset_path))
+        problem = check_data_path(typed)
+        if problem:
+            sb.warning(problem)
+            return None
+        data_path, is_demo = str(Path(typed).expanduser()), False
+
+    preset = sb.selectbox("Species preset", ["none", *known], key=_initial("preset", "none"),
+                          help="; ".join(f"{k}: {v.get('description', '')}" for k, v in known.items()))
+    preset_range = known.get(preset, {}).get("age_range")
+    clip = sb.checkbox("Clip ages to a range", key=_initial("clip_ages", preset != "none" and bool(preset_range)))
+    age_range = None
+    if clip:
+        default = preset_range or [1, 10]
+        lo, hi = sb.columns(2)
+        age_range = (int(lo.number_input("min age", 0, 100, key=_initial("age_min", int(default[0])))),
+                     int(hi.number_input("max age", 0, 100, key=_initial("age_max", int(default[1])))))
+        if age_range[0] > age_range[1]:
+            sb.warning("The minimum age must not exceed the maximum.")
+            return None
+    signature = data_signature(data_path)
+
+    sb.header("Encoders")
+    labels = _encoder_labels(data_path, age_range, signature, specs)
+    chosen = sb.multiselect("Encoders", list(specs), key=_initial("encoders", list(DEMO_ENCODERS) if is_demo else []),
+                            format_func=lambda name: labels.get(name, name))
+    extra = sb.text_input("Other OpenCLIP model", key=_initial("extra_model", ""), placeholder="ViT-B-32:laion2b_s34b_b79k",
+                          help="ARCH:TAG, hf-hub:org/name or local-dir:/path/to/folder")
+    encoders = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
+
+    sb.header("Heads")
+    head_names = sb.multiselect("Heads", list(HEADS), key=_initial("heads", ["ridge", "svc"]),
+                                help="ridge: Ridge(α) with rounded ages; svc: linear SVC(C), one-vs-one; "
+                                     "ridge-cv: α chosen inside each training fold")
+    alpha = sb.number_input("Ridge α", min_value=0.001, key=_initial("alpha", 6.0))
+    c_value = sb.number_input("SVC C", min_value=0.0001, format="%.4f", key=_initial("svc_c", 0.1))
+    scaling = sb.selectbox("Feature scaling (fitted per training fold)", list(SCALINGS), key=_initial("scaling", "l2"))
+    heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling) for h in head_names)
+
+    sb.header("Cross-validation")
+    n_folds = int(sb.number_input("Folds", min_value=2, max_value=50, key=_initial("folds", 10)))
+    seed = int(sb.number_input("Seed", min_value=0, key=_initial("seed", 0)))
+    repeats = int(sb.number_input("Repeats (R x k-fold, seeds seed..seed+R-1)", min_value=1, max_value=20,
+                                  key=_initial("repeats", 1)))
+    grouping = sb.selectbox("Photos of one fish", list(GROUPING), key=_initial("grouping", "auto"),
+                            format_func=lambda g: GROUPING[g][0],
+                            help="Several photos of one fish in both training and test folds inflate every number.")
+    curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
+    return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
+                    str(default_cache_dir()), repeats, GROUPING[grouping][1], curve)
+
+
+def _encoder_labels(data_path: str, age_range, signature: str, specs) -> dict[str, str]:
+    """``{encoder: "name · cached n/N · where its weights are"}`` (without counts when the data cannot be read)."""
+    weights = cached.weights_here(tuple(specs))
+    counts: dict[str, str] = {}
+    try:
+        probe = Settings(data_path, signature, False, tuple(specs), (), 2, 0, age_range, str(default_cache_dir()))
+        data = cached.dataset(probe)
+        for name, (embedding, _) in cached.cached_embeddings(probe, data, tuple(specs)).items():
+            counts[name] = f"{len(embedding.rows)}/{len(data)}"
+    except (ValueError, FileNotFoundError):
+        pass
+
+    def where(name: str) -> str:
+        if specs[name].loader == "builtin":
+            return "built in"
+        return "weights here" if weights.get(name) else f"download {specs[name].download_size}"
+
+    return {name: f"{name} · cached {counts.get(name, '?')} · {where(name)}" for name in specs}
+
+
+def _start_missing(settings: Settings) -> None:
+    """Start (or join) the extraction of every chosen encoder whose embeddings are incomplete.
+
+    Encoders whose weights would have to be downloaded wait for the user's consent on the Results page.
+    """
+    try:
+        data = cached.dataset(settings)
+    except (ValueError, FileNotFoundError):
+        return  # the pages say what is wrong with the data
+    for name, (embedding, _) in cached.cached_embeddings(settings, data, settings.encoders).items():
+        if embedding.pending and jobs.may_start(name):
+            jobs.start(settings, name)

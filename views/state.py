@@ -1,0 +1,131 @@
+"""The dashboard's memory: typed accessors over ``st.session_state``, and its mirror in the page's URL.
+
+Every page reads the settings, the requested run and the download consents through the functions here,
+never through string keys of its own. The sidebar's widget values are mirrored into the URL's query
+parameters, so a reloaded tab (a new session) or a shared link restores every choice, typed model
+names included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import streamlit as st
+
+from otolith_core.heads import HeadSpec
+
+_SETTINGS = "settings"
+_REQUESTED = "requested_run"
+_CONSENTS = "allowed_downloads"
+_RESTORED = "restored_from_url"
+RUN_PARAM = "run"  # in the URL: a run was requested for the settings it holds
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar asks for; a run is keyed by it."""
+
+    data_path: str
+    data_signature: str  # changes whenever the images or the manifest change (otolith_core.data.data_signature)
+    is_demo: bool
+    encoders: tuple[str, ...]
+    heads: tuple[HeadSpec, ...]
+    n_folds: int
+    seed: int
+    age_range: tuple[int, int] | None
+    cache_dir: str
+    repeats: int = 1
+    group_by_fish: bool | None = None  # None: when the data has several photos of a fish
+    learning_curve: bool = False
+
+    @property
+    def data_key(self) -> str:
+        """The data set as read now: path, age clipping and the files' signature."""
+        return f"{self.data_path}|{self.age_range}|{self.data_signature}"
+
+
+def settings() -> Settings | None:
+    """The sidebar's settings of this script run (None while the data path is unusable)."""
+    return st.session_state.get(_SETTINGS)
+
+
+def set_settings(value: Settings | None) -> None:
+    st.session_state[_SETTINGS] = value
+
+
+def requested_run() -> Settings | None:
+    """The settings of the last "Run comparison" press, if any."""
+    return st.session_state.get(_REQUESTED)
+
+
+def request_run(value: Settings) -> None:
+    st.session_state[_REQUESTED] = value
+
+
+def download_allowed(encoder: str) -> bool:
+    """Whether the user agreed to download this encoder's weights in this session."""
+    return encoder in st.session_state.get(_CONSENTS, set())
+
+
+def allow_download(encoder: str) -> None:
+    st.session_state.setdefault(_CONSENTS, set()).add(encoder)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The URL mirror: widget key -> how its value is written to and read from a query parameter.
+
+_TEXT: tuple[Callable[[Any], str], Callable[[str], Any]] = (str, str)
+_INT = (str, int)
+_FLOAT = (lambda v: f"{v:g}", float)
+_BOOL = (lambda v: "1" if v else "0", lambda s: s == "1")
+URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    "data_choice": _TEXT, "data_path": _TEXT, "preset": _TEXT, "clip_ages": _BOOL, "age_min": _INT, "age_max": _INT,
+    "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
+    "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL,
+}
+URL_LISTS = ("encoders", "heads")  # multiselects: one query parameter per chosen value
+
+
+def restore_from_url(options: Mapping[str, list]) -> bool:
+    """Once per session, before any widget is drawn: put the URL's values into the widgets' state.
+
+    ``options`` lists the valid values of choice widgets; a value that is no longer offered (an encoder
+    removed from the registry) is dropped rather than failing the page. Returns whether the URL asked
+    for a run.
+    """
+    if st.session_state.get(_RESTORED):
+        return False
+    st.session_state[_RESTORED] = True
+    params = st.query_params
+    for key, (_, parse) in URL_FIELDS.items():
+        if key in params:
+            try:
+                value = parse(params[key])
+            except ValueError:
+                continue
+            if key in options and value not in options[key]:
+                continue
+            st.session_state[key] = value
+    for key in URL_LISTS:
+        if key in params:
+            values = params.get_all(key)
+            st.session_state[key] = [v for v in values if key not in options or v in options[key]]
+    return params.get(RUN_PARAM) == "1"
+
+
+def mirror_to_url(*, run_requested: bool) -> None:
+    """Write the widgets' current values into the URL (only when they changed, so history stays short)."""
+    wanted: dict[str, str | list[str]] = {}
+    for key, (write, _) in URL_FIELDS.items():
+        if key in st.session_state and st.session_state[key] is not None:
+            wanted[key] = write(st.session_state[key])
+    for key in URL_LISTS:
+        if key in st.session_state:
+            wanted[key] = [str(v) for v in st.session_state[key]] or [""]  # [""]: chosen none (not: untouched)
+    if run_requested:
+        wanted[RUN_PARAM] = "1"
+    current = {key: (st.query_params.get_all(key) if key in URL_LISTS else st.query_params.get(key))
+               for key in st.query_params}
+    if current != wanted:
+        st.query_params.from_dict(wanted)

@@ -1,0 +1,45 @@
+"""Small drawing helpers several pages share: notes by severity, thumbnails, the result downloads."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from otolith_core.data import ImageRecord
+from otolith_core.evaluation import Comparison, Note
+from views import cached
+from views.state import Settings
+
+
+def show_note(note: Note, container=st) -> None:
+    """A note in the colour of its severity."""
+    {"error": container.error, "warning": container.warning, "info": container.info}[note.severity](note.message)
+
+
+def show_thumbnail(container, record: ImageRecord, caption: str) -> None:
+    try:
+        mtime = record.path.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    pixels = cached.thumbnail(str(record.path), record.crop, mtime)
+    if pixels is None:
+        container.caption(f"{record.id}: cannot be decoded")
+    else:
+        container.image(pixels, caption=caption, width="stretch")
+
+
+def result_downloads(comparison: Comparison, settings: Settings) -> None:
+    """A download button per result file: the same bytes ``otolith run`` writes, plus run.json."""
+    from otolith_core.report import csv_bytes, provenance, result_tables
+
+    tables = result_tables(comparison)
+    columns = st.columns(4)
+    for i, (name, frame) in enumerate(tables.items()):
+        columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
+    specs, _ = cached.resolve(settings.encoders)
+    record = provenance(comparison, cached.dataset(settings), {spec.name: spec for spec in specs.values()},
+                        list(settings.heads), cache_dir=settings.cache_dir)
+    record["command"] = "streamlit run app.py (dashboard)"
+    columns[len(tables) % 4].download_button("run.json", json.dumps(record, indent=2, default=str).encode("utf-8"),
+                                             file_name="run.json", mime="application/json", key="download-run.json")
