@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-BUILTIN_VERSION = 2  # bump when a built-in extractor's numbers change: it is part of the cache key
+BUILTIN_VERSION = 3  # bump when a built-in extractor's numbers change: it is part of the cache key
 WORK_SIDE = 512  # images are measured at this longest side; lengths are scaled back to input pixels
 EFD_ORDER = 10
 PROFILE_SAMPLES = 96
@@ -58,6 +58,28 @@ def otolith_morphometrics(image: Image.Image) -> np.ndarray:
     efd = _efd_features(mask)
     profile, spectrum, n_peaks = _ring_features(grey, mask, region)
     return np.concatenate([shape, efd, profile, spectrum, [np.log1p(n_peaks)]]).astype(np.float32)
+
+
+def find_ray_start(mask: np.ndarray) -> tuple[float, float]:
+    """Where the ring profile starts, ``(row, col)``: the centroid if it lies well inside the otolith, else the nearest point that does.
+
+    "Well inside" is at least half as far from the outline as the deepest point (distance transform).
+    A curved or broken otolith's centroid can lie outside it or near its edge; from a point well
+    inside, every ray runs at least that half depth before it leaves the mask.
+    """
+    from scipy import ndimage
+
+    if mask.ndim != 2 or not mask.any():
+        raise ValueError(f"mask must be a 2-D array with at least one True pixel, got shape {mask.shape}")
+    # Padding with background makes the frame's edge count as outline for an otolith it cuts.
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    deep = depth >= 0.5 * depth.max()
+    cy, cx = np.argwhere(mask).mean(axis=0)
+    if deep[round(cy), round(cx)]:
+        return float(cy), float(cx)
+    rows, cols = np.nonzero(deep)
+    nearest = np.argmin((rows - cy) ** 2 + (cols - cx) ** 2)
+    return float(rows[nearest]), float(cols[nearest])
 
 
 def _shape_features(region, mask: np.ndarray, scale: float) -> np.ndarray:
@@ -112,10 +134,10 @@ def _efd_features(mask: np.ndarray) -> np.ndarray:
 
 
 def _ring_features(grey: np.ndarray, mask: np.ndarray, region) -> tuple[np.ndarray, np.ndarray, float]:
-    """Mean grey profile from the centre to the edge along the long axis, its spectrum, and its peak count."""
+    """Mean grey profile from inside the otolith to its edge along the long axis, its spectrum, and its peak count."""
     from scipy import ndimage, signal
 
-    cy, cx = region.centroid
+    cy, cx = find_ray_start(mask)
     # skimage's orientation: angle between the row axis and the major axis.
     theta = region.orientation
     spread = np.deg2rad(np.linspace(-RAY_SPREAD_DEG, RAY_SPREAD_DEG, RAYS_PER_SIDE))
