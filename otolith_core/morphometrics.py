@@ -52,12 +52,12 @@ def otolith_morphometrics(image: Image.Image) -> np.ndarray:
 
 
 def _work_grey(image: Image.Image) -> tuple[np.ndarray, float]:
-    """The photo in grey at ``WORK_SIDE`` longest side at most, ``(height, width)`` float, and the factor it shrank by."""
+    """The photo in grey, ``(height, width)`` float, longest side at most ``WORK_SIDE``, and the factor it shrank by."""
     grey = image.convert("L")
     scale = max(grey.size) / WORK_SIDE
     if scale > 1:
         size = (max(1, round(grey.width / scale)), max(1, round(grey.height / scale)))
-        # reducing_gap: a box reduction first, then the bilinear resample; same result, a third of the time on 20 MP.
+        # reducing_gap: a box reduction, then the bilinear resample: nearly the same pixels, a third of the time.
         grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     else:
         scale = 1.0
@@ -121,7 +121,7 @@ def _segment_bright(signed: np.ndarray, border: np.ndarray) -> tuple[np.ndarray,
 
 
 def _pick_otolith(candidates: np.ndarray, border: np.ndarray) -> np.ndarray:
-    """The largest connected part of a candidate mask, preferring parts that leave the frame's border to the background."""
+    """The largest connected part of a candidate mask, preferring parts that leave the frame's border to the cloth."""
     from scipy import ndimage
 
     # The opening (5 x 5) drops specks of cloth texture and cuts thin bridges to them.
@@ -161,7 +161,7 @@ def _fit_quadratic_surface(values: np.ndarray, where: np.ndarray) -> np.ndarray:
     target = values[rows[picked], cols[picked]]
     residuals = target - design @ fit(design, target)
     centre = np.median(residuals)
-    spread = 1.4826 * np.median(np.abs(residuals - centre))  # a standard deviation that a few otolith pixels barely move
+    spread = 1.4826 * np.median(np.abs(residuals - centre))  # a standard deviation a few otolith pixels barely move
     keep = np.abs(residuals - centre) <= 3 * spread + 1e-9
     coeffs = fit(design[keep], target[keep])
     y = (np.arange(values.shape[0]) / values.shape[0] - 0.5)[:, None]
@@ -170,7 +170,7 @@ def _fit_quadratic_surface(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 def find_ray_start(mask: np.ndarray) -> tuple[float, float]:
-    """Where the ring profile starts, ``(row, col)``: the centroid if it lies well inside the otolith, else the nearest point that does.
+    """Where the ring profile starts, ``(row, col)``: the centroid if well inside the mask, else the nearest such point.
 
     "Well inside" is at least half as far from the outline as the deepest point (distance transform).
     A curved or broken otolith's centroid can lie outside it or near its edge; from a point well

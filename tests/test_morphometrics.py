@@ -79,7 +79,7 @@ def draw_photo(*, size=TEST_SIZE, cloth="dark", bend=0.0, aspect=0.3, blunt=Fals
     if step > 1:
         grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
         inside = np.asarray(Image.fromarray(inside).resize(size, Image.Resampling.NEAREST))
-    weave = np.sin(np.arange(height, dtype=np.float32) * 0.45)[:, None] * np.sin(np.arange(width, dtype=np.float32) * 0.45)
+    weave = np.outer(np.sin(np.arange(height) * 0.45), np.sin(np.arange(width) * 0.45)).astype(np.float32)
     grain = rng.normal(0, 4, (256, 256)).astype(np.float32)
     grey = grey + 6 * weave * ~inside + np.tile(grain, (height // 256 + 1, width // 256 + 1))[:height, :width]
     return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB"), inside
