@@ -1,0 +1,187 @@
+"""Otolith morphometrics on drawn photos of one otolith: bright on dark cloth or dark on light cloth,
+the cloth textured and vignetted, the otolith straight, banana or crescent shaped, whole or broken,
+inside the frame or cut by its edge."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from otolith_core import morphometrics
+
+FULL_SIZE = (5616, 3744)  # a 21 MP camera frame
+TEST_SIZE = (936, 624)  # a sixth of it: still shrunk to WORK_SIDE, 36 times fewer pixels to draw
+DRAW_SIDE = 1404  # shapes and shading are drawn at most this wide and enlarged; cloth weave and grain at full size
+SHAPES = {
+    "straight": {"bend": 0.0, "aspect": 0.3},
+    "banana": {"bend": 1.0, "aspect": 0.2},
+    "crescent": {"bend": 2.0, "aspect": 0.15, "blunt": True},  # its centroid lies outside it
+}
+
+
+def _smooth_noise(rng, shape, grid, amplitude):
+    """A smooth random field, ``shape`` float32: noise on a ``grid`` of cells, enlarged bicubically."""
+    coarse = Image.fromarray(rng.standard_normal(grid).astype(np.float32))
+    return amplitude * np.asarray(coarse.resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
+
+
+def draw_photo(*, size=TEST_SIZE, cloth="dark", bend=0.0, aspect=0.3, blunt=False, broken=False, at_edge=False,
+               otolith=True, seed=0):
+    """A photo of one otolith on cloth, and the drawn otolith's mask ``(height, width)``.
+
+    The otolith is a bright (dark cloth) or dark (light cloth) ellipse along a centre line that is
+    straight or a circular arc, with a pale nucleus, six opaque/translucent zones and a crenulated
+    edge; ``size`` is ``(width, height)``.
+
+    bend : half the arc the centre line turns through, in radians (0 straight, 2 a crescent).
+    aspect : half-width over half-length.
+    blunt : rounded ends, as wide as the middle nearly to the tips (a crescent's centroid then falls outside it).
+    broken : one end snapped off along a jagged line.
+    at_edge : the otolith runs off the left edge of the frame.
+    otolith : False draws the cloth alone.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    step = max(1.0, width / DRAW_SIDE)
+    w, h = round(width / step), round(height / step)
+    a = 0.36 * w  # half-length along the centre line
+    b = aspect * a
+    angle = rng.uniform(-0.25, 0.25)
+    reach = a if bend == 0 else a / bend * np.sin(min(bend, np.pi / 2))  # half the width the centre line spans
+    mid_x = 0.75 * reach if at_edge else w / 2 + rng.uniform(-0.03, 0.03) * w
+    mid_y = h / 2 + rng.uniform(-0.03, 0.03) * h + 0.35 * b * bend
+    rows = (np.arange(h, dtype=np.float32) - mid_y)[:, None]
+    cols = (np.arange(w, dtype=np.float32) - mid_x)[None, :]
+    x = cols * np.cos(angle) + rows * np.sin(angle)
+    y = -cols * np.sin(angle) + rows * np.cos(angle)
+    if bend > 0:  # (u, v): arc length along the circular centre line, and offset from it
+        radius = a / bend
+        u = radius * np.arctan2(x, radius + y)
+        v = radius - np.hypot(x, radius + y)
+    else:
+        u, v = x, y
+    taper = 1.0 - 0.15 * np.clip(u / a, -1, 1)  # one end (the rostrum) more pointed
+    t = np.arctan2(v, u)
+    crenulation = 1.0 + 0.012 * np.cos(14 * t + rng.uniform(0, 6)) + 0.008 * np.cos(23 * t + rng.uniform(0, 6))
+    rho = np.sqrt(np.abs(u / a) ** (4 if blunt else 2) + (v / (b * taper)) ** 2) / crenulation  # 1 on the outline
+    inside = (rho <= 1.0) & otolith
+    if broken:
+        across = np.linspace(-1.2 * b, 1.2 * b, 64)
+        jag = 0.7 * a + np.cumsum(rng.normal(0, 0.02 * a, across.size))
+        inside &= u < np.interp(v, across, jag)
+    zones = 0.5 + 0.5 * np.cos(2 * np.pi * 6 * np.sqrt(np.clip(rho, 0, 1)))
+    dark = cloth == "dark"
+    body = (160 if dark else 95) + (45 if dark else 30) * zones + 40 * np.exp(-(rho / 0.06) ** 2)
+    body *= 1.0 - 0.2 * np.clip(rho, 0, 1) ** 4  # the thin rim lets the cloth show through
+    mottle = _smooth_noise(rng, (h, w), (16, 24), 10) + _smooth_noise(rng, (h, w), (h // 6, w // 6), 6)
+    grey = np.where(inside, body, (40 if dark else 205) + mottle).astype(np.float32)
+    corner = np.hypot((np.arange(h)[:, None] - h / 2) / (h / 2), (np.arange(w)[None, :] - w / 2) / (w / 2)) / np.sqrt(2)
+    grey *= 1.0 - 0.45 * corner**2  # vignetting: the corners get about half the light
+    if step > 1:
+        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
+        inside = np.asarray(Image.fromarray(inside).resize(size, Image.Resampling.NEAREST))
+    weave = np.outer(np.sin(np.arange(height) * 0.45), np.sin(np.arange(width) * 0.45)).astype(np.float32)
+    grain = rng.normal(0, 4, (256, 256)).astype(np.float32)
+    grey = grey + 6 * weave * ~inside + np.tile(grain, (height // 256 + 1, width // 256 + 1))[:height, :width]
+    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB"), inside
+
+
+def _work_mask(drawn: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A drawn mask shrunk to the working grey image's ``(height, width)``."""
+    shrunk = Image.fromarray(drawn.astype(np.uint8) * 255).resize(shape[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(shrunk) > 127
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _centroid_is_inside(mask: np.ndarray) -> bool:
+    cy, cx = np.argwhere(mask).mean(axis=0)
+    return bool(mask[round(cy), round(cx)])
+
+
+VARIANTS = [
+    pytest.param(dict(cloth=cloth, **SHAPES[shape], broken=broken, at_edge=at_edge),
+                 id=f"{cloth}-{shape}{'-broken' if broken else ''}{'-at_edge' if at_edge else ''}")
+    for cloth in ("dark", "light") for shape in SHAPES for broken in (False, True) for at_edge in (False, True)
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_features_are_finite_for_every_kind_of_photo(variant):
+    photo, drawn = draw_photo(**variant, seed=1)
+    assert drawn[:, 0].any() == variant["at_edge"]  # the drawing is what the name says
+    features = morphometrics.otolith_morphometrics(photo)
+    assert features.shape == (morphometrics.MORPHOMETRICS_DIM,) and np.isfinite(features).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_mask_covers_the_drawn_otolith(variant):
+    photo, drawn = draw_photo(**variant, seed=2)
+    grey, _ = morphometrics._work_grey(photo)
+    mask = morphometrics.segment_otolith(grey)
+    assert _iou(mask, _work_mask(drawn, grey.shape)) >= 0.8
+
+
+def test_a_full_size_photo_of_a_broken_curved_otolith_is_measured():
+    # The photo from the issue: bright, elongated, curved and broken, across half a 21 MP frame of
+    # dark cloth, its centroid outside it.
+    photo, drawn = draw_photo(size=FULL_SIZE, cloth="dark", **SHAPES["crescent"], broken=True, seed=3)
+    assert not _centroid_is_inside(drawn)
+    features = morphometrics.otolith_morphometrics(photo)
+    assert features.shape == (morphometrics.MORPHOMETRICS_DIM,) and np.isfinite(features).all()
+    grey, scale = morphometrics._work_grey(photo)
+    assert max(grey.shape) == morphometrics.WORK_SIDE and scale == pytest.approx(FULL_SIZE[0] / morphometrics.WORK_SIDE)
+    assert _iou(morphometrics.segment_otolith(grey), _work_mask(drawn, grey.shape)) >= 0.8
+
+
+@pytest.mark.parametrize("cloth", ["dark", "light"])
+def test_a_crescent_is_measured_from_a_start_inside_it(cloth):
+    photo, drawn = draw_photo(cloth=cloth, **SHAPES["crescent"], seed=4)
+    grey, _ = morphometrics._work_grey(photo)
+    mask = morphometrics.segment_otolith(grey)
+    assert not _centroid_is_inside(drawn) and not _centroid_is_inside(mask)
+    row, col = morphometrics.find_ray_start(mask)
+    assert mask[round(row), round(col)]
+    assert np.isfinite(morphometrics.otolith_morphometrics(photo)).all()
+
+
+def test_the_ray_start_is_well_inside_a_crescent_mask():
+    from scipy import ndimage
+
+    rows, cols = np.mgrid[0:300, 0:400]
+    radius = np.hypot(rows - 60, cols - 200)
+    crescent = (radius > 120) & (radius < 170) & (rows > 60)  # the lower half of a ring
+    assert not _centroid_is_inside(crescent)
+    row, col = morphometrics.find_ray_start(crescent)
+    depth = ndimage.distance_transform_edt(crescent)
+    assert crescent[round(row), round(col)] and depth[round(row), round(col)] >= 0.5 * depth.max()
+
+
+def test_the_ray_start_is_the_centroid_of_a_convex_otolith():
+    rows, cols = np.mgrid[0:200, 0:300]
+    ellipse = ((cols - 140.3) / 110) ** 2 + ((rows - 97.6) / 50) ** 2 <= 1
+    start = morphometrics.find_ray_start(ellipse)
+    np.testing.assert_allclose(start, np.argwhere(ellipse).mean(axis=0))
+
+
+@pytest.mark.parametrize("cloth", ["dark", "light"])
+def test_cloth_with_no_otolith_is_named(cloth):
+    photo, _ = draw_photo(cloth=cloth, otolith=False, seed=5)
+    with pytest.raises(ValueError, match="^no otolith found"):
+        morphometrics.otolith_morphometrics(photo)
+
+
+@pytest.mark.parametrize("pixels", [
+    np.random.default_rng(0).integers(10, 14, (64, 64, 3), dtype=np.uint8),  # faint: no contrast at all
+    np.random.default_rng(1).integers(0, 256, (384, 512, 3), dtype=np.uint8),  # noise everywhere
+    np.full((384, 512, 3), 128, dtype=np.uint8),
+], ids=["faint", "noise", "flat"])
+def test_a_blank_image_is_named(pixels):
+    with pytest.raises(ValueError, match="^no otolith found"):
+        morphometrics.otolith_morphometrics(Image.fromarray(pixels))
+
+
+def test_segment_otolith_names_a_wrong_shape():
+    with pytest.raises(ValueError, match=r"2-D array, got shape \(8, 8, 3\)"):
+        morphometrics.segment_otolith(np.zeros((8, 8, 3)))
