@@ -135,16 +135,20 @@ def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputin
     assert any("wrong by ≥ 2" in c.value for c in app.caption)
 
 
-def test_embeddings_page_reports_cached_counts(app, demo_manifest):
-    _run(app)
-    app.switch_page("views/results.py").run()  # the comparison extracts what is missing, with progress
+def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extraction(app, demo_manifest):
+    n = len(pd.read_csv(demo_manifest))
+    labels_before = app.sidebar.multiselect(key="encoders").options
+    app.sidebar.multiselect(key="encoders").set_value(ENCODERS).run()
+    assert f"Cached: otolith-morphometrics 0/{n}, pixels-32 0/{n}" in [c.value for c in app.sidebar.caption]
+    _run(app)  # the jobs extract every image
     app.switch_page("views/embeddings.py").run()
     assert not app.exception
-    n = len(pd.read_csv(demo_manifest))
     assert {m.value for m in app.markdown if "cached" in m.value} == {f"**{e}** — {n} of {n} images cached" for e in ENCODERS}
-    labels = app.sidebar.multiselect(key="encoders").options
-    assert f"pixels-32 · cached {n}/{n} · built in" in labels
-    assert "clip-vit-l-14-336 · cached 0/{} · download about 1.7 GB".format(n) in labels
+    assert f"Cached: otolith-morphometrics {n}/{n}, pixels-32 {n}/{n}" in [c.value for c in app.sidebar.caption]
+    # Streamlit matches a multiselect's values by label: labels that changed with the counts dropped the choice
+    assert app.sidebar.multiselect(key="encoders").options == labels_before
+    assert app.sidebar.multiselect(key="encoders").value == ENCODERS
+    assert "pixels-32 · built in" in labels_before and "clip-vit-l-14-336 · about 1.7 GB" in labels_before
 
 
 def test_encoder_without_weights_is_named_and_the_others_still_run(app, offline_hub):

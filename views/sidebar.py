@@ -119,9 +119,12 @@ def _draw(specs, known) -> Settings | None:
     signature = data_signature(data_path)
 
     sb.header("Encoders")
-    labels = _encoder_labels(data_path, age_range, signature, specs)
+    # Labels must not change while the app runs: Streamlit matches a multiselect's values by their labels.
     chosen = sb.multiselect("Encoders", list(specs), key=_initial("encoders", list(DEMO_ENCODERS) if is_demo else []),
-                            format_func=lambda name: labels.get(name, name))
+                            format_func=lambda name: _encoder_label(specs[name]))
+    cached_text = _cached_text(data_path, age_range, signature, chosen)
+    if cached_text:
+        sb.caption(cached_text)
     extra = sb.text_input("Other OpenCLIP model", key=_initial("extra_model", ""), placeholder="ViT-B-32:laion2b_s34b_b79k",
                           help="ARCH:TAG, hf-hub:org/name or local-dir:/path/to/folder")
     encoders = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
@@ -148,24 +151,21 @@ def _draw(specs, known) -> Settings | None:
                     str(default_cache_dir()), repeats, GROUPING[grouping][1], curve)
 
 
-def _encoder_labels(data_path: str, age_range, signature: str, specs) -> dict[str, str]:
-    """``{encoder: "name · cached n/N · where its weights are"}`` (without counts when the data cannot be read)."""
-    weights = cached.weights_here(tuple(specs))
-    counts: dict[str, str] = {}
+def _encoder_label(spec) -> str:
+    return f"{spec.name} · {'built in' if spec.loader == 'builtin' else spec.download_size}"
+
+
+def _cached_text(data_path: str, age_range, signature: str, names) -> str:
+    """``"Cached: a 400/400, b 0/400"`` for the chosen encoders (empty when the data cannot be read)."""
+    if not names:
+        return ""
+    probe = Settings(data_path, signature, False, tuple(names), (), 2, 0, age_range, str(default_cache_dir()))
     try:
-        probe = Settings(data_path, signature, False, tuple(specs), (), 2, 0, age_range, str(default_cache_dir()))
         data = cached.dataset(probe)
-        for name, (embedding, _) in cached.cached_embeddings(probe, data, tuple(specs)).items():
-            counts[name] = f"{len(embedding.rows)}/{len(data)}"
     except (ValueError, FileNotFoundError):
-        pass
-
-    def where(name: str) -> str:
-        if specs[name].loader == "builtin":
-            return "built in"
-        return "weights here" if weights.get(name) else f"download {specs[name].download_size}"
-
-    return {name: f"{name} · cached {counts.get(name, '?')} · {where(name)}" for name in specs}
+        return ""
+    counts = [f"{name} {len(e.rows)}/{len(data)}" for name, (e, _) in cached.cached_embeddings(probe, data, names).items()]
+    return "Cached: " + ", ".join(counts) if counts else ""
 
 
 def _start_missing(settings: Settings) -> None:
