@@ -173,17 +173,14 @@ def test_models_lists_the_registry(capsys, offline_hub):
     assert "siglip2-so400m-14-378" in out and "about 1.7 GB" in out
 
 
-def test_demo_command_is_deterministic_and_fast(tmp_path):
-    start = time.perf_counter()
-    assert main(["demo", "--out", str(tmp_path / "a"), "--n", "400"]) == 0
-    assert time.perf_counter() - start < 30
-    assert main(["demo", "--out", str(tmp_path / "b"), "--n", "400"]) == 0
-    a = pd.read_csv(tmp_path / "a" / "manifest.csv")
-    assert a.equals(pd.read_csv(tmp_path / "b" / "manifest.csv"))
-    assert 380 <= len(a) <= 420 and a.age.between(1, 10).all() and a.fish_id.duplicated().any()
-    counts = a.age.value_counts()
-    assert counts.idxmax() in (5, 6, 7) and counts.min() >= 10
-    assert (tmp_path / "a" / "images" / "fish_0001_1.jpg").read_bytes() == (tmp_path / "b" / "images" / "fish_0001_1.jpg").read_bytes()
+@pytest.mark.slow
+def test_demo_command_writes_the_manifest(tmp_path, capsys):
+    """The command only; the demo set itself is tested in test_demo.py."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--n", "120", "--seed", "1"]) == 0
+    manifest = tmp_path / "demo" / "manifest.csv"
+    assert str(manifest) in capsys.readouterr().out
+    rows = pd.read_csv(manifest)
+    assert len(rows) >= 120 and all((tmp_path / "demo" / p).is_file() for p in rows.path)
 
 
 def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, tmp_path):
