@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -100,8 +99,8 @@ def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_ru
     assert "(0 extracted now)" in done.stdout and "NO-TORCH" in done.stdout
 
 
-def test_missing_clip_weights_are_reported_quickly_and_morphometrics_still_runs(demo_manifest, tmp_path, offline_hub):
-    start = time.perf_counter()
+def test_missing_clip_weights_are_reported_without_a_download_and_morphometrics_still_runs(demo_manifest, tmp_path,
+                                                                                        offline_hub, network_calls):
     code = main(["run", "--data", str(demo_manifest), "--models", "clip-vit-l-14-336,otolith-morphometrics",
                  "--heads", "ridge", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
                  "--weights-dir", str(tmp_path / "hf"), "--no-chart"])
@@ -109,7 +108,7 @@ def test_missing_clip_weights_are_reported_quickly_and_morphometrics_still_runs(
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert "clip-vit-l-14-336" in run["failed_encoders"] and "1.7 GB" in run["failed_encoders"]["clip-vit-l-14-336"]
     assert set(pd.read_csv(tmp_path / "out" / "summary.csv").encoder) == {"otolith-morphometrics"}
-    assert time.perf_counter() - start < 120
+    assert network_calls == []  # offline: no connection, no download attempted
 
 
 def test_nothing_evaluable_exits_non_zero(demo_manifest, tmp_path, offline_hub, capsys):
