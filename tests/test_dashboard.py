@@ -14,6 +14,11 @@ ENCODERS = ["otolith-morphometrics", "pixels-32"]
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
+def test_no_pages_folder_beside_app_py():
+    """A `pages/` folder would switch Streamlit into its legacy multipage mode; the pages live in views/."""
+    assert not (Path(APP).parent / "pages").exists()
+
+
 @pytest.fixture
 def media_stores(monkeypatch):
     """The in-memory media stores AppTest creates for each run (download buttons keep their bytes there)."""
