@@ -60,6 +60,7 @@ def server(tmp_path):
         process.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_every_page_opens_without_an_exception(server, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -26,6 +26,7 @@ def demo_run(demo_manifest, tmp_path_factory):
     return out, cache
 
 
+@pytest.mark.slow
 def test_run_writes_exactly_the_promised_columns(demo_run):
     out, _ = demo_run
     assert list(pd.read_csv(out / "predictions.csv").columns) == PREDICTION_COLUMNS
@@ -41,6 +42,7 @@ def test_run_writes_exactly_the_promised_columns(demo_run):
     assert run["encoders"]["pixels-32"]["precision_used"] == "fp32"
 
 
+@pytest.mark.slow
 def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     out, _ = demo_run
     pred = pd.read_csv(out / "predictions.csv")
@@ -82,12 +84,14 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     assert set(tests.test) == {"paired_t", "corrected_t", "wilcoxon", "mcnemar"}
 
 
+@pytest.mark.slow
 def test_morphometrics_beats_the_pixel_floor_on_the_demo(demo_run):
     summary = pd.read_csv(demo_run[0] / "summary.csv").set_index(["encoder", "head"])
     assert summary.loc[("otolith-morphometrics", "ridge"), "accuracy_mean"] > summary.loc[("pixels-32", "ridge"), "accuracy_mean"]
     assert summary.loc[("otolith-morphometrics", "ridge"), "rmse_mean"] < summary.loc[("pixels-32", "ridge"), "rmse_mean"]
 
 
+@pytest.mark.slow
 def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_run, tmp_path):
     _, cache = demo_run
     code = ("import sys; from otolith_core.cli import main; "
@@ -99,6 +103,7 @@ def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_ru
     assert "(0 extracted now)" in done.stdout and "NO-TORCH" in done.stdout
 
 
+@pytest.mark.slow
 def test_missing_clip_weights_are_reported_without_a_download_and_morphometrics_still_runs(demo_manifest, tmp_path,
                                                                                         offline_hub, network_calls):
     code = main(["run", "--data", str(demo_manifest), "--models", "clip-vit-l-14-336,otolith-morphometrics",
@@ -123,6 +128,7 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, capsys):
     assert err.startswith("error:") and "does not exist" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_path):
     _, cache = demo_run
     for name in ("pixels-32", "otolith-morphometrics"):
@@ -144,6 +150,7 @@ def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_
     pd.testing.assert_series_equal(mine, theirs, check_names=False)
 
 
+@pytest.mark.slow
 def test_precision_is_chosen_on_the_command_line_and_recorded(demo_manifest, tiny_model_dir, tmp_path, capsys):
     from otolith_core.cache import FileHashes, encoder_fingerprint
     from otolith_core.registry import resolve_encoder
@@ -182,6 +189,7 @@ def test_demo_command_writes_the_manifest(tmp_path, capsys):
     assert len(rows) >= 120 and all((tmp_path / "demo" / p).is_file() for p in rows.path)
 
 
+@pytest.mark.slow
 def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, tmp_path):
     _, cache = demo_run
     out = tmp_path / "out"
