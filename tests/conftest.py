@@ -117,3 +117,26 @@ def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[
     manifest.to_csv(folder / "mixed.csv", index=False)
     return (folder / "mixed.csv", [str(odd / n) for n in valid], [reason for *_, reason in bad] + ["inverted", "outside"],
             str(copy))
+
+
+@pytest.fixture
+def network_calls(monkeypatch):
+    """Every name lookup, TCP connection and huggingface_hub download attempted, each refused: a test asserts
+    it stays empty."""
+    import socket
+
+    import huggingface_hub
+
+    calls = []
+
+    def refuse(kind):
+        def refused(*args, **kwargs):
+            calls.append((kind, args))
+            raise OSError(f"no network in this test ({kind})")
+        return refused
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse("hf_hub_download"))
+    return calls

@@ -60,6 +60,7 @@ def server(tmp_path):
         process.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(server, tmp_path):
     """The issue's walk-through: Run starts extraction jobs; change the seed, open another page, reload the tab;
     the settings are restored from the URL, the jobs keep going and finish, and every page then opens."""

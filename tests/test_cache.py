@@ -225,6 +225,7 @@ def _extract_command(manifest, cache, model="otolith-morphometrics"):
             "--cache-dir", str(cache), "--batch-size", "4"]
 
 
+@pytest.mark.slow
 def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(demo_manifest, tmp_path):
     import subprocess
     import time
@@ -249,6 +250,7 @@ def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(dem
     np.testing.assert_array_equal(resumed.rows, clean.rows)
 
 
+@pytest.mark.slow
 def test_two_processes_extracting_into_one_cache_both_finish_correctly(demo_manifest, tmp_path):
     import subprocess
 

@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ def demo_run(demo_manifest, tmp_path_factory):
     return out, cache
 
 
+@pytest.mark.slow
 def test_run_writes_exactly_the_promised_columns(demo_run):
     out, _ = demo_run
     assert list(pd.read_csv(out / "predictions.csv").columns) == PREDICTION_COLUMNS
@@ -42,6 +42,7 @@ def test_run_writes_exactly_the_promised_columns(demo_run):
     assert run["encoders"]["pixels-32"]["precision_used"] == "fp32"
 
 
+@pytest.mark.slow
 def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     out, _ = demo_run
     pred = pd.read_csv(out / "predictions.csv")
@@ -83,12 +84,14 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     assert set(tests.test) == {"paired_t", "corrected_t", "wilcoxon", "mcnemar"}
 
 
+@pytest.mark.slow
 def test_morphometrics_beats_the_pixel_floor_on_the_demo(demo_run):
     summary = pd.read_csv(demo_run[0] / "summary.csv").set_index(["encoder", "head"])
     assert summary.loc[("otolith-morphometrics", "ridge"), "accuracy_mean"] > summary.loc[("pixels-32", "ridge"), "accuracy_mean"]
     assert summary.loc[("otolith-morphometrics", "ridge"), "rmse_mean"] < summary.loc[("pixels-32", "ridge"), "rmse_mean"]
 
 
+@pytest.mark.slow
 def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_run, tmp_path):
     _, cache = demo_run
     code = ("import sys; from otolith_core.cli import main; "
@@ -100,8 +103,9 @@ def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_ru
     assert "(0 extracted now)" in done.stdout and "NO-TORCH" in done.stdout
 
 
-def test_missing_clip_weights_are_reported_quickly_and_morphometrics_still_runs(demo_manifest, tmp_path, offline_hub):
-    start = time.perf_counter()
+@pytest.mark.slow
+def test_missing_clip_weights_are_reported_without_a_download_and_morphometrics_still_runs(demo_manifest, tmp_path,
+                                                                                        offline_hub, network_calls):
     code = main(["run", "--data", str(demo_manifest), "--models", "clip-vit-l-14-336,otolith-morphometrics",
                  "--heads", "ridge", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
                  "--weights-dir", str(tmp_path / "hf"), "--no-chart"])
@@ -109,7 +113,7 @@ def test_missing_clip_weights_are_reported_quickly_and_morphometrics_still_runs(
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert "clip-vit-l-14-336" in run["failed_encoders"] and "1.7 GB" in run["failed_encoders"]["clip-vit-l-14-336"]
     assert set(pd.read_csv(tmp_path / "out" / "summary.csv").encoder) == {"otolith-morphometrics"}
-    assert time.perf_counter() - start < 120
+    assert network_calls == []  # offline: no connection, no download attempted
 
 
 def test_nothing_evaluable_exits_non_zero(demo_manifest, tmp_path, offline_hub, capsys):
@@ -124,6 +128,7 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, capsys):
     assert err.startswith("error:") and "does not exist" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_path):
     _, cache = demo_run
     for name in ("pixels-32", "otolith-morphometrics"):
@@ -145,6 +150,7 @@ def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_
     pd.testing.assert_series_equal(mine, theirs, check_names=False)
 
 
+@pytest.mark.slow
 def test_precision_is_chosen_on_the_command_line_and_recorded(demo_manifest, tiny_model_dir, tmp_path, capsys):
     from otolith_core.cache import FileHashes, encoder_fingerprint
     from otolith_core.registry import resolve_encoder
@@ -173,19 +179,17 @@ def test_models_lists_the_registry(capsys, offline_hub):
     assert "siglip2-so400m-14-378" in out and "about 1.7 GB" in out
 
 
-def test_demo_command_is_deterministic_and_fast(tmp_path):
-    start = time.perf_counter()
-    assert main(["demo", "--out", str(tmp_path / "a"), "--n", "400"]) == 0
-    assert time.perf_counter() - start < 30
-    assert main(["demo", "--out", str(tmp_path / "b"), "--n", "400"]) == 0
-    a = pd.read_csv(tmp_path / "a" / "manifest.csv")
-    assert a.equals(pd.read_csv(tmp_path / "b" / "manifest.csv"))
-    assert 380 <= len(a) <= 420 and a.age.between(1, 10).all() and a.fish_id.duplicated().any()
-    counts = a.age.value_counts()
-    assert counts.idxmax() in (5, 6, 7) and counts.min() >= 10
-    assert (tmp_path / "a" / "images" / "fish_0001_1.jpg").read_bytes() == (tmp_path / "b" / "images" / "fish_0001_1.jpg").read_bytes()
+@pytest.mark.slow
+def test_demo_command_writes_the_manifest(tmp_path, capsys):
+    """The command only; the demo set itself is tested in test_demo.py."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--n", "120", "--seed", "1"]) == 0
+    manifest = tmp_path / "demo" / "manifest.csv"
+    assert str(manifest) in capsys.readouterr().out
+    rows = pd.read_csv(manifest)
+    assert len(rows) >= 120 and all((tmp_path / "demo" / p).is_file() for p in rows.path)
 
 
+@pytest.mark.slow
 def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, tmp_path):
     _, cache = demo_run
     out = tmp_path / "out"

@@ -17,6 +17,11 @@ ENCODERS = ["otolith-morphometrics", "pixels-32"]
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
+def test_no_pages_folder_beside_app_py():
+    """A `pages/` folder would switch Streamlit into its legacy multipage mode; the pages live in views/."""
+    assert not (Path(APP).parent / "pages").exists()
+
+
 @pytest.fixture
 def media_stores(monkeypatch):
     """The in-memory media stores AppTest creates for each run (download buttons keep their bytes there)."""
@@ -73,6 +78,7 @@ def _download(at, stores, label):
     return stores[-1].get_file(file_id).content
 
 
+@pytest.mark.slow
 def test_data_page_shows_counts_chart_thumbnails_and_warnings(app, demo_manifest):
     assert app.title[0].value == "Data"
     metrics = {m.label: m.value for m in app.metric}
@@ -81,6 +87,7 @@ def test_data_page_shows_counts_chart_thumbnails_and_warnings(app, demo_manifest
     assert len(app.get("vega_lite_chart")) == 1 and len(app.get("image")) >= 10
 
 
+@pytest.mark.slow
 def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, demo_manifest, tmp_path, media_stores):
     _run(app)
     app.switch_page("views/results.py").run()
@@ -107,6 +114,7 @@ def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, de
     assert any(c.value.startswith("Embeddings computed in: otolith-morphometrics fp32, pixels-32 fp32") for c in app.caption)
 
 
+@pytest.mark.slow
 def test_repeats_and_learning_curve_from_the_sidebar(app):
     app.sidebar.number_input(key="repeats").set_value(2)
     app.sidebar.checkbox(key="learning_curve").check()
@@ -118,6 +126,7 @@ def test_repeats_and_learning_curve_from_the_sidebar(app):
     assert len(app.get("vega_lite_chart")) == 6
 
 
+@pytest.mark.slow
 def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputing(app, monkeypatch):
     _run(app)
     app.switch_page("views/errors.py").run()
@@ -135,6 +144,7 @@ def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputin
     assert any("wrong by ≥ 2" in c.value for c in app.caption)
 
 
+@pytest.mark.slow
 def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extraction(app, demo_manifest):
     n = len(pd.read_csv(demo_manifest))
     labels_before = app.sidebar.multiselect(key="encoders").options
@@ -151,6 +161,7 @@ def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extractio
     assert "pixels-32 · built in" in labels_before and "clip-vit-l-14-336 · about 1.7 GB" in labels_before
 
 
+@pytest.mark.slow
 def test_encoder_without_weights_is_named_and_the_others_still_run(app, offline_hub):
     _run(app, ["clip-vit-l-14-336", "pixels-32"])
     app.switch_page("views/results.py").run()
@@ -160,12 +171,14 @@ def test_encoder_without_weights_is_named_and_the_others_still_run(app, offline_
     assert set(app.dataframe[0].value.encoder) == {"pixels-32"}
 
 
+@pytest.mark.slow
 def test_a_mistyped_path_is_explained(app):
     app.sidebar.text_input(key="data_path").set_value("/no/such/folder").run()
     assert not app.exception
     assert any("does not exist" in w.value for w in app.sidebar.warning)
 
 
+@pytest.mark.slow
 def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("OTOLITH_DATA", raising=False)
@@ -176,6 +189,7 @@ def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
     assert at.sidebar.multiselect(key="encoders").value == ENCODERS
 
 
+@pytest.mark.slow
 def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, monkeypatch, demo_manifest):
     from PIL import Image
 
@@ -204,6 +218,7 @@ def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, m
     assert any("same image but carry different ages" in e.value and str(copy) in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(tmp_path, monkeypatch, demo_manifest,
                                                                                media_stores):
     """The CLI's corpus of bad and unusual files: every bad row named on the Data page and in skipped.csv,
@@ -233,6 +248,7 @@ def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(t
     assert any("same image but carry different ages" in e.value and copy in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_errors_page_with_repeats_shows_one_repeats_real_predictions(app, demo_manifest, tmp_path):
     app.sidebar.number_input(key="repeats").set_value(2)
     _run(app)

@@ -26,6 +26,7 @@ def _dataset(n=150, seed=0):
                   "enc-b": EmbeddingSet("enc-b", b.astype(np.float32), np.arange(n))}
 
 
+@pytest.mark.slow
 def test_cv_numbers_equal_a_direct_scikit_learn_loop():
     data, sets = _dataset()
     result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=10, seed=0)
@@ -45,6 +46,7 @@ def test_cv_numbers_equal_a_direct_scikit_learn_loop():
     np.testing.assert_allclose(ridge_folds.accuracy.to_numpy(), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", [HeadSpec("svc"), HeadSpec("ridge-cv", scaling="standardize")], ids=lambda h: h.label)
 def test_folds_in_worker_processes_give_the_same_predictions(head):
     from otolith_core.evaluation import cross_validate_head

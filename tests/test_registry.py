@@ -41,6 +41,7 @@ def test_entry_agrees_with_open_clip_own_configuration(spec):
     assert bool(tag_cfg.get("quick_gelu", False)) == bool(model_cfg.get("quick_gelu", False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", OPENCLIP_ENTRIES, ids=lambda s: s.name)
 def test_real_architecture_with_random_weights_has_the_stated_shape_and_precision(spec):
     """Build each registered image tower at full size (random weights) once: dim, input size, and the
