@@ -273,3 +273,81 @@ def test_errors_page_with_repeats_shows_one_repeats_real_predictions(app, demo_m
         for table in app.dataframe:
             if {a, b} <= set(table.value.columns):
                 assert all(float(v).is_integer() for v in table.value[a])
+
+
+@pytest.mark.slow
+def test_results_wait_for_the_extraction_jobs_and_the_status_area_follows_them(app, tiny_model_dir, monkeypatch):
+    """Run starts jobs instead of extracting inline; Results says it is waiting and shows their progress;
+    when they end, the comparison appears."""
+    from otolith_core import embeddings
+
+    def no_inline_extraction(*args, **kwargs):
+        assert kwargs.get("cached_only"), "the dashboard extracted inside a script run"
+        return real_extract(*args, **kwargs)
+
+    real_extract = embeddings.extract_embeddings
+    monkeypatch.setattr(embeddings, "extract_embeddings", no_inline_extraction)
+    app.sidebar.text_input(key="extra_model").set_value(f"local-dir:{tiny_model_dir}")
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.run()
+    app.sidebar.button(key="run").click().run()
+    app.switch_page("views/results.py").run()  # the tiny model's job is still importing torch
+    assert not app.exception
+    assert any("Waiting for extraction" in i.value for i in app.info)
+    assert any(s.value == "Extraction jobs" for s in app.sidebar.header)
+    assert any(b.label == "Cancel" for b in app.sidebar.button)
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    app.run()
+    assert not app.exception
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", f"local-dir:{tiny_model_dir}"}
+    assert any("finished" in s.value for s in app.sidebar.success)  # the status area keeps the ended jobs
+
+
+@pytest.mark.slow
+def test_cancel_in_the_status_area_stops_the_job_and_restart_goes_on(app, tiny_model_dir):
+    app.sidebar.text_input(key="extra_model").set_value(f"local-dir:{tiny_model_dir}").run()
+    app.sidebar.button(key="run").click().run()
+    cancel = next(b for b in app.sidebar.button if b.label == "Cancel")
+    cancel.click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert any("cancelled" in w.value for w in app.warning)
+    restart = next(b for b in app.sidebar.button if b.label == "Restart")
+    restart.click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    app.run()
+    assert not app.exception and set(app.dataframe[0].value.encoder) == {f"local-dir:{tiny_model_dir}"}
+
+
+@pytest.mark.slow
+def test_a_reload_restores_every_setting_and_a_restart_shows_stored_results_without_computing(
+        app, demo_manifest, tiny_model_dir, monkeypatch):
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.sidebar.text_input(key="extra_model").set_value(f"local-dir:{tiny_model_dir}")
+    app.sidebar.number_input(key="seed").set_value(4)
+    app.sidebar.number_input(key="folds").set_value(5)
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.run().sidebar.button(key="run").click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    app.switch_page("views/results.py").run()
+    shown = app.dataframe[0].value
+    url = dict(app.query_params)
+    assert url["seed"] == "4" and url["run"] == "1" and url["extra_model"] == f"local-dir:{tiny_model_dir}"
+
+    calls = []
+    real = evaluation.compare
+    monkeypatch.setattr(evaluation, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reloaded = AppTest.from_file(APP, default_timeout=300)  # a new session: a reloaded tab, or a restarted dashboard
+    for key, value in url.items():
+        reloaded.query_params[key] = value
+    reloaded.run()
+    assert not reloaded.exception
+    sidebar = reloaded.sidebar
+    assert sidebar.number_input(key="seed").value == 4 and sidebar.number_input(key="folds").value == 5
+    assert sidebar.multiselect(key="encoders").value == ["pixels-32"]
+    assert sidebar.multiselect(key="heads").value == ["ridge"]
+    assert sidebar.text_input(key="extra_model").value == f"local-dir:{tiny_model_dir}"
+    reloaded.switch_page("views/results.py").run()
+    assert not reloaded.exception and calls == []  # read back from disk, not computed again
+    pd.testing.assert_frame_equal(reloaded.dataframe[0].value, shown)
