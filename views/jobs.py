@@ -99,5 +99,6 @@ def _draw_status(cache_dir: str) -> None:
     st.header("Extraction jobs")
     for job in jobs:
         job_card(job, key="sidebar-")
+    st.divider()
     if ended:  # a job this session saw running has ended: let the page go on with its embeddings
         st.rerun(scope="app")

@@ -60,6 +60,7 @@ def sidebar() -> Settings | None:
     run_from_url = state.restore_from_url({"data_choice": list(DATA_CHOICES), "preset": ["none", *known],
                                            "encoders": list(specs), "heads": list(HEADS), "scaling": list(SCALINGS),
                                            "grouping": list(GROUPING)})
+    jobs.status_area(str(default_cache_dir()))  # on top, where it is seen while jobs run
     settings = _draw(specs, known)
     state.set_settings(settings)
     if settings is not None and run_from_url:
@@ -69,13 +70,13 @@ def sidebar() -> Settings | None:
                                                   disabled=not (settings.encoders and settings.heads)):
         requested = settings
         state.request_run(settings)
-        _start_missing(settings)
+        if _start_missing(settings):
+            st.rerun()  # draw the status area (above) again, now with the jobs that were started
     if requested is not None:
         st.sidebar.caption("Settings changed since the last run: press Run again." if requested != settings else
                            "The Results and Errors pages show this run.")
         st.sidebar.page_link("views/results.py", label="Open the results", icon=":material/bar_chart:")
     state.mirror_to_url(run_requested=requested is not None and requested == settings)
-    jobs.status_area(settings.cache_dir if settings is not None else str(default_cache_dir()))
     return settings
 
 
@@ -168,15 +169,18 @@ def _cached_text(data_path: str, age_range, signature: str, names) -> str:
     return "Cached: " + ", ".join(counts) if counts else ""
 
 
-def _start_missing(settings: Settings) -> None:
-    """Start (or join) the extraction of every chosen encoder whose embeddings are incomplete.
+def _start_missing(settings: Settings) -> bool:
+    """Start (or join) the extraction of every chosen encoder whose embeddings are incomplete; whether any was.
 
     Encoders whose weights would have to be downloaded wait for the user's consent on the Results page.
     """
     try:
         data = cached.dataset(settings)
     except (ValueError, FileNotFoundError):
-        return  # the pages say what is wrong with the data
+        return False  # the pages say what is wrong with the data
+    started = False
     for name, (embedding, _) in cached.cached_embeddings(settings, data, settings.encoders).items():
         if embedding.pending and jobs.may_start(name):
             jobs.start(settings, name)
+            started = True
+    return started
