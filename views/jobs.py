@@ -9,16 +9,17 @@ while a job runs and reruns the page when one ends, so a waiting Results page go
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import streamlit as st
 
 from otolith_core.jobs import JobRequest, JobStatus, cancel_job, list_jobs, read_job, start_job
 from views import cached
+from views import state
 from views.state import Settings, allow_download, download_allowed
 
 REFRESH_SECONDS = 2
 RECENT_SECONDS = 15 * 60  # ended jobs stay listed this long
-_ACTIVE_SEEN = "jobs_active_seen"
 
 
 def request_for(settings: Settings, encoder: str) -> JobRequest:
@@ -38,7 +39,7 @@ def may_start(encoder: str) -> bool:
 def start(settings: Settings, encoder: str) -> JobStatus:
     """Start (or join) the extraction job of ``encoder``."""
     job = start_job(request_for(settings, encoder), settings.cache_dir)
-    st.session_state.setdefault(_ACTIVE_SEEN, set()).add(job.id)
+    state.set_jobs_seen_running(state.jobs_seen_running() | {job.id})
     return job
 
 
@@ -57,15 +58,15 @@ def start_button(settings: Settings, encoder: str, n_missing: int, *, container=
 
 def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
     """Progress, state and the buttons that fit it (Cancel while it runs, Restart after a failure or cancel)."""
-    name = job.request.encoder
+    name = f"**{job.request.encoder}** ({Path(job.request.data).name})"
     origin = "" if job.origin == "dashboard" else f" (started in a terminal, pid {job.pid})"
     if job.active:
-        container.progress(job.fraction, text=f"**{name}**: {job.describe()}{origin}")
+        container.progress(job.fraction, text=f"{name}: {job.describe()}{origin}")
         if container.button("Cancel", key=f"cancel-{key}{job.id}", help="Finished batches stay in the cache."):
             cancel_job(job.cache_dir, job.id)
             st.rerun()
         return
-    text = f"**{name}**: {job.describe()}{origin}"
+    text = f"{name}: {job.describe()}{origin}"
     if job.state == "finished":
         container.success(text, icon=":material/check_circle:")
         return
@@ -76,7 +77,7 @@ def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
     if container.button("Restart", key=f"restart-{key}{job.id}",
                         help="Goes on from what is cached; only missing images are extracted."):
         start_job(job.request, job.cache_dir)
-        st.session_state.setdefault(_ACTIVE_SEEN, set()).add(job.id)
+        state.set_jobs_seen_running(state.jobs_seen_running() | {job.id})
         st.rerun()
 
 
@@ -90,10 +91,9 @@ def status_area(cache_dir: str) -> None:
 def _draw_status(cache_dir: str) -> None:
     now = time.time()
     jobs = [j for j in list_jobs(cache_dir) if j.active or now - j.updated < RECENT_SECONDS]
-    seen: set[str] = st.session_state.setdefault(_ACTIVE_SEEN, set())
     active = {j.id for j in jobs if j.active}
-    ended = seen - active
-    st.session_state[_ACTIVE_SEEN] = active
+    ended = state.jobs_seen_running() - active
+    state.set_jobs_seen_running(active)
     if not jobs:
         return
     st.header("Extraction jobs")

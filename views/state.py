@@ -19,6 +19,7 @@ _SETTINGS = "settings"
 _REQUESTED = "requested_run"
 _CONSENTS = "allowed_downloads"
 _RESTORED = "restored_from_url"
+_JOBS_SEEN = "jobs_seen_running"
 RUN_PARAM = "run"  # in the URL: a run was requested for the settings it holds
 
 
@@ -70,6 +71,15 @@ def download_allowed(encoder: str) -> bool:
 
 def allow_download(encoder: str) -> None:
     st.session_state.setdefault(_CONSENTS, set()).add(encoder)
+
+
+def jobs_seen_running() -> set[str]:
+    """Ids of the jobs this session last saw running (so it notices when one ends)."""
+    return set(st.session_state.get(_JOBS_SEEN, set()))
+
+
+def set_jobs_seen_running(ids: set[str]) -> None:
+    st.session_state[_JOBS_SEEN] = set(ids)
 
 
 # ----------------------------------------------------------------------------------------------------
