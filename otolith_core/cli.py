@@ -5,7 +5,7 @@
     otolith extract --data PATH --model NAME [--device ...] [--precision ...] [--batch-size N] [--cache-dir DIR]
                     [--npz FILE]
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
-                [--learning-curve] [--age-range MIN MAX] --out DIR
+                [--learning-curve] [--age-range MIN MAX] [--no-chart | --png] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
 
 Problems a user can fix are printed as one clear message (exit code 2), never as a stack trace.
@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--learning-curve", action="store_true",
                      help="also train on 10%%, 20%%, ..., 100%% of each training fold (learning_curve.csv)")
     run.add_argument("--out", required=True, help="results folder")
-    run.add_argument("--no-chart", action="store_true", help="skip the PNG/SVG chart")
+    charts = run.add_mutually_exclusive_group()
+    charts.add_argument("--no-chart", action="store_true", help="skip the chart (comparison.svg)")
+    charts.add_argument("--png", action="store_true", help="also write the chart as comparison.png")
     _extraction_arguments(run)
     run.set_defaults(handler=_cmd_run)
     return parser
@@ -262,7 +264,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in comparison.warnings:
         print(note, file=sys.stderr)
     run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)
-    written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart)
+    written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png)
     summary = comparison.summary_frame()
     print()
     for row in summary.itertuples():

@@ -323,12 +323,16 @@ def fold_workers(head: HeadSpec, n_images: int, n_folds: int) -> int:
 
 
 def available_memory() -> float:
-    """Bytes of memory available now (physical pages free per ``sysconf``); infinity where unknown."""
-    import os
+    """Bytes of memory available now, reclaimable page cache included (``psutil``); infinity where unknown.
 
+    Free pages alone would under-count: on Linux a machine that has been reading images holds most
+    of its memory as page cache, which the kernel hands back on demand (``MemAvailable``).
+    """
     try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, OSError, ValueError):
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except (ImportError, AttributeError, OSError, NotImplementedError, RuntimeError):
         return float("inf")
 
 

@@ -129,10 +129,13 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False).encode("utf-8")
 
 
-def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True) -> list[Path]:
-    """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``."""
-    from .charts import comparison_chart
+def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True,
+                  png: bool = False) -> list[Path]:
+    """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``.
 
+    The chart is ``comparison.svg``; ``png=True`` also renders ``comparison.png`` (a second
+    rendering, so only when asked).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
@@ -141,9 +144,12 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
             (staging / name).write_bytes(csv_bytes(frame))
         (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
         if chart and comparison.results:
+            from .charts import comparison_chart  # altair: imported only when a chart is drawn
+
             figure = comparison_chart(comparison.summary_frame(), n_folds=comparison.n_folds, repeats=comparison.repeats)
             figure.save(str(staging / "comparison.svg"))
-            figure.save(str(staging / "comparison.png"), scale_factor=1.5)
+            if png:
+                figure.save(str(staging / "comparison.png"), scale_factor=1.5)
         written = []
         for file in sorted(staging.iterdir()):
             target = out_dir / file.name

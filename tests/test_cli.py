@@ -34,7 +34,7 @@ def test_run_writes_exactly_the_promised_columns(demo_run):
     assert list(pd.read_csv(out / "summary.csv").columns) == SUMMARY_COLUMNS
     assert list(pd.read_csv(out / "ttests.csv").columns) == TEST_COLUMNS
     assert list(pd.read_csv(out / "skipped.csv").columns) == ["path", "row", "reason", "image"]
-    assert (out / "comparison.svg").stat().st_size > 1000 and (out / "comparison.png").stat().st_size > 1000
+    assert (out / "comparison.svg").stat().st_size > 1000 and not (out / "comparison.png").exists()  # PNG: --png
     run = json.loads((out / "run.json").read_text())
     assert run["cv"]["n_folds"] == 10 and run["cv"]["seed"] == 0 and run["data"]["synthetic_demo"]
     assert len(run["data"]["image_set_sha256"]) == 64 and run["libraries"]["scikit-learn"]
@@ -259,6 +259,19 @@ def test_a_crash_while_writing_results_leaves_no_half_written_file(tmp_path, mon
         report.write_results(_comparison_for_writing(), out, run_info={}, chart=False)
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # nothing new, no staging folder left
     assert (out / "summary.csv").read_text() == "from an earlier run\n"
+
+
+def test_png_chart_only_when_asked(tmp_path, capsys):
+    ages = np.repeat(np.arange(1, 4), 10)
+    features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    np.savez(tmp_path / "e.npz", features=features, labels=ages)
+    args = ["run", "--embeddings", f"e={tmp_path / 'e.npz'}", "--heads", "ridge", "--folds", "3"]
+    assert main([*args, "--png", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "comparison.svg").stat().st_size > 1000
+    assert (tmp_path / "out" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        main([*args, "--png", "--no-chart", "--out", str(tmp_path / "out")])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def _comparison_for_writing():

@@ -77,6 +77,38 @@ def test_only_large_svc_runs_fold_in_processes_as_cores_and_memory_allow(monkeyp
     assert fold_workers(HeadSpec("svc"), 8637, 10) == 1
 
 
+def test_memory_counts_reclaimable_page_cache_as_available(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import psutil
+
+    from otolith_core.evaluation import available_memory, fold_workers
+
+    # after reading many images: 4 MB of pages free, 64 GB available once the page cache is reclaimed
+    sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1024 if name == "SC_AVPHYS_PAGES" else sysconf(name))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=64e9))
+    monkeypatch.setattr("joblib.cpu_count", lambda: 8)
+    assert available_memory() == 64e9
+    assert fold_workers(HeadSpec("svc"), 8637, 10) == 8
+
+    def unknown():
+        raise NotImplementedError("no memory figures on this platform")
+
+    monkeypatch.setattr(psutil, "virtual_memory", unknown)
+    assert available_memory() == float("inf")
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="Linux only")
+def test_available_memory_is_the_kernels_memavailable():
+    from otolith_core.evaluation import available_memory
+
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    expected = int(meminfo["MemAvailable"].split()[0]) * 1024
+    assert available_memory() == pytest.approx(expected, rel=0.05)  # other processes move it a little
+
+
 def test_every_encoder_and_head_sees_the_same_folds():
     data, sets = _dataset()
     result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=5, seed=3)

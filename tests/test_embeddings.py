@@ -1,0 +1,128 @@
+"""The .npz exchange: images matched across files by path, checked against a plain dict-based reference."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from otolith_core.data import Skipped
+from otolith_core.embeddings import load_npz_embeddings
+
+
+def reference_load(named_files):
+    """What ``load_npz_embeddings`` promises, one image at a time: (images, ages, skipped, features by name)."""
+    loaded = {}
+    for name, file in named_files.items():
+        with np.load(file) as data:
+            paths = [str(p) for p in data["paths"]] if "paths" in data.files else None
+            loaded[name] = (data["features"].astype(np.float32), data["labels"].astype(int), paths)
+    skipped = []
+    if all(paths is not None for _, _, paths in loaded.values()):
+        seen = {name: set(paths) for name, (_, _, paths) in loaded.items()}
+        images = [p for p in next(iter(loaded.values()))[2] if all(p in s for s in seen.values())]
+        for name, (_, _, paths) in loaded.items():
+            for p in paths:
+                entry = Skipped(p, f"only in some embedding files (not all have it; seen in {name})")
+                if p not in images and entry not in skipped:
+                    skipped.append(entry)
+        row_of = {name: {p: i for i, p in enumerate(paths)} for name, (_, _, paths) in loaded.items()}
+    else:
+        images = [f"row_{i + 1}" for i in range(len(next(iter(loaded.values()))[1]))]
+        row_of = {name: {p: i for i, p in enumerate(images)} for name in loaded}
+    ages = {}
+    for name, (_, y, _) in loaded.items():
+        for image in images:
+            age = int(y[row_of[name][image]])
+            if ages.setdefault(image, age) != age:
+                raise ValueError(f"embedding files disagree on the age of {image!r}: {ages[image]} vs {age} (in {name})")
+    features = {name: x[np.array([row_of[name][image] for image in images], dtype=int)]
+                for name, (x, _, _) in loaded.items()}
+    return images, ages, skipped, features
+
+
+def _write(folder, name, paths, ages, *, dim=3, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {"features": rng.normal(size=(len(ages), dim)).astype(np.float32), "labels": np.asarray(ages, dtype=int)}
+    if paths is not None:
+        arrays["paths"] = np.asarray(paths, dtype=str)
+    np.savez(folder / f"{name}.npz", **arrays)
+    return folder / f"{name}.npz"
+
+
+def _files(folder, seed, *, n=60, n_files=3):
+    """Files holding overlapping, shuffled subsets of n images (names include spaces and non-ASCII)."""
+    rng = np.random.default_rng(seed)
+    names = np.array([f"fish {i:03d}/otólito_{i}.jpg" for i in range(n)])
+    ages = rng.integers(1, 11, n)
+    files = {}
+    for f in range(n_files):
+        keep = rng.permutation(n)[: int(n * rng.uniform(0.6, 1.0))]
+        files[f"enc-{f}"] = _write(folder, f"enc-{f}", names[keep], ages[keep], dim=2 + f, seed=seed + f)
+    return files
+
+
+def _assert_same_as_reference(files):
+    images, ages, skipped, features = reference_load(files)
+    dataset, sets = load_npz_embeddings(files)
+    assert [r.id for r in dataset.records] == images
+    assert all(type(r.id) is str for r in dataset.records)  # not np.str_ (its repr differs in messages)
+    assert [r.age for r in dataset.records] == [ages[i] for i in images]
+    assert [r.path for r in dataset.records] == [Path(i) for i in images]
+    assert list(dataset.skipped) == skipped
+    assert dataset.kind == "embeddings" and dataset.source == Path(next(iter(files.values()))).resolve()
+    assert list(sets) == list(files)
+    for name, emb in sets.items():
+        assert emb.encoder == name and emb.features.dtype == np.float32
+        np.testing.assert_array_equal(emb.features, features[name])
+        np.testing.assert_array_equal(emb.rows, np.arange(len(images)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shuffled_and_partly_missing_paths_match_the_reference(tmp_path, seed):
+    files = _files(tmp_path, seed)
+    _assert_same_as_reference(files)
+    dataset, _ = load_npz_embeddings(files)
+    assert dataset.skipped and all("only in some embedding files" in s.reason for s in dataset.skipped)
+
+
+def test_one_file_and_files_sharing_no_image(tmp_path):
+    _assert_same_as_reference({"only": _write(tmp_path, "only", ["b.jpg", "a.jpg"], [2, 1])})
+    files = {"a": _write(tmp_path, "a", ["a.jpg", "b.jpg"], [1, 2]), "b": _write(tmp_path, "b", ["c.jpg"], [3])}
+    _assert_same_as_reference(files)
+    dataset, sets = load_npz_embeddings(files)
+    assert len(dataset) == 0 and sets["a"].features.shape == (0, 3)
+    assert [s.path for s in dataset.skipped] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_files_without_paths_are_matched_by_row(tmp_path):
+    files = {"a": _write(tmp_path, "a", None, [1, 2, 3, 4]), "b": _write(tmp_path, "b", None, [1, 2, 3, 4], seed=1)}
+    _assert_same_as_reference(files)
+    assert [r.id for r in load_npz_embeddings(files)[0].records] == ["row_1", "row_2", "row_3", "row_4"]
+    files["c"] = _write(tmp_path, "c", None, [1, 2, 3])
+    with pytest.raises(ValueError, match=re.escape("must have the same number of rows, got {'a': 4, 'b': 4, 'c': 3}")):
+        load_npz_embeddings(files)
+
+
+def test_files_with_and_without_paths_are_refused_by_name(tmp_path):
+    files = {"a": _write(tmp_path, "a", ["x.jpg", "y.jpg"], [1, 2]), "b": _write(tmp_path, "b", None, [1, 2])}
+    with pytest.raises(ValueError, match=r"'paths' in all embedding files or in none.*lack it: \['b'\]"):
+        load_npz_embeddings(files)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_age_disagreement_names_the_image_and_both_ages_as_the_reference_does(tmp_path, seed):
+    files = _files(tmp_path, seed)
+    images = reference_load(files)[0]
+    rng = np.random.default_rng(seed)
+    for name in ("enc-1", "enc-2"):  # two later files disagree, on several shared images each
+        with np.load(files[name]) as data:
+            arrays = dict(data)
+        changed = np.isin(arrays["paths"], rng.choice(images, 3, replace=False))
+        arrays["labels"][changed] += 1
+        np.savez(files[name], **arrays)
+    with pytest.raises(ValueError) as expected:
+        reference_load(files)
+    assert "disagree on the age of" in str(expected.value)
+    with pytest.raises(ValueError, match=re.escape(str(expected.value)) + "$"):
+        load_npz_embeddings(files)
