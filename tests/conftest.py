@@ -23,6 +23,20 @@ def demo_manifest(tmp_path_factory) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), n_images=120, seed=3)
 
 
+@pytest.fixture(scope="session")
+def demo_cache(demo_manifest, tmp_path_factory) -> Path:
+    """A cache holding both built-in extractors' embeddings of the demo; copy it, never write into it."""
+    from otolith_core.data import load_dataset
+    from otolith_core.embeddings import extract_embeddings
+    from otolith_core.registry import registry
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    data = load_dataset(demo_manifest)
+    for name in ("otolith-morphometrics", "pixels-32"):
+        extract_embeddings(data, registry()[name], cache_dir=cache)
+    return cache
+
+
 def save_tiny_open_clip(folder: Path, *, preprocess: dict | None = None, seed: int = 0) -> Path:
     """A complete random-weight OpenCLIP model (both towers) in open_clip's local-dir layout."""
     import torch

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ from otolith_core.stats import corrected_t_test, mcnemar_test, paired_t_test, wi
 
 
 @pytest.fixture(scope="module")
-def demo_run(demo_manifest, tmp_path_factory):
+def demo_run(demo_manifest, demo_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    cache = tmp_path_factory.mktemp("cache")
+    cache = tmp_path_factory.mktemp("cache") / "cache"
+    shutil.copytree(demo_cache, cache)  # the built-in extractors' embeddings, as after a first run
     code = main(["run", "--data", str(demo_manifest), "--models", "otolith-morphometrics,pixels-32",
                  "--heads", "ridge,svc", "--out", str(out), "--cache-dir", str(cache)])
     assert code == 0
@@ -105,7 +107,9 @@ def test_second_run_extracts_nothing_and_imports_no_torch(demo_manifest, demo_ru
 
 @pytest.mark.slow
 def test_missing_clip_weights_are_reported_without_a_download_and_morphometrics_still_runs(demo_manifest, tmp_path,
-                                                                                        offline_hub, network_calls):
+                                                                                        offline_hub, network_calls,
+                                                                                        demo_cache):
+    shutil.copytree(demo_cache, tmp_path / "cache")
     code = main(["run", "--data", str(demo_manifest), "--models", "clip-vit-l-14-336,otolith-morphometrics",
                  "--heads", "ridge", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
                  "--weights-dir", str(tmp_path / "hf"), "--no-chart"])

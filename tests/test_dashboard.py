@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,8 +40,7 @@ def media_stores(monkeypatch):
     return stores
 
 
-@pytest.fixture
-def app(demo_manifest, tmp_path, monkeypatch, media_stores):
+def _started(demo_manifest, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # no weights, whatever this machine holds
@@ -50,6 +50,19 @@ def app(demo_manifest, tmp_path, monkeypatch, media_stores):
     at.run()
     assert not at.exception
     return at
+
+
+@pytest.fixture
+def empty_app(demo_manifest, tmp_path, monkeypatch, media_stores):
+    """The dashboard on the demo manifest, with an empty cache."""
+    return _started(demo_manifest, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def app(demo_manifest, demo_cache, tmp_path, monkeypatch, media_stores):
+    """The dashboard on the demo manifest, the built-in extractors' embeddings already cached (as after a first run)."""
+    shutil.copytree(demo_cache, tmp_path / "cache")
+    return _started(demo_manifest, tmp_path, monkeypatch)
 
 
 def _run(at, encoders=ENCODERS):
@@ -145,7 +158,8 @@ def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputin
 
 
 @pytest.mark.slow
-def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extraction(app, demo_manifest):
+def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extraction(empty_app, demo_manifest):
+    app = empty_app
     n = len(pd.read_csv(demo_manifest))
     labels_before = app.sidebar.multiselect(key="encoders").options
     app.sidebar.multiselect(key="encoders").set_value(ENCODERS).run()

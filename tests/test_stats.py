@@ -98,3 +98,21 @@ def test_age_bias_uses_a_t_interval():
     assert three["n"] == 3 and three["mean_pred"] == 4.0
     assert three["ci_low"] == pytest.approx(4 - half) and three["ci_high"] == pytest.approx(4 + half)
     assert np.isnan(rows[1]["ci_low"])  # one fish: no interval
+
+
+@pytest.mark.slow
+def test_wilcoxon_with_ties_and_zeros_equals_scipy_exactly():
+    from scipy import stats as scipy_stats
+
+    from otolith_core.stats import wilcoxon_test
+
+    rng = np.random.default_rng(0)
+    for n in (5, 10, 13, 14):  # 14: past the exact limit, scipy's normal approximation is used as it is
+        for _ in range(4):
+            a = rng.integers(0, 6, n) / 10  # coarse scores: ties and zero differences, as fold accuracies have
+            b = rng.integers(0, 6, n) / 10
+            if not np.any(a != b):
+                continue
+            expected = scipy_stats.wilcoxon(a - b)
+            _, statistic, p = wilcoxon_test(a, b)
+            assert statistic == expected.statistic and p == pytest.approx(expected.pvalue, rel=1e-12), (a, b)
