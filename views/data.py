@@ -5,19 +5,11 @@ import streamlit as st
 
 from otolith_core.charts import age_histogram
 from otolith_core.evaluation import duplicate_warnings, skipped_frame
-from views import cached, state
-from views.widgets import show_note, show_thumbnail
+from views import cached
+from views.widgets import settings_and_data, show_note, show_thumbnail
 
 st.title("Data")
-settings = state.settings()
-if settings is None:
-    st.info("Choose the images in the sidebar.")
-    st.stop()
-try:
-    dataset = cached.dataset(settings)
-except (ValueError, FileNotFoundError) as exc:
-    st.error(f"Cannot read the data: {exc}")
-    st.stop()
+settings, dataset = settings_and_data()
 
 if settings.is_demo:
     st.warning("**Synthetic demo**: these images are drawn by a program (ring count = age). Use them to try the "

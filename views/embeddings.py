@@ -3,20 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from views import cached, jobs, state
+from views import cached, jobs
+from views.widgets import settings_and_data
 
 st.title("Embeddings")
-settings = state.settings()
-if settings is None:
-    st.info("Choose the images in the sidebar.")
-    st.stop()
+settings, dataset = settings_and_data()
 if not settings.encoders:
     st.info("Choose one or more encoders in the sidebar.")
-    st.stop()
-try:
-    dataset = cached.dataset(settings)
-except (ValueError, FileNotFoundError) as exc:
-    st.error(f"Cannot read the data: {exc}")
     st.stop()
 
 st.caption(f"Cache: `{settings.cache_dir}`. Embeddings are computed once per encoder and image, by background jobs "

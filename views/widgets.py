@@ -1,4 +1,4 @@
-"""Small drawing helpers several pages share: notes by severity, thumbnails, the result downloads."""
+"""Small helpers several pages share: the page's data, notes by severity, thumbnails, the result downloads."""
 
 from __future__ import annotations
 
@@ -6,10 +6,23 @@ import json
 
 import streamlit as st
 
-from otolith_core.data import ImageRecord
+from otolith_core.data import Dataset, ImageRecord
 from otolith_core.evaluation import Comparison, Note
-from views import cached
+from views import cached, state
 from views.state import Settings
+
+
+def settings_and_data() -> tuple[Settings, Dataset]:
+    """The sidebar's settings and their data set; stops the page with a message when there is none."""
+    settings = state.settings()
+    if settings is None:
+        st.info("Choose the images in the sidebar.")
+        st.stop()
+    try:
+        return settings, cached.dataset(settings)
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(f"Cannot read the data: {exc}")
+        st.stop()
 
 
 def show_note(note: Note, container=st) -> None:
