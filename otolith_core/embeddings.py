@@ -98,7 +98,7 @@ def extract_embeddings(
         import), and extracts into that store if the device can run its precision, else into a store of
         the spec's choice for the device. An explicit precision reads and fills only its own store.
     progress : called as ``progress(done, total, failed)`` before the first and after each batch.
-    encoder : an already loaded encoder for ``spec`` (the dashboard keeps one resident); it follows
+    encoder : an already loaded encoder for ``spec`` (a caller may keep one loaded between calls); it follows
         the same precision rule (a copy is switched, the given object is not changed).
     cached_only : return what the cache holds and name the rest, extracting nothing.
 

@@ -10,7 +10,7 @@ seen). Feature scaling is part of the head, so it is fitted inside each training
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin

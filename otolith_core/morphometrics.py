@@ -78,7 +78,6 @@ def segment_otolith(grey: np.ndarray) -> np.ndarray:
     Raises ``ValueError`` ("no otolith found: ...") when nothing stands out from the background.
     """
     from scipy import ndimage
-    from skimage import filters
 
     if grey.ndim != 2:
         raise ValueError(f"grey must be a 2-D array, got shape {grey.shape}")
@@ -102,7 +101,6 @@ def _segment_bright(signed: np.ndarray, border: np.ndarray) -> tuple[np.ndarray,
     The separation is 0 where the object covers more than ``BORDER_SHARE_MAX`` of the frame's border
     (the background fills the border) or leaves too little background to measure.
     """
-    from scipy import ndimage
     from skimage import filters
 
     margin = max(2, round(0.02 * max(signed.shape)))  # cloth starts this far out: the outline is blurred
