@@ -215,11 +215,6 @@ def list_jobs(cache_dir: str | Path) -> list[JobStatus]:
     return sorted((j for j in jobs if j is not None), key=lambda j: j.updated, reverse=True)
 
 
-def find_job(cache_dir: str | Path, request: JobRequest) -> JobStatus | None:
-    """The job of this request, if it was ever started."""
-    return read_job(cache_dir, request.id)
-
-
 def cancel_job(cache_dir: str | Path, job_id: str) -> None:
     """Ask a job to stop: it ends between two batches (finished batches stay cached)."""
     folder = jobs_dir(cache_dir) / job_id
