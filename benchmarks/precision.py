@@ -1,8 +1,9 @@
 """Reduced precision per encoder: speed and embedding similarity of bf16/fp16 autocast against fp32.
 
-Every OpenCLIP entry of the registry is built at full size with random weights (no download) and
-embeds the same images through ``OpenClipEncoder`` in fp32 and in each reduced precision the device
-offers (CPU: bf16; CUDA: fp16 and bf16). The registry's choice (config.yaml ``precision``) should be
+Every torch entry of the registry (OpenCLIP and timm) is built at full size with random weights (no
+download) and embeds the same images in fp32 and in each reduced precision the device offers (CPU: bf16;
+CUDA: fp16 and bf16), each through the implementation the encoder picks for it (a plain CLIP ViT runs as
+timm's twin under bf16; ``--both`` adds open_clip's own tower under bf16 for comparison). The registry's choice (config.yaml ``precision``) should be
 the fastest precision whose minimum cosine to fp32 stays above the stated floor.
 
 With ``--weights`` the encoders are loaded with their real weights instead (downloaded on first use,
@@ -22,19 +23,8 @@ import torch
 from PIL import Image
 
 from otolith_core.data import load_dataset, load_image
-from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR, OpenClipEncoder, load_encoder
-from otolith_core.registry import registry, resolve_encoder
-
-
-def tower(spec):
-    import open_clip
-    from open_clip.model import _build_vision_tower
-
-    cfg = open_clip.get_model_config(spec.model_id if spec.loader == "openclip" else spec.architecture)
-    vision = dict(cfg["vision_cfg"])
-    if "timm_model_name" in vision:
-        vision["timm_model_pretrained"] = False
-    return _build_vision_tower(cfg["embed_dim"], vision, quick_gelu=bool(cfg.get("quick_gelu"))).eval()
+from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, load_encoder, registry, resolve_encoder
+from otolith_core.encoders.loading import untrained_encoder
 
 
 def timed(encoder, images) -> tuple[float, np.ndarray]:
@@ -53,11 +43,12 @@ def main() -> None:
     parser.add_argument("--models", help="encoder names (default: every OpenCLIP entry of the registry)")
     parser.add_argument("--weights", action="store_true", help="load the real weights instead of random ones")
     parser.add_argument("--images-from", help="take the first --images photos of this folder or manifest")
+    parser.add_argument("--both", action="store_true", help="also open_clip's own tower under bf16 (random weights)")
     args = parser.parse_args()
     if args.models:
         specs = [resolve_encoder(name) for name in args.models.split(",")]
     else:
-        specs = [s for s in registry().values() if s.loader in ("openclip", "hf-hub")]
+        specs = [s for s in registry().values() if s.family != "builtin"]
     reduced = ["bf16"] if args.device == "cpu" else ["fp16", "bf16"]
     if args.images_from:
         images = [load_image(r) for r in load_dataset(args.images_from).records[: args.images]]
@@ -68,17 +59,18 @@ def main() -> None:
     print(f"device {args.device}, {len(images)} images per timing, {'real' if args.weights else 'random'} weights, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; cosine floor {REDUCED_PRECISION_COSINE_FLOOR}")
     for spec in specs:
-        if args.weights:
-            plain_encoder = load_encoder(spec, device=args.device, precision="fp32", batch_size=len(images))
-        else:
-            plain_encoder = OpenClipEncoder(spec, tower(spec), args.device, len(images), "fp32")
+        build = load_encoder if args.weights else untrained_encoder
+        plain_encoder = build(spec, device=args.device, precision="fp32", batch_size=len(images))
         plain_s, plain = timed(plain_encoder, images)
         line = [f"{spec.name}: fp32 {len(images) / plain_s:.2f} img/s"]
-        for precision in reduced:
-            s, x = timed(plain_encoder.with_precision(precision), images)
+        runs = [(p, build(spec, device=args.device, precision=p, batch_size=len(images))) for p in reduced]
+        if args.both and spec.bf16_via_timm and not args.weights:
+            runs.append(("bf16 open_clip tower", plain_encoder.with_precision("bf16")))
+        for label, encoder in runs:
+            s, x = timed(encoder, images)
             cosine = np.sum(plain * x, 1) / np.linalg.norm(plain, axis=1) / np.linalg.norm(x, axis=1)
-            line.append(f"{precision} {len(images) / s:.2f} img/s (ratio to fp32 time {s / plain_s:.2f}, "
-                        f"min cosine {cosine.min():.5f})")
+            line.append(f"{label} [{encoder.implementation}] {len(images) / s:.2f} img/s (ratio to fp32 time "
+                        f"{s / plain_s:.2f}, min cosine {cosine.min():.5f})")
         chosen = spec.precision.for_device(args.device)
         print("; ".join(line) + f"; registry chooses {chosen}", flush=True)
 

@@ -24,7 +24,7 @@ import numpy as np
 from otolith_core.cache import EmbeddingStore
 from otolith_core.data import load_dataset
 from otolith_core.embeddings import extract_embeddings
-from otolith_core.registry import registry
+from otolith_core.encoders import registry
 
 BARE = textwrap.dedent("""
     import sys, numpy as np, pandas as pd

@@ -1,7 +1,7 @@
 """Otolith age from frozen image embeddings: the core behind the dashboard and the `otolith` CLI.
 
-One image's path, module by module: data (find and decode) -> registry (which encoder) ->
-feature_extractor (build it) -> cache / embeddings (embed once, keep) -> heads -> evaluation
+One image's path, module by module: data (find and decode) -> encoders (which encoder, built how;
+see its own docstring) -> cache / embeddings (embed once, keep) -> heads -> evaluation
 (shared folds) -> metrics / stats -> charts / report. This package never imports streamlit.
 """
 

@@ -7,10 +7,9 @@ Layout under the cache folder (``--cache-dir``, ``OTOLITH_CACHE_DIR``, default `
     results/                                   finished comparisons, by the key of their settings
     jobs/                                      extraction jobs (otolith_core.jobs)
 
-An encoder's *fingerprint* hashes everything that changes its numbers: loader, model id, weights
-tag or weights-file content, architecture, preprocessing (size, resize mode, interpolation,
-mean/std), the JPEG decode scale rule, the extractor version and a reduced arithmetic precision
-(bf16/fp16; fp32 adds nothing, so plain stores keep their names). Inside it an image's key is its content hash plus its crop
+An encoder's *fingerprint* hashes everything that changes its numbers, as named by
+:func:`otolith_core.encoders.cache_identity` (model, weights, preprocessing and its variant,
+pooling, precision, implementation, decode scale, extractor version). Inside it an image's key is its content hash plus its crop
 box, so renamed or moved files are still hits and a changed file is a miss.
 
 Every batch is written in one transaction: an interrupted extraction keeps all finished batches.
@@ -22,14 +21,13 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from .data import ImageRecord, file_sha256
-from .registry import EncoderSpec
+from .encoders import EncoderSpec, cache_identity
 
 SCHEMA_VERSION = 1
 DEFAULT_CACHE_DIR = "cache"
@@ -73,32 +71,8 @@ class FileHashes:
 
 
 def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32") -> str:
-    """Hex digest naming everything that changes an encoder's embeddings (not its display name)."""
-    from .feature_extractor import EXTRACTOR_VERSION, LOCAL_WEIGHT_FILES, decode_min_side
-
-    weights: str | None = spec.pretrained
-    if spec.loader == "checkpoint":
-        weights = hashes.sha256(Path(spec.weights_path).expanduser())
-    elif spec.loader == "local-dir":
-        folder = Path(spec.model_id)
-        found = next((folder / n for n in LOCAL_WEIGHT_FILES if (folder / n).is_file()), None)
-        weights = hashes.sha256(found) if found else "missing"
-    elif spec.loader == "builtin":
-        from .morphometrics import BUILTIN_VERSION
-
-        weights = f"builtin-v{BUILTIN_VERSION}"
-    identity = {
-        "schema": SCHEMA_VERSION,
-        "extractor_version": EXTRACTOR_VERSION,
-        "loader": spec.loader,
-        "model_id": spec.model_id if spec.loader != "local-dir" else "local-dir",
-        "architecture": spec.architecture,
-        "weights": weights,
-        "preprocessing": asdict(spec.preprocessing) if spec.preprocessing else None,
-        "decode_min_side": decode_min_side(spec),
-    }
-    if precision != "fp32":
-        identity["precision"] = precision
+    """Hex digest of :func:`~otolith_core.encoders.cache_identity`: everything that changes the embeddings."""
+    identity = dict(cache_identity(spec, precision=precision, file_sha256=hashes.sha256), schema=SCHEMA_VERSION)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

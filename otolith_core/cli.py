@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from .jobs import Cancelled
-    from .registry import ENCODER_ERRORS, error_message
+    from .encoders import ENCODER_ERRORS, error_message
 
     try:
         return args.handler(args)
@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     extract = sub.add_parser("extract", help="compute and cache one encoder's embeddings")
     _data_arguments(extract)
-    extract.add_argument("--model", required=True, help="registry name, ARCH:TAG, hf-hub:org/name or local-dir:/path")
+    extract.add_argument("--model", required=True, help="registry name, ARCH:TAG, timm:MODEL.TAG, hf-hub:org/name or "
+                                                        "local-dir:/path, optionally @pad|squash|crop[+clahe]")
     extract.add_argument("--npz", help="also export features, labels and paths to this .npz file")
     extract.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard for the job it launched
     _extraction_arguments(extract)
@@ -69,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--embeddings", help="NAME=FILE.npz[,NAME2=FILE2.npz]: evaluate embeddings you already have")
     run.add_argument("--age-range", nargs=2, type=int, metavar=("MIN", "MAX"), help="clip ages into [MIN, MAX]")
     run.add_argument("--preset", help="species settings from config.yaml (e.g. cod: ages clipped to 1..10)")
-    run.add_argument("--models", help="comma-separated encoders (with --data)")
+    run.add_argument("--models", help="comma-separated encoders (with --data); NAME@pad+clahe etc. adds a "
+                                      "preprocessing variant as an encoder of its own (see `otolith models`)")
     run.add_argument("--heads", default="ridge,svc",
                      help="comma-separated heads: ridge, svc, ridge-cv (alpha chosen inside each training fold); default ridge,svc")
     run.add_argument("--alpha", type=float, default=6.0, help="ridge alpha (default 6, as in the paper)")
@@ -101,6 +103,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    from .encoders.spec import DEFAULT_CLAHE_CLIP_LIMIT, DEFAULT_CLAHE_KERNEL
+
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="arithmetic of the forward pass; auto: the encoder's choice for the device "
@@ -108,6 +112,14 @@ def _extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default 32 on CUDA, 8 otherwise)")
     parser.add_argument("--cache-dir", help="embedding cache (default: $OTOLITH_CACHE_DIR or ./cache)")
     parser.add_argument("--weights-dir", help="Hugging Face cache folder for weights (default: HF_HUB_CACHE)")
+    parser.add_argument("--clahe-clip-limit", type=float, metavar="X",
+                        help=f"contrast limit of an encoder's @clahe variant, in (0, 1] (default {DEFAULT_CLAHE_CLIP_LIMIT})")
+    parser.add_argument("--clahe-kernel", type=float, metavar="F",
+                        help=f"CLAHE tile side as a fraction of the image side, in (0, 1] (default {DEFAULT_CLAHE_KERNEL})")
+
+
+def _variant_options(args: argparse.Namespace) -> dict:
+    return {"clahe_clip_limit": args.clahe_clip_limit, "clahe_kernel": args.clahe_kernel}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,27 +136,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .feature_extractor import weights_available
-    from .registry import registry
+    from .encoders import registry, weights_available
+    from .encoders.spec import FITS, VARIANT_OPTIONS
 
-    rows = [("name", "year", "dim", "input", "cpu/cuda", "download", "offline", "description")]
+    rows = [("name", "library", "year", "dim", "input", "cpu/cuda", "download", "offline", "licence", "description")]
     for spec in registry().values():
         pre = spec.preprocessing
         size = f"{pre.size}px {pre.resize_mode}" if pre else "-"
         offline = "yes" if weights_available(spec, weights_dir=args.weights_dir) else "no"
         precision = "-" if spec.loader == "builtin" else f"{spec.precision.cpu}/{spec.precision.cuda}"
-        rows.append((spec.name, str(spec.year or ""), str(spec.embed_dim or "?"), size, precision, spec.download_size,
-                     offline, spec.description))
+        rows.append((spec.name, spec.family, str(spec.year or ""), str(spec.embed_dim or "?"), size, precision,
+                     spec.download_size, offline, spec.licence.split(" (")[0], spec.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    print("\nAny other OpenCLIP model: --model ARCH:TAG, hf-hub:org/name or local-dir:/path")
+    print("\nAny other model: --model ARCH:TAG (OpenCLIP), timm:MODEL.TAG, hf-hub:org/name (OpenCLIP or timm repo) "
+          "or local-dir:/path (a folder with open_clip_config.json or timm's config.json)")
+    print(f"Preprocessing variants: NAME@OPTION[+OPTION], options {', '.join(VARIANT_OPTIONS)} (one of "
+          f"{', '.join(FITS)}), e.g. pixels-32@pad+clahe; each variant is an encoder of its own")
+    for spec in registry().values():
+        if "(" in spec.licence:
+            print(f"{spec.name}: {spec.licence}")
     return EXIT_OK
 
 
 def _load_data(args: argparse.Namespace):
     from .data import load_dataset
-    from .registry import presets
+    from .encoders import presets
 
     age_range = tuple(args.age_range) if args.age_range else None
     if args.preset:
@@ -196,12 +214,13 @@ def _extract_one(dataset, spec, args, job=None):
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .embeddings import save_npz
     from .jobs import JobRecorder, JobRequest
-    from .registry import resolve_encoder
+    from .encoders import resolve_encoder
 
-    request = JobRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir)
+    request = JobRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
+                         args.clahe_clip_limit, args.clahe_kernel)
     with JobRecorder(_cache_dir(args), request, args.job_id) as job:  # shows on the dashboard, can be cancelled there
         dataset = _load_data(args)
-        spec = resolve_encoder(args.model, weights_dir=args.weights_dir)
+        spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))
         emb = _extract_one(dataset, spec, args, job)
     cached = len(emb.rows) - emb.n_extracted
     print(f"{spec.name}: {len(emb.rows)} images embedded in {emb.precision} ({emb.n_extracted} extracted now, "
@@ -216,7 +235,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .evaluation import compare
     from .heads import HeadSpec
-    from .registry import ENCODER_ERRORS, error_message, resolve_encoders
+    from .encoders import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
 
     heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
@@ -237,7 +256,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cache_dir = _cache_dir(args)
         embeddings = {}
         resolved, failed = resolve_encoders([m.strip() for m in args.models.split(",") if m.strip()],
-                                            weights_dir=args.weights_dir)
+                                            weights_dir=args.weights_dir, **_variant_options(args))
         for name, message in failed.items():
             print(f"encoder {name} skipped: {message}", file=sys.stderr)
         for name, spec in resolved.items():

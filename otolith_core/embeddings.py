@@ -15,7 +15,7 @@ import numpy as np
 
 from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
 from .data import Dataset, ImageRecord, Skipped, load_image
-from .registry import PRECISIONS, EncoderSpec
+from .encoders import PRECISIONS, EncoderSpec
 
 ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
 DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
@@ -89,9 +89,9 @@ def extract_embeddings(
     Parameters
     ----------
     dataset : from :func:`otolith_core.data.load_dataset`.
-    spec : from :func:`otolith_core.registry.resolve_encoder`.
+    spec : from :func:`otolith_core.encoders.resolve_encoder`.
     cache_dir : cache folder; finished batches are kept there even if this call is interrupted.
-    device, batch_size, weights_dir : passed to :func:`~otolith_core.feature_extractor.load_encoder`,
+    device, batch_size, weights_dir : passed to :func:`~otolith_core.encoders.load_encoder`,
         which is called only when something is missing.
     precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``. Each precision has its own store. ``auto``
         reads whichever store of the encoder holds most of the images (ties: fp32, bf16, fp16; no torch
@@ -158,18 +158,19 @@ def extract_embeddings(
 
 def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, progress: ProgressCallback | None) -> list[Skipped]:
     """Embed ``pending`` (key, record) pairs batch by batch into ``store``; the images that failed, with reasons."""
-    from .feature_extractor import decode_min_side
+    from .encoders import decode_min_side
 
     failures: list[Skipped] = []
     total, done = len(pending), 0
     batches = [pending[start: start + size] for start in range(0, total, size)]
-    min_side = decode_min_side(store.spec)
+    spec = store.spec
+    min_side = decode_min_side(spec)
     if progress:
         progress(0, total, 0)
     # Images of the next batch are decoded in threads while the encoder works on this one.
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         def decode(batch):
-            return [pool.submit(_decode, key, record, min_side) for key, record in batch]
+            return [pool.submit(_decode, key, record, spec, min_side) for key, record in batch]
 
         upcoming = decode(batches[0])
         for b, batch in enumerate(batches):
@@ -231,7 +232,7 @@ def _encoder_for(spec: EncoderSpec, encoder, started: EmbeddingStore | None, dev
     With ``precision="auto"`` it continues a store already begun if the device can run that store's
     precision (a given encoder is switched to it; it is not changed in place).
     """
-    from .feature_extractor import load_encoder, runs_on, select_device
+    from .encoders import load_encoder, runs_on, select_device
 
     if precision == "auto" and started is not None:
         where = encoder.device if encoder is not None else select_device(device)
@@ -254,10 +255,13 @@ def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str 
     return keys, failures
 
 
-def _decode(key: str, record: ImageRecord, min_side: int | None):
-    """(key, record, image), or a Skipped naming why the image cannot be used."""
+def _decode(key: str, record: ImageRecord, spec: EncoderSpec, min_side: int):
+    """(key, record, image as the encoder's variant prepares it), or a Skipped naming why it cannot be used."""
+    from .encoders import apply_variant
+
     try:
-        return key, record, load_image(record, min_side=min_side)
+        image = load_image(record, min_side=min_side)
+        return key, record, apply_variant(image, spec.variant, work_side=min_side) if spec.variant else image
     except ValueError as exc:
         return Skipped.of(record, str(exc))
 
@@ -290,7 +294,7 @@ def _finite(features: np.ndarray) -> np.ndarray:
 
 def _check_dim(spec: EncoderSpec, features: np.ndarray) -> None:
     if spec.embed_dim and features.shape[1] != spec.embed_dim:
-        from .feature_extractor import EncoderUnavailable
+        from .encoders import EncoderUnavailable
 
         raise EncoderUnavailable(
             f"encoder {spec.name!r} produced {features.shape[1]}-d embeddings but its entry states {spec.embed_dim}; "

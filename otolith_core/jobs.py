@@ -54,14 +54,19 @@ class JobRequest:
     device: str = "auto"
     batch_size: int | None = None
     weights_dir: str | None = None
+    clahe_clip_limit: float | None = None  # a `clahe` variant's parameters (None: the defaults)
+    clahe_kernel: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
 
     @property
     def id(self) -> str:
-        identity = json.dumps({"data": self.data, "encoder": self.encoder, "precision": self.precision})
-        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+        fields = {"data": self.data, "encoder": self.encoder, "precision": self.precision}
+        for name in ("clahe_clip_limit", "clahe_kernel"):  # only when set, so earlier jobs keep their ids
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
     def command(self, cache_dir: str | Path) -> list[str]:
         """The ``otolith extract`` command line that does this job."""
@@ -72,6 +77,10 @@ class JobRequest:
             command += ["--batch-size", str(self.batch_size)]
         if self.weights_dir:
             command += ["--weights-dir", self.weights_dir]
+        if self.clahe_clip_limit is not None:
+            command += ["--clahe-clip-limit", repr(float(self.clahe_clip_limit))]
+        if self.clahe_kernel is not None:
+            command += ["--clahe-kernel", repr(float(self.clahe_kernel))]
         return command
 
 

@@ -13,6 +13,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +25,7 @@ from .cache import FileHashes, encoder_fingerprint
 from .data import Dataset
 from .evaluation import Comparison
 from .heads import HeadSpec
-from .registry import EncoderSpec
+from .encoders import EncoderSpec, implementation_for
 
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -69,8 +70,11 @@ def provenance(
     encoders = {}
     for name, spec in specs.items():
         entry = spec.as_dict()
+        if spec.input_preprocessing is not None:  # what the model was handed, after the variant (if any)
+            entry["preprocessing_applied"] = asdict(spec.input_preprocessing)
         if name in comparison.precisions:
             entry["precision_used"] = comparison.precisions[name]
+            entry["implementation"] = implementation_for(spec, comparison.precisions[name])
         if hashes is not None and dataset.kind != "embeddings":
             entry["fingerprint"] = encoder_fingerprint(spec, hashes, comparison.precisions.get(name, "fp32"))
         encoders[name] = entry

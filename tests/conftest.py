@@ -28,7 +28,7 @@ def demo_cache(demo_manifest, tmp_path_factory) -> Path:
     """A cache holding both built-in extractors' embeddings of the demo; copy it, never write into it."""
     from otolith_core.data import load_dataset
     from otolith_core.embeddings import extract_embeddings
-    from otolith_core.registry import registry
+    from otolith_core.encoders import registry
 
     cache = tmp_path_factory.mktemp("demo-cache")
     data = load_dataset(demo_manifest)
@@ -52,6 +52,19 @@ def save_tiny_open_clip(folder: Path, *, preprocess: dict | None = None, seed: i
     return folder
 
 
+def save_tiny_timm(folder: Path, *, architecture: str = "vit_tiny_patch16_224", seed: int = 0, **model_args) -> Path:
+    """A random-weight timm ViT saved with timm's own ``save_for_hf`` (config.json + model.safetensors)."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0, **model_args}
+    model = timm.create_model(architecture, pretrained=False, **args)
+    save_for_hf(model, str(folder), model_args=args, safe_serialization=True)
+    return folder
+
+
 def place_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
     """Lay files out exactly as huggingface_hub's cache does (refs/main -> snapshots/<commit>/)."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -67,6 +80,11 @@ def place_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_open_clip(tmp_path_factory.mktemp("tiny") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_dir(tmp_path_factory) -> Path:
+    return save_tiny_timm(tmp_path_factory.mktemp("tiny") / "tiny-timm")
 
 
 @pytest.fixture

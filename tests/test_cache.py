@@ -7,7 +7,7 @@ import pytest
 from otolith_core.cache import EmbeddingStore, FileHashes, encoder_fingerprint
 from otolith_core.data import load_dataset
 from otolith_core.embeddings import cached_count, extract_embeddings
-from otolith_core.registry import Preprocessing, registry, resolve_encoder
+from otolith_core.encoders import Preprocessing, registry, resolve_encoder
 
 
 class CountingEncoder:
@@ -26,7 +26,7 @@ class CountingEncoder:
 
 
 def _pixels():
-    from otolith_core.feature_extractor import load_encoder
+    from otolith_core.encoders import load_encoder
 
     return load_encoder(registry()["pixels-32"])
 
@@ -53,11 +53,11 @@ def test_fingerprint_changes_with_everything_that_changes_numbers(tmp_path):
 @pytest.fixture(autouse=True)
 def _cpu_with_bf16(monkeypatch):
     """These tests follow the CPU choice of bf16, whatever CPU runs them."""
-    monkeypatch.setattr("otolith_core.feature_extractor.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("otolith_core.encoders.encoder.cpu_has_bf16", lambda: True)
 
 
 def _bf16_tiny(tiny_model_dir):
-    from otolith_core.registry import Precision
+    from otolith_core.encoders import Precision
 
     return dataclasses.replace(resolve_encoder(f"local-dir:{tiny_model_dir}"), precision=Precision(cpu="bf16", cuda="bf16"))
 
@@ -84,7 +84,7 @@ def test_each_precision_has_its_own_store_and_auto_reads_the_fullest(demo_manife
 
 
 def test_a_resident_encoder_continues_a_store_begun_in_another_precision(demo_manifest, tiny_model_dir, tmp_path):
-    from otolith_core.feature_extractor import load_encoder
+    from otolith_core.encoders import load_encoder
 
     data = load_dataset(demo_manifest).subset(range(12))
     spec = _bf16_tiny(tiny_model_dir)
@@ -106,7 +106,7 @@ def test_a_fresh_extraction_uses_the_encoders_precision_for_the_device(demo_mani
     warm = extract_embeddings(data, spec, cache_dir=tmp_path, cached_only=True)  # no device known, no torch needed
     assert warm.precision == "bf16" and len(warm.rows) == 8
     np.testing.assert_array_equal(warm.features, first.features)
-    from otolith_core.feature_extractor import EncoderUnavailable
+    from otolith_core.encoders import EncoderUnavailable
 
     with pytest.raises(EncoderUnavailable, match="fp16 needs a CUDA GPU"):
         extract_embeddings(data, spec, cache_dir=tmp_path / "other", device="cpu", precision="fp16")

@@ -157,7 +157,7 @@ def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_
 @pytest.mark.slow
 def test_precision_is_chosen_on_the_command_line_and_recorded(demo_manifest, tiny_model_dir, tmp_path, capsys):
     from otolith_core.cache import FileHashes, encoder_fingerprint
-    from otolith_core.registry import resolve_encoder
+    from otolith_core.encoders import resolve_encoder
 
     model = f"local-dir:{tiny_model_dir}"
     args = ["--data", str(demo_manifest), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
@@ -331,3 +331,41 @@ def test_skipped_csv_holds_the_path_alone_and_the_row_in_its_own_column(demo_man
     skipped = pd.read_csv(out / "skipped.csv", dtype={"row": "Int64"})
     assert skipped[["path", "row"]].values.tolist() == [["images/missing.jpg", len(rows) + 2],
                                                         [rows.path[0], len(rows) + 3]]
+
+
+@pytest.mark.slow
+def test_a_preprocessing_variant_is_an_encoder_of_its_own(demo_manifest, demo_cache, tmp_path, capsys):
+    """`--models pixels-32,pixels-32@pad+clahe`: two rows per head on identical folds; run.json records the
+    resolved preprocessing and the CLAHE parameters; a second run extracts nothing."""
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    out = tmp_path / "out"
+    args = ["run", "--data", str(demo_manifest), "--models", "pixels-32,pixels-32@pad+clahe", "--heads", "ridge",
+            "--cache-dir", str(cache), "--no-chart", "--clahe-clip-limit", "0.02"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert re.search(r"pixels-32@pad\+clahe: (\d+) images, fp32 \(\1 extracted now\)", capsys.readouterr().out)
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["encoder"]) == ["pixels-32", "pixels-32@pad+clahe"]
+    folds = pd.read_csv(out / "folds.csv")
+    per_encoder = folds.groupby("encoder")["n_test"].apply(tuple)
+    assert per_encoder.nunique() == 1 and len(per_encoder) == 2  # identical folds
+    run = json.loads((out / "run.json").read_text())
+    variant = run["encoders"]["pixels-32@pad+clahe"]["variant"]
+    assert variant == {"fit": "pad", "clahe": True, "clip_limit": 0.02, "kernel": 0.125}
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert "(0 extracted now)" in capsys.readouterr().out
+
+
+def test_extract_a_timm_folder_to_npz(demo_manifest, tiny_timm_dir, tmp_path, capsys):
+    out = tmp_path / "timm.npz"
+    assert main(["extract", "--data", str(demo_manifest), "--model", f"local-dir:{tiny_timm_dir}",
+                 "--cache-dir", str(tmp_path / "cache"), "--npz", str(out), "--device", "cpu"]) == 0
+    with np.load(out) as data:
+        assert data["features"].shape[1] == 32 and len(data["paths"]) == len(data["features"]) > 100
+
+
+def test_a_bad_variant_is_one_line_naming_the_options(demo_manifest, tmp_path, capsys):
+    assert main(["extract", "--data", str(demo_manifest), "--model", "pixels-32@pads",
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "pad, squash, crop, clahe" in err and "Traceback" not in err

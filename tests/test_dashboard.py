@@ -365,3 +365,14 @@ def test_a_reload_restores_every_setting_and_a_restart_shows_stored_results_with
     reloaded.switch_page("views/results.py").run()
     assert not reloaded.exception and calls == []  # read back from disk, not computed again
     pd.testing.assert_frame_equal(reloaded.dataframe[0].value, shown)
+
+
+@pytest.mark.slow
+def test_a_preprocessing_variant_adds_rows_from_the_sidebar(app):
+    """Choosing the pad+clahe variant adds `pixels-32@pad+clahe` beside `pixels-32`: extracted by a job of its
+    own, then a row of its own in the results table, on the same folds."""
+    app.sidebar.multiselect(key="variants").set_value(["pad+clahe"])
+    _run(app, encoders=["pixels-32"])
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "pixels-32@pad+clahe"}

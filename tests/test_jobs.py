@@ -14,7 +14,7 @@ from otolith_core.cli import main
 from otolith_core.data import load_dataset
 from otolith_core.embeddings import cached_count, extract_embeddings
 from otolith_core.jobs import Cancelled, JobRecorder, JobRequest, cancel_job, list_jobs, read_job, start_job
-from otolith_core.registry import registry, resolve_encoder
+from otolith_core.encoders import registry, resolve_encoder
 
 pytestmark = pytest.mark.slow
 

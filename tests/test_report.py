@@ -24,7 +24,7 @@ from otolith_core.evaluation import (
     TEST_COLUMNS, compare,
 )
 from otolith_core.heads import HeadSpec
-from otolith_core.registry import registry
+from otolith_core.encoders import registry
 from otolith_core.report import LIBRARIES, csv_bytes, image_set_hash, provenance, result_tables
 
 HEADS = [HeadSpec("ridge"), HeadSpec("svc")]

@@ -15,7 +15,7 @@ import streamlit as st
 
 from otolith_core.data import Dataset, load_dataset
 from otolith_core.embeddings import EmbeddingSet
-from otolith_core.registry import ENCODER_ERRORS, EncoderSpec, error_message, resolve_encoder
+from otolith_core.encoders import ENCODER_ERRORS, EncoderSpec, error_message, resolve_encoder
 from views.state import Settings
 
 
@@ -49,7 +49,7 @@ def resolve(names) -> tuple[dict[str, EncoderSpec], dict[str, str]]:
 @st.cache_data(show_spinner=False, ttl=60)
 def weights_here(names: tuple[str, ...]) -> dict[str, bool]:
     """Whether each encoder can run without a download (re-checked every minute)."""
-    from otolith_core.feature_extractor import weights_available
+    from otolith_core.encoders import weights_available
 
     specs, _ = resolve(names)
     return {n: weights_available(spec) for n, spec in specs.items()}

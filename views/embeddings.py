@@ -23,11 +23,14 @@ rows = []
 for name, spec in specs.items():
     embedding, _ = embedded[name]
     precision = "numpy float32" if spec.loader == "builtin" else f"{spec.precision.cpu} / {spec.precision.cuda}"
+    pre = spec.input_preprocessing
     rows.append({"encoder": name, "cached": f"{len(embedding.rows)} / {len(dataset)}",
-                 "unusable": len(embedding.failures), "year": spec.year, "dim": spec.embed_dim,
+                 "unusable": len(embedding.failures), "library": spec.family, "year": spec.year, "dim": spec.embed_dim,
+                 "input": f"{pre.size} px {pre.resize_mode}" if pre else "",
+                 "variant": spec.variant.suffix or "model's own",
                  "precision (CPU / GPU)": precision,
                  "weights": "here" if here.get(name) else f"download {spec.download_size}",
-                 "description": spec.description})
+                 "licence": spec.licence, "description": spec.description})
     with st.container(border=True):
         st.markdown(f"**{name}** — {len(embedding.rows)} of {len(dataset)} images cached"
                     + (f", {len(embedding.failures)} unusable" if embedding.failures else ""))

@@ -5,7 +5,7 @@ import streamlit as st
 
 from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, age_bias_plot, fold_lines, learning_curve_chart,
                                  metric_bars)
-from otolith_core.feature_extractor import REDUCED_PRECISION_COSINE_FLOOR
+from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR
 from otolith_core.metrics import METRIC_LABELS
 from views.comparison import current_comparison
 from views.widgets import result_downloads, show_note

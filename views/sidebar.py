@@ -16,13 +16,17 @@ import streamlit as st
 from otolith_core.cache import default_cache_dir
 from otolith_core.data import data_signature
 from otolith_core.heads import HEADS, SCALINGS, HeadSpec
-from otolith_core.registry import presets, registry
+from otolith_core.encoders import presets, registry
 from views import cached, jobs, state
 from views.state import Settings
 
 DEMO, PATH = "demo", "path"
 DATA_CHOICES = {DEMO: "Built-in synthetic demo", PATH: "Folder or CSV manifest"}
 DEMO_ENCODERS = ("otolith-morphometrics", "pixels-32")
+# Preprocessing variants offered per run (any `NAME@...` also works in "Other model"); CLAHE with the
+# documented defaults (the CLI's --clahe-clip-limit / --clahe-kernel change them).
+VARIANTS = {"pad": "pad: whole photo on a square of its border colour", "pad+clahe": "pad + CLAHE contrast",
+            "crop": "crop: centre square", "squash": "squash: stretched to square", "clahe": "CLAHE contrast only"}
 GROUPING = {"auto": ("kept in one fold when the data has fish_id repeats", None),
             "fish": ("always kept in one fold", True), "images": ("treated as independent images", False)}
 
@@ -58,7 +62,8 @@ def sidebar() -> Settings | None:
     specs = registry()
     known = presets()
     run_from_url = state.restore_from_url({"data_choice": list(DATA_CHOICES), "preset": ["none", *known],
-                                           "encoders": list(specs), "heads": list(HEADS), "scaling": list(SCALINGS),
+                                           "encoders": list(specs), "variants": list(VARIANTS),
+                                           "heads": list(HEADS), "scaling": list(SCALINGS),
                                            "grouping": list(GROUPING)})
     jobs.status_area(str(default_cache_dir()))  # on top, where it is seen while jobs run
     settings = _draw(specs, known)
@@ -126,9 +131,17 @@ def _draw(specs, known) -> Settings | None:
     cached_text = _cached_text(data_path, age_range, signature, chosen)
     if cached_text:
         sb.caption(cached_text)
-    extra = sb.text_input("Other OpenCLIP model", key=_initial("extra_model", ""), placeholder="ViT-B-32:laion2b_s34b_b79k",
-                          help="ARCH:TAG, hf-hub:org/name or local-dir:/path/to/folder")
-    encoders = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
+    with sb.expander("About these encoders"):
+        st.markdown(_encoder_facts(specs))
+    extra = sb.text_input("Other model", key=_initial("extra_model", ""), placeholder="ViT-B-32:laion2b_s34b_b79k",
+                          help="OpenCLIP ARCH:TAG, timm:MODEL.TAG, hf-hub:org/name or local-dir:/path/to/folder "
+                               "(OpenCLIP or timm), optionally with a variant such as @pad+clahe")
+    variants = sb.multiselect("Preprocessing variants (each adds a row per encoder)", list(VARIANTS),
+                              key=_initial("variants", []), format_func=VARIANTS.get,
+                              help="How the photo is fitted into the square input, and contrast enhancement; "
+                                   "each variant is embedded and cached as an encoder of its own, on the same folds.")
+    bases = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
+    encoders = bases + tuple(f"{base}@{variant}" for base in bases for variant in variants if "@" not in base)
 
     sb.header("Heads")
     head_names = sb.multiselect("Heads", list(HEADS), key=_initial("heads", ["ridge", "svc"]),
@@ -150,6 +163,15 @@ def _draw(specs, known) -> Settings | None:
     curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
                     str(default_cache_dir()), repeats, GROUPING[grouping][1], curve)
+
+
+def _encoder_facts(specs) -> str:
+    """One line per registered encoder: year, dim, input size, download and licence (text, not a table widget)."""
+    lines = []
+    for s in specs.values():
+        size = f"{s.preprocessing.size} px · " if s.preprocessing else ""
+        lines.append(f"- **{s.name}**: {s.year} · {s.embed_dim}-d · {size}{s.download_size} · {s.licence}")
+    return "\n".join(lines)
 
 
 def _encoder_label(spec) -> str:

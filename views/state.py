@@ -94,7 +94,7 @@ URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL,
 }
-URL_LISTS = ("encoders", "heads")  # multiselects: one query parameter per chosen value
+URL_LISTS = ("encoders", "variants", "heads")  # multiselects: one query parameter per chosen value
 
 
 def restore_from_url(options: Mapping[str, list]) -> bool:

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_MODEL_CFG, place_in_hf_cache, save_tiny_open_clip
-from otolith_core.feature_extractor import (
-    EncoderUnavailable, build_transform, fetch_hub_file, load_encoder, weights_available,
+from otolith_core.encoders import (
+    EncoderSpec, EncoderUnavailable, Preprocessing, load_encoder, registry, resolve_encoder, weights_available,
 )
-from otolith_core.registry import EncoderSpec, Preprocessing, registry, resolve_encoder
+from otolith_core.encoders.open_clip_models import build_transform
+from otolith_core.encoders.weights import fetch_hub_file
 
 
 def _images(n=3, size=(50, 40)):
@@ -106,7 +107,7 @@ def test_missing_weights_without_network_fail_after_one_short_probe(tmp_path, mo
     import huggingface_hub
     from huggingface_hub import constants
 
-    from otolith_core.feature_extractor import NETWORK_PROBE_SECONDS
+    from otolith_core.encoders.weights import NETWORK_PROBE_SECONDS
 
     probes, downloads = [], []
 
@@ -135,7 +136,7 @@ def test_corrupt_weights_file_is_a_clear_error(tiny_model_dir, tmp_path):
 
 def test_local_dir_without_config_is_a_clear_error(tmp_path):
     (tmp_path / "open_clip_model.safetensors").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json.*config.json"):
         resolve_encoder(f"local-dir:{tmp_path}")
 
 
@@ -172,8 +173,7 @@ def test_builtin_encoders_need_no_torch(name):
     code = textwrap.dedent(f"""
         import sys
         from PIL import Image, ImageDraw
-        from otolith_core.feature_extractor import load_encoder
-        from otolith_core.registry import registry
+        from otolith_core.encoders import load_encoder, registry
 
         image = Image.new("RGB", (200, 150), (20, 20, 20))
         ImageDraw.Draw(image).ellipse((40, 40, 160, 110), fill=(200, 200, 200))  # an otolith-like blob
@@ -191,7 +191,7 @@ def test_probe_goes_to_the_proxy_when_one_is_set(monkeypatch):
     """Institutes reach the hub through a proxy: probing the hub directly would wrongly say 'offline'."""
     import socket
 
-    from otolith_core import feature_extractor
+    from otolith_core.encoders import weights
 
     seen = []
 
@@ -201,7 +201,7 @@ def test_probe_goes_to_the_proxy_when_one_is_set(monkeypatch):
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
     monkeypatch.setattr(socket, "create_connection", fake_connect)
-    ok, why = feature_extractor.hub_reachable(timeout=1)
+    ok, why = weights.hub_reachable(timeout=1)
     assert not ok and seen == [("proxy.example.org", 3128)]
 
 
@@ -210,7 +210,7 @@ def test_reduced_scale_jpeg_decoding_keeps_embeddings_close(tiny_model_dir, tmp_
     from pathlib import Path
 
     from otolith_core.data import ImageRecord, load_image
-    from otolith_core.feature_extractor import decode_min_side
+    from otolith_core.encoders import decode_min_side
 
     rng = np.random.default_rng(0)
     pixels = (rng.random((2000, 3000, 3)) * 40).astype(np.uint8)
@@ -231,10 +231,9 @@ def test_reduced_scale_jpeg_decoding_keeps_embeddings_close(tiny_model_dir, tmp_
 def test_cpu_choice_of_bf16_needs_bf16_instructions(tiny_model_dir, monkeypatch, has_bf16, expected):
     import dataclasses
 
-    from otolith_core import feature_extractor
-    from otolith_core.registry import Precision
+    from otolith_core.encoders import Precision, encoder
 
-    monkeypatch.setattr(feature_extractor, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(encoder, "cpu_has_bf16", lambda: has_bf16)
     spec = dataclasses.replace(resolve_encoder(f"local-dir:{tiny_model_dir}"), precision=Precision(cpu="bf16"))
     assert load_encoder(spec, device="cpu").precision == expected
     assert load_encoder(spec, device="cpu", precision="bf16").precision == "bf16"  # asked for: given

@@ -1,0 +1,187 @@
+"""Where an encoder's files are: the Hugging Face cache, a download, or a folder; never hang offline.
+
+No torch here. Every weights-file lookup of the package goes through :func:`local_weights_file`
+and :func:`fetch_hub_file`, so the loader and the cache key always name the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+from .spec import EncoderSpec, EncoderUnavailable
+
+NETWORK_PROBE_SECONDS = 3.0
+# Files that hold a model's weights, in order of preference, per library.
+OPEN_CLIP_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPEN_CLIP_LOCAL_WEIGHTS = OPEN_CLIP_HUB_WEIGHTS + (
+    "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin",
+)
+TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what timm's save_for_hf / push_to_hub write
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+TIMM_CONFIG = "config.json"
+
+
+def config_file(spec: EncoderSpec) -> str:
+    """Name of the configuration file a hub repo or folder of this encoder's library holds."""
+    return TIMM_CONFIG if spec.family == "timm" else OPEN_CLIP_CONFIG
+
+
+def weight_files(spec: EncoderSpec) -> tuple[str, ...]:
+    if spec.family == "timm":
+        return TIMM_WEIGHTS
+    return OPEN_CLIP_LOCAL_WEIGHTS if spec.loader == "local-dir" else OPEN_CLIP_HUB_WEIGHTS
+
+
+def local_weights_file(spec: EncoderSpec) -> Path | None:
+    """The weights file of a ``local-dir`` or ``checkpoint`` encoder, or None when it is missing."""
+    if spec.loader == "checkpoint":
+        path = Path(spec.weights_path or "").expanduser()
+        return path if path.is_file() else None
+    if spec.loader == "local-dir":
+        folder = Path(spec.model_id)
+        return next((folder / name for name in weight_files(spec) if (folder / name).is_file()), None)
+    return None
+
+
+def weights_available(spec: EncoderSpec, *, weights_dir: str | Path | None = None) -> bool:
+    """Whether the encoder can be built without a download (no network access, no torch import)."""
+    if spec.loader == "builtin":
+        return True
+    if spec.loader in ("local-dir", "checkpoint"):
+        return local_weights_file(spec) is not None
+    repo = spec.weights_repo or (spec.model_id if spec.loader == "hf-hub" else None)
+    if repo is None:
+        return False
+    weights = any(cached_hub_file(repo, f, weights_dir) for f in weight_files(spec))
+    config_ok = spec.loader != "hf-hub" or cached_hub_file(repo, config_file(spec), weights_dir)
+    return weights and bool(config_ok)
+
+
+def read_json(path: str | Path, *, encoder: str) -> dict:
+    """A model's JSON config, or an error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EncoderUnavailable(f"encoder {encoder!r}: cannot read model config {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EncoderUnavailable(f"encoder {encoder!r}: model config {str(path)!r} is not a JSON object")
+    return data
+
+
+def cached_hub_file(repo: str, filename: str, weights_dir: str | Path | None) -> str | None:
+    """Local path of ``filename`` of hub repo ``repo`` if it is in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=str(weights_dir) if weights_dir else None)
+    return found if isinstance(found, str) else None
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return flag or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = NETWORK_PROBE_SECONDS) -> tuple[bool, str]:
+    """Can a TCP connection to the Hugging Face endpoint be opened within ``timeout`` seconds?
+
+    Name lookup has no timeout of its own, so the probe runs in a daemon thread.
+    """
+    from urllib.request import getproxies
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = getproxies().get(url.scheme) or getproxies().get("all")
+    if proxy and not _bypasses_proxy(host):
+        proxy_url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_url.hostname or host, proxy_url.port or 8080  # behind a proxy, the proxy must answer
+    outcome: list[str] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append("")
+        except OSError as exc:
+            outcome.append(f"{host} unreachable: {exc}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if not outcome:
+        return False, f"{host} did not answer within {timeout:.0f} s"
+    return outcome[0] == "", outcome[0]
+
+
+def _bypasses_proxy(host: str) -> bool:
+    from urllib.request import proxy_bypass
+
+    try:
+        return bool(proxy_bypass(host))
+    except OSError:
+        return False
+
+
+def fetch_hub_file(
+    repo: str,
+    filenames: str | Sequence[str],
+    *,
+    encoder: str,
+    download_size: str = "unknown size",
+    weights_dir: str | Path | None = None,
+) -> str:
+    """Local path of the first of ``filenames`` in hub repo ``repo``: from the cache, else downloaded.
+
+    Fails within a few seconds, with instructions, when the file is not cached and the hub cannot be
+    reached (instead of huggingface_hub's ~25 s of retries per file).
+
+    Raises
+    ------
+    EncoderUnavailable : not cached and not downloadable now.
+    FileNotFoundError : the hub answered and the repo holds none of ``filenames``.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    names = [filenames] if isinstance(filenames, str) else list(filenames)
+    for name in names:
+        cached = cached_hub_file(repo, name, weights_dir)
+        if cached:
+            return cached
+    if hub_offline():
+        raise EncoderUnavailable(_missing_message(encoder, repo, names, download_size, "HF_HUB_OFFLINE is set", weights_dir))
+    ok, why = hub_reachable()
+    if not ok:
+        raise EncoderUnavailable(_missing_message(encoder, repo, names, download_size, why, weights_dir))
+    last_error: Exception | None = None
+    for name in names:
+        try:
+            return hf_hub_download(repo, name, cache_dir=str(weights_dir) if weights_dir else None)
+        except EntryNotFoundError as exc:
+            last_error = exc
+        except Exception as exc:  # network faults, auth, disk full: all end the same way for the user
+            raise EncoderUnavailable(
+                _missing_message(encoder, repo, names, download_size, f"download failed: {exc}", weights_dir)
+            ) from exc
+    raise FileNotFoundError(f"encoder {encoder!r}: hub repo {repo!r} has none of {names} ({last_error})")
+
+
+def _missing_message(encoder: str, repo: str, names: Sequence[str], size: str, why: str,
+                     weights_dir: str | Path | None) -> str:
+    from huggingface_hub import constants
+
+    where = weights_dir or constants.HF_HUB_CACHE
+    return (
+        f"weights for encoder {encoder!r} ({size}) are not on this machine and cannot be downloaded now ({why}).\n"
+        f"  - On a connected machine run `otolith extract --model {encoder} ...` once; weights are cached in {where}.\n"
+        f"  - Or download the model's config file and {names[0]} from https://huggingface.co/{repo} into one "
+        f"folder and use `--model local-dir:/path/to/that/folder`."
+    )

@@ -1,0 +1,221 @@
+import pytest
+
+from otolith_core.encoders import EncoderSpec, Preprocessing, presets, registry, resolve_encoder
+
+REQUIRED = {"clip-vit-l-14-336", "siglip-so400m-14-384", "siglip2-so400m-14-378", "siglip2-so400m-16-384",
+            "otolith-morphometrics", "pixels-32"}
+UNVERIFIABLE_OFFLINE = {"bioclip-2"}  # its config lives only on its hub repo (README: "what was verified")
+OPENCLIP_ENTRIES = [s for s in registry().values() if s.family == "open_clip" and s.name not in UNVERIFIABLE_OFFLINE]
+TORCH_ENTRIES = [s for s in registry().values() if s.family != "builtin"]
+# bf16 without bf16 instructions (this CI machine) is emulated and takes ~1 min per SO400M forward pass, so the
+# bf16 check runs once per tower type: these share siglip2-so400m-14-378's tower code, depth and width.
+# benchmarks/precision.py checks every entry on a machine with bf16 instructions.
+SAME_TOWER_AS_CHECKED = {"siglip-so400m-14-384", "siglip2-so400m-16-384", "siglip2-so400m-16-512"}
+
+
+def test_registry_holds_the_required_encoders_with_their_facts():
+    specs = registry()
+    assert REQUIRED <= set(specs)
+    for spec in specs.values():
+        assert spec.description and spec.year and spec.download_size
+        assert spec.embed_dim, f"{spec.name} states no embedding dim"
+    clip = specs["clip-vit-l-14-336"]
+    assert (clip.model_id, clip.pretrained) == ("ViT-L-14-336-quickgelu", "openai")
+    assert clip.preprocessing.resize_mode == "shortest" and clip.preprocessing.size == 336
+    for name in ("siglip-so400m-14-384", "siglip2-so400m-14-378", "siglip2-so400m-16-384"):
+        pre = specs[name].preprocessing
+        assert pre.resize_mode == "squash" and pre.mean == (0.5,) * 3 and pre.std == (0.5,) * 3
+
+
+@pytest.mark.parametrize("spec", OPENCLIP_ENTRIES, ids=lambda s: s.name)
+def test_entry_agrees_with_open_clip_own_configuration(spec):
+    """Stated preprocessing, weights location and activation match what open_clip ships for these weights."""
+    import open_clip
+
+    from otolith_core.encoders.open_clip_models import preprocessing_from_config
+
+    arch = spec.model_id if spec.loader == "openclip" else spec.architecture
+    tag = spec.pretrained if spec.loader == "openclip" else "webli"
+    tag_cfg = open_clip.get_pretrained_cfg(arch, tag)
+    assert tag_cfg, f"open_clip has no {arch}:{tag}"
+    model_cfg = open_clip.get_model_config(arch)
+    own, dim = preprocessing_from_config({"model_cfg": model_cfg, "preprocess_cfg": tag_cfg})
+    assert own == spec.preprocessing
+    assert dim == spec.embed_dim
+    repo = spec.weights_repo or spec.model_id
+    assert tag_cfg["hf_hub"].rstrip("/") == repo
+    assert bool(tag_cfg.get("quick_gelu", False)) == bool(model_cfg.get("quick_gelu", False))
+    # every plain OpenCLIP ViT says so, so that bf16 runs it through timm (open_clip's tower is slow there)
+    from otolith_core.encoders.open_clip_models import timm_vit_args
+
+    assert spec.bf16_via_timm == (timm_vit_args(model_cfg) is not None)
+
+
+TIMM_ENTRIES = [s for s in registry().values() if s.family == "timm"]
+
+
+@pytest.mark.parametrize("spec", TIMM_ENTRIES, ids=lambda s: s.name)
+def test_entry_agrees_with_timm_own_configuration(spec):
+    """Name, tag, weights repo and preprocessing as the installed timm has them (no weights needed)."""
+    import timm
+    import torch
+
+    from otolith_core.encoders.timm_models import preprocessing_from_pretrained_cfg
+
+    assert spec.model_id in timm.list_pretrained(spec.architecture + ".*")
+    with torch.device("meta"):
+        model = timm.create_model(spec.model_id, pretrained=False, num_classes=0)
+    cfg = model.pretrained_cfg
+    assert (cfg["architecture"], cfg["tag"], cfg["hf_hub_id"]) == (spec.architecture, spec.pretrained, spec.weights_repo)
+    own = preprocessing_from_pretrained_cfg(dict(cfg, **timm.data.resolve_model_data_config(model)))
+    assert own == spec.preprocessing
+    assert model.num_features == spec.embed_dim and not spec.keep_head
+    assert spec.pooling == "cls" and model.cls_token is not None  # DINOv2/v3 authors evaluate the class token
+    licence = cfg.get("license", "")
+    assert licence.split("-")[0].lower() in spec.licence.lower().replace(" ", "")
+
+
+def test_bioclip_2_states_what_its_model_card_says():
+    """Unverifiable offline (its config lives on its hub repo): at least its architecture's facts agree."""
+    import open_clip
+
+    spec = registry()["bioclip-2"]
+    cfg = open_clip.get_model_config(spec.architecture)
+    assert spec.embed_dim == cfg["embed_dim"] == 768 and spec.preprocessing.size == cfg["vision_cfg"]["image_size"]
+    assert spec.loader == "hf-hub" and spec.model_id == "imageomics/bioclip-2" and spec.licence == "MIT"
+
+
+def test_every_entry_states_its_licence_and_download():
+    for spec in registry().values():
+        assert spec.licence, f"{spec.name} states no licence"
+        assert spec.loader == "builtin" or spec.download_size_mb, f"{spec.name} states no download size"
+
+
+# Store keys of the entries that existed before the encoders package: computed by the code of that time,
+# so users' caches stay valid (an hour of extraction must never be recomputed because code moved).
+KEYS_BEFORE = {
+    ("clip-vit-l-14-336", "fp32"): "15d7abbb8a843bf5",
+    ("siglip-so400m-14-384", "fp32"): "fd4af81bb40993b3", ("siglip-so400m-14-384", "bf16"): "3696a6f346df09f5",
+    ("siglip2-so400m-14-378", "fp32"): "7c0cd1164cc13807", ("siglip2-so400m-14-378", "bf16"): "08415ec78d09b41c",
+    ("siglip2-so400m-16-384", "fp32"): "2029ccd8ee9517c8", ("siglip2-so400m-16-384", "bf16"): "b29f958c10ea70be",
+    ("otolith-morphometrics", "fp32"): "83b4e5326764f8cf", ("pixels-32", "fp32"): "e31986bfd0cbdd04",
+}
+
+
+def test_existing_stores_keep_their_keys(tmp_path):
+    from otolith_core.cache import FileHashes, encoder_fingerprint
+
+    hashes = FileHashes(tmp_path)
+    specs = registry()
+    for (name, precision), key in KEYS_BEFORE.items():
+        assert encoder_fingerprint(specs[name], hashes, precision)[:16] == key, (name, precision)
+    # CLIP in bf16 now runs through timm: a store of its own, never the old open_clip-bf16 one (a7558e11...)
+    assert encoder_fingerprint(specs["clip-vit-l-14-336"], hashes, "bf16")[:16] != "a7558e114b10ea16"
+
+
+def _random_full_size_model(spec):
+    """(module computing the embedding in the encoder's fp32 implementation, transform, twin or None) with random
+    weights; for a plain OpenCLIP ViT the twin is timm's ViT holding the same weights (its bf16 implementation)."""
+    import torch
+
+    from otolith_core.encoders import open_clip_models, timm_models
+
+    torch.manual_seed(0)
+    if spec.family == "timm":
+        import timm
+
+        model = timm.create_model(spec.model_id, pretrained=False, **({} if spec.keep_head else {"num_classes": 0}))
+        own = timm_models.preprocessing_from_pretrained_cfg(
+            dict(model.pretrained_cfg, **timm.data.resolve_model_data_config(model)))
+        assert own == spec.preprocessing, f"{spec.name}: stated {spec.preprocessing}, timm's own {own}"
+        if spec.pooling != "default":
+            model = timm_models.pooled_tokens(model, spec.pooling, encoder=spec.name)
+        return model.eval(), timm_models.build_transform(spec.preprocessing), None
+    import open_clip
+
+    cfg = open_clip.get_model_config(spec.model_id if spec.loader == "openclip" else spec.architecture)
+    tower = open_clip_models.open_clip_tower(cfg).eval()
+    twin = None
+    if spec.bf16_via_timm:
+        twin = open_clip_models.timm_tower(cfg, tower.state_dict(), encoder=spec.name).eval()
+    return tower, open_clip_models.build_transform(spec.preprocessing), twin
+
+
+def _cosine(a, b):
+    import numpy as np
+
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", TORCH_ENTRIES, ids=lambda s: s.name)
+def test_real_architecture_with_random_weights_has_the_stated_shape_and_precision(spec):
+    """Build each registered model at full size (random weights) once: dim, input size, and the stated CPU
+    precision, run by the implementation the encoder picks for it, stays within the cosine floor of fp32."""
+    import numpy as np
+    from PIL import Image
+
+    from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, TorchEncoder, implementation_for
+
+    module, transform, twin = _random_full_size_model(spec)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((300, 400, 3)) * 255).astype(np.uint8))
+    assert tuple(transform(image).shape) == (3, spec.preprocessing.size, spec.preprocessing.size)
+    run = dict(device="cpu", batch_size=1, implementation=spec.family)
+    plain = TorchEncoder(spec, module, transform, precision="fp32", **run).embed([image])
+    assert plain.shape == (1, spec.embed_dim)
+    if spec.name == "clip-vit-l-14-336":
+        from open_clip.transformer import QuickGELU
+
+        assert any(isinstance(m, QuickGELU) for m in module.modules()), "OpenAI weights need QuickGELU"
+    if twin is not None:  # the same weights in timm's ViT: the same embedding
+        same = TorchEncoder(spec, twin, transform, precision="fp32", **run).embed([image])
+        assert _cosine(plain[0], same[0]) >= 0.9999
+    if spec.precision.cpu != "fp32" and spec.name not in SAME_TOWER_AS_CHECKED:
+        fast = twin if implementation_for(spec, spec.precision.cpu) != spec.family else module
+        reduced = TorchEncoder(spec, fast, transform, precision=spec.precision.cpu, **run).embed([image])
+        cosine = _cosine(plain[0], reduced[0])
+        assert cosine >= REDUCED_PRECISION_COSINE_FLOOR, f"{spec.name} in {spec.precision.cpu}: cosine {cosine}"
+        assert not np.array_equal(plain, reduced), "autocast did not run"
+
+
+def test_precision_is_stated_per_device_and_checked():
+    from otolith_core.encoders import Precision
+
+    specs = registry()
+    assert specs["clip-vit-l-14-336"].precision == Precision(cpu="bf16", cuda="fp16")  # bf16 through timm's ViT
+    for name in ("siglip-so400m-14-384", "siglip2-so400m-14-378", "siglip2-so400m-16-384"):
+        assert specs[name].precision == Precision(cpu="bf16", cuda="bf16")
+    assert specs["pixels-32"].precision == Precision()  # fp32 unless stated
+    clip = specs["clip-vit-l-14-336"].precision
+    assert (clip.for_device("cpu"), clip.for_device("cuda:1"), clip.for_device("mps")) == ("bf16", "fp16", "fp32")
+    with pytest.raises(ValueError, match="CUDA"):
+        Precision(cpu="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        Precision(cuda="int8")
+
+
+def test_unknown_name_lists_close_names():
+    with pytest.raises(KeyError, match="siglip2-so400m-14-378"):
+        resolve_encoder("siglip2-so400m-14-387")
+
+
+def test_ad_hoc_openclip_name_resolves_with_its_own_preprocessing():
+    spec = resolve_encoder("ViT-B-32:laion2b_s34b_b79k")
+    assert spec.loader == "openclip" and spec.embed_dim == 512 and spec.preprocessing.size == 224
+    assert spec.weights_repo == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    with pytest.raises(KeyError, match="no weights tag"):
+        resolve_encoder("ViT-B-32:not-a-tag")
+
+
+def test_spec_validation_names_the_problem():
+    with pytest.raises(ValueError, match="loader"):
+        EncoderSpec(name="x", loader="magic", model_id="x")
+    with pytest.raises(ValueError, match="preprocessing"):
+        EncoderSpec(name="x", loader="hf-hub", model_id="org/x")
+    with pytest.raises(ValueError, match="resize_mode"):
+        Preprocessing(size=224, resize_mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_cod_preset_clips_ages_to_one_through_ten():
+    assert presets()["cod"]["age_range"] == [1, 10]
