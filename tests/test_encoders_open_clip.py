@@ -237,3 +237,27 @@ def test_cpu_choice_of_bf16_needs_bf16_instructions(tiny_model_dir, monkeypatch,
     spec = dataclasses.replace(resolve_encoder(f"local-dir:{tiny_model_dir}"), precision=Precision(cpu="bf16"))
     assert load_encoder(spec, device="cpu").precision == expected
     assert load_encoder(spec, device="cpu", precision="bf16").precision == "bf16"  # asked for: given
+
+
+def test_a_plain_vit_runs_as_timm_twin_under_bf16_with_the_same_weights(tiny_model_dir):
+    """CLIP at bf16 speed: under bf16 a plain OpenCLIP ViT (here a local-dir one) is built as timm's
+    VisionTransformer from the same checkpoint; in fp32 the twin equals open_clip's tower (cosine >= 0.9999),
+    and its bf16 embeddings stay within the floor of fp32."""
+    from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, TorchEncoder, implementation_for
+    from otolith_core.encoders.open_clip_models import build_tower
+
+    spec = resolve_encoder(f"local-dir:{tiny_model_dir}")
+    assert spec.bf16_via_timm
+    assert (implementation_for(spec, "bf16"), implementation_for(spec, "fp32")) == ("timm", "open_clip")
+    images = _images()
+    reference = _reference_embeddings(tiny_model_dir, images)
+    twin, transform = build_tower(spec, implementation="timm")
+    assert type(twin).__name__ == "VisionTransformer" and type(twin).__module__.startswith("timm")
+    same = TorchEncoder(spec, twin, transform, device="cpu", batch_size=3, implementation="timm").embed(images)
+    cosine = np.sum(same * reference, 1) / np.linalg.norm(same, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.9999
+    fast = load_encoder(spec, device="cpu", precision="bf16")
+    assert fast.implementation == "timm" and load_encoder(spec, device="cpu").implementation == "open_clip"
+    reduced = fast.embed(images)
+    cosine = np.sum(reduced * reference, 1) / np.linalg.norm(reduced, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= REDUCED_PRECISION_COSINE_FLOOR and not np.allclose(reduced, reference, atol=1e-7)

@@ -7,10 +7,12 @@ REQUIRED = {"clip-vit-l-14-336", "siglip-so400m-14-384", "siglip2-so400m-14-378"
 UNVERIFIABLE_OFFLINE = {"bioclip-2"}  # its config lives only on its hub repo (README: "what was verified")
 OPENCLIP_ENTRIES = [s for s in registry().values() if s.family == "open_clip" and s.name not in UNVERIFIABLE_OFFLINE]
 TORCH_ENTRIES = [s for s in registry().values() if s.family != "builtin"]
-# bf16 without bf16 instructions (this CI machine) is emulated and takes ~1 min per SO400M forward pass, so the
-# bf16 check runs once per tower type: these share siglip2-so400m-14-378's tower code, depth and width.
-# benchmarks/precision.py checks every entry on a machine with bf16 instructions.
-SAME_TOWER_AS_CHECKED = {"siglip-so400m-14-384", "siglip2-so400m-16-384", "siglip2-so400m-16-512"}
+# bf16 without bf16 instructions (this CI machine) is emulated and takes up to a minute per forward pass, so the
+# bf16 check runs once per tower type. The SigLIP entries share siglip2-so400m-14-378's tower code, depth and
+# width; DINOv2 and BioCLIP 2 run bf16 as timm's VisionTransformer ViT-L, as CLIP's twin does (checked).
+# benchmarks/precision.py checked every entry on a machine with bf16 instructions (benchmarks/README.md).
+SAME_TOWER_AS_CHECKED = {"siglip-so400m-14-384", "siglip2-so400m-16-384", "siglip2-so400m-16-512",
+                         "dinov2-vitl14-reg", "bioclip-2"}
 
 
 def test_registry_holds_the_required_encoders_with_their_facts():

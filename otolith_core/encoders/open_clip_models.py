@@ -21,7 +21,7 @@ from .weights import OPEN_CLIP_CONFIG, OPEN_CLIP_HUB_WEIGHTS, OPEN_CLIP_LOCAL_WE
 
 # Keys of open_clip's vision_cfg a plain ViT may carry, with the values that keep it plain; any other key
 # or value (attention pooling, a timm trunk, layer scale, ...) keeps the tower on open_clip's own code.
-_PLAIN_VIT_DEFAULTS = {"head_width": 64, "mlp_ratio": 4.0, "patch_dropout": 0.0, "output_tokens": False,
+_PLAIN_VIT_DEFAULTS = {"patch_dropout": 0.0, "output_tokens": False,
                        "attentional_pool": False, "pool_type": "tok", "final_ln_after_pool": False,
                        "no_ln_pre": False, "pos_embed_type": "learnable", "ls_init_value": None,
                        "global_average_pool": False, "input_patchnorm": False}
@@ -49,8 +49,8 @@ def preprocessing_from_config(config: dict[str, Any]) -> tuple[Preprocessing, in
 def timm_vit_args(model_cfg: dict[str, Any]) -> dict[str, Any] | None:
     """Arguments of timm's ``VisionTransformer`` equal to this OpenCLIP tower, or None if it is not a plain ViT."""
     vision = dict(model_cfg.get("vision_cfg") or {})
-    required = ("layers", "width", "patch_size", "image_size")
-    if not all(k in vision for k in required) or not isinstance(vision["layers"], int):
+    required = ("layers", "width", "patch_size", "image_size", "head_width", "mlp_ratio")  # any value maps to timm
+    if not all(k in vision for k in required[:4]) or not isinstance(vision["layers"], int):
         return None  # a ResNet (layers as a tuple) or a timm/HF trunk
     size = vision["image_size"]
     if isinstance(size, (list, tuple)):
