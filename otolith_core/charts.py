@@ -140,3 +140,33 @@ def learning_curve_chart(curve: pd.DataFrame, metric: str = "accuracy") -> alt.C
         y=alt.Y("mean:Q", title=f"{METRIC_LABELS[metric]} (mean ± SD over folds)"),
         tooltip=["model", "train_fraction", alt.Tooltip("n_train:Q", format=".0f"), alt.Tooltip("mean:Q", format=".3f")])
     return alt.layer(band, line).properties(title=f"Learning curve: {METRIC_LABELS[metric]}", height=320)
+
+
+PER_AGE_VALUES = {"recall": "Recall (share read right)", "precision": "Precision", "f1": "F1",
+                  "pm1_share": "Share within ±1 year", "mean_error": "Mean error (model − reader, years)"}
+
+
+def per_age_heatmap(per_age: pd.DataFrame, value: str = "recall") -> alt.Chart:
+    """A heat table: one row per model, one column per reader age, the value written in each cell.
+
+    Parameters
+    ----------
+    per_age : ``Comparison.per_age_frame()``.
+    value : a column of it: ``recall``, ``precision``, ``f1``, ``pm1_share`` or ``mean_error`` (diverging colours).
+    """
+    if value not in PER_AGE_VALUES:
+        raise ValueError(f"unknown per-age value {value!r}; choose from {list(PER_AGE_VALUES)}")
+    data = per_age.assign(model=per_age["encoder"] + " / " + per_age["head"], shown=per_age[value])
+    diverging = value == "mean_error"
+    limit = float(data["shown"].abs().max() or 1) if diverging else 1.0
+    scale = (alt.Scale(scheme="redblue", domain=[-limit, limit]) if diverging
+             else alt.Scale(scheme="blues", domain=[0, 1]))
+    base = alt.Chart(data).encode(x=alt.X("age:O", title="reader age (years)"), y=alt.Y("model:N", title=None, sort=None))
+    cells = base.mark_rect().encode(
+        color=alt.Color("shown:Q", title=PER_AGE_VALUES[value], scale=scale),
+        tooltip=["encoder", "head", "age", "n", alt.Tooltip("recall:Q", format=".2f"),
+                 alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("f1:Q", format=".2f"),
+                 alt.Tooltip("mean_error:Q", format="+.2f"), alt.Tooltip("pm1_share:Q", format=".2f")])
+    text = base.mark_text(fontSize=10).encode(text=alt.Text("shown:Q", format="+.1f" if diverging else ".2f"))
+    return alt.layer(cells, text).properties(title=PER_AGE_VALUES[value] + " per reader age (first repeat)",
+                                              height=alt.Step(22))

@@ -31,11 +31,12 @@ PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "path", "tru
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
 FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
-                "ape", "cv", "rmse_raw", "n_train", "alpha"]
+                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha"]
 SUMMARY_COLUMNS = (["encoder", "head", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"])
 TEST_COLUMNS = ["metric", "encoder_a", "head_a", "encoder_b", "head_b", "mean_diff", "t", "p_value", "test", "p_holm"]
 AGEBIAS_COLUMNS = ["encoder", "head", "true_age", "n", "mean_pred", "ci_low", "ci_high"]
+PER_AGE_COLUMNS = ["encoder", "head", "age", "n", "recall", "precision", "f1", "mean_error", "pm1_share"]
 SYMMETRY_COLUMNS = ["encoder", "head", "statistic", "df", "p_value", "test"]
 LEARNING_COLUMNS = ["encoder", "head", "train_fraction", "repeat", "fold", "n_train", "accuracy", "pm1_accuracy", "rmse"]
 
@@ -177,6 +178,14 @@ class Comparison:
             rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in age_bias(true, pred)]
         return pd.DataFrame(rows, columns=AGEBIAS_COLUMNS)
 
+    def per_age_frame(self) -> pd.DataFrame:
+        """``per_age.csv``: per (encoder, head) and reader age, from the first repeat's out-of-fold predictions."""
+        rows = []
+        for r in self.results:
+            _, true, pred = r.first_repeat()
+            rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in per_age_scores(true, pred)]
+        return pd.DataFrame(rows, columns=PER_AGE_COLUMNS)
+
     def symmetry_frame(self) -> pd.DataFrame:
         """Bowker's test of symmetry of the reader-vs-model age table per (encoder, head), first repeat."""
         rows = []
@@ -189,6 +198,24 @@ class Comparison:
 
     def learning_curve_frame(self) -> pd.DataFrame:
         return self.learning_curve if self.learning_curve is not None else pd.DataFrame(columns=LEARNING_COLUMNS)
+
+
+def per_age_scores(true: np.ndarray, pred: np.ndarray) -> list[dict]:
+    """For each reader age: images, recall (share read right), precision (share of the model's calls of that
+    age that are right; NaN when it never predicts it), F1, mean signed error (model minus reader, years)
+    and the share within one year."""
+    true, pred = np.asarray(true), np.asarray(pred)
+    rows = []
+    for age in np.unique(true):
+        read, called = true == age, pred == age
+        hits = int(np.sum(read & called))
+        recall = hits / int(read.sum())
+        precision = hits / int(called.sum()) if called.any() else float("nan")
+        f1 = 2 * hits / (int(read.sum()) + int(called.sum()))
+        rows.append({"age": int(age), "n": int(read.sum()), "recall": recall, "precision": precision, "f1": f1,
+                     "mean_error": float(np.mean(pred[read] - age)),
+                     "pm1_share": float(np.mean(np.abs(pred[read] - age) <= 1))})
+    return rows
 
 
 def model_label(encoder: str, head: str) -> str:

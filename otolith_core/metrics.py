@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("accuracy", "pm1_accuracy", "rmse", "mae", "ape", "cv")
+METRICS = ("accuracy", "pm1_accuracy", "rmse", "mae", "ape", "cv", "macro_f1")
 METRIC_LABELS = {"accuracy": "Accuracy", "pm1_accuracy": "±1 accuracy", "rmse": "RMSE (years)", "mae": "MAE (years)",
-                 "ape": "APE (%)", "cv": "CV (%)", "rmse_raw": "RMSE of the unrounded prediction (years)"}
-HIGHER_IS_BETTER = {"accuracy": True, "pm1_accuracy": True, "rmse": False, "mae": False, "ape": False, "cv": False}
+                 "ape": "APE (%)", "cv": "CV (%)", "macro_f1": "Macro-F1",
+                 "rmse_raw": "RMSE of the unrounded prediction (years)"}
+HIGHER_IS_BETTER = {"accuracy": True, "pm1_accuracy": True, "rmse": False, "mae": False, "ape": False, "cv": False,
+                    "macro_f1": True}
 
 
 def _pair(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +61,22 @@ def coefficient_of_variation(true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.sqrt(2.0) * average_percent_error(true, pred))
 
 
+def macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
+    """Unweighted mean over ages of each age's F1, over every age that is read or predicted (as scikit-learn's
+    ``f1_score(average="macro", zero_division=0)``): rare old fish weigh as much as common young ones."""
+    true, pred = _pair(true, pred)
+    ages = np.union1d(true, pred)
+    hits = np.array([np.sum((true == a) & (pred == a)) for a in ages], dtype=float)
+    totals = np.array([np.sum(true == a) + np.sum(pred == a) for a in ages], dtype=float)
+    return float(np.mean(2 * hits / totals))  # every age occurs in one of the two, so no total is zero
+
+
 def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """All metrics of one fold, keyed as in ``METRICS``."""
     return {"accuracy": accuracy(true, pred), "pm1_accuracy": pm1_accuracy(true, pred),
             "rmse": rmse(true, pred), "mae": mae(true, pred),
-            "ape": average_percent_error(true, pred), "cv": coefficient_of_variation(true, pred)}
+            "ape": average_percent_error(true, pred), "cv": coefficient_of_variation(true, pred),
+            "macro_f1": macro_f1(true, pred)}
 
 
 def mean_sd(values: np.ndarray) -> tuple[float, float]:

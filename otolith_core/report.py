@@ -120,6 +120,7 @@ def result_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
         "predictions.csv": comparison.predictions_frame(),
         "ttests.csv": comparison.tests_frame(),
         "agebias.csv": comparison.agebias_frame(),
+        "per_age.csv": comparison.per_age_frame(),
         "symmetry.csv": comparison.symmetry_frame(),
         "skipped.csv": comparison.skipped_frame(),
     }

@@ -154,3 +154,22 @@ def test_learning_curve_chart_shows_mean_and_sd_over_folds():
     assert rows.loc[0.5, "low"] == pytest.approx(0.4 - sd) and rows.loc[0.5, "high"] == pytest.approx(0.4 + sd)
     assert rows.loc[1.0, "low"] == rows.loc[1.0, "high"] == pytest.approx(0.6)
 
+
+
+def test_per_age_heatmap_has_a_cell_per_model_and_age_with_its_value():
+    from otolith_core.charts import per_age_heatmap
+    from otolith_core.evaluation import PER_AGE_COLUMNS, per_age_scores
+
+    rows = [{"encoder": "enc-a", "head": "ridge", **r}
+            for r in per_age_scores(np.array([1, 1, 2, 2, 3]), np.array([1, 2, 2, 2, 1]))]
+    per_age = pd.DataFrame(rows, columns=PER_AGE_COLUMNS)
+    spec = per_age_heatmap(per_age, "recall").to_dict()
+    cells, text = _layers(spec)
+    data = _rows(spec, cells)
+    assert [(r["model"], r["age"], r["shown"]) for r in data] == [("enc-a / ridge", 1, 0.5), ("enc-a / ridge", 2, 1.0),
+                                                                   ("enc-a / ridge", 3, 0.0)]
+    assert cells["mark"]["type"] == "rect" and text["encoding"]["text"]["field"] == "shown"
+    diverging = per_age_heatmap(per_age, "mean_error").to_dict()
+    assert _layers(diverging)[0]["encoding"]["color"]["scale"]["domain"] == [-2.0, 2.0]  # symmetric around 0
+    with pytest.raises(ValueError, match="recall"):
+        per_age_heatmap(per_age, "kappa")

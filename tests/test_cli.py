@@ -86,6 +86,30 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     assert set(tests.test) == {"paired_t", "corrected_t", "wilcoxon", "mcnemar"}
 
 
+def test_per_age_scores_are_recomputable_from_predictions(demo_run):
+    """per_age.csv recomputed by hand from the first repeat of predictions.csv (sklearn's per-class report)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    out, _ = demo_run
+    pred = pd.read_csv(out / "predictions.csv")
+    per_age = pd.read_csv(out / "per_age.csv")
+    assert list(per_age.columns) == ["encoder", "head", "age", "n", "recall", "precision", "f1", "mean_error",
+                                     "pm1_share"]
+    for (encoder, head), group in pred[pred.repeat == 0].groupby(["encoder", "head"]):
+        table = per_age[(per_age.encoder == encoder) & (per_age["head"] == head)].set_index("age")
+        ages = np.sort(group.true_age.unique())
+        assert list(table.index) == list(ages)
+        p, r, f, n = precision_recall_fscore_support(group.true_age, group.pred_age, labels=ages, zero_division=np.nan)
+        np.testing.assert_allclose(table.recall, r)
+        np.testing.assert_allclose(table.f1, np.nan_to_num(f, nan=0.0))
+        np.testing.assert_allclose(table.precision, p)  # NaN where the model never predicts that age
+        assert list(table.n) == list(n)
+        for age, row in table.iterrows():
+            read = group[group.true_age == age]
+            assert row.mean_error == pytest.approx((read.pred_age - age).mean())
+            assert row.pm1_share == pytest.approx(((read.pred_age - age).abs() <= 1).mean())
+
+
 @pytest.mark.slow
 def test_morphometrics_beats_the_pixel_floor_on_the_demo(demo_run):
     summary = pd.read_csv(demo_run[0] / "summary.csv").set_index(["encoder", "head"])

@@ -11,7 +11,8 @@ def test_metrics_against_hand_computation():
     assert pm1_accuracy(true, pred) == 0.75
     assert rmse(true, pred) == pytest.approx(np.sqrt((0 + 1 + 4 + 0) / 4))
     assert mae(true, pred) == 0.75
-    assert set(score(true, pred)) == {"accuracy", "pm1_accuracy", "rmse", "mae", "ape", "cv"}
+    assert set(score(true, pred)) == {"accuracy", "pm1_accuracy", "rmse", "mae", "ape", "cv", "macro_f1"}
+    assert score(true, pred)["macro_f1"] == pytest.approx(2 / 5)  # ages 3..7: F1 1, 0, 0, 1, 0
 
 
 def test_mean_sd_uses_the_sample_sd():
@@ -34,3 +35,16 @@ def test_ape_and_cv_follow_the_fisheries_formulas():
     # CV from its definition with R = 2 readings: 100 * sd / mean per fish
     per_fish = [100 * np.std([4, 6], ddof=1) / 5, 0, 0]
     assert coefficient_of_variation(true, pred) == pytest.approx(np.mean(per_fish))
+
+
+def test_macro_f1_equals_scikit_learn_over_read_and_predicted_ages():
+    from sklearn.metrics import f1_score
+
+    from otolith_core.metrics import macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true = rng.integers(1, 9, 60)
+        pred = np.clip(true + rng.integers(-2, 3, 60), 0, 11)  # predicts ages never read, misses others
+        assert macro_f1(true, pred) == pytest.approx(f1_score(true, pred, average="macro", zero_division=0))
+    assert macro_f1(np.array([3, 3, 5]), np.array([3, 3, 3])) == pytest.approx((0.8 + 0.0) / 2)

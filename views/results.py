@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, age_bias_plot, fold_lines, learning_curve_chart,
-                                 metric_bars)
+from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, PER_AGE_VALUES, age_bias_plot, fold_lines,
+                                 learning_curve_chart, metric_bars, per_age_heatmap)
 from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR
 from otolith_core.metrics import METRIC_LABELS
 from views.comparison import current_comparison
@@ -25,9 +25,9 @@ scheme = f"{comparison.repeats} × {comparison.n_folds}-fold" if comparison.repe
 grouping = ", photos of a fish kept in one fold" if comparison.grouped_by_fish else ""
 st.subheader(f"Summary: {scheme} stratified CV (seed {comparison.seed}{grouping}), mean ± SD over folds")
 table = pd.DataFrame({"encoder": summary["encoder"], "head": summary["head"], "images": summary["n_images"]})
-for metric in ("accuracy", "pm1_accuracy", "rmse", "mae"):
+for metric in ("accuracy", "pm1_accuracy", "rmse", "mae", "macro_f1"):
     mean, sd = summary[f"{metric}_mean"], summary[f"{metric}_sd"]
-    percent = metric in ("accuracy", "pm1_accuracy")
+    percent = metric in ("accuracy", "pm1_accuracy", "macro_f1")
     table[METRIC_LABELS[metric]] = [f"{m:.2%} ± {s:.2%}" if percent else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy {PAPER_COD['accuracy']:.2%}, ±1 accuracy "
@@ -76,6 +76,13 @@ left.altair_chart(age_bias_plot(comparison.agebias_frame()), width="stretch")
 right.caption("Bowker's test of symmetry of the reader-vs-model age table (first repeat): a small p means the "
               "model systematically reads older or younger than the reader for some ages.")
 right.dataframe(comparison.symmetry_frame().drop(columns="test"), hide_index=True, width="stretch")
+
+st.subheader("Per reader age")
+st.caption("Old fish are rare and hard: a model can score well overall and still never read them right. "
+           "Hover a cell for every number; per_age.csv holds them all.")
+per_age_value = st.radio("Value", list(PER_AGE_VALUES), horizontal=True, format_func=PER_AGE_VALUES.get,
+                         key="per_age_value")
+st.altair_chart(per_age_heatmap(comparison.per_age_frame(), per_age_value), width="stretch")
 
 if comparison.learning_curve is not None:
     st.subheader("Learning curve")
