@@ -5,6 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from .evaluation import NO_SKILL
 from .metrics import METRIC_LABELS
 
 # Sigurdardottir et al. 2023, Atlantic cod, CLIP ViT-L/14@336 + Ridge, 10-fold CV.
@@ -15,14 +16,18 @@ BAR_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 
 def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, width: int = 260,
                 height: int = 300) -> alt.Chart:
-    """Bars of one metric's mean per encoder (grouped by head), SD error bars, the paper's cod value as a rule.
+    """Bars of one metric's mean per encoder (grouped by head), SD error bars, the paper's cod value as a rule,
+    and the no-skill baseline's value (always the most common training age) as a dotted rule.
 
     Parameters
     ----------
-    summary : ``Comparison.summary_frame()`` (columns ``encoder, head, <metric>_mean, <metric>_sd``).
+    summary : ``Comparison.summary_frame()`` (columns ``encoder, head, <metric>_mean, <metric>_sd``); its
+        ``no-skill`` row becomes the dotted rule, not a bar.
     metric : ``accuracy``, ``pm1_accuracy`` or ``rmse``.
     reference : draw the published cod value, labelled as such.
     """
+    no_skill = summary[summary["encoder"] == NO_SKILL]
+    summary = summary[summary["encoder"] != NO_SKILL]
     data = summary.assign(
         mean=summary[f"{metric}_mean"],
         low=summary[f"{metric}_mean"] - summary[f"{metric}_sd"].fillna(0),
@@ -50,6 +55,15 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
             y=alt.Y("value:Q", title=y_title), x=alt.value(0),
             text=alt.value(f"published, cod (CLIP + Ridge): {PAPER_COD[metric]:g}"))
         layers += [rule, text]
+    if not no_skill.empty:
+        value = float(no_skill[f"{metric}_mean"].iloc[0])
+        base_ref = pd.DataFrame({"value": [value], "label": ["no skill: always the most common training age"]})
+        layers += [
+            alt.Chart(base_ref).mark_rule(strokeDash=[2, 2], color="#b03a2e", strokeWidth=1.5).encode(
+                y=alt.Y("value:Q", title=y_title), tooltip=["label", alt.Tooltip("value:Q", format=".3f")]),
+            alt.Chart(base_ref).mark_text(align="right", dx=-2, dy=-6, fontSize=9, color="#b03a2e").encode(
+                y=alt.Y("value:Q", title=y_title), x=alt.value(width), text=alt.value(f"no skill: {value:.3g}")),
+        ]
     return alt.layer(*layers).properties(title=title, width=width, height=height)
 
 

@@ -286,8 +286,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png)
     summary = comparison.summary_frame()
     print()
+    enc_w, head_w = (int(summary[c].str.len().max()) for c in ("encoder", "head"))
     for row in summary.itertuples():
-        print(f"  {row.encoder:<28} {row.head:<8} accuracy {row.accuracy_mean:6.1%} ± {row.accuracy_sd:.1%}   "
+        print(f"  {row.encoder:<{enc_w}} {row.head:<{head_w}} accuracy {row.accuracy_mean:6.1%} ± {row.accuracy_sd:.1%}   "
               f"±1 {row.pm1_accuracy_mean:6.1%} ± {row.pm1_accuracy_sd:.1%}   RMSE {row.rmse_mean:.2f} ± {row.rmse_sd:.2f}")
     print(f"\nwrote {len(written)} files to {Path(args.out).resolve()}"
           + (f"; {len(comparison.skipped)} images skipped (skipped.csv)" if comparison.skipped else ""))

@@ -19,12 +19,13 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
-from .heads import HeadSpec, build_head, chosen_alpha, predict
+from .heads import BASELINE_HEAD, HeadSpec, build_head, chosen_alpha, predict
 from .metrics import METRICS, mean_sd, rmse, score
 from .stats import (PairedTest, age_bias, bowker_symmetry, corrected_t_test, holm_adjust, mcnemar_test,
                     paired_t_test, wilcoxon_test)
 
 TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
+NO_SKILL = "no-skill"  # the baseline's encoder name: no image at all, always the most common training age
 LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
 PARALLEL_MIN_IMAGES = 6000  # below this, starting worker processes for the folds costs more than it saves
 PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "path", "true_age", "pred_age", "pred_raw"]
@@ -135,16 +136,22 @@ class Comparison:
     failed_encoders: Mapping[str, str] = field(default_factory=dict)
     learning_curve: pd.DataFrame | None = None
     precisions: Mapping[str, str] = field(default_factory=dict)  # encoder -> arithmetic its embeddings came from
+    baseline: CVResult | None = None  # the no-skill reference on the same folds; in no paired test
+
+    @property
+    def scored(self) -> tuple[CVResult, ...]:
+        """Every result with a row in the score tables: the models, then the no-skill baseline."""
+        return self.results + ((self.baseline,) if self.baseline is not None else ())
 
     def summary_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([r.summary() for r in self.results], columns=SUMMARY_COLUMNS)
+        return pd.DataFrame([r.summary() for r in self.scored], columns=SUMMARY_COLUMNS)
 
     def folds_frame(self) -> pd.DataFrame:
-        frames = [r.fold_scores() for r in self.results]
+        frames = [r.fold_scores() for r in self.scored]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FOLD_COLUMNS)
 
     def predictions_frame(self) -> pd.DataFrame:
-        frames = [r.predictions() for r in self.results]
+        frames = [r.predictions() for r in self.scored]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
     def tests_frame(self) -> pd.DataFrame:
@@ -181,7 +188,7 @@ class Comparison:
     def per_age_frame(self) -> pd.DataFrame:
         """``per_age.csv``: per (encoder, head) and reader age, from the first repeat's out-of-fold predictions."""
         rows = []
-        for r in self.results:
+        for r in self.scored:
             _, true, pred = r.first_repeat()
             rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in per_age_scores(true, pred)]
         return pd.DataFrame(rows, columns=PER_AGE_COLUMNS)
@@ -475,9 +482,25 @@ def compare(
             results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,
                                     fold, repeat, alphas))
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
+    baseline = no_skill(ages, fold_sets, images, paths)
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
-                      {name: emb.precision for name, emb in embeddings.items()})
+                      {name: emb.precision for name, emb in embeddings.items()}, baseline)
+
+
+def no_skill(ages: np.ndarray, fold_sets: Sequence[np.ndarray], images: Sequence[str], paths: Sequence[str]) -> CVResult:
+    """The no-skill baseline on the given folds: each test fold gets its training fold's most common age
+    (the smallest of tied ages, as scikit-learn's ``DummyClassifier(strategy="most_frequent")``)."""
+    head = HeadSpec(BASELINE_HEAD)
+    nothing = np.zeros((ages.size, 1))  # it sees no image
+    parts = []
+    for r, folds in enumerate(fold_sets):
+        pred, raw, _ = cross_validate_head(nothing, ages, folds, head, n_jobs=1)
+        parts.append((pred, raw, folds, np.full(ages.size, r)))
+    pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
+    repeats = len(fold_sets)
+    return CVResult(NO_SKILL, head, tuple(images) * repeats, tuple(paths) * repeats, np.tile(ages, repeats), pred,
+                    raw, fold, repeat)
 
 
 def duplicate_warnings(emb: EmbeddingSet, rows: np.ndarray, images: Sequence[str], ages: np.ndarray,

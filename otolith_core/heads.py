@@ -20,6 +20,7 @@ from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScale
 from sklearn.svm import SVC
 
 HEADS = ("ridge", "svc", "ridge-cv")
+BASELINE_HEAD = "most-frequent"  # the no-skill reference: always the most common training age (not a choice)
 RIDGE_CV_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # searched inside each training fold
 SCALINGS = ("none", "l2", "standardize")
 
@@ -34,7 +35,7 @@ class HeadSpec:
     scaling: str = "l2"
 
     def __post_init__(self) -> None:
-        if self.name not in HEADS:
+        if self.name not in HEADS and self.name != BASELINE_HEAD:
             raise ValueError(f"unknown head {self.name!r}; choose from {list(HEADS)}")
         if self.scaling not in SCALINGS:
             raise ValueError(f"unknown scaling {self.scaling!r}; choose from {list(SCALINGS)}")
@@ -50,6 +51,8 @@ class HeadSpec:
     @property
     def params(self) -> dict:
         """The parameters that matter for this head (for tables and provenance)."""
+        if self.name == BASELINE_HEAD:
+            return {}  # no features, so no scaling either
         own = {"ridge": {"alpha": self.alpha}, "svc": {"C": self.C},
                "ridge-cv": {"alphas": f"{RIDGE_CV_ALPHAS[0]:g}..{RIDGE_CV_ALPHAS[-1]:g} ({len(RIDGE_CV_ALPHAS)} values)"}}
         return {**own[self.name], "scaling": self.scaling}
@@ -126,6 +129,10 @@ def build_head(spec: HeadSpec) -> Pipeline:
         "l2": Normalizer(norm="l2"),
         "standardize": StandardScaler(),
     }[spec.scaling]
+    if spec.name == BASELINE_HEAD:
+        from sklearn.dummy import DummyClassifier
+
+        return Pipeline([("scale", FunctionTransformer()), ("model", DummyClassifier(strategy="most_frequent"))])
     if spec.name == "ridge":
         model = RoundedRidge(alpha=spec.alpha)
     elif spec.name == "ridge-cv":

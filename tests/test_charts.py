@@ -173,3 +173,18 @@ def test_per_age_heatmap_has_a_cell_per_model_and_age_with_its_value():
     assert _layers(diverging)[0]["encoding"]["color"]["scale"]["domain"] == [-2.0, 2.0]  # symmetric around 0
     with pytest.raises(ValueError, match="recall"):
         per_age_heatmap(per_age, "kappa")
+
+
+def test_the_no_skill_row_is_a_dotted_rule_not_a_bar():
+    summary = _summary()
+    baseline = {"encoder": "no-skill", "head": "most-frequent"}
+    for k, metric in enumerate(BAR_METRICS):
+        baseline[f"{metric}_mean"], baseline[f"{metric}_sd"] = 0.2 + k, 0.01
+    summary = pd.concat([summary, pd.DataFrame([baseline])], ignore_index=True)
+    spec = metric_bars(summary, "accuracy").to_dict()
+    layers = _layers(spec)
+    bars = _rows(spec, layers[0])
+    assert "no-skill" not in {row["encoder"] for row in bars} and len(bars) == 3
+    dotted = [layer for layer in layers if layer["mark"].get("strokeDash") == [2, 2]]
+    assert len(dotted) == 1 and _rows(spec, dotted[0])[0]["value"] == pytest.approx(0.2)
+    assert len(_layers(metric_bars(_summary(), "accuracy").to_dict())) == len(layers) - 2  # no row, no rule

@@ -51,7 +51,7 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     folds = pd.read_csv(out / "folds.csv")
     summary = pd.read_csv(out / "summary.csv")
     tests = pd.read_csv(out / "ttests.csv")
-    assert len(pred) == 4 * len(pd.read_csv(demo_manifest))
+    assert len(pred) == (4 + 1) * len(pd.read_csv(demo_manifest))  # 2 encoders x 2 heads, and the no-skill baseline
     for (encoder, head, repeat, fold), group in pred.groupby(["encoder", "head", "repeat", "fold"]):
         row = folds[(folds.encoder == encoder) & (folds["head"] == head) & (folds.repeat == repeat)
                     & (folds.fold == fold)].iloc[0]
@@ -140,7 +140,7 @@ def test_missing_clip_weights_are_reported_without_a_download_and_morphometrics_
     assert code == 0
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert "clip-vit-l-14-336" in run["failed_encoders"] and "1.7 GB" in run["failed_encoders"]["clip-vit-l-14-336"]
-    assert set(pd.read_csv(tmp_path / "out" / "summary.csv").encoder) == {"otolith-morphometrics"}
+    assert set(pd.read_csv(tmp_path / "out" / "summary.csv").encoder) == {"otolith-morphometrics", "no-skill"}
     assert network_calls == []  # offline: no connection, no download attempted
 
 
@@ -227,7 +227,7 @@ def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, t
     n = len(pd.read_csv(demo_manifest))
     pred = pd.read_csv(out / "predictions.csv")
     folds = pd.read_csv(out / "folds.csv")
-    assert len(pred) == 4 * 3 * n and sorted(pred.repeat.unique()) == [0, 1, 2] and len(folds) == 4 * 30
+    assert len(pred) == 5 * 3 * n and sorted(pred.repeat.unique()) == [0, 1, 2] and len(folds) == 5 * 30  # + no-skill
     run = json.loads((out / "run.json").read_text())
     assert run["cv"]["repeats"] == 3 and run["cv"]["repeat_seeds"] == [0, 1, 2] and run["cv"]["grouped_by_fish"]
     manifest = pd.read_csv(demo_manifest)
@@ -333,6 +333,7 @@ def test_crops_of_one_photo_are_separate_images_everywhere(demo_manifest, tmp_pa
     assert main(["run", "--data", str(tmp_path / "m.csv"), "--models", "pixels-32", "--heads", "ridge",
                  "--folds", "5", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
     pred = pd.read_csv(out / "predictions.csv")
+    pred = pred[pred.encoder == "pixels-32"]  # the no-skill baseline has rows of its own
     mine = pred[pred.path == plate].set_index("image")
     assert sorted(mine.index) == [f"{plate}[0,0,60,60]", f"{plate}[60,0,120,60]"]
     assert mine.true_age.to_dict() == {f"{plate}[0,0,60,60]": 3, f"{plate}[60,0,120,60]": 7}
@@ -369,10 +370,10 @@ def test_a_preprocessing_variant_is_an_encoder_of_its_own(demo_manifest, demo_ca
     assert main([*args, "--out", str(out)]) == 0
     assert re.search(r"pixels-32@pad\+clahe: (\d+) images, fp32 \(\1 extracted now\)", capsys.readouterr().out)
     summary = pd.read_csv(out / "summary.csv")
-    assert sorted(summary["encoder"]) == ["pixels-32", "pixels-32@pad+clahe"]
+    assert sorted(summary["encoder"]) == ["no-skill", "pixels-32", "pixels-32@pad+clahe"]
     folds = pd.read_csv(out / "folds.csv")
     per_encoder = folds.groupby("encoder")["n_test"].apply(tuple)
-    assert per_encoder.nunique() == 1 and len(per_encoder) == 2  # identical folds
+    assert per_encoder.nunique() == 1 and len(per_encoder) == 3  # identical folds, the baseline's too
     run = json.loads((out / "run.json").read_text())
     variant = run["encoders"]["pixels-32@pad+clahe"]["variant"]
     assert variant == {"fit": "pad", "clahe": True, "clip_limit": 0.02, "kernel": 0.125}

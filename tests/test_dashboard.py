@@ -114,13 +114,13 @@ def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, de
         assert (row.encoder, row.head) == (expected.encoder, expected.head)
         assert row.Accuracy == f"{expected.accuracy_mean:.2%} ± {expected.accuracy_sd:.2%}"
         assert row[6] == f"{expected.rmse_mean:.3f} ± {expected.rmse_sd:.3f}"
-    for name in ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "symmetry.csv",
-                 "skipped.csv"):
+    for name in ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
+                 "symmetry.csv", "skipped.csv"):
         assert _download(app, media_stores, name) == (out / name).read_bytes(), name
     run = json.loads(_download(app, media_stores, "run.json"))
     assert run["cv"] == json.loads((out / "run.json").read_text())["cv"]
     assert run["data"]["image_set_sha256"] == json.loads((out / "run.json").read_text())["data"]["image_set_sha256"]
-    assert len(app.get("vega_lite_chart")) == 5  # three metric bars, per-fold lines, age bias
+    assert len(app.get("vega_lite_chart")) == 6  # three metric bars, per-fold lines, age bias, per-age heat table
     side_by_side = app.dataframe[1].value
     assert len(side_by_side) == 6 * 3 and {"naive p", "corrected p"} <= set(side_by_side.columns)
     assert any("over-confident" in m.value for m in app.markdown)
@@ -136,7 +136,7 @@ def test_repeats_and_learning_curve_from_the_sidebar(app):
     assert not app.exception
     assert any("2 × 10-fold" in s.value for s in app.subheader)
     assert any(s.value == "Learning curve" for s in app.subheader)
-    assert len(app.get("vega_lite_chart")) == 6
+    assert len(app.get("vega_lite_chart")) == 7
 
 
 @pytest.mark.slow
@@ -182,7 +182,7 @@ def test_encoder_without_weights_is_named_and_the_others_still_run(app, offline_
     assert not app.exception
     assert any("clip-vit-l-14-336" in w.value and "download" in w.value for w in app.warning)
     assert any(b.label.startswith("Download clip-vit-l-14-336 (about 1.7 GB)") for b in app.button)
-    assert set(app.dataframe[0].value.encoder) == {"pixels-32"}
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "no-skill"}
 
 
 @pytest.mark.slow
@@ -313,7 +313,7 @@ def test_results_wait_for_the_extraction_jobs_and_the_status_area_follows_them(a
     wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
     app.run()
     assert not app.exception
-    assert set(app.dataframe[0].value.encoder) == {"pixels-32", f"local-dir:{tiny_model_dir}"}
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", f"local-dir:{tiny_model_dir}", "no-skill"}
     assert any("finished" in s.value for s in app.sidebar.success)  # the status area keeps the ended jobs
 
 
@@ -331,7 +331,7 @@ def test_cancel_in_the_status_area_stops_the_job_and_restart_goes_on(app, tiny_m
     restart.click().run()
     wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
     app.run()
-    assert not app.exception and set(app.dataframe[0].value.encoder) == {f"local-dir:{tiny_model_dir}"}
+    assert not app.exception and set(app.dataframe[0].value.encoder) == {f"local-dir:{tiny_model_dir}", "no-skill"}
 
 
 @pytest.mark.slow
@@ -375,4 +375,4 @@ def test_a_preprocessing_variant_adds_rows_from_the_sidebar(app):
     _run(app, encoders=["pixels-32"])
     app.switch_page("views/results.py").run()
     assert not app.exception
-    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "pixels-32@pad+clahe"}
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "pixels-32@pad+clahe", "no-skill"}

@@ -197,7 +197,8 @@ def test_learning_curve_rows_use_the_same_test_folds():
     result = compare(data, sets, [HeadSpec("ridge")], n_folds=5, with_learning_curve=True)
     curve = result.learning_curve_frame()
     full = curve[curve.train_fraction == 1.0].sort_values(["encoder", "fold"])
-    folds = result.folds_frame().sort_values(["encoder", "fold"])
+    folds = result.folds_frame()
+    folds = folds[folds.encoder != "no-skill"].sort_values(["encoder", "fold"])  # the baseline has no curve
     np.testing.assert_allclose(full.accuracy.to_numpy(), folds.accuracy.to_numpy())
     assert curve.groupby(["encoder", "fold"]).n_train.apply(lambda n: n.is_monotonic_increasing).all()
 
@@ -229,3 +230,31 @@ def test_per_image_table_holds_one_repeats_own_predictions():
             pd.testing.assert_series_equal(column.sort_index(), own.sort_index(), check_names=False)
     with pytest.raises(ValueError, match="repeat 2 does not exist"):
         result.per_image(2)
+
+
+def test_no_skill_baseline_equals_dummy_classifier_fold_by_fold_and_is_in_no_test():
+    from sklearn.dummy import DummyClassifier
+
+    from otolith_core.evaluation import make_folds
+
+    data, sets = _dataset(n=150)
+    ages = data.ages.copy()
+    ages[:40] = 2  # an uneven age distribution, so the most common age differs between training folds
+    data = Dataset(data.source, data.kind, tuple(ImageRecord(r.path, r.name, int(a)) for r, a in zip(data.records, ages)))
+    result = compare(data, sets, [HeadSpec("ridge")], n_folds=5, seed=3, repeats=2)
+    base = result.baseline
+    assert (base.encoder, base.head.label) == ("no-skill", "most-frequent")
+    for r in range(2):
+        folds, _ = make_folds(ages, n_folds=5, seed=3 + r)
+        for k in range(5):
+            test = folds == k
+            dummy = DummyClassifier(strategy="most_frequent").fit(np.zeros((int((~test).sum()), 1)), ages[~test])
+            rows = (base.repeat == r) & (base.fold == k)
+            np.testing.assert_array_equal(base.pred_age[rows], dummy.predict(np.zeros((int(test.sum()), 1))))
+            np.testing.assert_array_equal(base.true_age[rows], ages[test])
+    summary = result.summary_frame()
+    assert summary.iloc[-1]["encoder"] == "no-skill" and len(summary) == 3  # two encoders x ridge, then no-skill
+    assert "no-skill" in set(result.folds_frame().encoder) and "no-skill" in set(result.predictions_frame().encoder)
+    tests = result.tests_frame()
+    assert "no-skill" not in set(tests.encoder_a) | set(tests.encoder_b)
+    assert all(r.encoder != "no-skill" for r in result.results)  # the Errors page and tests see models only

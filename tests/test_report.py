@@ -20,7 +20,7 @@ from otolith_core.cache import FileHashes, encoder_fingerprint
 from otolith_core.data import Dataset, ImageRecord, Skipped, file_sha256
 from otolith_core.embeddings import EmbeddingSet
 from otolith_core.evaluation import (
-    AGEBIAS_COLUMNS, FOLD_COLUMNS, LEARNING_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, SYMMETRY_COLUMNS,
+    AGEBIAS_COLUMNS, PER_AGE_COLUMNS, FOLD_COLUMNS, LEARNING_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, SYMMETRY_COLUMNS,
     TEST_COLUMNS, compare,
 )
 from otolith_core.heads import HeadSpec
@@ -52,14 +52,17 @@ def _compare(data: Dataset, **options):
 def test_result_tables_are_the_files_the_cli_writes_with_their_promised_columns(tmp_path):
     data = _study(tmp_path)
     tables = result_tables(_compare(data))
-    assert set(tables) == {"summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "symmetry.csv",
-                           "skipped.csv"}
+    assert set(tables) == {"summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
+                           "symmetry.csv", "skipped.csv"}
     expected = {"summary.csv": SUMMARY_COLUMNS, "folds.csv": FOLD_COLUMNS, "predictions.csv": PREDICTION_COLUMNS,
-                "ttests.csv": TEST_COLUMNS, "agebias.csv": AGEBIAS_COLUMNS, "symmetry.csv": SYMMETRY_COLUMNS}
+                "ttests.csv": TEST_COLUMNS, "agebias.csv": AGEBIAS_COLUMNS, "per_age.csv": PER_AGE_COLUMNS,
+                "symmetry.csv": SYMMETRY_COLUMNS}
     for name, columns in expected.items():
         assert list(tables[name].columns) == columns, name
-    assert len(tables["summary.csv"]) == len(HEADS) and len(tables["folds.csv"]) == len(HEADS) * 3
-    assert len(tables["predictions.csv"]) == len(HEADS) * (len(data) - 1)
+    rows = len(HEADS) + 1  # each head, and the no-skill baseline
+    assert len(tables["summary.csv"]) == rows and len(tables["folds.csv"]) == rows * 3
+    assert tables["summary.csv"].iloc[-1][["encoder", "head"]].tolist() == ["no-skill", "most-frequent"]
+    assert len(tables["predictions.csv"]) == rows * (len(data) - 1)
     assert set(tables["predictions.csv"].image) == {r.id for r in data.records[:-1]}
     skipped = tables["skipped.csv"]
     listed = set(skipped.astype(str).to_numpy().ravel())

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import confusion_matrix
-from otolith_core.evaluation import model_label
+from otolith_core.evaluation import NO_SKILL, model_label
 from views.comparison import current_comparison
 from views.widgets import show_thumbnail
 
@@ -14,6 +14,7 @@ if shown is None:
     st.stop()
 comparison, dataset = shown.comparison, shown.dataset
 predictions = comparison.predictions_frame()
+predictions = predictions[predictions["encoder"] != NO_SKILL].copy()  # the baseline's errors are every fish's
 predictions["model"] = [model_label(e, h) for e, h in zip(predictions["encoder"], predictions["head"])]
 models = list(dict.fromkeys(predictions["model"]))
 records = {r.id: r for r in dataset.records}

@@ -30,6 +30,9 @@ for metric in ("accuracy", "pm1_accuracy", "rmse", "mae", "macro_f1"):
     percent = metric in ("accuracy", "pm1_accuracy", "macro_f1")
     table[METRIC_LABELS[metric]] = [f"{m:.2%} ± {s:.2%}" if percent else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
 st.dataframe(table, hide_index=True, width="stretch")
+st.caption("**no-skill / most-frequent** predicts every fish as the most common age of its training fold, on the "
+           "same folds: a model at that value (dotted lines in the charts) learned nothing from the images. It is in "
+           "no paired test.")
 st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy {PAPER_COD['accuracy']:.2%}, ±1 accuracy "
            f"{PAPER_COD['pm1_accuracy']:.2%}, RMSE {PAPER_COD['rmse']:g} (published values, not computed here).")
 if comparison.precisions:
