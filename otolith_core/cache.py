@@ -30,6 +30,7 @@ from .data import ImageRecord, file_sha256
 from .encoders import EncoderSpec, cache_identity
 
 SCHEMA_VERSION = 1
+RESULTS_SCHEMA = 2  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k
 DEFAULT_CACHE_DIR = "cache"
 _META_KEY = "__encoder__"
 _MATRIX_KEY = "__matrix__"  # the last complete dataset matrix read from this store
@@ -123,12 +124,12 @@ class ResultStore:
             entry = self._cache.get(key)
         except Exception:  # unpicklable after a code change: compute again
             return None
-        if not isinstance(entry, dict) or entry.get("schema") != SCHEMA_VERSION:
+        if not isinstance(entry, dict) or entry.get("schema") != RESULTS_SCHEMA:
             return None
         return entry["value"]
 
     def put(self, key: str, value) -> None:
-        self._cache.set(key, {"schema": SCHEMA_VERSION, "value": value})
+        self._cache.set(key, {"schema": RESULTS_SCHEMA, "value": value})
 
     def close(self) -> None:
         self._cache.close()

@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--models", help="comma-separated encoders (with --data); NAME@pad+clahe etc. adds a "
                                       "preprocessing variant as an encoder of its own (see `otolith models`)")
     run.add_argument("--heads", default="ridge,svc",
-                     help="comma-separated heads: ridge, svc, ridge-cv (alpha chosen inside each training fold); default ridge,svc")
+                     help="comma-separated heads: ridge, svc (the paper's), ridge-cv (alpha chosen inside each training "
+                          "fold), logistic (C chosen by an inner CV), knn (cosine, k chosen by an inner CV); "
+                          "default ridge,svc")
     run.add_argument("--alpha", type=float, default=6.0, help="ridge alpha (default 6, as in the paper)")
     run.add_argument("--C", type=float, default=0.1, help="linear SVC C (default 0.1, as in the paper)")
     run.add_argument("--scaling", default="l2", choices=["none", "l2", "standardize"],

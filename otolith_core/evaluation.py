@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
-from .heads import BASELINE_HEAD, HeadSpec, build_head, chosen_alpha, predict
+from .heads import BASELINE_HEAD, HeadSpec, build_head, chosen_params, predict
 from .metrics import METRICS, mean_sd, rmse, score
 from .stats import (PairedTest, age_bias, bowker_symmetry, corrected_t_test, holm_adjust, mcnemar_test,
                     paired_t_test, wilcoxon_test)
@@ -32,7 +32,7 @@ PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "path", "tru
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
 FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
-                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha"]
+                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
 SUMMARY_COLUMNS = (["encoder", "head", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"])
 TEST_COLUMNS = ["metric", "encoder_a", "head_a", "encoder_b", "head_b", "mean_diff", "t", "p_value", "test", "p_holm"]
@@ -74,6 +74,7 @@ class CVResult:
     fold: np.ndarray  # (n_rows,) int, the fold in which the row was tested
     repeat: np.ndarray  # (n_rows,) int
     alpha: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (repeat, fold) -> ridge alpha used
+    chosen: Mapping[tuple[int, int], Mapping[str, float]] = field(default_factory=dict)  # -> {"C": ..., "k": ...}
 
     @property
     def n_images(self) -> int:
@@ -90,6 +91,8 @@ class CVResult:
                 "n_test": int(index.size), **score(true, pred),
                 "rmse_raw": rmse(true, self.pred_raw[index]) if self.head.is_regression else float("nan"),
                 "n_train": n_total - int(index.size), "alpha": self.alpha.get((int(r), int(k)), float("nan")),
+                "C": self.chosen.get((int(r), int(k)), {}).get("C", float("nan")),
+                "k": self.chosen.get((int(r), int(k)), {}).get("k", float("nan")),
             })
         return pd.DataFrame(rows, columns=FOLD_COLUMNS)
 
@@ -313,7 +316,8 @@ def cross_validate_head(
 
     Returns
     -------
-    (whole-age predictions ``(n_images,)``, continuous predictions ``(n_images,)``, ridge alpha per fold)
+    (whole-age predictions ``(n_images,)``, continuous predictions ``(n_images,)``, per fold the parameters the
+    head used: ``{"alpha", "C", "k"}``, NaN where one does not belong to it)
     """
     features = np.asarray(features, dtype=np.float64)
     ages = np.asarray(ages)
@@ -329,12 +333,12 @@ def cross_validate_head(
         outcomes = [_fit_fold(features, ages, folds == k, head) for k in fold_ids]
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
-    alphas = {}
-    for k, (fold_pred, fold_raw, alpha) in zip(fold_ids, outcomes):
+    params = {}
+    for k, (fold_pred, fold_raw, chosen) in zip(fold_ids, outcomes):
         test = folds == k
         pred[test], raw[test] = fold_pred, fold_raw
-        alphas[k] = alpha
-    return pred, raw, alphas
+        params[k] = chosen
+    return pred, raw, params
 
 
 def fold_workers(head: HeadSpec, n_images: int, n_folds: int) -> int:
@@ -371,10 +375,10 @@ def available_memory() -> float:
 
 
 def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, alpha)."""
+    """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, parameters used)."""
     model = build_head(head).fit(features[~test], ages[~test])
     pred, raw = predict(model, features[test])
-    return pred, raw, chosen_alpha(model)
+    return pred, raw, chosen_params(head, model)
 
 
 def nested_subsets(ages: np.ndarray, fractions: Sequence[float], *, seed: int) -> list[np.ndarray]:
@@ -441,7 +445,7 @@ def compare(
     if not embeddings:
         raise ValueError("no embeddings to evaluate: every encoder failed or none was chosen")
     if not heads:
-        raise ValueError("no heads chosen; choose from ridge, svc, ridge-cv")
+        raise ValueError("no heads chosen; choose from ridge, svc, ridge-cv, logistic, knn")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     common = _common_rows(embeddings.values())
@@ -470,17 +474,18 @@ def compare(
         position = {int(r): j for j, r in enumerate(emb.rows)}
         features = emb.features[[position[int(r)] for r in rows]]
         for head in heads:
-            parts, alphas = [], {}
+            parts, alphas, chosen = [], {}, {}
             for r, folds in enumerate(fold_sets):
-                pred, raw, fold_alpha = cross_validate_head(features, ages, folds, head)
+                pred, raw, fold_params = cross_validate_head(features, ages, folds, head)
                 parts.append((pred, raw, folds, np.full(ages.size, r)))
-                alphas.update({(r, k): a for k, a in fold_alpha.items()})
+                alphas.update({(r, k): p["alpha"] for k, p in fold_params.items()})
+                chosen.update({(r, k): {"C": p["C"], "k": p["k"]} for k, p in fold_params.items()})
                 if with_learning_curve:
                     curve += [{"encoder": name, "head": head.label, "repeat": r, **row}
                               for row in learning_curve(features, ages, folds, head, seed=seed + r)]
             pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
             results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,
-                                    fold, repeat, alphas))
+                                    fold, repeat, alphas, chosen))
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
     baseline = no_skill(ages, fold_sets, images, paths)
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),

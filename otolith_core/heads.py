@@ -4,24 +4,33 @@
 the nearest age and clipped to the training fold's age range. ``svc``: ``SVC(kernel="linear",
 C=0.1)``, one-vs-one, as in the paper. ``ridge-cv``: the same rounded ridge with alpha chosen inside
 each training fold by efficient leave-one-out CV over ``RIDGE_CV_ALPHAS`` (the test fold is never
-seen). Feature scaling is part of the head, so it is fitted inside each training fold: ``none``,
+seen). ``logistic``: multinomial logistic regression, C chosen inside each training fold by a stratified
+inner CV over ``LOGISTIC_CS``; it gives class probabilities. ``knn``: cosine k-nearest neighbours (the
+majority age of the k most similar training images; the few-shot view), k chosen by the same inner CV
+over ``KNN_KS``. Feature scaling is part of the head, so it is fitted inside each training fold: ``none``,
 ``l2`` (each embedding to unit length; the default) or ``standardize``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
 
-HEADS = ("ridge", "svc", "ridge-cv")
+HEADS = ("ridge", "svc", "ridge-cv", "logistic", "knn")
 BASELINE_HEAD = "most-frequent"  # the no-skill reference: always the most common training age (not a choice)
 RIDGE_CV_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # searched inside each training fold
+LOGISTIC_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))  # searched inside each training fold
+KNN_KS = (1, 3, 5, 7, 11, 15, 21)
+INNER_FOLDS = 5  # the inner CV choosing C or k, inside one training fold (stratified, seed 0)
 SCALINGS = ("none", "l2", "standardize")
 
 
@@ -54,7 +63,9 @@ class HeadSpec:
         if self.name == BASELINE_HEAD:
             return {}  # no features, so no scaling either
         own = {"ridge": {"alpha": self.alpha}, "svc": {"C": self.C},
-               "ridge-cv": {"alphas": f"{RIDGE_CV_ALPHAS[0]:g}..{RIDGE_CV_ALPHAS[-1]:g} ({len(RIDGE_CV_ALPHAS)} values)"}}
+               "ridge-cv": {"alphas": f"{RIDGE_CV_ALPHAS[0]:g}..{RIDGE_CV_ALPHAS[-1]:g} ({len(RIDGE_CV_ALPHAS)} values)"},
+               "logistic": {"Cs": f"{LOGISTIC_CS[0]:g}..{LOGISTIC_CS[-1]:g} ({len(LOGISTIC_CS)} values)"},
+               "knn": {"ks": ",".join(map(str, KNN_KS))}}
         return {**own[self.name], "scaling": self.scaling}
 
     @property
@@ -62,7 +73,7 @@ class HeadSpec:
         """Short name used in every CSV: the bare name with default parameters, else with them."""
         if self.params == HeadSpec(self.name).params:
             return self.name
-        changed = {k: v for k, v in self.params.items() if k != "alphas"}
+        changed = {k: v for k, v in self.params.items() if k not in ("alphas", "Cs", "ks")}
         return self.name + "(" + ",".join(f"{k}={v}" for k, v in changed.items()) + ")"
 
     def as_dict(self) -> dict:
@@ -137,15 +148,62 @@ def build_head(spec: HeadSpec) -> Pipeline:
         model = RoundedRidge(alpha=spec.alpha)
     elif spec.name == "ridge-cv":
         model = RoundedRidge(alphas=RIDGE_CV_ALPHAS)
+    elif spec.name == "logistic":
+        model = InnerCV(LogisticRegression(max_iter=5000), {"C": LOGISTIC_CS})
+    elif spec.name == "knn":
+        model = InnerCV(KNeighborsClassifier(metric="cosine", algorithm="brute"), {"n_neighbors": KNN_KS})
     else:
         model = GramSVC(C=spec.C)
     return Pipeline([("scale", scaler), ("model", model)])
 
 
-def chosen_alpha(head: Pipeline) -> float:
-    """The ridge penalty a fitted head used (NaN for a classifier)."""
+def inner_cv() -> StratifiedKFold:
+    """The CV inside one training fold that chooses a head's parameter (never sees the test fold)."""
+    return StratifiedKFold(n_splits=INNER_FOLDS, shuffle=True, random_state=0)
+
+
+class InnerCV(ClassifierMixin, BaseEstimator):
+    """A classifier whose parameter is chosen by ``GridSearchCV`` (accuracy) over :func:`inner_cv` on the
+    training data it is fitted on; ``best_`` holds the choice. Values the training data cannot support (k
+    larger than an inner training split) are left out of the grid."""
+
+    def __init__(self, estimator, grid: dict) -> None:
+        self.estimator = estimator
+        self.grid = grid
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "InnerCV":
+        grid = dict(self.grid)
+        if "n_neighbors" in grid:
+            smallest_train = len(y) - int(np.ceil(len(y) / INNER_FOLDS))
+            grid["n_neighbors"] = [k for k in grid["n_neighbors"] if k <= smallest_train] or [1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # ages with fewer images than inner folds
+            self.search_ = GridSearchCV(self.estimator, {k: list(v) for k, v in grid.items()}, cv=inner_cv(),
+                                        scoring="accuracy").fit(X, y)
+        self.best_ = dict(self.search_.best_params_)
+        self.classes_ = self.search_.classes_
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.search_.predict(X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.search_.predict_proba(X)
+
+
+def chosen_params(spec: HeadSpec, head: Pipeline) -> dict[str, float]:
+    """The parameters a fitted head used, by the names folds.csv gives them: ``alpha`` (ridge), ``C`` (svc,
+    logistic), ``k`` (knn); NaN where a parameter does not belong to the head."""
     model = head.named_steps["model"]
-    return model.alpha_ if isinstance(model, RoundedRidge) else float("nan")
+    params = {"alpha": float("nan"), "C": float("nan"), "k": float("nan")}
+    if isinstance(model, RoundedRidge):
+        params["alpha"] = model.alpha_
+    elif isinstance(model, GramSVC):
+        params["C"] = float(model.C)
+    elif isinstance(model, InnerCV):
+        params["C"] = float(model.best_.get("C", float("nan")))
+        params["k"] = float(model.best_.get("n_neighbors", float("nan")))
+    return params
 
 
 def predict(head: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -258,3 +258,33 @@ def test_no_skill_baseline_equals_dummy_classifier_fold_by_fold_and_is_in_no_tes
     tests = result.tests_frame()
     assert "no-skill" not in set(tests.encoder_a) | set(tests.encoder_b)
     assert all(r.encoder != "no-skill" for r in result.results)  # the Errors page and tests see models only
+
+
+@pytest.mark.parametrize("name", ["logistic", "knn"])
+def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_cv(name):
+    """Each outer training fold chooses C (logistic) or k (knn) by its own stratified 5-fold inner CV; the
+    predictions and the chosen values equal a plain scikit-learn loop doing the same, and folds.csv reports them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from otolith_core.heads import KNN_KS, LOGISTIC_CS
+
+    data, sets = _dataset(n=100)
+    result = compare(data, {"enc-a": sets["enc-a"]}, [HeadSpec(name)], n_folds=4, seed=2)
+    r = result.results[0]
+    X, y = normalize(sets["enc-a"].features.astype(np.float64)), data.ages
+    folds = result.folds_frame()
+    folds = folds[folds.encoder == "enc-a"].set_index("fold")
+    for k in range(4):
+        train, test = r.fold != k, r.fold == k
+        if name == "logistic":
+            estimator, grid, column, key = LogisticRegression(max_iter=5000), {"C": list(LOGISTIC_CS)}, "C", "C"
+        else:
+            estimator, grid, column, key = (KNeighborsClassifier(metric="cosine", algorithm="brute"),
+                                            {"n_neighbors": list(KNN_KS)}, "k", "n_neighbors")
+        search = GridSearchCV(estimator, grid, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                              scoring="accuracy").fit(X[train], y[train])
+        np.testing.assert_array_equal(r.pred_age[test], search.predict(X[test]))
+        assert folds.loc[k, column] == search.best_params_[key]
+        assert np.isnan(folds.loc[k, "alpha"]) and np.isnan(folds.loc[k, "k" if name == "logistic" else "C"])

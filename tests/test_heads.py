@@ -44,7 +44,7 @@ def test_labels_name_non_default_parameters():
     assert HeadSpec("svc", C=1.0).label == "svc(C=1.0,scaling=l2)"
 
 
-@pytest.mark.parametrize("kwargs,match", [({"name": "knn"}, "unknown head"), ({"name": "ridge", "alpha": 0}, "alpha"),
+@pytest.mark.parametrize("kwargs,match", [({"name": "lasso"}, "unknown head"), ({"name": "ridge", "alpha": 0}, "alpha"),
                                           ({"name": "svc", "scaling": "max"}, "unknown scaling")])
 def test_bad_parameters_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -146,7 +146,9 @@ def _draw(specs, known) -> Settings | None:
     sb.header("Heads")
     head_names = sb.multiselect("Heads", list(HEADS), key=_initial("heads", ["ridge", "svc"]),
                                 help="ridge: Ridge(α) with rounded ages; svc: linear SVC(C), one-vs-one; "
-                                     "ridge-cv: α chosen inside each training fold")
+                                     "ridge-cv: α chosen inside each training fold; logistic: multinomial logistic "
+                                     "regression, C chosen by a 5-fold CV inside each training fold; knn: cosine "
+                                     "k-nearest neighbours, k chosen the same way")
     alpha = sb.number_input("Ridge α", min_value=0.001, key=_initial("alpha", 6.0))
     c_value = sb.number_input("SVC C", min_value=0.0001, format="%.4f", key=_initial("svc_c", 0.1))
     scaling = sb.selectbox("Feature scaling (fitted per training fold)", list(SCALINGS), key=_initial("scaling", "l2"))
