@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     grouping.add_argument("--group-by-fish", dest="group_by_fish", action="store_true", default=None,
                           help="keep all photos of a fish in one fold (default: on when the data has fish_id repeats)")
     grouping.add_argument("--no-group-by-fish", dest="group_by_fish", action="store_false")
+    run.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                     help="draws for the 95%% bootstrap intervals in summary.csv (fish resampled; default 1000; 0: none)")
     run.add_argument("--learning-curve", action="store_true",
                      help="also train on 10%%, 20%%, ..., 100%% of each training fold (learning_curve.csv)")
     run.add_argument("--out", required=True, help="results folder")
@@ -279,6 +281,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_EVALUATED
     comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, repeats=args.repeats,
                          group_by_fish=args.group_by_fish, with_learning_curve=args.learning_curve,
+                         bootstrap_draws=args.bootstrap,
                          failed_encoders=failed)
     if comparison.grouped_by_fish:
         print("folds keep all photos of a fish together (grouped by fish_id)")

@@ -8,6 +8,7 @@ seed..seed+R-1. Every image gets one out-of-fold prediction per repeat.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
 from .heads import BASELINE_HEAD, HeadSpec, build_head, chosen_params, predict
 from .metrics import METRICS, mean_sd, rmse, score
-from .stats import (PairedTest, age_bias, bowker_symmetry, corrected_t_test, holm_adjust, mcnemar_test,
-                    paired_t_test, wilcoxon_test)
+from .stats import (BOOTSTRAP_METRICS, PairedTest, age_bias, bootstrap_intervals, bowker_symmetry, corrected_t_test,
+                    holm_adjust, mcnemar_test, paired_t_test, wilcoxon_test)
 
 TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 NO_SKILL = "no-skill"  # the baseline's encoder name: no image at all, always the most common training age
@@ -34,7 +35,9 @@ SEVERITIES = ("error", "warning", "info")
 FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
                 "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
 SUMMARY_COLUMNS = (["encoder", "head", "n_images"]
-                   + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"])
+                   + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"]
+                   + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")])
+BOOTSTRAP_DRAWS = 1000
 TEST_COLUMNS = ["metric", "encoder_a", "head_a", "encoder_b", "head_b", "mean_diff", "t", "p_value", "test", "p_holm"]
 AGEBIAS_COLUMNS = ["encoder", "head", "true_age", "n", "mean_pred", "ci_low", "ci_high"]
 PER_AGE_COLUMNS = ["encoder", "head", "age", "n", "recall", "precision", "f1", "mean_error", "pm1_share"]
@@ -140,6 +143,8 @@ class Comparison:
     learning_curve: pd.DataFrame | None = None
     precisions: Mapping[str, str] = field(default_factory=dict)  # encoder -> arithmetic its embeddings came from
     baseline: CVResult | None = None  # the no-skill reference on the same folds; in no paired test
+    groups: tuple[str, ...] = ()  # the fish of each image of a repeat (its own id without fish_id): bootstrap units
+    bootstrap_draws: int = BOOTSTRAP_DRAWS  # 0: no intervals
 
     @property
     def scored(self) -> tuple[CVResult, ...]:
@@ -147,7 +152,25 @@ class Comparison:
         return self.results + ((self.baseline,) if self.baseline is not None else ())
 
     def summary_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([r.summary() for r in self.scored], columns=SUMMARY_COLUMNS)
+        """Mean and SD over folds of every metric, and bootstrap 95 % intervals of accuracy, ±1 and RMSE."""
+        rows = []
+        for r in self.scored:
+            row = r.summary()
+            row.update(self._intervals.get((r.encoder, r.head.label), {}))
+            rows.append(row)
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+    @functools.cached_property
+    def _intervals(self) -> dict:
+        """Bootstrap intervals of the first repeat's out-of-fold predictions, per model (computed once)."""
+        out = {}
+        if self.bootstrap_draws and self.groups:
+            for r in self.scored:
+                _, true, pred = r.first_repeat()
+                ci = bootstrap_intervals(true, pred, np.asarray(self.groups), draws=self.bootstrap_draws, seed=self.seed)
+                out[(r.encoder, r.head.label)] = {f"{m}_ci_{end}": v for m, pair in ci.items()
+                                                  for end, v in zip(("low", "high"), pair)}
+        return out
 
     def folds_frame(self) -> pd.DataFrame:
         frames = [r.fold_scores() for r in self.scored]
@@ -429,6 +452,7 @@ def compare(
     group_by_fish: bool | None = None,
     with_learning_curve: bool = False,
     failed_encoders: Mapping[str, str] | None = None,
+    bootstrap_draws: int = BOOTSTRAP_DRAWS,
 ) -> Comparison:
     """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
 
@@ -438,6 +462,7 @@ def compare(
     group_by_fish : keep all photos of a fish in one fold; None (default) does so when the data has
         several photos of any fish.
     with_learning_curve : also train on 10 %, 20 %, ... 100 % of each training fold.
+    bootstrap_draws : draws for the 95 % intervals in the summary (fish resampled; 0: none), seeded by ``seed``.
 
     Only images embedded by every encoder are used, so every model sees the same images and folds;
     the others are listed in ``Comparison.skipped`` with the reason.
@@ -490,7 +515,8 @@ def compare(
     baseline = no_skill(ages, fold_sets, images, paths)
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
-                      {name: emb.precision for name, emb in embeddings.items()}, baseline)
+                      {name: emb.precision for name, emb in embeddings.items()}, baseline, tuple(groups.tolist()),
+                      int(bootstrap_draws))
 
 
 def no_skill(ages: np.ndarray, fold_sets: Sequence[np.ndarray], images: Sequence[str], paths: Sequence[str]) -> CVResult:

@@ -176,3 +176,44 @@ def age_bias(true: np.ndarray, pred: np.ndarray, *, confidence: float = 0.95) ->
         rows.append({"true_age": int(age), "n": int(values.size), "mean_pred": mean,
                      "ci_low": mean - half, "ci_high": mean + half})
     return rows
+
+
+BOOTSTRAP_METRICS = ("accuracy", "pm1_accuracy", "rmse")
+
+
+def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, groups: np.ndarray, *, draws: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of accuracy, ±1 accuracy and RMSE, resampling whole fish.
+
+    Parameters
+    ----------
+    true, pred : ``(n_images,)`` reader and predicted ages (one out-of-fold prediction per image).
+    groups : ``(n_images,)`` the fish of each image (its own id when it has none); fish are drawn with
+        replacement and each brings all of its images, so photos of one fish never count as independent.
+    draws : bootstrap samples; the fish of draw b are ``default_rng(seed).integers(0, n_fish, (draws,
+        n_fish))[b]``, fish numbered in sorted order of their labels (the same draws for every model of a
+        run, so intervals are paired).
+
+    Returns
+    -------
+    ``{metric: (low, high)}`` at the ``confidence`` level (percentiles of the draws).
+    """
+    true, pred = np.asarray(true, dtype=float), np.asarray(pred, dtype=float)
+    if true.shape != pred.shape or true.ndim != 1 or len(groups) != true.size:
+        raise ValueError(f"true {true.shape}, pred {pred.shape} and groups ({len(groups)}) must be equal 1-d lengths")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    fish, unit = np.unique(np.asarray(groups), return_inverse=True)
+    chosen = np.random.default_rng(seed).integers(0, fish.size, size=(draws, fish.size))
+    # how often each fish is drawn in each draw: one bincount over (draw, fish) pairs
+    counts = np.bincount((np.arange(draws)[:, None] * fish.size + chosen).ravel(),
+                         minlength=draws * fish.size).reshape(draws, fish.size).astype(np.float64)
+    # per fish: images, exact hits, hits within a year, squared error; each draw's totals by one product
+    error = pred - true
+    per_image = np.stack([np.ones_like(true), error == 0, np.abs(error) <= 1, error**2], axis=1)
+    per_fish = np.stack([np.bincount(unit, weights=column, minlength=fish.size) for column in per_image.T], axis=1)
+    totals = counts @ per_fish
+    n = totals[:, 0]
+    values = {"accuracy": totals[:, 1] / n, "pm1_accuracy": totals[:, 2] / n, "rmse": np.sqrt(totals[:, 3] / n)}
+    tail = 100 * (1 - confidence) / 2
+    return {m: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for m, v in values.items()}

@@ -86,6 +86,27 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     assert set(tests.test) == {"paired_t", "corrected_t", "wilcoxon", "mcnemar"}
 
 
+def test_bootstrap_intervals_are_recomputable_from_predictions(demo_run, demo_manifest):
+    """summary.csv's 95 % intervals from predictions.csv (first repeat) and the manifest's fish, by the documented
+    draws (numpy's default_rng(seed), fish numbered in sorted order, 1,000 draws), in a plain loop."""
+    out, _ = demo_run
+    pred = pd.read_csv(out / "predictions.csv")
+    summary = pd.read_csv(out / "summary.csv").set_index(["encoder", "head"])
+    fish_of = dict(zip(*pd.read_csv(demo_manifest)[["path", "fish_id"]].T.to_numpy()))
+    row = pred[(pred.repeat == 0) & (pred.encoder == "pixels-32") & (pred["head"] == "ridge")]
+    groups = np.array([fish_of[i] for i in row.image])
+    fish = np.unique(groups)
+    members = [np.flatnonzero(groups == f) for f in fish]
+    correct = (row.true_age == row.pred_age).to_numpy()
+    draws = np.random.default_rng(0).integers(0, fish.size, size=(1000, fish.size))
+    accuracy = [correct[np.concatenate([members[f] for f in draw])].mean() for draw in draws]
+    low, high = np.percentile(accuracy, [2.5, 97.5])
+    expected = summary.loc[("pixels-32", "ridge")]
+    assert (expected.accuracy_ci_low, expected.accuracy_ci_high) == (pytest.approx(low), pytest.approx(high))
+    assert expected.accuracy_ci_low < expected.accuracy_mean < expected.accuracy_ci_high
+    assert summary.loc[("no-skill", "most-frequent")].rmse_ci_low > 0
+
+
 def test_per_age_scores_are_recomputable_from_predictions(demo_run):
     """per_age.csv recomputed by hand from the first repeat of predictions.csv (sklearn's per-class report)."""
     from sklearn.metrics import precision_recall_fscore_support

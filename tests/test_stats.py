@@ -116,3 +116,26 @@ def test_wilcoxon_with_ties_and_zeros_equals_scipy_exactly():
             expected = scipy_stats.wilcoxon(a - b)
             _, statistic, p = wilcoxon_test(a, b)
             assert statistic == expected.statistic and p == pytest.approx(expected.pvalue, rel=1e-12), (a, b)
+
+
+def test_bootstrap_intervals_equal_a_plain_loop_over_the_documented_draws():
+    from otolith_core.stats import bootstrap_intervals
+
+    rng = np.random.default_rng(5)
+    true = rng.integers(1, 8, 90)
+    pred = np.clip(true + rng.integers(-2, 3, 90), 1, 9)
+    groups = np.array([f"fish{i // 2:03d}" for i in range(90)])  # two photos per fish
+    got = bootstrap_intervals(true, pred, groups, draws=200, seed=7)
+    fish = np.unique(groups)
+    draws = np.random.default_rng(7).integers(0, fish.size, size=(200, fish.size))
+    acc, pm1, rmse = [], [], []
+    for draw in draws:
+        take = np.concatenate([np.flatnonzero(groups == fish[f]) for f in draw])  # every image of each drawn fish
+        t, p = true[take], pred[take]
+        acc.append(np.mean(t == p))
+        pm1.append(np.mean(np.abs(t - p) <= 1))
+        rmse.append(np.sqrt(np.mean((t - p) ** 2)))
+    for metric, values in (("accuracy", acc), ("pm1_accuracy", pm1), ("rmse", rmse)):
+        assert got[metric] == pytest.approx((np.percentile(values, 2.5), np.percentile(values, 97.5)))
+    low, high = got["accuracy"]
+    assert low < np.mean(true == pred) < high

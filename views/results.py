@@ -29,7 +29,15 @@ for metric in ("accuracy", "pm1_accuracy", "rmse", "mae", "macro_f1"):
     mean, sd = summary[f"{metric}_mean"], summary[f"{metric}_sd"]
     percent = metric in ("accuracy", "pm1_accuracy", "macro_f1")
     table[METRIC_LABELS[metric]] = [f"{m:.2%} ± {s:.2%}" if percent else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
+for metric in ("accuracy", "pm1_accuracy", "rmse"):
+    low, high = summary[f"{metric}_ci_low"], summary[f"{metric}_ci_high"]
+    fmt = "{:.1%}" if metric != "rmse" else "{:.3f}"
+    table[f"{METRIC_LABELS[metric]} 95 % CI"] = [
+        "" if pd.isna(lo) else f"{fmt.format(lo)} – {fmt.format(hi)}" for lo, hi in zip(low, high)]
 st.dataframe(table, hide_index=True, width="stretch")
+st.caption("± is the SD over folds; the 95 % intervals are a bootstrap of the first repeat's out-of-fold "
+           f"predictions ({comparison.bootstrap_draws} draws, whole fish resampled"
+           f"{'' if comparison.grouped_by_fish else ' (each image its own fish unless fish_id says otherwise)'}).")
 st.caption("**no-skill / most-frequent** predicts every fish as the most common age of its training fold, on the "
            "same folds: a model at that value (dotted lines in the charts) learned nothing from the images. It is in "
            "no paired test.")
