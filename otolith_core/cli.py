@@ -78,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                           "default ridge,svc")
     run.add_argument("--alpha", type=float, default=6.0, help="ridge alpha (default 6, as in the paper)")
     run.add_argument("--C", type=float, default=0.1, help="linear SVC C (default 0.1, as in the paper)")
-    run.add_argument("--scaling", default="l2", choices=["none", "l2", "standardize"],
-                     help="feature scaling fitted inside each training fold (default l2)")
+    run.add_argument("--scaling", default="auto", choices=["auto", "none", "l2", "standardize"],
+                     help="feature scaling fitted inside each training fold; auto (default): each encoder's own "
+                          "(`otolith models`: l2 for learned encoders, none for the built-ins)")
     run.add_argument("--folds", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--repeats", type=int, default=1, help="R x k-fold CV with seeds seed..seed+R-1 (default 1)")
@@ -143,13 +144,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .encoders import registry, weights_available
     from .encoders.spec import FITS, VARIANT_OPTIONS
 
-    rows = [("name", "library", "year", "dim", "input", "cpu/cuda", "download", "offline", "licence", "description")]
+    rows = [("name", "library", "year", "dim", "input", "scaling", "cpu/cuda", "download", "offline", "licence",
+             "description")]
     for spec in registry().values():
         pre = spec.preprocessing
         size = f"{pre.size}px {pre.resize_mode}" if pre else "-"
         offline = "yes" if weights_available(spec, weights_dir=args.weights_dir) else "no"
         precision = "-" if spec.loader == "builtin" else f"{spec.precision.cpu}/{spec.precision.cuda}"
-        rows.append((spec.name, spec.family, str(spec.year or ""), str(spec.embed_dim or "?"), size, precision,
+        rows.append((spec.name, spec.family, str(spec.year or ""), str(spec.embed_dim or "?"), size, spec.scaling, precision,
                      spec.download_size, offline, spec.licence.split(" (")[0], spec.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -281,7 +283,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_EVALUATED
     comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, repeats=args.repeats,
                          group_by_fish=args.group_by_fish, with_learning_curve=args.learning_curve,
-                         bootstrap_draws=args.bootstrap,
+                         bootstrap_draws=args.bootstrap, scalings={n: s.scaling for n, s in specs.items()},
                          failed_encoders=failed)
     if comparison.grouped_by_fish:
         print("folds keep all photos of a fish together (grouped by fish_id)")

@@ -29,12 +29,13 @@ TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 NO_SKILL = "no-skill"  # the baseline's encoder name: no image at all, always the most common training age
 LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
 PARALLEL_MIN_IMAGES = 6000  # below this, starting worker processes for the folds costs more than it saves
-PREDICTION_COLUMNS = ["encoder", "head", "repeat", "fold", "image", "path", "true_age", "pred_age", "pred_raw"]
+PREDICTION_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "path", "true_age", "pred_age",
+                      "pred_raw"]
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
-FOLD_COLUMNS = ["encoder", "head", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
+FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
                 "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
-SUMMARY_COLUMNS = (["encoder", "head", "n_images"]
+SUMMARY_COLUMNS = (["encoder", "head", "scaling", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"]
                    + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")])
 BOOTSTRAP_DRAWS = 1000
@@ -90,7 +91,8 @@ class CVResult:
         for (r, k), index in self._groups():
             true, pred = self.true_age[index], self.pred_age[index]
             rows.append({
-                "encoder": self.encoder, "head": self.head.label, "repeat": int(r), "fold": int(k),
+                "encoder": self.encoder, "head": self.head.label, "scaling": self.head.scaling,
+                "repeat": int(r), "fold": int(k),
                 "n_test": int(index.size), **score(true, pred),
                 "rmse_raw": rmse(true, self.pred_raw[index]) if self.head.is_regression else float("nan"),
                 "n_train": n_total - int(index.size), "alpha": self.alpha.get((int(r), int(k)), float("nan")),
@@ -109,7 +111,8 @@ class CVResult:
     def summary(self) -> dict:
         """Mean and sample SD over all R x k folds of every metric."""
         folds = self.fold_scores()
-        row = {"encoder": self.encoder, "head": self.head.label, "n_images": self.n_images}
+        row = {"encoder": self.encoder, "head": self.head.label, "scaling": self.head.scaling,
+               "n_images": self.n_images}
         for metric in (*METRICS, "rmse_raw"):
             row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(folds[metric].to_numpy())
         row["n_folds_total"] = len(folds)
@@ -117,7 +120,8 @@ class CVResult:
 
     def predictions(self) -> pd.DataFrame:
         return pd.DataFrame({
-            "encoder": self.encoder, "head": self.head.label, "repeat": self.repeat, "fold": self.fold,
+            "encoder": self.encoder, "head": self.head.label, "scaling": self.head.scaling, "repeat": self.repeat,
+            "fold": self.fold,
             "image": list(self.images), "path": list(self.paths), "true_age": self.true_age, "pred_age": self.pred_age, "pred_raw": self.pred_raw,
         }, columns=PREDICTION_COLUMNS)
 
@@ -453,6 +457,7 @@ def compare(
     with_learning_curve: bool = False,
     failed_encoders: Mapping[str, str] | None = None,
     bootstrap_draws: int = BOOTSTRAP_DRAWS,
+    scalings: Mapping[str, str] | None = None,
 ) -> Comparison:
     """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
 
@@ -463,6 +468,8 @@ def compare(
         several photos of any fish.
     with_learning_curve : also train on 10 %, 20 %, ... 100 % of each training fold.
     bootstrap_draws : draws for the 95 % intervals in the summary (fish resampled; 0: none), seeded by ``seed``.
+    scalings : each encoder's own feature scaling (its registry entry), used by heads whose scaling is
+        ``auto``; an encoder not named gets ``l2``.
 
     Only images embedded by every encoder are used, so every model sees the same images and folds;
     the others are listed in ``Comparison.skipped`` with the reason.
@@ -498,7 +505,7 @@ def compare(
     for name, emb in embeddings.items():
         position = {int(r): j for j, r in enumerate(emb.rows)}
         features = emb.features[[position[int(r)] for r in rows]]
-        for head in heads:
+        for head in (h.for_encoder((scalings or {}).get(name, "l2")) for h in heads):
             parts, alphas, chosen = [], {}, {}
             for r, folds in enumerate(fold_sets):
                 pred, raw, fold_params = cross_validate_head(features, ages, folds, head)
@@ -522,7 +529,7 @@ def compare(
 def no_skill(ages: np.ndarray, fold_sets: Sequence[np.ndarray], images: Sequence[str], paths: Sequence[str]) -> CVResult:
     """The no-skill baseline on the given folds: each test fold gets its training fold's most common age
     (the smallest of tied ages, as scikit-learn's ``DummyClassifier(strategy="most_frequent")``)."""
-    head = HeadSpec(BASELINE_HEAD)
+    head = HeadSpec(BASELINE_HEAD).for_encoder("none")
     nothing = np.zeros((ages.size, 1))  # it sees no image
     parts = []
     for r, folds in enumerate(fold_sets):

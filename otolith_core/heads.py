@@ -8,7 +8,8 @@ seen). ``logistic``: multinomial logistic regression, C chosen inside each train
 inner CV over ``LOGISTIC_CS``; it gives class probabilities. ``knn``: cosine k-nearest neighbours (the
 majority age of the k most similar training images; the few-shot view), k chosen by the same inner CV
 over ``KNN_KS``. Feature scaling is part of the head, so it is fitted inside each training fold: ``none``,
-``l2`` (each embedding to unit length; the default) or ``standardize``.
+``l2`` (each embedding to unit length) or ``standardize``; ``auto`` (the default) takes the scaling the
+encoder's registry entry states (``HeadSpec.for_encoder``). It never renames a head.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
 
+from .encoders.spec import SCALINGS  # the scalings an encoder's registry entry may state
+
 HEADS = ("ridge", "svc", "ridge-cv", "logistic", "knn")
 BASELINE_HEAD = "most-frequent"  # the no-skill reference: always the most common training age (not a choice)
 RIDGE_CV_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # searched inside each training fold
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))  # searched inside each training fold
 KNN_KS = (1, 3, 5, 7, 11, 15, 21)
 INNER_FOLDS = 5  # the inner CV choosing C or k, inside one training fold (stratified, seed 0)
-SCALINGS = ("none", "l2", "standardize")
+AUTO_SCALING = "auto"  # each encoder's own scaling (its registry entry; l2 for embeddings from files)
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,13 @@ class HeadSpec:
     name: str
     alpha: float = 6.0  # ridge
     C: float = 0.1  # svc
-    scaling: str = "l2"
+    scaling: str = AUTO_SCALING  # auto: the encoder's own; none | l2 | standardize: the same for every encoder
 
     def __post_init__(self) -> None:
         if self.name not in HEADS and self.name != BASELINE_HEAD:
             raise ValueError(f"unknown head {self.name!r}; choose from {list(HEADS)}")
-        if self.scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {self.scaling!r}; choose from {list(SCALINGS)}")
+        if self.scaling not in (AUTO_SCALING, *SCALINGS):
+            raise ValueError(f"unknown scaling {self.scaling!r}; choose from {[AUTO_SCALING, *SCALINGS]}")
         if not self.alpha > 0:
             raise ValueError(f"ridge alpha must be > 0, got {self.alpha!r}")
         if not self.C > 0:
@@ -59,25 +62,34 @@ class HeadSpec:
 
     @property
     def params(self) -> dict:
-        """The parameters that matter for this head (for tables and provenance)."""
+        """The head's own parameters (for its label and provenance); the scaling is not one of them."""
         if self.name == BASELINE_HEAD:
-            return {}  # no features, so no scaling either
+            return {}
         own = {"ridge": {"alpha": self.alpha}, "svc": {"C": self.C},
                "ridge-cv": {"alphas": f"{RIDGE_CV_ALPHAS[0]:g}..{RIDGE_CV_ALPHAS[-1]:g} ({len(RIDGE_CV_ALPHAS)} values)"},
                "logistic": {"Cs": f"{LOGISTIC_CS[0]:g}..{LOGISTIC_CS[-1]:g} ({len(LOGISTIC_CS)} values)"},
                "knn": {"ks": ",".join(map(str, KNN_KS))}}
-        return {**own[self.name], "scaling": self.scaling}
+        return own[self.name]
 
     @property
     def label(self) -> str:
-        """Short name used in every CSV: the bare name with default parameters, else with them."""
+        """Short name used in every CSV: the bare name with default parameters, else with them. The scaling
+        never renames a head: it has a column of its own."""
         if self.params == HeadSpec(self.name).params:
             return self.name
         changed = {k: v for k, v in self.params.items() if k not in ("alphas", "Cs", "ks")}
         return self.name + "(" + ",".join(f"{k}={v}" for k, v in changed.items()) + ")"
 
+    def for_encoder(self, encoder_scaling: str) -> "HeadSpec":
+        """This head as fitted on an encoder whose own scaling is ``encoder_scaling`` (``auto`` takes it)."""
+        from dataclasses import replace
+
+        if self.name == BASELINE_HEAD:
+            return replace(self, scaling="none")
+        return self if self.scaling != AUTO_SCALING else replace(self, scaling=encoder_scaling)
+
     def as_dict(self) -> dict:
-        return {"name": self.name, "label": self.label, **self.params}
+        return {"name": self.name, "label": self.label, **self.params, "scaling": self.scaling}
 
 
 class RoundedRidge(RegressorMixin, BaseEstimator):
@@ -134,12 +146,15 @@ class GramSVC(ClassifierMixin, BaseEstimator):
 
 
 def build_head(spec: HeadSpec) -> Pipeline:
-    """A fresh, unfitted pipeline ``scale -> model`` for one training fold."""
+    """A fresh, unfitted pipeline ``scale -> model`` for one training fold (``auto`` scaling must be resolved
+    to the encoder's own first, see :meth:`HeadSpec.for_encoder`)."""
+    if spec.scaling == AUTO_SCALING and spec.name != BASELINE_HEAD:
+        raise ValueError(f"head {spec.label!r}: resolve the 'auto' scaling to the encoder's own before fitting")
     scaler = {
         "none": FunctionTransformer(),
         "l2": Normalizer(norm="l2"),
         "standardize": StandardScaler(),
-    }[spec.scaling]
+    }.get(spec.scaling, FunctionTransformer())
     if spec.name == BASELINE_HEAD:
         from sklearn.dummy import DummyClassifier
 

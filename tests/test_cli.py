@@ -188,10 +188,13 @@ def test_extract_exports_npz_and_run_reads_it_back(demo_manifest, demo_run, tmp_
         assert data["features"].shape == (n, 1024) and data["labels"].shape == (n,) and data["paths"].shape == (n,)
     out = tmp_path / "out"
     spec = f"pix={tmp_path / 'pixels-32.npz'},morph={tmp_path / 'otolith-morphometrics.npz'}"
-    assert main(["run", "--embeddings", spec, "--heads", "ridge", "--out", str(out), "--no-chart"]) == 0
+    # the same scaling on both sides: .npz names are not registry entries, so `auto` gives them l2
+    assert main(["run", "--embeddings", spec, "--heads", "ridge", "--scaling", "none", "--out", str(out),
+                 "--no-chart"]) == 0
     from_npz = pd.read_csv(out / "predictions.csv")
     # .npz files carry no fish ids, so compare with an image run whose folds ignore them too
     assert main(["run", "--data", str(demo_manifest), "--models", "pixels-32", "--heads", "ridge", "--no-group-by-fish",
+                 "--scaling", "none",
                  "--out", str(tmp_path / "images"), "--cache-dir", str(cache), "--no-chart"]) == 0
     from_images = pd.read_csv(tmp_path / "images" / "predictions.csv")
     mine = from_npz[from_npz.encoder == "pix"].set_index("image").pred_age.sort_index()
@@ -415,3 +418,16 @@ def test_a_bad_variant_is_one_line_naming_the_options(demo_manifest, tmp_path, c
                  "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "pad, squash, crop, clahe" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_with_registry_scalings_every_builtin_and_paper_head_beats_no_skill(demo_run):
+    """Each registry entry's own scaling (none for the built-ins): on the demo, both paper heads on both built-in
+    extractors beat the no-skill baseline in accuracy; the scaling is a column, not part of the head's name."""
+    out, _ = demo_run
+    summary = pd.read_csv(out / "summary.csv").set_index(["encoder", "head"])
+    floor = summary.loc[("no-skill", "most-frequent")].accuracy_mean
+    for encoder in ("otolith-morphometrics", "pixels-32"):
+        for head in ("ridge", "svc"):
+            row = summary.loc[(encoder, head)]
+            assert row.scaling == "none" and row.accuracy_mean > floor, (encoder, head, row.accuracy_mean, floor)

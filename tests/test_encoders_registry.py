@@ -91,6 +91,7 @@ def test_every_entry_states_its_licence_and_download():
     for spec in registry().values():
         assert spec.licence, f"{spec.name} states no licence"
         assert spec.loader == "builtin" or spec.download_size_mb, f"{spec.name} states no download size"
+        assert spec.scaling == ("none" if spec.loader == "builtin" else "l2"), spec.name  # README "Feature scaling"
 
 
 # Store keys of the entries that existed before the encoders package: computed by the code of that time,

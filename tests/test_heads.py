@@ -41,7 +41,8 @@ def test_svc_predicts_exactly_as_the_papers_linear_one_vs_one_svc(scaling, C):
 
 def test_labels_name_non_default_parameters():
     assert HeadSpec("ridge").label == "ridge"
-    assert HeadSpec("svc", C=1.0).label == "svc(C=1.0,scaling=l2)"
+    assert HeadSpec("svc", C=1.0).label == "svc(C=1.0)"
+    assert HeadSpec("ridge", scaling="none").label == "ridge"  # the scaling is a column of its own, not a name
 
 
 @pytest.mark.parametrize("kwargs,match", [({"name": "lasso"}, "unknown head"), ({"name": "ridge", "alpha": 0}, "alpha"),

@@ -107,10 +107,12 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
     from otolith_core.cache import ResultStore
     from otolith_core.evaluation import compare
 
+    specs, _ = resolve(tuple(embeddings))
     with st.spinner("Cross-validating…"):
         result = compare(data, embeddings, list(settings.heads), n_folds=settings.n_folds, seed=settings.seed,
                          repeats=settings.repeats, group_by_fish=settings.group_by_fish,
-                         with_learning_curve=settings.learning_curve, failed_encoders=problems)
+                         with_learning_curve=settings.learning_curve, failed_encoders=problems,
+                         scalings={name: spec.scaling for name, spec in specs.items()})
     store = ResultStore(settings.cache_dir)
     try:
         store.put(key, result)

@@ -38,6 +38,10 @@ st.dataframe(table, hide_index=True, width="stretch")
 st.caption("± is the SD over folds; the 95 % intervals are a bootstrap of the first repeat's out-of-fold "
            f"predictions ({comparison.bootstrap_draws} draws, whole fish resampled"
            f"{'' if comparison.grouped_by_fish else ' (each image its own fish unless fish_id says otherwise)'}).")
+models = summary[summary["encoder"] != "no-skill"]
+st.caption("Feature scaling, fitted in each training fold: " + ", ".join(dict.fromkeys(
+    f"{e} {s}" for e, s in zip(models["encoder"], models["scaling"]))) + " (the `scaling` column of summary.csv, "
+           "folds.csv and predictions.csv; the sidebar can set one for every encoder).")
 st.caption("**no-skill / most-frequent** predicts every fish as the most common age of its training fold, on the "
            "same folds: a model at that value (dotted lines in the charts) learned nothing from the images. It is in "
            "no paired test.")

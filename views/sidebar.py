@@ -15,7 +15,7 @@ import streamlit as st
 
 from otolith_core.cache import default_cache_dir
 from otolith_core.data import data_signature
-from otolith_core.heads import HEADS, SCALINGS, HeadSpec
+from otolith_core.heads import AUTO_SCALING, HEADS, SCALINGS, HeadSpec
 from otolith_core.encoders import presets, registry
 from views import cached, jobs, state
 from views.state import Settings
@@ -63,7 +63,7 @@ def sidebar() -> Settings | None:
     known = presets()
     run_from_url = state.restore_from_url({"data_choice": list(DATA_CHOICES), "preset": ["none", *known],
                                            "encoders": list(specs), "variants": list(VARIANTS),
-                                           "heads": list(HEADS), "scaling": list(SCALINGS),
+                                           "heads": list(HEADS), "scaling": [AUTO_SCALING, *SCALINGS],
                                            "grouping": list(GROUPING)})
     jobs.status_area(str(default_cache_dir()))  # on top, where it is seen while jobs run
     settings = _draw(specs, known)
@@ -151,7 +151,11 @@ def _draw(specs, known) -> Settings | None:
                                      "k-nearest neighbours, k chosen the same way")
     alpha = sb.number_input("Ridge α", min_value=0.001, key=_initial("alpha", 6.0))
     c_value = sb.number_input("SVC C", min_value=0.0001, format="%.4f", key=_initial("svc_c", 0.1))
-    scaling = sb.selectbox("Feature scaling (fitted per training fold)", list(SCALINGS), key=_initial("scaling", "l2"))
+    scaling = sb.selectbox("Feature scaling (fitted per training fold)", [AUTO_SCALING, *SCALINGS],
+                           key=_initial("scaling", AUTO_SCALING),
+                           format_func=lambda v: "each encoder's own" if v == AUTO_SCALING else f"{v}, for every encoder",
+                           help="Each encoder's registry entry states the scaling that suits it (l2 for learned "
+                                "encoders, none for the built-ins); the Results table's scaling column says which ran.")
     heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling) for h in head_names)
 
     sb.header("Cross-validation")

@@ -17,6 +17,7 @@ FAMILIES = ("open_clip", "timm", "builtin")  # the library that builds the model
 RESIZE_MODES = ("shortest", "squash", "longest")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast; bf16/fp16: torch.autocast with that dtype
 POOLINGS = ("default", "cls", "mean")  # timm towers: the model's own, the class token, the mean of patch tokens
+SCALINGS = ("none", "l2", "standardize")  # feature scaling a head fits inside each training fold
 FITS = ("pad", "squash", "crop")  # how a variant fits the photo into the square input
 VARIANT_OPTIONS = FITS + ("clahe",)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -155,6 +156,7 @@ class EncoderSpec:
     keep_head: bool = False  # timm towers: the head is CLIP's image projection (kept), not a classifier
     bf16_via_timm: bool = False  # OpenCLIP plain ViTs: under bf16 run as timm's ViT, same weights (much faster)
     variant: Variant = Variant()
+    scaling: str = "l2"  # the feature scaling that suits these embeddings (heads fit it per training fold)
     description: str = ""
     year: int | None = None
     embed_dim: int | None = None
@@ -170,6 +172,8 @@ class EncoderSpec:
             object.__setattr__(self, "family", family)
         if self.family not in FAMILIES:
             raise ValueError(f"encoder {self.name!r}: family {self.family!r} is not one of {FAMILIES}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"encoder {self.name!r}: scaling {self.scaling!r} is not one of {SCALINGS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"encoder {self.name!r}: pooling {self.pooling!r} is not one of {POOLINGS}")
         if self.pooling != "default" and self.family != "timm":
