@@ -401,7 +401,7 @@ def available_memory() -> float:
         return float("inf")
 
 
-def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec) -> tuple[np.ndarray, np.ndarray, float]:
+def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, parameters used)."""
     model = build_head(head).fit(features[~test], ages[~test])
     pred, raw = predict(model, features[test])

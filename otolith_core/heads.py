@@ -146,15 +146,15 @@ class GramSVC(ClassifierMixin, BaseEstimator):
 
 
 def build_head(spec: HeadSpec) -> Pipeline:
-    """A fresh, unfitted pipeline ``scale -> model`` for one training fold (``auto`` scaling must be resolved
-    to the encoder's own first, see :meth:`HeadSpec.for_encoder`)."""
-    if spec.scaling == AUTO_SCALING and spec.name != BASELINE_HEAD:
-        raise ValueError(f"head {spec.label!r}: resolve the 'auto' scaling to the encoder's own before fitting")
+    """A fresh, unfitted pipeline ``scale -> model`` for one training fold. ``auto`` scaling is resolved to the
+    encoder's own by :func:`~otolith_core.evaluation.compare` (:meth:`HeadSpec.for_encoder`); features with no
+    encoder entry behind them get ``l2``, as there."""
     scaler = {
         "none": FunctionTransformer(),
         "l2": Normalizer(norm="l2"),
         "standardize": StandardScaler(),
-    }.get(spec.scaling, FunctionTransformer())
+        AUTO_SCALING: Normalizer(norm="l2"),
+    }[spec.scaling if spec.name != BASELINE_HEAD else "none"]
     if spec.name == BASELINE_HEAD:
         from sklearn.dummy import DummyClassifier
 
