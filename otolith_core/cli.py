@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="species settings from config.yaml (e.g. cod: ages clipped to 1..10)")
     run.add_argument("--models", help="comma-separated encoders (with --data); NAME@pad+clahe etc. adds a "
                                       "preprocessing variant as an encoder of its own (see `otolith models`)")
+    run.add_argument("--combine", action="append", default=[], metavar="A,B",
+                     help="also evaluate these encoders (of --models or --embeddings) concatenated, as a row 'A + B'; "
+                          "each part scaled as its own entry says; repeatable")
     run.add_argument("--heads", default="ridge,svc",
                      help="comma-separated heads: ridge, svc (the paper's), ridge-cv (alpha chosen inside each training "
                           "fold), logistic (C chosen by an inner CV), knn (cosine, k chosen by an inner CV); "
@@ -121,6 +124,34 @@ def _extraction_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"contrast limit of an encoder's @clahe variant, in (0, 1] (default {DEFAULT_CLAHE_CLIP_LIMIT})")
     parser.add_argument("--clahe-kernel", type=float, metavar="F",
                         help=f"CLAHE tile side as a fraction of the image side, in (0, 1] (default {DEFAULT_CLAHE_KERNEL})")
+
+
+def _combined(groups: Sequence[str], embeddings: dict, failed: dict) -> list[tuple[str, ...]]:
+    """``--combine`` values -> tuples of evaluated encoder names. A name may be written as on --models (a variant
+    as ``@clahe+pad`` runs as ``@pad+clahe``); a group with a part that was not evaluated is skipped, with its
+    reason in ``failed`` (and run.json), and the rest of the run goes on."""
+    from .encoders import ENCODER_ERRORS, resolve_encoder
+    from .evaluation import combined_label
+
+    out = []
+    for group in groups:
+        parts = []
+        for part in (p.strip() for p in group.split(",") if p.strip()):
+            if part not in embeddings:
+                try:
+                    part = resolve_encoder(part).name
+                except ENCODER_ERRORS:
+                    pass
+            parts.append(part)
+        missing = [p for p in parts if p not in embeddings]
+        if missing or len(parts) < 2:
+            why = (f"needs two or more evaluated encoders; not evaluated: {', '.join(missing)}" if missing
+                   else "needs two or more encoders, e.g. --combine A,B")
+            failed[combined_label(parts)] = why
+            print(f"combination {combined_label(parts)} skipped: {why}", file=sys.stderr)
+            continue
+        out.append(tuple(parts))
+    return out
 
 
 def _variant_options(args: argparse.Namespace) -> dict:
@@ -284,6 +315,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, repeats=args.repeats,
                          group_by_fish=args.group_by_fish, with_learning_curve=args.learning_curve,
                          bootstrap_draws=args.bootstrap, scalings={n: s.scaling for n, s in specs.items()},
+                         combined=_combined(args.combine, embeddings, failed),
                          failed_encoders=failed)
     if comparison.grouped_by_fish:
         print("folds keep all photos of a fish together (grouped by fish_id)")

@@ -458,6 +458,7 @@ def compare(
     failed_encoders: Mapping[str, str] | None = None,
     bootstrap_draws: int = BOOTSTRAP_DRAWS,
     scalings: Mapping[str, str] | None = None,
+    combined: Sequence[Sequence[str]] = (),
 ) -> Comparison:
     """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
 
@@ -470,6 +471,8 @@ def compare(
     bootstrap_draws : draws for the 95 % intervals in the summary (fish resampled; 0: none), seeded by ``seed``.
     scalings : each encoder's own feature scaling (its registry entry), used by heads whose scaling is
         ``auto``; an encoder not named gets ``l2``.
+    combined : groups of encoders (of ``embeddings``) evaluated together as one more encoder, labelled
+        ``"A + B"``: each part scaled as its own entry says (or as the heads' one scaling), then concatenated.
 
     Only images embedded by every encoder are used, so every model sees the same images and folds;
     the others are listed in ``Comparison.skipped`` with the reason.
@@ -502,10 +505,21 @@ def compare(
         notes += [n for n in fold_notes if n not in notes]
     notes += duplicate_warnings(next(iter(embeddings.values())), rows, images, ages, fold_sets)
     results, curve = [], []
+    scalings = dict(scalings or {})
+    matrices = {}
     for name, emb in embeddings.items():
         position = {int(r): j for j, r in enumerate(emb.rows)}
-        features = emb.features[[position[int(r)] for r in rows]]
-        for head in (h.for_encoder((scalings or {}).get(name, "l2")) for h in heads):
+        matrices[name] = emb.features[[position[int(r)] for r in rows]]
+    entries = [(name, matrices[name], scalings.get(name, "l2"), ()) for name in embeddings]
+    for parts in combined:
+        missing = [p for p in parts if p not in matrices]
+        if missing or len(parts) < 2:
+            raise ValueError(f"--combine {','.join(parts)}: needs two or more of the evaluated encoders "
+                             f"({', '.join(matrices)}); not evaluated: {', '.join(missing) or '-'}")
+        entries.append((combined_label(parts), np.hstack([matrices[p] for p in parts]),
+                        "+".join(scalings.get(p, "l2") for p in parts), tuple(matrices[p].shape[1] for p in parts)))
+    for name, features, own_scaling, blocks in entries:
+        for head in (h.for_encoder(own_scaling, blocks) for h in heads):
             parts, alphas, chosen = [], {}, {}
             for r, folds in enumerate(fold_sets):
                 pred, raw, fold_params = cross_validate_head(features, ages, folds, head)
@@ -524,6 +538,11 @@ def compare(
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
                       {name: emb.precision for name, emb in embeddings.items()}, baseline, tuple(groups.tolist()),
                       int(bootstrap_draws))
+
+
+def combined_label(parts: Sequence[str]) -> str:
+    """``"A + B"``: the row of a combined encoder (spaces included, so a variant's own ``+`` never splits it)."""
+    return " + ".join(parts)
 
 
 def no_skill(ages: np.ndarray, fold_sets: Sequence[np.ndarray], images: Sequence[str], paths: Sequence[str]) -> CVResult:

@@ -45,12 +45,16 @@ class HeadSpec:
     alpha: float = 6.0  # ridge
     C: float = 0.1  # svc
     scaling: str = AUTO_SCALING  # auto: the encoder's own; none | l2 | standardize: the same for every encoder
+    blocks: tuple[int, ...] = ()  # a combined encoder: each part's width; ``scaling`` then names one per part, "l2+none"
 
     def __post_init__(self) -> None:
         if self.name not in HEADS and self.name != BASELINE_HEAD:
             raise ValueError(f"unknown head {self.name!r}; choose from {list(HEADS)}")
-        if self.scaling not in (AUTO_SCALING, *SCALINGS):
+        parts = self.scaling.split("+") if self.blocks else [self.scaling]
+        if any(p not in (AUTO_SCALING, *SCALINGS) for p in parts):
             raise ValueError(f"unknown scaling {self.scaling!r}; choose from {[AUTO_SCALING, *SCALINGS]}")
+        if self.blocks and len(parts) != len(self.blocks):
+            raise ValueError(f"a combined encoder of {len(self.blocks)} parts needs one scaling per part, got {self.scaling!r}")
         if not self.alpha > 0:
             raise ValueError(f"ridge alpha must be > 0, got {self.alpha!r}")
         if not self.C > 0:
@@ -80,12 +84,20 @@ class HeadSpec:
         changed = {k: v for k, v in self.params.items() if k not in ("alphas", "Cs", "ks")}
         return self.name + "(" + ",".join(f"{k}={v}" for k, v in changed.items()) + ")"
 
-    def for_encoder(self, encoder_scaling: str) -> "HeadSpec":
-        """This head as fitted on an encoder whose own scaling is ``encoder_scaling`` (``auto`` takes it)."""
+    def for_encoder(self, encoder_scaling: str, blocks: tuple[int, ...] = ()) -> "HeadSpec":
+        """This head as fitted on an encoder whose own scaling is ``encoder_scaling`` (``auto`` takes it).
+
+        For a combined encoder, ``encoder_scaling`` names each part's own (``"l2+none"``) and ``blocks`` their
+        widths: each part is scaled by itself, its own way or the one scaling asked for, then concatenated.
+        """
         from dataclasses import replace
 
         if self.name == BASELINE_HEAD:
             return replace(self, scaling="none")
+        if blocks:
+            own = encoder_scaling.split("+")
+            chosen = own if self.scaling == AUTO_SCALING else [self.scaling] * len(own)
+            return replace(self, scaling="+".join(chosen), blocks=tuple(int(b) for b in blocks))
         return self if self.scaling != AUTO_SCALING else replace(self, scaling=encoder_scaling)
 
     def as_dict(self) -> dict:
@@ -148,13 +160,16 @@ class GramSVC(ClassifierMixin, BaseEstimator):
 def build_head(spec: HeadSpec) -> Pipeline:
     """A fresh, unfitted pipeline ``scale -> model`` for one training fold. ``auto`` scaling is resolved to the
     encoder's own by :func:`~otolith_core.evaluation.compare` (:meth:`HeadSpec.for_encoder`); features with no
-    encoder entry behind them get ``l2``, as there."""
-    scaler = {
-        "none": FunctionTransformer(),
-        "l2": Normalizer(norm="l2"),
-        "standardize": StandardScaler(),
-        AUTO_SCALING: Normalizer(norm="l2"),
-    }[spec.scaling if spec.name != BASELINE_HEAD else "none"]
+    encoder entry behind them get ``l2``, as there. A combined encoder's parts are scaled one by one."""
+    if spec.blocks:
+        from sklearn.compose import ColumnTransformer
+
+        ends = np.cumsum(spec.blocks)
+        parts = [(f"part{i}", _scaler(scaling), slice(int(end - width), int(end)))
+                 for i, (scaling, width, end) in enumerate(zip(spec.scaling.split("+"), spec.blocks, ends))]
+        scaler = ColumnTransformer(parts)
+    else:
+        scaler = _scaler(spec.scaling if spec.name != BASELINE_HEAD else "none")
     if spec.name == BASELINE_HEAD:
         from sklearn.dummy import DummyClassifier
 
@@ -170,6 +185,11 @@ def build_head(spec: HeadSpec) -> Pipeline:
     else:
         model = GramSVC(C=spec.C)
     return Pipeline([("scale", scaler), ("model", model)])
+
+
+def _scaler(scaling: str):
+    return {"none": FunctionTransformer(), "l2": Normalizer(norm="l2"), "standardize": StandardScaler(),
+            AUTO_SCALING: Normalizer(norm="l2")}[scaling]
 
 
 def inner_cv() -> StratifiedKFold:

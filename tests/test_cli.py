@@ -431,3 +431,41 @@ def test_with_registry_scalings_every_builtin_and_paper_head_beats_no_skill(demo
         for head in ("ridge", "svc"):
             row = summary.loc[(encoder, head)]
             assert row.scaling == "none" and row.accuracy_mean > floor, (encoder, head, row.accuracy_mean, floor)
+
+
+@pytest.mark.slow
+def test_a_combined_row_equals_concatenating_the_npz_files(demo_manifest, demo_run, tmp_path, capsys):
+    """`--combine pix,morph`: one more row, `pix + morph`, on the same folds; with no scaling it equals a run on one
+    file holding both feature sets side by side, and with each part's own l2 it equals one file holding each
+    part already scaled to unit length (each part is scaled by itself, then concatenated)."""
+    _, cache = demo_run
+    files = {}
+    for short, name in (("pix", "pixels-32"), ("morph", "otolith-morphometrics")):
+        files[short] = tmp_path / f"{short}.npz"
+        assert main(["extract", "--data", str(demo_manifest), "--model", name, "--cache-dir", str(cache),
+                     "--npz", str(files[short])]) == 0
+    pix, morph = (dict(np.load(files[k])) for k in ("pix", "morph"))
+    assert list(pix["paths"]) == list(morph["paths"])
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    for scaling, joined in (("none", np.hstack([pix["features"], morph["features"]])),
+                            ("l2", np.hstack([unit(pix["features"]), unit(morph["features"])]))):
+        np.savez(tmp_path / "both.npz", features=joined, labels=pix["labels"], paths=pix["paths"])
+        both_args = ["--heads", "ridge,svc", "--no-chart", "--bootstrap", "0"]
+        assert main(["run", "--embeddings", f"pix={files['pix']},morph={files['morph']}", "--combine", "pix,morph",
+                     "--scaling", scaling, "--out", str(tmp_path / "combined"), *both_args]) == 0
+        assert main(["run", "--embeddings", f"both={tmp_path / 'both.npz'}", "--scaling", "none",
+                     "--out", str(tmp_path / "joined"), *both_args]) == 0
+        combined = pd.read_csv(tmp_path / "combined" / "predictions.csv")
+        joined_pred = pd.read_csv(tmp_path / "joined" / "predictions.csv")
+        for head in ("ridge", "svc"):
+            mine = combined[(combined.encoder == "pix + morph") & (combined["head"] == head)].set_index("image")
+            theirs = joined_pred[(joined_pred.encoder == "both") & (joined_pred["head"] == head)].set_index("image")
+            pd.testing.assert_series_equal(mine.pred_age.sort_index(), theirs.pred_age.sort_index(), check_names=False)
+            assert set(mine.scaling) == {f"{scaling}+{scaling}"}
+    summary = pd.read_csv(tmp_path / "combined" / "summary.csv")
+    assert {"pix", "morph", "pix + morph", "no-skill"} == set(summary.encoder)
+    # a part that is not evaluated: that combination is named and skipped, the rest runs
+    assert main(["run", "--embeddings", f"pix={files['pix']}", "--combine", "pix,nope", "--heads", "ridge",
+                 "--out", str(tmp_path / "partial"), "--no-chart"]) == 0
+    assert "combination pix + nope skipped" in capsys.readouterr().err
+    assert "pix + nope" in json.loads((tmp_path / "partial" / "run.json").read_text())["failed_encoders"]

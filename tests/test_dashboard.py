@@ -376,3 +376,16 @@ def test_a_preprocessing_variant_adds_rows_from_the_sidebar(app):
     app.switch_page("views/results.py").run()
     assert not app.exception
     assert set(app.dataframe[0].value.encoder) == {"pixels-32", "pixels-32@pad+clahe", "no-skill"}
+
+
+@pytest.mark.slow
+def test_two_encoders_evaluated_together_add_a_combined_row(app):
+    app.sidebar.multiselect(key="encoders").set_value(ENCODERS)
+    app.run()
+    app.sidebar.multiselect(key="combine").set_value(list(ENCODERS))
+    _run(app)
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert set(app.dataframe[0].value.encoder) == {*ENCODERS, " + ".join(ENCODERS), "no-skill"}
+    app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]]).run()  # a part dropped: no combination left
+    assert not app.exception and app.sidebar.multiselect(key="combine").value == [ENCODERS[0]]

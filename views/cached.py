@@ -85,6 +85,7 @@ def comparison_key(settings: Settings, embeddings: dict[str, tuple[EmbeddingSet,
         "embeddings": [(name, e.precision, len(e.rows), digest) for name, (e, digest) in embeddings.items()],
         "heads": [repr(h) for h in settings.heads],
         "cv": [settings.n_folds, settings.seed, settings.repeats, settings.group_by_fish, settings.learning_curve],
+        "combined": [list(group) for group in settings.combined],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -112,7 +113,8 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
         result = compare(data, embeddings, list(settings.heads), n_folds=settings.n_folds, seed=settings.seed,
                          repeats=settings.repeats, group_by_fish=settings.group_by_fish,
                          with_learning_curve=settings.learning_curve, failed_encoders=problems,
-                         scalings={name: spec.scaling for name, spec in specs.items()})
+                         scalings={name: spec.scaling for name, spec in specs.items()},
+                         combined=[g for g in settings.combined if all(part in embeddings for part in g)])
     store = ResultStore(settings.cache_dir)
     try:
         store.put(key, result)

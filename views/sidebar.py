@@ -142,6 +142,12 @@ def _draw(specs, known) -> Settings | None:
                                    "each variant is embedded and cached as an encoder of its own, on the same folds.")
     bases = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
     encoders = bases + tuple(f"{base}@{variant}" for base in bases for variant in variants if "@" not in base)
+    # options follow the chosen encoders: drop a remembered part that is no longer offered before drawing
+    st.session_state["combine"] = [n for n in st.session_state.get("combine", []) if n in encoders]
+    together = sb.multiselect("Also evaluate together (concatenated)", list(encoders), key="combine",
+                              help="Two or more of the chosen encoders as one more row, 'A + B': each part scaled "
+                                   "as its own entry says, then concatenated, on the same folds.")
+    combined = (tuple(together),) if len(together) >= 2 else ()
 
     sb.header("Heads")
     head_names = sb.multiselect("Heads", list(HEADS), key=_initial("heads", ["ridge", "svc"]),
@@ -168,7 +174,7 @@ def _draw(specs, known) -> Settings | None:
                             help="Several photos of one fish in both training and test folds inflate every number.")
     curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
-                    str(default_cache_dir()), repeats, GROUPING[grouping][1], curve)
+                    str(default_cache_dir()), repeats, GROUPING[grouping][1], curve, combined)
 
 
 def _encoder_facts(specs) -> str:

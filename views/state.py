@@ -39,6 +39,7 @@ class Settings:
     repeats: int = 1
     group_by_fish: bool | None = None  # None: when the data has several photos of a fish
     learning_curve: bool = False
+    combined: tuple[tuple[str, ...], ...] = ()  # groups of chosen encoders also evaluated concatenated ("A + B")
 
     @property
     def data_key(self) -> str:
@@ -94,7 +95,7 @@ URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL,
 }
-URL_LISTS = ("encoders", "variants", "heads")  # multiselects: one query parameter per chosen value
+URL_LISTS = ("encoders", "variants", "combine", "heads")  # multiselects: one query parameter per chosen value
 
 
 def restore_from_url(options: Mapping[str, list]) -> bool:
