@@ -161,7 +161,7 @@ def _draw(specs, known) -> Settings | None:
                            key=_initial("scaling", AUTO_SCALING),
                            format_func=lambda v: "each encoder's own" if v == AUTO_SCALING else f"{v}, for every encoder",
                            help="Each encoder's registry entry states the scaling that suits it (l2 for learned "
-                                "encoders, none for the built-ins); the Results table's scaling column says which ran.")
+                                "encoders, none for the built-ins); the caption under the Results table says which ran.")
     heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling) for h in head_names)
 
     sb.header("Cross-validation")
