@@ -83,7 +83,7 @@ def resolve_encoder(
     base, options = split_variant(name)
     if options is None:
         problem = bad_suffix(name) if name not in registry() else None
-        if problem and not _is_local_dir(name):
+        if problem:
             raise ValueError(problem)
         return _resolve_plain(name, weights_dir)
     variant = parse_variant(name, options, clahe_clip_limit=clahe_clip_limit, clahe_kernel=clahe_kernel)
@@ -107,10 +107,6 @@ def resolve_encoders(names, **options) -> tuple[dict[str, EncoderSpec], dict[str
         except ENCODER_ERRORS as exc:
             problems[name] = error_message(exc)
     return specs, problems
-
-
-def _is_local_dir(name: str) -> bool:
-    return name.startswith("local-dir:") and Path(name[len("local-dir:"):]).expanduser().exists()
 
 
 def _resolve_plain(name: str, weights_dir) -> EncoderSpec:
