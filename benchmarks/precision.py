@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from otolith_core.data import load_dataset, load_image
-from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, load_encoder, registry, resolve_encoder
+from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, TorchEncoder, load_encoder, registry, resolve_encoder
 from otolith_core.encoders.loading import untrained_encoder
 
 
@@ -65,7 +65,9 @@ def main() -> None:
         line = [f"{spec.name}: fp32 {len(images) / plain_s:.2f} img/s"]
         runs = [(p, build(spec, device=args.device, precision=p, batch_size=len(images))) for p in reduced]
         if args.both and spec.bf16_via_timm and not args.weights:
-            runs.append(("bf16 open_clip tower", plain_encoder.with_precision("bf16")))
+            runs.append(("bf16 open_clip tower", TorchEncoder(spec, plain_encoder.module, plain_encoder.transform,
+                                                              device=args.device, batch_size=len(images),
+                                                              precision="bf16", implementation="open_clip")))
         for label, encoder in runs:
             s, x = timed(encoder, images)
             cosine = np.sum(plain * x, 1) / np.linalg.norm(plain, axis=1) / np.linalg.norm(x, axis=1)

@@ -15,7 +15,8 @@ import numpy as np
 
 from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
 from .data import Dataset, ImageRecord, Skipped, load_image
-from .encoders import PRECISIONS, EncoderSpec
+from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, decode_min_side,
+                       implementation_for, load_encoder, runs_on, select_device)
 
 ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
 DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
@@ -158,8 +159,6 @@ def extract_embeddings(
 
 def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, progress: ProgressCallback | None) -> list[Skipped]:
     """Embed ``pending`` (key, record) pairs batch by batch into ``store``; the images that failed, with reasons."""
-    from .encoders import decode_min_side
-
     failures: list[Skipped] = []
     total, done = len(pending), 0
     batches = [pending[start: start + size] for start in range(0, total, size)]
@@ -230,17 +229,20 @@ def _encoder_for(spec: EncoderSpec, encoder, started: EmbeddingStore | None, dev
     """The encoder to fill the cache with, loaded if none is given.
 
     With ``precision="auto"`` it continues a store already begun if the device can run that store's
-    precision (a given encoder is switched to it; it is not changed in place).
+    precision (a given encoder is switched to it; it is not changed in place, and where another implementation
+    computes that precision, e.g. CLIP's timm twin under bf16, that one is loaded on the encoder's device).
     """
-    from .encoders import load_encoder, runs_on, select_device
-
     if precision == "auto" and started is not None:
         where = encoder.device if encoder is not None else select_device(device)
         if runs_on(started.precision, where):
             device, precision = where, started.precision
+    if encoder is not None and precision not in ("auto", encoder.precision):
+        if implementation_for(spec, precision) == encoder.implementation:
+            return encoder.with_precision(precision)
+        device, encoder = encoder.device, None
     if encoder is None:
         return load_encoder(spec, device=device, precision=precision, batch_size=batch_size, weights_dir=weights_dir)
-    return encoder if precision in ("auto", encoder.precision) else encoder.with_precision(precision)
+    return encoder
 
 
 def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str | None], list[Skipped]]:
@@ -257,8 +259,6 @@ def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str 
 
 def _decode(key: str, record: ImageRecord, spec: EncoderSpec, min_side: int):
     """(key, record, image as the encoder's variant prepares it), or a Skipped naming why it cannot be used."""
-    from .encoders import apply_variant
-
     try:
         image = load_image(record, min_side=min_side)
         return key, record, apply_variant(image, spec.variant, work_side=min_side) if spec.variant else image
@@ -294,8 +294,6 @@ def _finite(features: np.ndarray) -> np.ndarray:
 
 def _check_dim(spec: EncoderSpec, features: np.ndarray) -> None:
     if spec.embed_dim and features.shape[1] != spec.embed_dim:
-        from .encoders import EncoderUnavailable
-
         raise EncoderUnavailable(
             f"encoder {spec.name!r} produced {features.shape[1]}-d embeddings but its entry states {spec.embed_dim}; "
             f"fix embed_dim in config.yaml"

@@ -209,19 +209,11 @@ class Comparison:
 
     def agebias_frame(self) -> pd.DataFrame:
         """Campana's age-bias table per (encoder, head), from the first repeat's predictions."""
-        rows = []
-        for r in self.results:
-            _, true, pred = r.first_repeat()
-            rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in age_bias(true, pred)]
-        return pd.DataFrame(rows, columns=AGEBIAS_COLUMNS)
+        return _first_repeat_table(self.results, age_bias, AGEBIAS_COLUMNS)
 
     def per_age_frame(self) -> pd.DataFrame:
         """``per_age.csv``: per (encoder, head) and reader age, from the first repeat's out-of-fold predictions."""
-        rows = []
-        for r in self.scored:
-            _, true, pred = r.first_repeat()
-            rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in per_age_scores(true, pred)]
-        return pd.DataFrame(rows, columns=PER_AGE_COLUMNS)
+        return _first_repeat_table(self.scored, per_age_scores, PER_AGE_COLUMNS)
 
     def symmetry_frame(self) -> pd.DataFrame:
         """Bowker's test of symmetry of the reader-vs-model age table per (encoder, head), first repeat."""
@@ -235,6 +227,15 @@ class Comparison:
 
     def learning_curve_frame(self) -> pd.DataFrame:
         return self.learning_curve if self.learning_curve is not None else pd.DataFrame(columns=LEARNING_COLUMNS)
+
+
+def _first_repeat_table(results: Sequence[CVResult], rows_of, columns: list[str]) -> pd.DataFrame:
+    """``rows_of(true, pred)`` of each result's first repeat, each row labelled with its encoder and head."""
+    rows = []
+    for r in results:
+        _, true, pred = r.first_repeat()
+        rows += [{"encoder": r.encoder, "head": r.head.label, **row} for row in rows_of(true, pred)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def per_age_scores(true: np.ndarray, pred: np.ndarray) -> list[dict]:

@@ -169,7 +169,7 @@ def build_head(spec: HeadSpec) -> Pipeline:
                  for i, (scaling, width, end) in enumerate(zip(spec.scaling.split("+"), spec.blocks, ends))]
         scaler = ColumnTransformer(parts)
     else:
-        scaler = _scaler(spec.scaling if spec.name != BASELINE_HEAD else "none")
+        scaler = _scaler(spec.scaling)
     if spec.name == BASELINE_HEAD:
         from sklearn.dummy import DummyClassifier
 

@@ -261,3 +261,17 @@ def test_a_plain_vit_runs_as_timm_twin_under_bf16_with_the_same_weights(tiny_mod
     reduced = fast.embed(images)
     cosine = np.sum(reduced * reference, 1) / np.linalg.norm(reduced, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= REDUCED_PRECISION_COSINE_FLOOR and not np.allclose(reduced, reference, atol=1e-7)
+
+
+def test_a_loaded_encoder_switched_to_bf16_is_never_open_clips_tower_under_a_timm_key(tiny_model_dir):
+    """A store keyed 'bf16, timm' must be filled by the timm twin: an fp32 OpenCLIP encoder handed to the
+    extraction for a bf16 store is replaced by a loaded twin, and cannot be merely switched to bf16."""
+    from otolith_core.embeddings import _encoder_for
+
+    spec = resolve_encoder(f"local-dir:{tiny_model_dir}")
+    fp32 = load_encoder(spec, device="cpu", precision="fp32")
+    with pytest.raises(ValueError, match="load it again"):
+        fp32.with_precision("bf16")
+    switched = _encoder_for(spec, fp32, None, "auto", "bf16", None, None)
+    assert (switched.implementation, switched.precision, switched.device) == ("timm", "bf16", "cpu")
+    assert _encoder_for(spec, fp32, None, "auto", "fp32", None, None) is fp32

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .open_clip_models import implementation_for
 from .spec import PRECISIONS, EncoderSpec, EncoderUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +42,14 @@ class Encoder:
         raise NotImplementedError
 
     def with_precision(self, precision: str) -> "Encoder":
-        """The same loaded model computing in ``precision`` (a shallow copy; the weights are shared)."""
+        """The same loaded model computing in ``precision`` (a shallow copy; the weights are shared).
+
+        Only where the same implementation computes that precision (the cache keys it): CLIP under bf16 is
+        timm's twin, another model to load.
+        """
+        if implementation_for(self.spec, precision) != self.implementation:
+            raise ValueError(f"encoder {self.spec.name!r} runs {precision} through {implementation_for(self.spec, precision)}, "
+                             f"not {self.implementation}: load it again with load_encoder(precision={precision!r})")
         other = copy.copy(self)
         other.precision = check_precision(precision, self.device)
         return other

@@ -109,10 +109,9 @@ def spec_from_name(name: str, *, weights_dir: str | Path | None = None) -> Encod
                        f"e.g. one of {timm.list_pretrained(f'{arch}.*')[:5]}")
     data_cfg = dict(cfg, **timm.data.resolve_model_data_config(built))
     full = f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch
-    spec = _spec(name, loader="timm", model_id=full, architecture=arch, pretrained_cfg=data_cfg,
+    return _spec(name, loader="timm", model_id=full, architecture=arch, pretrained_cfg=data_cfg,
                  num_classes=int(built.num_classes), num_features=int(built.num_features),
                  weights_repo=cfg["hf_hub_id"].split("@")[0], description=f"timm {full}")
-    return spec
 
 
 def _as_timm_name(spec: EncoderSpec, *, weights_repo: str) -> EncoderSpec:
