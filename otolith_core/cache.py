@@ -30,7 +30,7 @@ from .data import ImageRecord, file_sha256
 from .encoders import EncoderSpec, cache_identity
 
 SCHEMA_VERSION = 1
-RESULTS_SCHEMA = 2  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k
+RESULTS_SCHEMA = 3  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k; 3 covariates
 DEFAULT_CACHE_DIR = "cache"
 _META_KEY = "__encoder__"
 _MATRIX_KEY = "__matrix__"  # the last complete dataset matrix read from this store

@@ -5,6 +5,7 @@
     otolith extract --data PATH --model NAME [--device ...] [--precision ...] [--batch-size N] [--cache-dir DIR]
                     [--npz FILE]
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
+                [--combine A,B] [--covariates COL,COL [--impute-covariates]] [--scaling ...] [--bootstrap N]
                 [--learning-curve] [--age-range MIN MAX] [--no-chart | --png] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
 
@@ -75,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--combine", action="append", default=[], metavar="A,B",
                      help="also evaluate these encoders (of --models or --embeddings) concatenated, as a row 'A + B'; "
                           "each part scaled as its own entry says; repeatable")
+    run.add_argument("--covariates", metavar="COL,COL",
+                     help="manifest columns added to every encoder as features, e.g. length,month,area; each "
+                          "one numeric (standardised in-fold), month (sin/cos) or categorical (one-hot), inferred or "
+                          "given as NAME:KIND; adds the rows 'covariates' (them alone) and 'A + covariates'")
+    run.add_argument("--impute-covariates", action="store_true",
+                     help="fill a blank covariate with the training fold's median (most common category) instead of "
+                          "skipping the image")
     run.add_argument("--heads", default="ridge,svc",
                      help="comma-separated heads: ridge, svc (the paper's), ridge-cv (alpha chosen inside each training "
                           "fold), logistic (C chosen by an inner CV), knn (cosine, k chosen by an inner CV); "
@@ -270,12 +278,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .covariates import CovariateRequest
     from .evaluation import compare
     from .heads import HeadSpec
     from .encoders import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
 
     heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
+    if args.impute_covariates and not args.covariates:
+        raise ValueError("--impute-covariates needs --covariates COL,COL")
+    covariates = CovariateRequest.parse(args.covariates or "", impute=args.impute_covariates)
     failed: dict[str, str] = {}
     specs = {}
     if args.embeddings:
@@ -315,7 +327,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, repeats=args.repeats,
                          group_by_fish=args.group_by_fish, with_learning_curve=args.learning_curve,
                          bootstrap_draws=args.bootstrap, scalings={n: s.scaling for n, s in specs.items()},
-                         combined=_combined(args.combine, embeddings, failed),
+                         combined=_combined(args.combine, embeddings, failed), covariates=covariates,
                          failed_encoders=failed)
     if comparison.grouped_by_fish:
         print("folds keep all photos of a fish together (grouped by fish_id)")

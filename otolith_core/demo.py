@@ -5,6 +5,8 @@ opaque (bright, summer) and translucent (dark, winter) zones whose count is the 
 spacing shrinks with age (von Bertalanffy growth). Otolith size grows with age, with individual
 variation; blur, noise, uneven lighting, rotation and position vary per photo. A few per cent of
 reader ages are off by one, as with real readers, and some fish are photographed twice (``fish_id``).
+The manifest also carries fish covariates: total ``length`` (cm, from the same growth curve with
+individual variation, so it tells age only roughly) and the ``month`` of capture.
 
 Everything written here is labelled *synthetic demo*; it carries real ring and size signal but is not
 otolith data.
@@ -25,6 +27,9 @@ WIDTH, HEIGHT = 512, 384
 GROWTH_K, GROWTH_T0 = 0.28, 0.6  # von Bertalanffy: L(t) = 1 - exp(-K (t + t0))
 READER_ERROR_RATE = 0.05
 SECOND_PHOTO_RATE = 0.12
+MAX_LENGTH_CM = 110.0  # the growth curve's asymptotic fish length
+DEMO_COLUMNS = ("path", "age", "fish_id", "length", "month", "true_age", "source")
+DEMO_TRUTH_COLUMNS = ("true_age", "source")  # what the drawing knows; never a covariate
 
 
 def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 0) -> Path:
@@ -48,15 +53,16 @@ def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 
         reader_age = true_age
         if fish_rng.random() < READER_ERROR_RATE:
             reader_age = int(np.clip(true_age + fish_rng.choice([-1, 1]), 1, max(AGE_WEIGHTS)))
+        length, month = _covariates(fish, np.random.default_rng([seed, fish_number, 1]))  # images stay as before
         for photo in range(photos):
             name = f"images/fish_{fish_number:04d}_{photo + 1}.jpg"
             pixels = render_otolith(fish, fish_rng)
             Image.fromarray(pixels).save(out_dir / name, quality=92)
-            rows.append({"path": name, "age": reader_age, "fish_id": f"F{fish_number:04d}",
-                         "true_age": true_age, "source": DEMO_LABEL})
+            rows.append({"path": name, "age": reader_age, "fish_id": f"F{fish_number:04d}", "length": length,
+                         "month": month, "true_age": true_age, "source": DEMO_LABEL})
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(DEMO_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "README.txt").write_text(
@@ -81,6 +87,19 @@ def _fish_plan(n_images: int, rng: np.random.Generator) -> list[tuple[int, int]]
             remaining -= photos
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
+
+
+def is_current(manifest: str | Path) -> bool:
+    """Whether a demo manifest written earlier has this version's columns (an older one lacks the covariates)."""
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return tuple(header) == DEMO_COLUMNS
+
+
+def _covariates(fish: dict, rng: np.random.Generator) -> tuple[float, int]:
+    """Total length in cm (growth curve times individual variation) and month of capture of one fish."""
+    length = MAX_LENGTH_CM * _growth(fish["age"] + fish["edge_growth"]) * rng.lognormal(0.0, 0.12)
+    return round(float(length) * 2) / 2, int(rng.integers(1, 13))
 
 
 def _growth(t: np.ndarray | float) -> np.ndarray | float:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from .covariates import COVARIATE_SCALING, COVARIATES, CovariateRequest, read_covariates
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
 from .heads import BASELINE_HEAD, HeadSpec, build_head, chosen_params, predict
@@ -149,6 +150,8 @@ class Comparison:
     baseline: CVResult | None = None  # the no-skill reference on the same folds; in no paired test
     groups: tuple[str, ...] = ()  # the fish of each image of a repeat (its own id without fish_id): bootstrap units
     bootstrap_draws: int = BOOTSTRAP_DRAWS  # 0: no intervals
+    covariates: Mapping[str, str] = field(default_factory=dict)  # covariate column -> kind (numeric, month, categorical)
+    impute_covariates: bool = False  # blanks took the training fold's median instead of skipping the image
 
     @property
     def scored(self) -> tuple[CVResult, ...]:
@@ -460,6 +463,7 @@ def compare(
     bootstrap_draws: int = BOOTSTRAP_DRAWS,
     scalings: Mapping[str, str] | None = None,
     combined: Sequence[Sequence[str]] = (),
+    covariates: CovariateRequest | None = None,
 ) -> Comparison:
     """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
 
@@ -474,9 +478,11 @@ def compare(
         ``auto``; an encoder not named gets ``l2``.
     combined : groups of encoders (of ``embeddings``) evaluated together as one more encoder, labelled
         ``"A + B"``: each part scaled as its own entry says (or as the heads' one scaling), then concatenated.
+    covariates : manifest columns added as features (:mod:`~otolith_core.covariates`): one more row
+        ``covariates`` (them alone) and, for every encoder row ``A``, a row ``A + covariates``.
 
-    Only images embedded by every encoder are used, so every model sees the same images and folds;
-    the others are listed in ``Comparison.skipped`` with the reason.
+    Only images embedded by every encoder (and, with covariates, having all of them) are used, so every
+    model sees the same images and folds; the others are listed in ``Comparison.skipped`` with the reason.
     """
     if not embeddings:
         raise ValueError("no embeddings to evaluate: every encoder failed or none was chosen")
@@ -490,6 +496,15 @@ def compare(
     for i, record in enumerate(dataset.records):
         if i not in common and record.id not in named:
             skipped.append(Skipped.of(record, "not embedded by every chosen encoder"))
+    table = None
+    if covariates is not None and covariates.columns:
+        table = read_covariates(dataset.records, covariates, source=f"{dataset.kind} {dataset.source.name}")
+        lacking = sorted(i for i in table.problems if i in common)
+        if lacking and len(lacking) == len(common):
+            raise ValueError(f"no image has every covariate; e.g. {dataset.records[lacking[0]].name}: "
+                             f"{table.problems[lacking[0]]}")
+        skipped += [Skipped.of(dataset.records[i], table.problems[i]) for i in lacking]
+        common -= set(lacking)
     rows = np.array(sorted(common), dtype=int)
     if rows.size == 0:
         raise ValueError("no image was embedded by every chosen encoder")
@@ -505,6 +520,7 @@ def compare(
         fold_sets.append(folds)
         notes += [n for n in fold_notes if n not in notes]
     notes += duplicate_warnings(next(iter(embeddings.values())), rows, images, ages, fold_sets)
+    notes += [Note("info", text) for text in (table.notes() if table is not None else ())]
     results, curve = [], []
     scalings = dict(scalings or {})
     matrices = {}
@@ -519,8 +535,10 @@ def compare(
                              f"({', '.join(matrices)}); not evaluated: {', '.join(missing) or '-'}")
         entries.append((combined_label(parts), np.hstack([matrices[p] for p in parts]),
                         "+".join(scalings.get(p, "l2") for p in parts), tuple(matrices[p].shape[1] for p in parts)))
+    if table is not None:
+        entries = with_covariates(entries, table.values[rows])
     for name, features, own_scaling, blocks in entries:
-        for head in (h.for_encoder(own_scaling, blocks) for h in heads):
+        for head in (h.for_encoder(own_scaling, blocks, table.encoding if table else None) for h in heads):
             parts, alphas, chosen = [], {}, {}
             for r, folds in enumerate(fold_sets):
                 pred, raw, fold_params = cross_validate_head(features, ages, folds, head)
@@ -538,7 +556,19 @@ def compare(
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
                       {name: emb.precision for name, emb in embeddings.items()}, baseline, tuple(groups.tolist()),
-                      int(bootstrap_draws))
+                      int(bootstrap_draws), dict(zip(table.names, table.encoding.kinds)) if table else {},
+                      bool(table and table.encoding.impute))
+
+
+def with_covariates(entries: list[tuple], covariates: np.ndarray) -> list[tuple]:
+    """Evaluation entries ``(name, features, own scaling, blocks)`` plus the covariates alone and each entry
+    with the covariate columns appended (``"A + covariates"``, encoded in-fold after A's own scaling)."""
+    width = covariates.shape[1]
+    out = list(entries) + [(COVARIATES, covariates, COVARIATE_SCALING, ())]
+    for name, features, own, blocks in entries:
+        out.append((combined_label([name, COVARIATES]), np.hstack([features, covariates]),
+                    f"{own}+{COVARIATE_SCALING}", (*(blocks or (features.shape[1],)), width)))
+    return out
 
 
 def combined_label(parts: Sequence[str]) -> str:

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import cpu_count
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -25,7 +26,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
 
+from .covariates import COVARIATE_SCALING, CovariateEncoding
 from .encoders.spec import SCALINGS  # the scalings an encoder's registry entry may state
 
 HEADS = ("ridge", "svc", "ridge-cv", "logistic", "knn")
@@ -46,12 +49,15 @@ class HeadSpec:
     C: float = 0.1  # svc
     scaling: str = AUTO_SCALING  # auto: the encoder's own; none | l2 | standardize: the same for every encoder
     blocks: tuple[int, ...] = ()  # a combined encoder: each part's width; ``scaling`` then names one per part, "l2+none"
+    covariates: CovariateEncoding | None = None  # how a part scaled ``covariates`` is encoded (set by for_encoder)
 
     def __post_init__(self) -> None:
         if self.name not in HEADS and self.name != BASELINE_HEAD:
             raise ValueError(f"unknown head {self.name!r}; choose from {list(HEADS)}")
         parts = self.scaling.split("+") if self.blocks else [self.scaling]
-        if any(p not in (AUTO_SCALING, *SCALINGS) for p in parts):
+        if COVARIATE_SCALING in parts and self.covariates is None:
+            raise ValueError("a covariate part needs its encoding (HeadSpec.for_encoder sets it)")
+        if any(p not in (AUTO_SCALING, COVARIATE_SCALING, *SCALINGS) for p in parts):
             raise ValueError(f"unknown scaling {self.scaling!r}; choose from {[AUTO_SCALING, *SCALINGS]}")
         if self.blocks and len(parts) != len(self.blocks):
             raise ValueError(f"a combined encoder of {len(self.blocks)} parts needs one scaling per part, got {self.scaling!r}")
@@ -84,21 +90,22 @@ class HeadSpec:
         changed = {k: v for k, v in self.params.items() if k not in ("alphas", "Cs", "ks")}
         return self.name + "(" + ",".join(f"{k}={v}" for k, v in changed.items()) + ")"
 
-    def for_encoder(self, encoder_scaling: str, blocks: tuple[int, ...] = ()) -> "HeadSpec":
+    def for_encoder(self, encoder_scaling: str, blocks: tuple[int, ...] = (),
+                    covariates: CovariateEncoding | None = None) -> "HeadSpec":
         """This head as fitted on an encoder whose own scaling is ``encoder_scaling`` (``auto`` takes it).
 
         For a combined encoder, ``encoder_scaling`` names each part's own (``"l2+none"``) and ``blocks`` their
         widths: each part is scaled by itself, its own way or the one scaling asked for, then concatenated.
+        A part scaled ``covariates`` is encoded by ``covariates`` whatever scaling was asked for.
         """
         from dataclasses import replace
 
         if self.name == BASELINE_HEAD:
             return replace(self, scaling="none")
-        if blocks:
-            own = encoder_scaling.split("+")
-            chosen = own if self.scaling == AUTO_SCALING else [self.scaling] * len(own)
-            return replace(self, scaling="+".join(chosen), blocks=tuple(int(b) for b in blocks))
-        return self if self.scaling != AUTO_SCALING else replace(self, scaling=encoder_scaling)
+        own = encoder_scaling.split("+") if blocks else [encoder_scaling]
+        chosen = [o if self.scaling == AUTO_SCALING or o == COVARIATE_SCALING else self.scaling for o in own]
+        return replace(self, scaling="+".join(chosen), blocks=tuple(int(b) for b in blocks),
+                       covariates=covariates if COVARIATE_SCALING in own else None)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "label": self.label, **self.params, "scaling": self.scaling}
@@ -165,11 +172,11 @@ def build_head(spec: HeadSpec) -> Pipeline:
         from sklearn.compose import ColumnTransformer
 
         ends = np.cumsum(spec.blocks)
-        parts = [(f"part{i}", _scaler(scaling), slice(int(end - width), int(end)))
+        parts = [(f"part{i}", _scaler(scaling, spec), slice(int(end - width), int(end)))
                  for i, (scaling, width, end) in enumerate(zip(spec.scaling.split("+"), spec.blocks, ends))]
-        scaler = ColumnTransformer(parts)
+        scaler = ColumnTransformer(parts, sparse_threshold=0.0)
     else:
-        scaler = _scaler(spec.scaling)
+        scaler = _scaler(spec.scaling, spec)
     if spec.name == BASELINE_HEAD:
         from sklearn.dummy import DummyClassifier
 
@@ -187,7 +194,9 @@ def build_head(spec: HeadSpec) -> Pipeline:
     return Pipeline([("scale", scaler), ("model", model)])
 
 
-def _scaler(scaling: str):
+def _scaler(scaling: str, spec: HeadSpec):
+    if scaling == COVARIATE_SCALING:
+        return spec.covariates.transformer()
     return {"none": FunctionTransformer(), "l2": Normalizer(norm="l2"), "standardize": StandardScaler(),
             AUTO_SCALING: Normalizer(norm="l2")}[scaling]
 
@@ -211,10 +220,13 @@ class InnerCV(ClassifierMixin, BaseEstimator):
         if "n_neighbors" in grid:
             smallest_train = len(y) - int(np.ceil(len(y) / INNER_FOLDS))
             grid["n_neighbors"] = [k for k in grid["n_neighbors"] if k <= smallest_train] or [1]
-        with warnings.catch_warnings():
+        # Logistic fits are many small BLAS calls, which threads only slow down (measured 6x slower on 2 cores
+        # than one thread): one thread per fit, the grid's fits spread over the cores instead.
+        workers = cpu_count() if "C" in grid else 1
+        with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
             warnings.simplefilter("ignore", UserWarning)  # ages with fewer images than inner folds
             self.search_ = GridSearchCV(self.estimator, {k: list(v) for k, v in grid.items()}, cv=inner_cv(),
-                                        scoring="accuracy").fit(X, y)
+                                        scoring="accuracy", n_jobs=workers).fit(X, y)
         self.best_ = dict(self.search_.best_params_)
         self.classes_ = self.search_.classes_
         return self

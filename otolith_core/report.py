@@ -96,6 +96,7 @@ def provenance(
         "encoders": encoders,
         "failed_encoders": dict(comparison.failed_encoders),
         "heads": [h.as_dict() for h in heads],
+        "covariates": {"columns": dict(comparison.covariates), "impute_blanks": comparison.impute_covariates},
         "cv": {"scheme": "StratifiedGroupKFold" if comparison.grouped_by_fish else "StratifiedKFold",
                "shuffle": True, "n_folds": comparison.n_folds, "seed": comparison.seed,
                "repeats": comparison.repeats, "repeat_seeds": [comparison.seed + r for r in range(comparison.repeats)],

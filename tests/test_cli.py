@@ -469,3 +469,44 @@ def test_a_combined_row_equals_concatenating_the_npz_files(demo_manifest, demo_r
                  "--out", str(tmp_path / "partial"), "--no-chart"]) == 0
     assert "combination pix + nope skipped" in capsys.readouterr().err
     assert "pix + nope" in json.loads((tmp_path / "partial" / "run.json").read_text())["failed_encoders"]
+
+
+@pytest.mark.slow
+def test_covariates_add_their_rows_and_name_the_images_they_leave_out(demo_manifest, demo_run, tmp_path, capsys):
+    """The issue's command (`--combine a,b --covariates length`) on a manifest with a `length` column, one of them
+    blank: rows 'covariates' and 'A + covariates' for every encoder row, the blank one named in skipped.csv."""
+    _, cache = demo_run
+    rows = pd.read_csv(demo_manifest)
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rows["length"] = rows["length"].astype(object)
+    rows.loc[4, "length"] = ""
+    manifest = tmp_path / "with_blank.csv"
+    rows.to_csv(manifest, index=False)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(manifest), "--models", "pixels-32,otolith-morphometrics",
+                 "--combine", "pixels-32,otolith-morphometrics", "--covariates", "length,month",
+                 "--heads", "ridge,knn", "--folds", "5", "--bootstrap", "50", "--no-chart", "--out", str(out),
+                 "--cache-dir", str(cache)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    both = "pixels-32 + otolith-morphometrics"
+    assert list(dict.fromkeys(summary.encoder)) == [
+        "pixels-32", "otolith-morphometrics", both, "covariates", "pixels-32 + covariates",
+        "otolith-morphometrics + covariates", f"{both} + covariates", "no-skill"]
+    assert set(summary["head"]) == {"ridge", "knn", "most-frequent"}
+    assert (summary.n_images == len(rows) - 1).all()
+    scaling = summary.set_index(["encoder", "head"]).scaling
+    assert scaling["covariates", "ridge"] == "covariates" and scaling[f"{both} + covariates", "knn"] == "none+none+covariates"
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped.row.tolist() == [6] and "'length' is blank" in skipped.reason[0]
+    run = json.loads((out / "run.json").read_text())
+    assert run["covariates"] == {"columns": {"length": "numeric", "month": "month"}, "impute_blanks": False}
+    # with imputation the blank one is evaluated; a column that is not there is one line naming those that are
+    assert main(["run", "--data", str(manifest), "--models", "otolith-morphometrics", "--covariates", "length",
+                 "--impute-covariates", "--heads", "ridge", "--folds", "5", "--no-chart", "--out", str(tmp_path / "imp"),
+                 "--cache-dir", str(cache)]) == 0
+    assert (pd.read_csv(tmp_path / "imp" / "summary.csv").n_images == len(rows)).all()
+    capsys.readouterr()
+    assert main(["run", "--data", str(manifest), "--models", "otolith-morphometrics", "--covariates", "weight",
+                 "--heads", "ridge", "--out", str(tmp_path / "bad"), "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert "['weight'] are not in" in err and "'length'" in err and "Traceback" not in err

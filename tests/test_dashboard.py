@@ -389,3 +389,16 @@ def test_two_encoders_evaluated_together_add_a_combined_row(app):
     assert set(app.dataframe[0].value.encoder) == {*ENCODERS, " + ".join(ENCODERS), "no-skill"}
     app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]]).run()  # a part dropped: no combination left
     assert not app.exception and app.sidebar.multiselect(key="combine").value == [ENCODERS[0]]
+
+
+@pytest.mark.slow
+def test_covariates_chosen_in_the_sidebar_add_their_rows(app):
+    covariates = app.sidebar.multiselect(key="covariates")
+    assert {"length", "month"} <= set(covariates.options) and "source" not in covariates.options  # constant: no use
+    covariates.set_value(["length", "month"])
+    _run(app)
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    summary = app.dataframe[0].value
+    assert set(summary.encoder) == {*ENCODERS, "covariates", *(f"{e} + covariates" for e in ENCODERS), "no-skill"}
+    assert any("length (numeric" in str(getattr(e, "body", "")) for e in app.info)

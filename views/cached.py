@@ -25,6 +25,19 @@ def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> D
     return load_dataset(path, age_range=age_range)
 
 
+def covariate_columns(settings: Settings) -> list[str]:
+    """The manifest's extra columns a user may add as covariates: not constant, not the demo's drawn truth."""
+    from otolith_core.demo import DEMO_TRUTH_COLUMNS
+
+    try:
+        records = dataset(settings).records
+    except (ValueError, FileNotFoundError):
+        return []
+    columns = dict.fromkeys(k for r in records for k in r.metadata)
+    hidden = DEMO_TRUTH_COLUMNS if settings.is_demo else ()
+    return [c for c in columns if c not in hidden and len({r.metadata.get(c, "") for r in records}) > 1]
+
+
 def dataset(settings: Settings) -> Dataset:
     """The settings' data set; raises ValueError or FileNotFoundError with a readable message."""
     return load_data(settings.data_path, settings.age_range, settings.data_signature)
@@ -86,6 +99,7 @@ def comparison_key(settings: Settings, embeddings: dict[str, tuple[EmbeddingSet,
         "heads": [repr(h) for h in settings.heads],
         "cv": [settings.n_folds, settings.seed, settings.repeats, settings.group_by_fish, settings.learning_curve],
         "combined": [list(group) for group in settings.combined],
+        "covariates": [list(settings.covariates), settings.impute_covariates],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -106,6 +120,7 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
                        problems: dict[str, str]):
     """Cross-validate, store the result on disk under ``key`` and return it."""
     from otolith_core.cache import ResultStore
+    from otolith_core.covariates import CovariateRequest
     from otolith_core.evaluation import compare
 
     specs, _ = resolve(tuple(embeddings))
@@ -114,7 +129,8 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
                          repeats=settings.repeats, group_by_fish=settings.group_by_fish,
                          with_learning_curve=settings.learning_curve, failed_encoders=problems,
                          scalings={name: spec.scaling for name, spec in specs.items()},
-                         combined=[g for g in settings.combined if all(part in embeddings for part in g)])
+                         combined=[g for g in settings.combined if all(part in embeddings for part in g)],
+                         covariates=CovariateRequest(settings.covariates, settings.impute_covariates))
     store = ResultStore(settings.cache_dir)
     try:
         store.put(key, result)

@@ -6,6 +6,7 @@ import streamlit as st
 from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, PER_AGE_VALUES, age_bias_plot, fold_lines,
                                  learning_curve_chart, metric_bars, per_age_heatmap)
 from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR
+from otolith_core.evaluation import skipped_frame
 from otolith_core.metrics import METRIC_LABELS
 from views.comparison import current_comparison
 from views.widgets import result_downloads, show_note
@@ -19,6 +20,10 @@ if settings.is_demo:
     st.warning("**Synthetic demo**: numbers from drawn images, not otoliths.")
 for note in comparison.warnings:
     show_note(note)
+left_out = [s for s in comparison.skipped if s not in shown.dataset.skipped]  # the Data page lists the others
+if left_out:
+    with st.expander(f"{len(left_out)} images left out of this comparison (in skipped.csv)"):
+        st.dataframe(skipped_frame(left_out), hide_index=True, width="stretch")
 
 summary = comparison.summary_frame()
 scheme = f"{comparison.repeats} × {comparison.n_folds}-fold" if comparison.repeats > 1 else f"{comparison.n_folds}-fold"

@@ -33,11 +33,11 @@ GROUPING = {"auto": ("kept in one fold when the data has fish_id repeats", None)
 
 def demo_manifest() -> Path:
     """The synthetic demo under the cache folder, written on first use."""
+    from otolith_core.demo import is_current, write_demo_dataset
+
     folder = default_cache_dir() / "demo_data"
     manifest = folder / "manifest.csv"
-    if not manifest.is_file():
-        from otolith_core.demo import write_demo_dataset
-
+    if not manifest.is_file() or not is_current(manifest):  # an older demo lacks the covariate columns
         with st.spinner("Writing the synthetic demo data set (first start only, about 10 s)…"):
             write_demo_dataset(folder)
     return manifest
@@ -148,6 +148,18 @@ def _draw(specs, known) -> Settings | None:
                               help="Two or more of the chosen encoders as one more row, 'A + B': each part scaled "
                                    "as its own entry says, then concatenated, on the same folds.")
     combined = (tuple(together),) if len(together) >= 2 else ()
+    probe = Settings(data_path, signature, is_demo, (), (), 2, 0, age_range, str(default_cache_dir()))
+    columns = cached.covariate_columns(probe)
+    st.session_state["covariates"] = [c for c in st.session_state.get("covariates", []) if c in columns]
+    covariates = tuple(sb.multiselect(
+        "Fish covariates (manifest columns)", columns, key="covariates", disabled=not columns,
+        placeholder="Choose columns" if columns else "The data has no extra columns",
+        help="Added to every encoder as features: numbers standardised in each training fold, a column named "
+             "month as sin/cos, text one-hot. Adds the rows 'covariates' (them alone) and 'A + covariates'."))
+    impute = sb.checkbox("Fill blank covariates with the training median", key=_initial("impute_covariates", False),
+                         disabled=not covariates,
+                         help="Off: images with a blank covariate are left out of every row and listed on the Data "
+                              "page. On: a blank takes the training fold's median (most common category).")
 
     sb.header("Heads")
     head_names = sb.multiselect("Heads", list(HEADS), key=_initial("heads", ["ridge", "svc"]),
@@ -174,7 +186,8 @@ def _draw(specs, known) -> Settings | None:
                             help="Several photos of one fish in both training and test folds inflate every number.")
     curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
-                    str(default_cache_dir()), repeats, GROUPING[grouping][1], curve, combined)
+                    str(default_cache_dir()), repeats, GROUPING[grouping][1], curve, combined, covariates,
+                    bool(impute and covariates))
 
 
 def _encoder_facts(specs) -> str:

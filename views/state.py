@@ -40,6 +40,8 @@ class Settings:
     group_by_fish: bool | None = None  # None: when the data has several photos of a fish
     learning_curve: bool = False
     combined: tuple[tuple[str, ...], ...] = ()  # groups of chosen encoders also evaluated concatenated ("A + B")
+    covariates: tuple[str, ...] = ()  # manifest columns added as features (rows "covariates", "A + covariates")
+    impute_covariates: bool = False  # blanks take the training fold's median instead of skipping the image
 
     @property
     def data_key(self) -> str:
@@ -93,9 +95,9 @@ _BOOL = (lambda v: "1" if v else "0", lambda s: s == "1")
 URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "data_choice": _TEXT, "data_path": _TEXT, "preset": _TEXT, "clip_ages": _BOOL, "age_min": _INT, "age_max": _INT,
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
-    "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL,
+    "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
 }
-URL_LISTS = ("encoders", "variants", "combine", "heads")  # multiselects: one query parameter per chosen value
+URL_LISTS = ("encoders", "variants", "combine", "covariates", "heads")  # multiselects: one query parameter per chosen value
 
 
 def restore_from_url(options: Mapping[str, list]) -> bool:
