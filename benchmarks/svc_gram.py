@@ -30,10 +30,10 @@ def main() -> None:
 
     workers = fold_workers(HeadSpec("svc"), args.n, 10)
     start = time.perf_counter()
-    pred, _, _ = cross_validate_head(features, ages, folds, HeadSpec("svc"))
+    pred = cross_validate_head(features, ages, folds, HeadSpec("svc")).pred
     ours = time.perf_counter() - start
     start = time.perf_counter()
-    serial, _, _ = cross_validate_head(features, ages, folds, HeadSpec("svc"), n_jobs=1)
+    serial = cross_validate_head(features, ages, folds, HeadSpec("svc"), n_jobs=1).pred
     one_process = time.perf_counter() - start
     assert np.array_equal(serial, pred)
 

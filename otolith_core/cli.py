@@ -1,6 +1,6 @@
 """``otolith``: the same core calls as the dashboard, from a terminal.
 
-    otolith demo --out DIR [--n N] [--seed S]
+    otolith demo --out DIR [--n N] [--seed S] [--flip N]
     otolith models
     otolith extract --data PATH --model NAME [--device ...] [--precision ...] [--batch-size N] [--cache-dir DIR]
                     [--npz FILE]
@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="folder to write (images/ and manifest.csv)")
     demo.add_argument("--n", type=int, default=400, help="approximate number of images (default 400)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--flip", type=int, default=0, metavar="N",
+                      help="give N fish a wrong reader age (3+ years off; column 'flipped' keeps the age before), to "
+                           "try the doubtful-age review")
     demo.set_defaults(handler=_cmd_demo)
 
     models = sub.add_parser("models", help="list registered encoders and whether their weights are here")
@@ -173,7 +176,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_LABEL, write_demo_dataset
 
     start = time.perf_counter()
-    manifest = write_demo_dataset(args.out, n_images=args.n, seed=args.seed)
+    manifest = write_demo_dataset(args.out, n_images=args.n, seed=args.seed, flip=args.flip)
     print(f"wrote the {DEMO_LABEL} to {manifest} in {time.perf_counter() - start:.1f} s")
     print(f"next: otolith run --data {manifest} --models otolith-morphometrics,pixels-32 --heads ridge,svc --out results")
     return EXIT_OK

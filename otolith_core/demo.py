@@ -29,10 +29,11 @@ READER_ERROR_RATE = 0.05
 SECOND_PHOTO_RATE = 0.12
 MAX_LENGTH_CM = 110.0  # the growth curve's asymptotic fish length
 DEMO_COLUMNS = ("path", "age", "fish_id", "length", "month", "true_age", "source")
-DEMO_TRUTH_COLUMNS = ("true_age", "source")  # what the drawing knows; never a covariate
+DEMO_TRUTH_COLUMNS = ("true_age", "source", "flipped")
+FLIP_MIN_YEARS = 3  # a deliberately wrong reader age (--flip) is this far from the fish's own  # what the drawing knows; never a covariate
 
 
-def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 0) -> Path:
+def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 0, flip: int = 0) -> Path:
     """Write the synthetic set to ``out_dir`` and return the path of its ``manifest.csv``.
 
     Parameters
@@ -40,6 +41,9 @@ def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 
     out_dir : folder to create (``images/`` and ``manifest.csv`` go inside).
     n_images : approximate number of images (each age gets at least ``MIN_PER_AGE``).
     seed : the same seed always writes the same images.
+    flip : this many fish get a reader age at least ``FLIP_MIN_YEARS`` away from their own (all their photos),
+        to try the Review page's doubtful ages; a ``flipped`` column marks them (and keeps the age before).
+        The images are the same as without.
     """
     if n_images < MIN_PER_AGE * len(AGE_WEIGHTS):
         raise ValueError(f"n_images must be at least {MIN_PER_AGE * len(AGE_WEIGHTS)} (so every age fills 10 folds), got {n_images}")
@@ -47,22 +51,30 @@ def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
-    for fish_number, (true_age, photos) in enumerate(_fish_plan(n_images, rng), start=1):
+    plan = _fish_plan(n_images, rng)
+    if not 0 <= flip <= len(plan):
+        raise ValueError(f"flip must be between 0 and the {len(plan)} fish, got {flip}")
+    flipped = set((np.random.default_rng([seed, 99]).permutation(len(plan))[:flip] + 1).tolist())
+    for fish_number, (true_age, photos) in enumerate(plan, start=1):
         fish_rng = np.random.default_rng([seed, fish_number])
         fish = _draw_fish(true_age, fish_rng)
         reader_age = true_age
         if fish_rng.random() < READER_ERROR_RATE:
             reader_age = int(np.clip(true_age + fish_rng.choice([-1, 1]), 1, max(AGE_WEIGHTS)))
         length, month = _covariates(fish, np.random.default_rng([seed, fish_number, 1]))  # images stay as before
+        before = reader_age
+        if fish_number in flipped:
+            reader_age = _flipped_age(reader_age, np.random.default_rng([seed, fish_number, 2]))
         for photo in range(photos):
             name = f"images/fish_{fish_number:04d}_{photo + 1}.jpg"
             pixels = render_otolith(fish, fish_rng)
             Image.fromarray(pixels).save(out_dir / name, quality=92)
             rows.append({"path": name, "age": reader_age, "fish_id": f"F{fish_number:04d}", "length": length,
-                         "month": month, "true_age": true_age, "source": DEMO_LABEL})
+                         "month": month, "true_age": true_age, "source": DEMO_LABEL,
+                         **({"flipped": before if fish_number in flipped else ""} if flip else {})})
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(DEMO_COLUMNS))
+        writer = csv.DictWriter(handle, fieldnames=list(DEMO_COLUMNS) + (["flipped"] if flip else []))
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "README.txt").write_text(
@@ -87,6 +99,12 @@ def _fish_plan(n_images: int, rng: np.random.Generator) -> list[tuple[int, int]]
             remaining -= photos
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
+
+
+def _flipped_age(age: int, rng: np.random.Generator) -> int:
+    """A wrong reader age, at least FLIP_MIN_YEARS from ``age``, inside the demo's ages."""
+    far = [a for a in AGE_WEIGHTS if abs(a - age) >= FLIP_MIN_YEARS]
+    return int(rng.choice(far))
 
 
 def is_current(manifest: str | Path) -> bool:

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from .covariates import COVARIATE_SCALING, COVARIATES, CovariateRequest, read_covariates
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
-from .heads import BASELINE_HEAD, HeadSpec, build_head, chosen_params, predict
+from .heads import BASELINE_HEAD, PROBABILISTIC_HEADS, HeadSpec, build_head, chosen_params, predict
 from .metrics import METRICS, mean_sd, rmse, score
 from .stats import (BOOTSTRAP_METRICS, PairedTest, age_bias, bootstrap_intervals, bowker_symmetry, corrected_t_test,
                     holm_adjust, mcnemar_test, paired_t_test, wilcoxon_test)
@@ -32,6 +32,7 @@ LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
 PARALLEL_MIN_IMAGES = 6000  # below this, starting worker processes for the folds costs more than it saves
 PREDICTION_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "path", "true_age", "pred_age",
                       "pred_raw"]
+PROBABILITY_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "path", "true_age"]  # then p_age_<a>
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
 FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
@@ -80,6 +81,12 @@ class CVResult:
     repeat: np.ndarray  # (n_rows,) int
     alpha: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (repeat, fold) -> ridge alpha used
     chosen: Mapping[tuple[int, int], Mapping[str, float]] = field(default_factory=dict)  # -> {"C": ..., "k": ...}
+    proba: np.ndarray | None = None  # (n_rows, n_ages) out-of-fold class probabilities (logistic); columns: ``ages``
+
+    @property
+    def ages(self) -> np.ndarray:
+        """The ages the probability columns stand for: every reader age of the images, sorted."""
+        return np.unique(self.true_age)
 
     @property
     def n_images(self) -> int:
@@ -125,6 +132,13 @@ class CVResult:
             "fold": self.fold,
             "image": list(self.images), "path": list(self.paths), "true_age": self.true_age, "pred_age": self.pred_age, "pred_raw": self.pred_raw,
         }, columns=PREDICTION_COLUMNS)
+
+    def probabilities(self) -> pd.DataFrame:
+        """``probabilities.csv`` rows: the out-of-fold probability of each age (``p_age_3`` ...); empty without."""
+        if self.proba is None:
+            return pd.DataFrame(columns=PROBABILITY_COLUMNS)
+        frame = self.predictions()[PROBABILITY_COLUMNS]
+        return pd.concat([frame, pd.DataFrame(self.proba, columns=[f"p_age_{a}" for a in self.ages])], axis=1)
 
     def first_repeat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images, reader ages, predicted ages) of repeat 0: each image exactly once."""
@@ -186,6 +200,11 @@ class Comparison:
     def predictions_frame(self) -> pd.DataFrame:
         frames = [r.predictions() for r in self.scored]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+
+    def probabilities_frame(self) -> pd.DataFrame:
+        """Out-of-fold class probabilities of every model whose head gives them (``probabilities.csv``)."""
+        frames = [r.probabilities() for r in self.results if r.proba is not None]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PROBABILITY_COLUMNS)
 
     def tests_frame(self) -> pd.DataFrame:
         return pd.DataFrame([t.__dict__ for t in self.tests], columns=TEST_COLUMNS)
@@ -331,9 +350,19 @@ def fish_groups(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     return np.array([dataset.records[i].fish_id or f"image:{dataset.records[i].id}" for i in rows])
 
 
+@dataclass(frozen=True)
+class OutOfFold:
+    """One head's out-of-fold predictions over one set of folds."""
+
+    pred: np.ndarray  # (n_images,) int: whole ages
+    raw: np.ndarray  # (n_images,) float: ridge's continuous value (a classifier: its class)
+    params: dict[int, dict[str, float]]  # fold -> the parameters the head used there: alpha, C, k (NaN if not its own)
+    proba: np.ndarray | None = None  # (n_images, n_ages) class probabilities (columns: sorted ages); None without
+
+
 def cross_validate_head(
     features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, n_jobs: int | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
+) -> OutOfFold:
     """Out-of-fold predictions of one head.
 
     Parameters
@@ -347,8 +376,8 @@ def cross_validate_head(
 
     Returns
     -------
-    (whole-age predictions ``(n_images,)``, continuous predictions ``(n_images,)``, per fold the parameters the
-    head used: ``{"alpha", "C", "k"}``, NaN where one does not belong to it)
+    :class:`OutOfFold`; a head with class probabilities (logistic) also gives them, one column per age of
+    ``ages`` (0 for an age its training fold lacked).
     """
     features = np.asarray(features, dtype=np.float64)
     ages = np.asarray(ages)
@@ -362,14 +391,19 @@ def cross_validate_head(
         outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, head) for k in fold_ids)
     else:
         outcomes = [_fit_fold(features, ages, folds == k, head) for k in fold_ids]
+    classes = np.unique(ages)
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
+    proba = np.zeros((ages.size, classes.size)) if outcomes and outcomes[0][3] is not None else None
     params = {}
-    for k, (fold_pred, fold_raw, chosen) in zip(fold_ids, outcomes):
+    for k, (fold_pred, fold_raw, chosen, fold_proba) in zip(fold_ids, outcomes):
         test = folds == k
         pred[test], raw[test] = fold_pred, fold_raw
         params[k] = chosen
-    return pred, raw, params
+        if proba is not None:
+            seen, fold_p = fold_proba
+            proba[np.ix_(test, np.searchsorted(classes, seen))] = fold_p
+    return OutOfFold(pred, raw, params, proba)
 
 
 def fold_workers(head: HeadSpec, n_images: int, n_folds: int) -> int:
@@ -405,11 +439,13 @@ def available_memory() -> float:
         return float("inf")
 
 
-def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, parameters used)."""
+def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec):
+    """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, parameters used,
+    (the training fold's ages, class probabilities) or None for a head without probabilities)."""
     model = build_head(head).fit(features[~test], ages[~test])
     pred, raw = predict(model, features[test])
-    return pred, raw, chosen_params(head, model)
+    proba = (model.classes_, model.predict_proba(features[test])) if head.name in PROBABILISTIC_HEADS else None
+    return pred, raw, chosen_params(head, model), proba
 
 
 def nested_subsets(ages: np.ndarray, fractions: Sequence[float], *, seed: int) -> list[np.ndarray]:
@@ -540,17 +576,20 @@ def compare(
     for name, features, own_scaling, blocks in entries:
         for head in (h.for_encoder(own_scaling, blocks, table.encoding if table else None) for h in heads):
             parts, alphas, chosen = [], {}, {}
+            probas = []
             for r, folds in enumerate(fold_sets):
-                pred, raw, fold_params = cross_validate_head(features, ages, folds, head)
-                parts.append((pred, raw, folds, np.full(ages.size, r)))
-                alphas.update({(r, k): p["alpha"] for k, p in fold_params.items()})
-                chosen.update({(r, k): {"C": p["C"], "k": p["k"]} for k, p in fold_params.items()})
+                out = cross_validate_head(features, ages, folds, head)
+                parts.append((out.pred, out.raw, folds, np.full(ages.size, r)))
+                probas.append(out.proba)
+                alphas.update({(r, k): p["alpha"] for k, p in out.params.items()})
+                chosen.update({(r, k): {"C": p["C"], "k": p["k"]} for k, p in out.params.items()})
                 if with_learning_curve:
                     curve += [{"encoder": name, "head": head.label, "repeat": r, **row}
                               for row in learning_curve(features, ages, folds, head, seed=seed + r)]
             pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
+            proba = np.vstack(probas) if probas[0] is not None else None
             results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,
-                                    fold, repeat, alphas, chosen))
+                                    fold, repeat, alphas, chosen, proba))
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
     baseline = no_skill(ages, fold_sets, images, paths)
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
@@ -583,8 +622,8 @@ def no_skill(ages: np.ndarray, fold_sets: Sequence[np.ndarray], images: Sequence
     nothing = np.zeros((ages.size, 1))  # it sees no image
     parts = []
     for r, folds in enumerate(fold_sets):
-        pred, raw, _ = cross_validate_head(nothing, ages, folds, head, n_jobs=1)
-        parts.append((pred, raw, folds, np.full(ages.size, r)))
+        out = cross_validate_head(nothing, ages, folds, head, n_jobs=1)
+        parts.append((out.pred, out.raw, folds, np.full(ages.size, r)))
     pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
     repeats = len(fold_sets)
     return CVResult(NO_SKILL, head, tuple(images) * repeats, tuple(paths) * repeats, np.tile(ages, repeats), pred,

@@ -32,6 +32,7 @@ from .covariates import COVARIATE_SCALING, CovariateEncoding
 from .encoders.spec import SCALINGS  # the scalings an encoder's registry entry may state
 
 HEADS = ("ridge", "svc", "ridge-cv", "logistic", "knn")
+PROBABILISTIC_HEADS = ("logistic",)  # their out-of-fold class probabilities are kept (probabilities.csv, Review page)
 BASELINE_HEAD = "most-frequent"  # the no-skill reference: always the most common training age (not a choice)
 RIDGE_CV_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # searched inside each training fold
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))  # searched inside each training fold

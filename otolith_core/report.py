@@ -23,9 +23,10 @@ import pandas as pd
 
 from .cache import FileHashes, encoder_fingerprint
 from .data import Dataset
+from .encoders import EncoderSpec, implementation_for
 from .evaluation import Comparison
 from .heads import HeadSpec
-from .encoders import EncoderSpec, implementation_for
+from .review import doubtful_ages, probabilistic
 
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -127,6 +128,9 @@ def result_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
     }
     if comparison.learning_curve is not None:
         tables["learning_curve.csv"] = comparison.learning_curve_frame()
+    if probabilistic(comparison.results):  # a head with class probabilities (logistic) ran
+        tables["probabilities.csv"] = comparison.probabilities_frame()
+        tables["label_review.csv"] = doubtful_ages(comparison.results)
     return tables
 
 

@@ -55,9 +55,9 @@ def test_folds_in_worker_processes_give_the_same_predictions(head):
     folds, _ = make_folds(data.ages, n_folds=5, seed=1)
     serial = cross_validate_head(sets["enc-a"].features, data.ages, folds, head, n_jobs=1)
     parallel = cross_validate_head(sets["enc-a"].features, data.ages, folds, head, n_jobs=2)
-    np.testing.assert_array_equal(serial[0], parallel[0])
-    np.testing.assert_array_equal(serial[1], parallel[1])
-    np.testing.assert_equal(serial[2], parallel[2])  # ridge alpha per fold (NaN for the SVC)
+    np.testing.assert_array_equal(serial.pred, parallel.pred)
+    np.testing.assert_array_equal(serial.raw, parallel.raw)
+    np.testing.assert_equal(serial.params, parallel.params)  # ridge alpha per fold (NaN for the SVC)
 
 
 def test_only_large_svc_runs_fold_in_processes_as_cores_and_memory_allow(monkeypatch):
