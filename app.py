@@ -15,6 +15,7 @@ page = st.navigation([
     st.Page("views/embeddings.py", title="Embeddings", icon=":material/memory:"),
     st.Page("views/results.py", title="Results", icon=":material/bar_chart:"),
     st.Page("views/errors.py", title="Errors", icon=":material/search:"),
+    st.Page("views/review.py", title="Review", icon=":material/rate_review:"),
 ])
 sidebar()
 page.run()

@@ -110,6 +110,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
                 page.wait_for_timeout(1500)  # let charts draw
                 assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
                 page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
+            _review_and_read_again(page, server, tmp_path / "cache", shots)
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
             raise
@@ -127,3 +128,27 @@ def _press_run(page) -> None:
         except Exception:  # playwright's TimeoutError
             continue
     raise AssertionError("the Run comparison press was never registered")
+
+
+def _review_and_read_again(page, server: str, cache: Path, shots: Path) -> None:
+    """The Review page from a shared link asking for the logistic head (one encoder, 5 folds, to keep it short):
+    the ranking shows, Read again opens the blind view, a typed reading is saved to second_readings.csv."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    params = [(k, v) for k, v in parse_qsl(urlsplit(page.url).query, keep_blank_values=True)
+              if k not in ("heads", "encoders", "folds", "run")]
+    params += [("encoders", "otolith-morphometrics"), ("heads", "logistic"), ("folds", "5"), ("run", "1")]
+    page.goto(f"{server}/review?{urlencode(params)}", timeout=120_000)
+    page.get_by_role("heading", name="Doubtful reader ages").first.wait_for(timeout=300_000)
+    page.get_by_role("button", name="Read again").first.click()
+    page.get_by_label("Your name or initials").wait_for(timeout=60_000)
+    assert page.get_by_text("The reader's age was").count() == 0  # blind until a reading is entered
+    page.get_by_label("Your name or initials").fill("GS")
+    page.get_by_label("Your age reading (years)").fill("5")
+    page.get_by_role("button", name="Save reading").click()
+    page.get_by_text("The reader's age was").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    assert page.locator('[data-testid="stException"]').count() == 0, "exception box on Review"
+    page.screenshot(path=str(shots / "review.png"), full_page=True)
+    saved = list(cache.glob("readings/*/second_readings.csv"))
+    assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading

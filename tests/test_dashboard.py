@@ -402,3 +402,36 @@ def test_covariates_chosen_in_the_sidebar_add_their_rows(app):
     summary = app.dataframe[0].value
     assert set(summary.encoder) == {*ENCODERS, "covariates", *(f"{e} + covariates" for e in ENCODERS), "no-skill"}
     assert any("length (numeric" in str(getattr(e, "body", "")) for e in app.info)
+
+
+@pytest.mark.slow
+def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
+    from otolith_core.data import load_dataset
+    from otolith_core.readings import load_readings
+
+    app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.run()
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    app.sidebar.button(key="run").click().run()
+    assert any("add the **logistic** head" in i.value for i in app.info)  # ridge gives no probabilities
+    app.sidebar.multiselect(key="heads").set_value(["logistic"]).run()
+    app.sidebar.button(key="run").click().run()
+    assert not app.exception
+    ranking = app.dataframe[0].value
+    assert ranking["score"].is_monotonic_decreasing and ranking["rank"].iloc[0] == 1
+    first = ranking["image"].iloc[0]
+    app.toggle(key="review_blind").set_value(True).run()
+    assert all("reader" not in str(c.value) for c in app.caption if "score" in str(c.value))
+    app.button(key=f"reread-{first}").click().run()
+    assert not app.exception and not app.success  # nothing about the first age before a reading is entered
+    app.text_input(key="reader_name").input("GS")
+    app.number_input(key=f"second_age-{first}").set_value(4)
+    next(b for b in app.button if b.label == "Save reading").click().run()
+    assert not app.exception
+    assert "The reader's age was" in app.success[0].value
+    data = load_dataset(os.environ["OTOLITH_DATA"])
+    readings = load_readings(os.environ["OTOLITH_CACHE_DIR"], data)
+    assert readings[["image", "second_age", "reader"]].values.tolist() == [[first, 4, "GS"]]
+    assert any("1 image read twice" in m.value for m in app.markdown)

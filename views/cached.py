@@ -155,3 +155,33 @@ def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, 
         return None
     image.thumbnail((size, size))
     return np.asarray(image)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _decoded(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int):
+    from pathlib import Path
+
+    from otolith_core.data import ImageRecord, load_image
+
+    try:
+        image = load_image(ImageRecord(Path(path), path, 0, crop=crop), min_side=size)
+    except ValueError:
+        return None
+    image.thumbnail((2 * size, 2 * size))
+    return image
+
+
+def large_image(record, brightness: float, contrast: float, size: int = 900):
+    """One photo for re-reading, about ``size`` px on its shorter side, with brightness and contrast applied
+    (the decoding is cached; the sliders only re-enhance); None when it cannot be decoded."""
+    from PIL import ImageEnhance
+
+    try:
+        mtime = record.path.stat().st_mtime_ns
+    except OSError:
+        return None
+    image = _decoded(str(record.path), record.crop, mtime, size)
+    if image is None:
+        return None
+    return ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(contrast)
+
