@@ -184,3 +184,21 @@ def per_age_heatmap(per_age: pd.DataFrame, value: str = "recall") -> alt.Chart:
     text = base.mark_text(fontSize=10).encode(text=alt.Text("shown:Q", format="+.1f" if diverging else ".2f"))
     return alt.layer(cells, text).properties(title=PER_AGE_VALUES[value] + " per reader age (first repeat)",
                                               height=alt.Step(22))
+
+
+def embedding_map(points: pd.DataFrame, *, title: str, height: int = 420) -> alt.Chart:
+    """A 2-D map of one encoder's embeddings: a point per image coloured by reader age, ages in the tooltip.
+
+    ``points`` has columns ``x, y, image, reader_age, model_age``; clicking a point selects it (the selection
+    parameter ``picked`` carries its ``image``). No image data goes into the chart, so thousands of points
+    stay fast.
+    """
+    picked = alt.selection_point(name="picked", fields=["image"], on="click", clear="dblclick")
+    return alt.Chart(points, title=title).mark_circle(size=40).encode(
+        x=alt.X("x:Q", title="1st axis", axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("y:Q", title="2nd axis", axis=alt.Axis(labels=False, ticks=False)),
+        color=alt.Color("reader_age:Q", title="reader age", scale=alt.Scale(scheme="viridis")),
+        opacity=alt.condition(picked, alt.value(0.9), alt.value(0.25)),
+        tooltip=[alt.Tooltip("image:N"), alt.Tooltip("reader_age:Q", title="reader age"),
+                 alt.Tooltip("model_age:Q", title="model age")],
+    ).add_params(picked).properties(height=height)

@@ -147,8 +147,14 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path) -> None:
     page.get_by_label("Your age reading (years)").fill("5")
     page.get_by_role("button", name="Save reading").click()
     page.get_by_text("The reader's age was").first.wait_for(timeout=60_000)
+    page.get_by_text("Nearest in").first.wait_for(timeout=120_000)  # the image read again is the map's pick
+    page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for(
+        timeout=60_000)  # the embedding map is drawn
     page.wait_for_timeout(1500)
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box on Review"
     page.screenshot(path=str(shots / "review.png"), full_page=True)
+    page.get_by_text("Nearest in").first.scroll_into_view_if_needed()  # the map sits just above
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(shots / "review_map.png"), full_page=True)
     saved = list(cache.glob("readings/*/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading

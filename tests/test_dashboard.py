@@ -435,3 +435,18 @@ def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
     readings = load_readings(os.environ["OTOLITH_CACHE_DIR"], data)
     assert readings[["image", "second_age", "reader"]].values.tolist() == [[first, 4, "GS"]]
     assert any("1 image read twice" in m.value for m in app.markdown)
+
+
+@pytest.mark.slow
+def test_review_maps_each_encoder_and_shows_a_picked_images_neighbours(app):
+    _run(app)
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    assert any("add the **logistic** head" in i.value for i in app.info)  # no ranking without probabilities
+    assert len(app.get("vega_lite_chart")) == 2  # a map per encoder, side by side
+    picked = pd.read_csv(os.environ["OTOLITH_DATA"]).path[0]
+    app.session_state["review_image"] = picked  # as a click on a point (or Read again) sets it
+    app.run()
+    assert not app.exception
+    neighbour_captions = [m.value for m in app.markdown if m.value.startswith("Nearest in")]
+    assert neighbour_captions == [f"Nearest in **{e}** (cosine similarity):" for e in ENCODERS]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
 from otolith_core.data import Dataset, load_dataset
@@ -145,8 +147,6 @@ def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, 
     """A small RGB array of one image (decoded once per file version); None when it cannot be decoded."""
     from pathlib import Path
 
-    import numpy as np
-
     from otolith_core.data import ImageRecord, load_image
 
     try:
@@ -185,3 +185,35 @@ def large_image(record, brightness: float, contrast: float, size: int = 900):
         return None
     return ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(contrast)
 
+
+
+@dataclass(frozen=True)
+class Space:
+    """One encoder's embeddings of the compared images, as the heads scale them, and their 2-D map."""
+
+    images: list[str]  # (n,) image ids, in the comparison's order
+    features: np.ndarray  # (n, dim) after the encoder's own scaling
+    coords: np.ndarray  # (n, 2)
+    scaling: str
+
+
+@st.cache_resource(show_spinner="Drawing the embedding map…", max_entries=16)  # a resource: no copy per rerun
+def _space(data_key: str, name: str, digest: str, method: str, images_key: str, _embedding: EmbeddingSet,
+           _records: tuple, _images: tuple[str, ...]) -> Space | None:
+    from otolith_core.space import project, scaled
+
+    position = {r.id: i for i, r in enumerate(_records)}
+    row_of = {int(row): j for j, row in enumerate(_embedding.rows)}
+    if any(position[image] not in row_of for image in _images):
+        return None
+    features = _embedding.features[[row_of[position[image]] for image in _images]]
+    scaling = encoder_spec(name).scaling
+    features = scaled(features, scaling)
+    return Space(list(_images), features, project(features, method=method), scaling)
+
+
+def embedding_space(settings: Settings, data: Dataset, name: str, images: list[str], method: str) -> Space | None:
+    """The map of ``name``'s embeddings of ``images`` (None when some are not in the cache), computed once."""
+    embedding, digest = cached_embeddings(settings, data, [name])[name]
+    images_key = hashlib.blake2b("\n".join(images).encode(), digest_size=16).hexdigest()
+    return _space(settings.data_key, name, digest, method, images_key, embedding, data.records, tuple(images))

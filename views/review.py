@@ -1,12 +1,15 @@
-"""Review page: doubtful reader ages ranked from out-of-fold probabilities, and blind second readings."""
+"""Review page: doubtful reader ages ranked from out-of-fold probabilities, blind second readings, and the
+embedding space (a 2-D map per encoder, nearest neighbours of a picked image)."""
 
 import pandas as pd
 import streamlit as st
 
+from otolith_core.charts import embedding_map
 from otolith_core.evaluation import model_label
 from otolith_core.readings import add_reading, agreement, latest_readings, load_readings, manifest_with_readings
 from otolith_core.report import csv_bytes
 from otolith_core.review import doubtful_ages, probabilistic
+from otolith_core.space import MAP_METHODS, nearest, umap_available
 from views import cached
 from views.comparison import current_comparison
 from views.widgets import show_thumbnail
@@ -17,102 +20,160 @@ if shown is None:
     st.stop()
 settings, comparison, dataset = shown.settings, shown.comparison, shown.dataset
 models = {model_label(r.encoder, r.head.label): r for r in probabilistic(comparison.results)}
-if not models:
-    st.info("Doubtful ages are ranked from a head's out-of-fold class probabilities: add the **logistic** head in "
-            "the sidebar and run the comparison again.")
-    st.stop()
-
-st.subheader("Doubtful reader ages")
-st.markdown(
-    "Each image was scored by models that never saw it in training. An image's **score** is the mean over the "
-    "chosen models of 1 − the probability the model gives the reader's age (cleanlab's self-confidence): near 1, "
-    "the models are confident the reader's age is wrong. **flagged** counts the models whose confident learning "
-    "(cleanlab `find_label_issues`) calls it a label issue. The score says which otoliths to read again, not which "
-    "age is right; a model near no skill only adds noise, so rank with the ones you trust.")
-chosen = st.multiselect("Models that rank", list(models), default=list(models), key="review_models")
-if not chosen:
-    st.caption("Choose at least one model.")
-    st.stop()
-table = doubtful_ages([models[m] for m in chosen])
 records = {r.id: r for r in dataset.records}
 
-f1, f2, f3 = st.columns(3)
-ages = sorted(table["reader_age"].unique().tolist())
-picked_ages = f1.multiselect("Reader age", ages, default=[], key="review_ages", placeholder="all ages")
-min_score = f2.slider("Score of at least", 0.0, 1.0, 0.5, 0.05, key="review_min_score")
-blind = f3.toggle("Hide ages (blind re-reading)", key="review_blind",
-                  help="Hide the reader's and the models' ages in the gallery, so a second reading is not anchored.")
-selected = table[(table["score"] >= min_score) & (table["reader_age"].isin(picked_ages) if picked_ages else True)]
-limit = st.slider("Images shown at most", 6, 60, 18, step=6, key="review_limit")
-st.caption(f"{len(selected)} of {len(table)} images have a score ≥ {min_score:.2f}"
-           + (f"; showing the first {limit}" if len(selected) > limit else ""))
-columns = st.columns(6)
-for i, (_, row) in enumerate(selected.head(limit).iterrows()):
-    column = columns[i % 6]
-    ages_text = "" if blind else (f" · reader {row['reader_age']} · models "
-                                  + ", ".join(str(row[f"{m} age"]) for m in chosen))
-    show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
-    if column.button("Read again", key=f"reread-{row['image']}"):
-        st.session_state["review_image"] = row["image"]
-with st.expander("The whole ranking (label_review.csv)"):
-    st.dataframe(table, hide_index=True, width="stretch", height=300)
-st.download_button("label_review.csv", csv_bytes(table), file_name="label_review.csv", mime="text/csv",
-                   key="download-label_review")
 
-st.subheader("Second reading")
-readings = load_readings(settings.cache_dir, dataset)  # read each run: another tab or person may have added one
-image = st.session_state.get("review_image")
-if image not in records:
-    st.caption("Press **Read again** under an image to read it blind: its ages stay hidden until you have "
-               "entered yours.")
-else:
-    record = records[image]
-    left, right = st.columns([3, 2])
-    with right:
-        brightness = st.slider("Brightness", 0.3, 3.0, 1.0, 0.05, key="review_brightness")
-        contrast = st.slider("Contrast", 0.3, 3.0, 1.0, 0.05, key="review_contrast")
-    picture = cached.large_image(record, brightness, contrast)
-    if picture is None:
-        left.error(f"{record.id} cannot be decoded.")
+def _doubtful_and_second_readings() -> None:
+    st.subheader("Doubtful reader ages")
+    st.markdown(
+        "Each image was scored by models that never saw it in training. An image's **score** is the mean over the "
+        "chosen models of 1 − the probability the model gives the reader's age (cleanlab's self-confidence): near 1, "
+        "the models are confident the reader's age is wrong. **flagged** counts the models whose confident learning "
+        "(cleanlab `find_label_issues`) calls it a label issue. The score says which otoliths to read again, not which "
+        "age is right; a model near no skill only adds noise, so rank with the ones you trust.")
+    chosen = st.multiselect("Models that rank", list(models), default=list(models), key="review_models")
+    if not chosen:
+        st.caption("Choose at least one model.")
+        return
+    table = doubtful_ages([models[m] for m in chosen])
+
+    f1, f2, f3 = st.columns(3)
+    ages = sorted(table["reader_age"].unique().tolist())
+    picked_ages = f1.multiselect("Reader age", ages, default=[], key="review_ages", placeholder="all ages")
+    min_score = f2.slider("Score of at least", 0.0, 1.0, 0.5, 0.05, key="review_min_score")
+    blind = f3.toggle("Hide ages (blind re-reading)", key="review_blind",
+                      help="Hide the reader's and the models' ages in the gallery, so a second reading is not anchored.")
+    selected = table[(table["score"] >= min_score) & (table["reader_age"].isin(picked_ages) if picked_ages else True)]
+    limit = st.slider("Images shown at most", 6, 60, 18, step=6, key="review_limit")
+    st.caption(f"{len(selected)} of {len(table)} images have a score ≥ {min_score:.2f}"
+               + (f"; showing the first {limit}" if len(selected) > limit else ""))
+    columns = st.columns(6)
+    for i, (_, row) in enumerate(selected.head(limit).iterrows()):
+        column = columns[i % 6]
+        ages_text = "" if blind else (f" · reader {row['reader_age']} · models "
+                                      + ", ".join(str(row[f"{m} age"]) for m in chosen))
+        show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
+        if column.button("Read again", key=f"reread-{row['image']}"):
+            st.session_state["review_image"] = row["image"]
+    with st.expander("The whole ranking (label_review.csv)"):
+        st.dataframe(table, hide_index=True, width="stretch", height=300)
+    st.download_button("label_review.csv", csv_bytes(table), file_name="label_review.csv", mime="text/csv",
+                       key="download-label_review")
+
+    st.subheader("Second reading")
+    readings = load_readings(settings.cache_dir, dataset)  # read each run: another tab or person may have added one
+    image = st.session_state.get("review_image")
+    if image not in records:
+        st.caption("Press **Read again** under an image to read it blind: its ages stay hidden until you have "
+                   "entered yours.")
     else:
-        left.image(picture, caption=record.id, width="stretch")
-    saved = st.session_state.get("review_saved", {})
-    with right.form("second_reading", clear_on_submit=False):
-        reader = st.text_input("Your name or initials", key="reader_name")
-        age = st.number_input("Your age reading (years)", min_value=0, max_value=100, step=1, value=None,
-                              key=f"second_age-{image}")
-        submitted = st.form_submit_button("Save reading", type="primary")
-    if submitted:
-        if age is None or not reader.strip():
-            right.warning("Enter your name and an age, then save.")
+        record = records[image]
+        left, right = st.columns([3, 2])
+        with right:
+            brightness = st.slider("Brightness", 0.3, 3.0, 1.0, 0.05, key="review_brightness")
+            contrast = st.slider("Contrast", 0.3, 3.0, 1.0, 0.05, key="review_contrast")
+        picture = cached.large_image(record, brightness, contrast)
+        if picture is None:
+            left.error(f"{record.id} cannot be decoded.")
         else:
-            add_reading(settings.cache_dir, dataset, record, int(age), reader=reader)
-            saved[image] = int(age)
-            st.session_state["review_saved"] = saved
-            readings = load_readings(settings.cache_dir, dataset)
-    if image in saved:
-        row = table.set_index("image").loc[image]
-        right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
-                      + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
+            left.image(picture, caption=record.id, width="stretch")
+        saved = st.session_state.get("review_saved", {})
+        with right.form("second_reading", clear_on_submit=False):
+            reader = st.text_input("Your name or initials", key="reader_name")
+            age = st.number_input("Your age reading (years)", min_value=0, max_value=100, step=1, value=None,
+                                  key=f"second_age-{image}")
+            submitted = st.form_submit_button("Save reading", type="primary")
+        if submitted:
+            if age is None or not reader.strip():
+                right.warning("Enter your name and an age, then save.")
+            else:
+                add_reading(settings.cache_dir, dataset, record, int(age), reader=reader)
+                saved[image] = int(age)
+                st.session_state["review_saved"] = saved
+                readings = load_readings(settings.cache_dir, dataset)
+        if image in saved:
+            row = table.set_index("image").loc[image]
+            right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
+                          + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
 
-latest = latest_readings(readings, dataset)
-if len(latest):
-    first = latest["first_age"].to_numpy()
-    second = latest["second_age"].to_numpy()
-    by_image = table.set_index("image")
-    consensus = by_image.loc[latest["image"], "consensus_age"].to_numpy()
-    readers, model = agreement(first, second), agreement(first, consensus)
-    st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice.** Between the two readers: APE {readers.ape:.1f} %, "
-                f"CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. Models (their most common age) against "
-                f"the first reader on the same images: APE {model.ape:.1f} %, CV {model.cv:.1f} %, "
-                f"{model.exact:.0%} the same.")
-    st.dataframe(readings, hide_index=True, width="stretch", height=200)
-    left, right = st.columns(2)
-    left.download_button("second_readings.csv", csv_bytes(readings), file_name="second_readings.csv",
-                         mime="text/csv", key="download-second_readings")
-    right.download_button("manifest with second_age", csv_bytes(manifest_with_readings(dataset, readings)),
-                          file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
-                          help="The manifest with a second_age column (blank where not re-read), to load back.")
+    latest = latest_readings(readings, dataset)
+    if len(latest):
+        first = latest["first_age"].to_numpy()
+        second = latest["second_age"].to_numpy()
+        by_image = table.set_index("image")
+        consensus = by_image.loc[latest["image"], "consensus_age"].to_numpy()
+        readers, model = agreement(first, second), agreement(first, consensus)
+        st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice.** Between the two readers: APE {readers.ape:.1f} %, "
+                    f"CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. Models (their most common age) against "
+                    f"the first reader on the same images: APE {model.ape:.1f} %, CV {model.cv:.1f} %, "
+                    f"{model.exact:.0%} the same.")
+        st.dataframe(readings, hide_index=True, width="stretch", height=200)
+        left, right = st.columns(2)
+        left.download_button("second_readings.csv", csv_bytes(readings), file_name="second_readings.csv",
+                             mime="text/csv", key="download-second_readings")
+        right.download_button("manifest with second_age", csv_bytes(manifest_with_readings(dataset, readings)),
+                              file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
+                              help="The manifest with a second_age column (blank where not re-read), to load back.")
+    else:
+        st.caption("No second readings yet for this data set; they are saved at once to "
+                   "`second_readings.csv` in the cache folder.")
+
+
+def _embedding_space() -> None:
+    st.subheader("The embedding space")
+    encoders = [name for name in comparison.precisions]  # the encoders with embeddings of their own
+    if not encoders:
+        st.caption("No encoder embeddings in this comparison (embeddings from .npz files have no map here).")
+        return
+    left, right = st.columns([3, 1])
+    names = left.multiselect("Encoders (two side by side)", encoders, default=encoders[:2], max_selections=2,
+                             key="space_encoders")
+    method = right.radio("Map", list(MAP_METHODS), format_func=str.upper, horizontal=True, key="space_method",
+                         help="PCA: the two directions of largest variance (deterministic). UMAP: a neighbourhood "
+                              "map (seeded); needs `pip install umap-learn`.")
+    if method == "umap" and not umap_available():
+        right.warning("UMAP needs `pip install umap-learn`; showing PCA.")
+        method = "pca"
+    if not names:
+        return
+    wide = comparison.per_image(0)
+    ages = dict(zip(wide["image"], wide["true_age"]))
+    picked = st.session_state.get("review_image")
+    spaces = {}
+    for column, name in zip(st.columns(len(names)), names):
+        space = cached.embedding_space(settings, dataset, name, list(wide["image"]), method)
+        if space is None:
+            column.warning(f"{name}: its embeddings are not all in the cache.")
+            continue
+        spaces[name] = space
+        model = next((c for c in wide.columns if c.startswith(f"{name} / ")), None)
+        points = pd.DataFrame({"x": space.coords[:, 0], "y": space.coords[:, 1], "image": space.images,
+                               "reader_age": [ages[i] for i in space.images],
+                               "model_age": wide.set_index("image").loc[space.images, model].to_numpy() if model else None})
+        event = column.altair_chart(embedding_map(points, title=f"{name} ({method.upper()}, {space.scaling} scaling)"),
+                                    on_select="rerun", key=f"space-{name}", width="stretch")
+        chosen_points = event.selection.get("picked", []) if event and event.selection else []
+        if chosen_points and chosen_points[0].get("image") in records:
+            picked = chosen_points[0]["image"]
+    st.caption("Each point is an image, coloured by its reader age; hover for its ages, click one to see it and "
+               "its nearest neighbours below (double-click clears). The map uses each encoder's own scaling.")
+    if picked not in records or not spaces:
+        st.caption("Click a point (or press **Read again** under an image) to see its nearest neighbours.")
+        return
+    k = st.slider("Neighbours", 3, 15, 6, key="space_k")
+    st.markdown(f"**{picked}** · reader age {records[picked].age}")
+    show_thumbnail(st.columns(6)[0], records[picked], picked)
+    for name, space in spaces.items():
+        found = nearest(space.features, space.images.index(picked), k=k)
+        st.markdown(f"Nearest in **{name}** (cosine similarity):")
+        for column, index, similarity in zip(st.columns(max(k, 6)), found.index, found.similarity):
+            image = space.images[index]
+            show_thumbnail(column, records[image], f"age {records[image].age} · {similarity:.3f}")
+
+
+if models:
+    _doubtful_and_second_readings()
 else:
-    st.caption("No second readings yet for this data set; they are saved at once to "
-               "`second_readings.csv` in the cache folder.")
+    st.info("Doubtful ages are ranked from a head's out-of-fold class probabilities: add the **logistic** head in "
+            "the sidebar and run the comparison again.")
+_embedding_space()
