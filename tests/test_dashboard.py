@@ -450,3 +450,21 @@ def test_review_maps_each_encoder_and_shows_a_picked_images_neighbours(app):
     assert not app.exception
     neighbour_captions = [m.value for m in app.markdown if m.value.startswith("Nearest in")]
     assert neighbour_captions == [f"Nearest in **{e}** (cosine similarity):" for e in ENCODERS]
+
+
+@pytest.mark.slow
+def test_review_draws_a_heat_map_for_a_vit_whose_weights_are_here(app, tiny_timm_dir):
+    model = f"local-dir:{tiny_timm_dir}"
+    app.sidebar.text_input(key="extra_model").input(model)
+    _run(app, encoders=[ENCODERS[0]])
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    app.session_state["review_image"] = pd.read_csv(os.environ["OTOLITH_DATA"]).path[0]
+    app.run()
+    assert app.selectbox(key="seen_encoder").options == [model]  # the built-in has no patch tokens
+    images_before = len(app.get("image"))
+    app.button(key="seen_show").click().run()
+    assert not app.exception
+    assert len(app.get("image")) == images_before + 1
+    assert any("(4 x 4 patches)" in str(getattr(i, "proto", "")) for i in app.get("image"))
+    assert any("Each patch's token" in c.value for c in app.caption)

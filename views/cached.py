@@ -217,3 +217,23 @@ def embedding_space(settings: Settings, data: Dataset, name: str, images: list[s
     embedding, digest = cached_embeddings(settings, data, [name])[name]
     images_key = hashlib.blake2b("\n".join(images).encode(), digest_size=16).hexdigest()
     return _space(settings.data_key, name, digest, method, images_key, embedding, data.records, tuple(images))
+
+
+@st.cache_resource(show_spinner="Loading the encoder…", max_entries=2)
+def vit_model(name: str):
+    """(timm ViT, pooling, transform) of an encoder whose weights are here; raises ValueError/EncoderUnavailable."""
+    from otolith_core.saliency import load_vit
+
+    return load_vit(encoder_spec(name))
+
+
+@st.cache_data(show_spinner="Computing the heat map…", max_entries=64)
+def heat_map(data_key: str, name: str, digest: str, image: str, mtime_ns: int, _settings: Settings, _data: Dataset):
+    """(the photo as the model received it, its HeatMap) for one image, computed once per image and embeddings."""
+    from otolith_core.saliency import what_the_encoder_sees
+
+    embedding, _ = cached_embeddings(_settings, _data, [name])[name]
+    record = next(r for r in _data.records if r.id == image)
+    vit, pooling, transform = vit_model(name)
+    return what_the_encoder_sees(encoder_spec(name), vit, pooling, transform, record, embedding.features,
+                                 _data.ages[embedding.rows])

@@ -5,10 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import embedding_map
+from otolith_core.encoders import ENCODER_ERRORS, error_message
 from otolith_core.evaluation import model_label
 from otolith_core.readings import add_reading, agreement, latest_readings, load_readings, manifest_with_readings
 from otolith_core.report import csv_bytes
 from otolith_core.review import doubtful_ages, probabilistic
+from otolith_core.saliency import overlay
 from otolith_core.space import MAP_METHODS, nearest, umap_available
 from views import cached
 from views.comparison import current_comparison
@@ -169,6 +171,39 @@ def _embedding_space() -> None:
         for column, index, similarity in zip(st.columns(max(k, 6)), found.index, found.similarity):
             image = space.images[index]
             show_thumbnail(column, records[image], f"age {records[image].age} · {similarity:.3f}")
+    _what_the_encoder_sees(picked, encoders)
+
+
+def _what_the_encoder_sees(picked: str, encoders: list[str]) -> None:
+    st.subheader("What the encoder sees")
+    specs, _ = cached.resolve(tuple(encoders))
+    vits = [name for name, spec in specs.items() if spec.family != "builtin"]
+    if not vits:
+        st.caption("The encoders of this comparison are built-in extractors: they have no patch tokens to map.")
+        return
+    here = cached.weights_here(tuple(vits))
+    left, right = st.columns([1, 2])
+    name = left.selectbox("Encoder", vits, key="seen_encoder",
+                          format_func=lambda n: n if here.get(n) else f"{n} (weights not on this computer)")
+    if not here.get(name):
+        left.caption("The heat map needs the weights on this computer; extracting embeddings puts them there.")
+        return
+    if not left.button("Show the heat map", key="seen_show", help=f"for {picked}; computed once, then cached"):
+        if not st.session_state.get(f"seen-{name}-{picked}"):
+            return
+    st.session_state[f"seen-{name}-{picked}"] = True
+    embedding, digest = cached.cached_embeddings(settings, dataset, [name])[name]
+    record = records[picked]
+    try:
+        photo, heat = cached.heat_map(settings.data_key, name, digest, picked, record.path.stat().st_mtime_ns,
+                                      settings, dataset)
+    except (OSError, *ENCODER_ERRORS) as exc:
+        left.warning(f"No heat map for {name}: {error_message(exc) if isinstance(exc, ENCODER_ERRORS) else exc}")
+        return
+    opacity = left.slider("Heat map opacity", 0.0, 1.0, 0.45, 0.05, key="seen_opacity")
+    right.image(overlay(photo, heat, opacity=opacity), caption=f"{picked} as {name} received it "
+                f"({heat.grid[0]} x {heat.grid[1]} patches)", width="stretch")
+    left.caption(heat.describe().capitalize() + ".")
 
 
 if models:

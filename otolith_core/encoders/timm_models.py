@@ -178,6 +178,7 @@ def pooled_tokens(model, pooling: str, *, encoder: str):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+            self.pooling = pooling  # read by otolith_core.saliency
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             tokens = self.model.forward_features(images)  # (batch, prefix + patches, dim), after the final norm
