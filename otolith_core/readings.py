@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .cache import FileHashes
 from .data import Dataset, ImageRecord, file_sha256
 from .metrics import average_percent_error, coefficient_of_variation
 
@@ -73,26 +74,38 @@ def load_readings(cache_dir: str | Path, dataset: Dataset) -> pd.DataFrame:
     return pd.read_csv(file, dtype={"image": str, "path": str, "reader": str, "content_sha256": str})
 
 
-def latest_readings(readings: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
-    """The newest reading of each image that still has the same content; readings of a changed file are dropped."""
+def latest_readings(readings: pd.DataFrame, dataset: Dataset, *, cache_dir: str | Path | None = None) -> pd.DataFrame:
+    """The newest reading of each image that still has the same content; readings of a changed file are dropped.
+
+    ``cache_dir``: remember file hashes there (by path, size and time), so a page redrawn after every reading
+    does not read every re-read photo again.
+    """
     if readings.empty:
         return readings
     by_id = {r.id: r for r in dataset.records}
     latest = readings.drop_duplicates("image", keep="last")
-    same = [image in by_id and _same_content(by_id[image], sha) for image, sha in zip(latest.image, latest.content_sha256)]
+    hashes = FileHashes(cache_dir) if cache_dir is not None else None
+    try:
+        same = [image in by_id and _same_content(by_id[image], sha, hashes)
+                for image, sha in zip(latest.image, latest.content_sha256)]
+    finally:
+        if hashes is not None:
+            hashes.close()
     return latest[same].reset_index(drop=True)
 
 
-def _same_content(record: ImageRecord, sha: str) -> bool:
+def _same_content(record: ImageRecord, sha: str, hashes: FileHashes | None) -> bool:
     try:
-        return file_sha256(record.path) == sha
+        return (hashes.sha256(record.path) if hashes is not None else file_sha256(record.path)) == sha
     except OSError:
         return False
 
 
-def manifest_with_readings(dataset: Dataset, readings: pd.DataFrame) -> pd.DataFrame:
+def manifest_with_readings(dataset: Dataset, readings: pd.DataFrame, *, cache_dir: str | Path | None = None
+                           ) -> pd.DataFrame:
     """The data set as a manifest with a ``second_age`` column (blank where not re-read), to load back."""
-    latest = latest_readings(readings, dataset).set_index("image")["second_age"] if not readings.empty else {}
+    latest = (latest_readings(readings, dataset, cache_dir=cache_dir).set_index("image")["second_age"]
+              if not readings.empty else {})
     rows = []
     for r in dataset.records:
         row = {"path": r.name, "age": r.age, "fish_id": r.fish_id or ""}

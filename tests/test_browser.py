@@ -61,7 +61,7 @@ def server(tmp_path):
 
 
 @pytest.mark.slow
-def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(server, tmp_path):
+def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(server, tmp_path, tiny_timm_dir):
     """The issue's walk-through: Run starts extraction jobs; change the seed, open another page, reload the tab;
     the settings are restored from the URL, the jobs keep going and finish, and every page then opens."""
     from playwright.sync_api import sync_playwright
@@ -110,7 +110,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
                 page.wait_for_timeout(1500)  # let charts draw
                 assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
                 page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
-            _review_and_read_again(page, server, tmp_path / "cache", shots)
+            _review_and_read_again(page, server, tmp_path / "cache", shots, tiny_timm_dir)
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
             raise
@@ -130,15 +130,21 @@ def _press_run(page) -> None:
     raise AssertionError("the Run comparison press was never registered")
 
 
-def _review_and_read_again(page, server: str, cache: Path, shots: Path) -> None:
-    """The Review page from a shared link asking for the logistic head (one encoder, 5 folds, to keep it short):
-    the ranking shows, Read again opens the blind view, a typed reading is saved to second_readings.csv."""
+def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Path) -> None:
+    """The Review page from a shared link asking for the logistic head on a built-in and a tiny random-weight
+    timm ViT typed as "Other model" (5 folds, to keep it short): Run extracts the ViT; the ranking shows, Read
+    again opens the blind view, a typed reading is saved to second_readings.csv, the map and the picked image's
+    neighbours are drawn, and the ViT's heat map is laid over the photo."""
     from urllib.parse import parse_qsl, urlencode, urlsplit
 
     params = [(k, v) for k, v in parse_qsl(urlsplit(page.url).query, keep_blank_values=True)
-              if k not in ("heads", "encoders", "folds", "run")]
-    params += [("encoders", "otolith-morphometrics"), ("heads", "logistic"), ("folds", "5"), ("run", "1")]
+              if k not in ("heads", "encoders", "folds", "run", "extra_model")]
+    params += [("encoders", "otolith-morphometrics"), ("extra_model", f"local-dir:{vit}"), ("heads", "logistic"),
+               ("folds", "5")]
     page.goto(f"{server}/review?{urlencode(params)}", timeout=120_000)
+    page.get_by_role("button", name="Run comparison").wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
+    _press_run(page)  # starts the ViT's extraction; the page computes the comparison when it ends
     page.get_by_role("heading", name="Doubtful reader ages").first.wait_for(timeout=300_000)
     page.get_by_role("button", name="Read again").first.click()
     page.get_by_label("Your name or initials").wait_for(timeout=60_000)
@@ -156,5 +162,11 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path) -> None:
     page.get_by_text("Nearest in").first.scroll_into_view_if_needed()  # the map sits just above
     page.wait_for_timeout(1000)
     page.screenshot(path=str(shots / "review_map.png"), full_page=True)
+    page.get_by_role("button", name="Show the heat map").click()
+    page.get_by_text("patches)").first.wait_for(timeout=120_000)  # the overlay's caption: "(4 x 4 patches)"
+    page.wait_for_timeout(1000)
+    assert page.locator('[data-testid="stException"]').count() == 0, "exception box after the heat map"
+    page.get_by_text("patches)").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "review_heat_map.png"), full_page=True)
     saved = list(cache.glob("readings/*/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading

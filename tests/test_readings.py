@@ -64,6 +64,8 @@ def test_the_latest_reading_wins_and_a_changed_file_drops_its_readings(data, tmp
     assert latest == {first.id: 4, second.id: 5}
     second.path.write_bytes(second.path.read_bytes() + b"\0")  # the photo was replaced: its reading no longer applies
     assert latest_readings(readings, mine).image.tolist() == [first.id]
+    remembered = latest_readings(readings, mine, cache_dir=tmp_path / "cache")  # hashes kept by path, size and time
+    assert remembered.image.tolist() == [first.id]
     manifest = manifest_with_readings(mine, readings)
     assert manifest.loc[0, "second_age"] == 4 and manifest.loc[1, "second_age"] == ""
     assert {"path", "age", "fish_id", "length", "month"} <= set(manifest.columns)

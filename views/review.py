@@ -98,22 +98,22 @@ def _doubtful_and_second_readings() -> None:
             right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
                           + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
 
-    latest = latest_readings(readings, dataset)
+    latest = latest_readings(readings, dataset, cache_dir=settings.cache_dir)
     if len(latest):
-        first = latest["first_age"].to_numpy()
-        second = latest["second_age"].to_numpy()
-        by_image = table.set_index("image")
-        consensus = by_image.loc[latest["image"], "consensus_age"].to_numpy()
-        readers, model = agreement(first, second), agreement(first, consensus)
-        st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice.** Between the two readers: APE {readers.ape:.1f} %, "
-                    f"CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. Models (their most common age) against "
-                    f"the first reader on the same images: APE {model.ape:.1f} %, CV {model.cv:.1f} %, "
-                    f"{model.exact:.0%} the same.")
+        readers = agreement(latest["first_age"], latest["second_age"])
+        compared = latest[latest["image"].isin(table["image"])]  # an image outside this comparison has no model age
+        consensus = table.set_index("image").loc[compared["image"], "consensus_age"]
+        model = agreement(compared["first_age"], consensus)
+        st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice.** Between the two "
+                    f"readers: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. "
+                    f"Models (their most common age) against the first reader on the same {model.n} images: "
+                    f"APE {model.ape:.1f} %, CV {model.cv:.1f} %, {model.exact:.0%} the same.")
         st.dataframe(readings, hide_index=True, width="stretch", height=200)
         left, right = st.columns(2)
         left.download_button("second_readings.csv", csv_bytes(readings), file_name="second_readings.csv",
                              mime="text/csv", key="download-second_readings")
-        right.download_button("manifest with second_age", csv_bytes(manifest_with_readings(dataset, readings)),
+        right.download_button("manifest with second_age",
+                              csv_bytes(manifest_with_readings(dataset, readings, cache_dir=settings.cache_dir)),
                               file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
                               help="The manifest with a second_age column (blank where not re-read), to load back.")
     else:
