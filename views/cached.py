@@ -186,7 +186,6 @@ def large_image(record, brightness: float, contrast: float, size: int = 900):
     return ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(contrast)
 
 
-
 @dataclass(frozen=True)
 class Space:
     """One encoder's embeddings of the compared images, as the heads scale them, and their 2-D map."""
@@ -197,7 +196,8 @@ class Space:
     scaling: str
 
 
-@st.cache_resource(show_spinner="Drawing the embedding map…", max_entries=16)  # a resource: no copy per rerun
+@st.cache_resource(show_spinner="Drawing the embedding map…", max_entries=4)  # a resource: no copy per rerun; each
+# holds one encoder's scaled matrix (80 MB for 8,637 x 1,152), so only a few are kept
 def _space(data_key: str, name: str, digest: str, method: str, images_key: str, _embedding: EmbeddingSet,
            _records: tuple, _images: tuple[str, ...]) -> Space | None:
     from otolith_core.space import project, scaled
