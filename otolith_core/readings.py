@@ -50,7 +50,12 @@ def add_reading(cache_dir: str | Path, dataset: Dataset, record: ImageRecord, se
         raise ValueError("a second reading needs the reader's name (or initials)")
     if int(second_age) != second_age or second_age < 0:
         raise ValueError(f"a second age must be a whole number of years >= 0, got {second_age!r}")
-    row = {"image": record.id, "path": record.name, "content_sha256": file_sha256(record.path),
+    hashes = FileHashes(cache_dir)  # extraction has usually hashed the photo already: no bytes read again
+    try:
+        content = hashes.sha256(record.path)
+    finally:
+        hashes.close()
+    row = {"image": record.id, "path": record.name, "content_sha256": content,
            "first_age": record.age, "second_age": int(second_age), "reader": reader.strip(),
            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     file = readings_file(cache_dir, dataset)

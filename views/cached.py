@@ -142,16 +142,23 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
     return result
 
 
-@st.cache_data(show_spinner=False, max_entries=4000)
-def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int = 200):
-    """A small RGB array of one image (decoded once per file version); None when it cannot be decoded."""
+def _decode(path: str, crop: tuple[int, int, int, int] | None, min_side: int):
+    """One image decoded (JPEGs at a reduced scale keeping the shorter side >= ``min_side``); None when it cannot be."""
     from pathlib import Path
 
     from otolith_core.data import ImageRecord, load_image
 
     try:
-        image = load_image(ImageRecord(Path(path), path, 0, crop=crop), min_side=size)  # JPEGs decoded small
+        return load_image(ImageRecord(Path(path), path, 0, crop=crop), min_side=min_side)
     except ValueError:
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int = 200):
+    """A small RGB array of one image (decoded once per file version); None when it cannot be decoded."""
+    image = _decode(path, crop, size)
+    if image is None:
         return None
     image.thumbnail((size, size))
     return np.asarray(image)
@@ -159,15 +166,9 @@ def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _decoded(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int):
-    from pathlib import Path
-
-    from otolith_core.data import ImageRecord, load_image
-
-    try:
-        image = load_image(ImageRecord(Path(path), path, 0, crop=crop), min_side=size)
-    except ValueError:
-        return None
-    image.thumbnail((2 * size, 2 * size))
+    image = _decode(path, crop, size)
+    if image is not None:
+        image.thumbnail((2 * size, 2 * size))
     return image
 
 
