@@ -5,14 +5,20 @@ pooled embedding, is scaled as the heads scale embeddings, and is projected on t
 fitted on every image's embedding (in the same scaling): a patch that scores high pushes the predicted
 age up. For an attention-pooled tower (SigLIP's ``map`` head) a patch's share of the pooled embedding is
 not its own token, so the map shows the pooling's attention weights (mean over heads) instead, and says so.
-Towers that are not a timm ``VisionTransformer`` (the built-ins, CNNs) have no such map.
+The ViT is timm's (``VisionTransformer``, or ``Eva`` for DINOv3 and Perception Encoder): a timm encoder as
+the registry builds it, an open_clip tower with a timm trunk (SigLIP, PE) and its projection, or a plain OpenCLIP
+ViT as its timm twin. Towers without patch tokens (the built-ins, CNNs) have no such map.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("ridge", "attention")
 
@@ -37,19 +43,41 @@ class HeatMap:
                 "shown instead is how much the pooling attends to each patch (mean over heads)")
 
 
-def vit_of(module):
-    """The timm ``VisionTransformer`` inside an encoder's module (as built by ``otolith_core.encoders``), and its
-    pooling (``"cls"``/``"mean"`` chosen by the registry, else ``"default"``); None when there is none."""
-    from timm.models.vision_transformer import VisionTransformer
+@dataclass(frozen=True)
+class PatchTower:
+    """A timm ViT (``VisionTransformer``, or ``Eva``: DINOv3, Perception Encoder) as an encoder runs it."""
 
-    pooling = "default"
+    vit: Any
+    pooling: str = "default"  # "cls" / "mean": the registry's pooling of the normed tokens; "default": the ViT's head
+    projection: Any = None  # a module after the ViT's own head (open_clip's ``TimmModel`` projection), if any
+
+    @property
+    def attention_pooled(self) -> bool:
+        return self.pooling == "default" and getattr(self.vit, "attn_pool", None) is not None
+
+
+def patch_tower(module) -> PatchTower | None:
+    """The timm ViT inside an encoder's module (as built by ``otolith_core.encoders``) and what follows its
+    tokens; None when there is none (built-ins, CNNs, open_clip's own ViT)."""
+    pooling, projection = "default", None
     if module.__class__.__name__ == "PooledTokens":  # the registry's cls / mean pooling of a timm model
         module, pooling = module.model, module.pooling
-    return (module, pooling) if isinstance(module, VisionTransformer) else None
+    elif module.__class__.__name__ == "TimmModel":  # open_clip's timm trunk (SigLIP, PE) + its projection
+        module, projection = module.trunk, module.head
+    if not _is_timm_vit(module):
+        return None
+    return PatchTower(module, pooling, projection)
+
+
+def _is_timm_vit(module) -> bool:
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(module, (VisionTransformer, Eva))
 
 
 def load_vit(spec, *, weights_dir=None):
-    """(timm ViT computing ``spec``'s embedding, its pooling, its input transform) with the weights on this
+    """(:class:`PatchTower` computing ``spec``'s embedding, its input transform) with the weights on this
     machine; ``ValueError`` saying why when the encoder has no patch tokens to map."""
     if spec.family == "builtin":
         raise ValueError(f"{spec.name} is a built-in extractor: it has no patch tokens")
@@ -60,15 +88,17 @@ def load_vit(spec, *, weights_dir=None):
     else:
         from .encoders.open_clip_models import build_tower
 
-        # the tower as timm's ViT with the same weights (the bf16 twin, run here in fp32)
-        module, transform = build_tower(spec, implementation="timm", weights_dir=weights_dir)
-    found = vit_of(module)
-    if found is None:
+        # a plain ViT as timm's twin with the same weights (run here in fp32); a timm trunk (SigLIP, PE) as it is
+        implementation = "timm" if spec.bf16_via_timm else "open_clip"
+        module, transform = build_tower(spec, implementation=implementation, weights_dir=weights_dir)
+    tower = patch_tower(module)
+    if tower is None:
         raise ValueError(f"{spec.name}: its tower is not a vision transformer with patch tokens")
-    return found[0].eval(), found[1], transform
+    tower.vit.eval()
+    return tower, transform
 
 
-def what_the_encoder_sees(spec, vit, pooling: str, transform, record, features: np.ndarray, ages: np.ndarray):
+def what_the_encoder_sees(spec, tower: PatchTower, transform, record, features: np.ndarray, ages: np.ndarray):
     """(the photo as the model received it ``(H, W, 3)`` uint8, its :class:`HeatMap`) for one image record.
 
     ``features``/``ages``: every image's embedding by this encoder and reader age, for the ridge direction.
@@ -81,38 +111,47 @@ def what_the_encoder_sees(spec, vit, pooling: str, transform, record, features: 
     if spec.variant:
         image = apply_variant(image, spec.variant, work_side=min_side)
     tensor = transform(image)
-    direction = None if (pooling == "default" and vit.attn_pool is not None) else age_direction(
-        features, ages, scaling=spec.scaling)
-    heat = heat_map(vit, tensor, direction, scaling=spec.scaling, pooling=pooling)
+    direction = None if tower.attention_pooled else age_direction(features, ages, scaling=spec.scaling)
+    heat = heat_map(tower, tensor, direction, scaling=spec.scaling)
     pre = spec.input_preprocessing
     pixels = tensor.double().numpy() * np.asarray(pre.std)[:, None, None] + np.asarray(pre.mean)[:, None, None]
     photo = (np.clip(pixels.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
     return photo, heat
 
 
-def heat_map(vit, image: "torch.Tensor", direction: np.ndarray | None, *, scaling: str,
-             pooling: str = "default") -> HeatMap:
-    """The heat map of one preprocessed image ``(3, H, W)`` for a timm ViT.
+def heat_map(tower, image: "torch.Tensor", direction: np.ndarray | None, *, scaling: str) -> HeatMap:
+    """The heat map of one preprocessed image ``(3, H, W)``.
 
     Parameters
     ----------
-    vit : timm ``VisionTransformer`` (eval mode), as it computes the embedding.
+    tower : :class:`PatchTower`, or a module :func:`patch_tower` finds one in (eval mode), as it computes the
+        embedding.
     direction : ``(dim,)`` ridge coefficients on the scaled embeddings; not needed for an attention-pooled tower.
     scaling : ``none | l2 | standardize`` as the heads scale the embeddings (``standardize`` is given by its
         ``direction`` already divided by the SD; the mean shift is the same for every patch).
-    pooling : ``default`` (timm's own head), ``cls`` or ``mean`` (the registry's token pooling; no head).
     """
     import torch
 
-    rows, columns = (int(g) for g in vit.patch_embed.grid_size)
+    if not isinstance(tower, PatchTower):
+        found = patch_tower(tower)
+        if found is None:
+            raise ValueError(f"{tower.__class__.__name__} is not a vision transformer with patch tokens")
+        tower = found
+    vit = tower.vit
+    patch_rows, patch_columns = vit.patch_embed.patch_size
+    rows, columns = image.shape[-2] // patch_rows, image.shape[-1] // patch_columns
     with torch.inference_mode():
         tokens = vit.forward_features(image.unsqueeze(0).float())  # (1, prefix + patches, dim), final norm applied
         patches = tokens[:, vit.num_prefix_tokens:]
-        if pooling == "default" and vit.attn_pool is not None:
+        if patches.shape[1] != rows * columns:
+            raise ValueError(f"{patches.shape[1]} patch tokens do not form the {rows} x {columns} grid of the input")
+        if tower.attention_pooled:
             weights = _attention_weights(vit, tokens)
             return HeatMap(weights.reshape(rows, columns), "attention")
-        if pooling == "default":
+        if tower.pooling == "default":
             embedded = vit.head(vit.fc_norm(patches))  # the pooled token's path, token by token
+            if tower.projection is not None:
+                embedded = tower.projection(embedded)
         else:
             embedded = patches  # cls / mean pooling takes the normed tokens as they are
     values = embedded[0].double().numpy()
@@ -124,9 +163,11 @@ def heat_map(vit, image: "torch.Tensor", direction: np.ndarray | None, *, scalin
 
 
 def _attention_weights(vit, tokens) -> np.ndarray:
-    """Mean over heads (and latents) of the attention pooling's weights on each patch token."""
+    """Mean over heads (and latents) of the attention pooling's weights on each patch token (timm's ViT pools
+    its patches or all tokens as ``pool_include_prefix`` says; Eva pools all tokens)."""
     pool = vit.attn_pool
-    x = tokens if vit.pool_include_prefix else tokens[:, vit.num_prefix_tokens:]
+    include_prefix = getattr(vit, "pool_include_prefix", vit.__class__.__name__ == "Eva")
+    x = tokens if include_prefix else tokens[:, vit.num_prefix_tokens:]
     if pool.pos_embed is not None:
         x = x + pool.pos_embed.unsqueeze(0).to(x.dtype)
     batch, n, _ = x.shape
@@ -135,7 +176,7 @@ def _attention_weights(vit, tokens) -> np.ndarray:
     q, k = pool.q_norm(q.transpose(1, 2)), pool.k_norm(k.transpose(1, 2))
     attention = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (batch, heads, latents, n)
     weights = attention.mean(dim=(1, 2))[0].double().numpy()
-    if vit.pool_include_prefix:
+    if include_prefix:
         weights = weights[vit.num_prefix_tokens:]
     return weights
 

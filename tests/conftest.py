@@ -37,16 +37,18 @@ def demo_cache(demo_manifest, tmp_path_factory) -> Path:
     return cache
 
 
-def save_tiny_open_clip(folder: Path, *, preprocess: dict | None = None, seed: int = 0) -> Path:
+def save_tiny_open_clip(folder: Path, *, preprocess: dict | None = None, seed: int = 0,
+                        model_cfg: dict | None = None) -> Path:
     """A complete random-weight OpenCLIP model (both towers) in open_clip's local-dir layout."""
     import torch
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model = CLIP(**TINY_MODEL_CFG)
+    model_cfg = model_cfg or TINY_MODEL_CFG
+    model = CLIP(**model_cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": preprocess or TINY_PREPROCESS}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess or TINY_PREPROCESS}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder

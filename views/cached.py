@@ -28,7 +28,9 @@ def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> D
 
 
 def covariate_columns(settings: Settings) -> list[str]:
-    """The manifest's extra columns a user may add as covariates: not constant, not the demo's drawn truth."""
+    """The manifest's extra columns a user may add as covariates: not constant, not the demo's drawn truth, not
+    a second reader's age."""
+    from otolith_core.covariates import NOT_COVARIATES
     from otolith_core.demo import DEMO_TRUTH_COLUMNS
 
     try:
@@ -36,7 +38,7 @@ def covariate_columns(settings: Settings) -> list[str]:
     except (ValueError, FileNotFoundError):
         return []
     columns = dict.fromkeys(k for r in records for k in r.metadata)
-    hidden = DEMO_TRUTH_COLUMNS if settings.is_demo else ()
+    hidden = (*(DEMO_TRUTH_COLUMNS if settings.is_demo else ()), *NOT_COVARIATES)
     return [c for c in columns if c not in hidden and len({r.metadata.get(c, "") for r in records}) > 1]
 
 
@@ -222,7 +224,7 @@ def embedding_space(settings: Settings, data: Dataset, name: str, images: list[s
 
 @st.cache_resource(show_spinner="Loading the encoder…", max_entries=2)
 def vit_model(name: str):
-    """(timm ViT, pooling, transform) of an encoder whose weights are here; raises ValueError/EncoderUnavailable."""
+    """(PatchTower, transform) of an encoder whose weights are here; raises ValueError/EncoderUnavailable."""
     from otolith_core.saliency import load_vit
 
     return load_vit(encoder_spec(name))
@@ -235,6 +237,6 @@ def heat_map(data_key: str, name: str, digest: str, image: str, mtime_ns: int, _
 
     embedding, _ = cached_embeddings(_settings, _data, [name])[name]
     record = next(r for r in _data.records if r.id == image)
-    vit, pooling, transform = vit_model(name)
-    return what_the_encoder_sees(encoder_spec(name), vit, pooling, transform, record, embedding.features,
+    tower, transform = vit_model(name)
+    return what_the_encoder_sees(encoder_spec(name), tower, transform, record, embedding.features,
                                  _data.ages[embedding.rows])
