@@ -20,6 +20,8 @@ import numpy as np
 COVARIATES = "covariates"  # the pseudo-encoder: the covariates alone, no image
 COVARIATE_SCALING = "covariates"  # how the covariate part of a feature matrix is encoded (the `scaling` column)
 KINDS = ("numeric", "month", "categorical")
+# a second reader's age (readings.SECOND_AGE) would hand the heads the answer: never a covariate
+NOT_COVARIATES = ("second_age",)
 NUMERIC_SHARE = 0.9  # a column is numeric when at least this share of its filled values are numbers
 _MONTHS = {m: i for i, names in enumerate(
     [("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",), ("jun", "june"),
@@ -141,6 +143,10 @@ def read_covariates(records: Sequence, request: CovariateRequest, *, source: str
         raise ValueError("no covariates requested")
     available = sorted({k for r in records for k in r.metadata})
     named = request.named()
+    answers = [name for name, _ in named if name in NOT_COVARIATES]
+    if answers:
+        raise ValueError(f"{answers[0]!r} is a second reader's age: as a covariate it would give the heads the "
+                         f"answer; the Review page compares it with the first reader instead")
     missing = [name for name, _ in named if name not in available]
     if missing:
         raise ValueError(f"covariate column(s) {missing} are not in {source}; its extra columns are "

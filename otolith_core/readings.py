@@ -4,6 +4,8 @@ One file per data set (``<cache>/readings/<key>/second_readings.csv``, the key f
 editing the manifest keeps its readings). Each reading is appended as one row under a file lock the moment
 it is entered, so a reload, a restart or a second person writing at the same time loses nothing. Rows are
 never rewritten: a second reading of the same image by the same reader is a new row, and the latest wins.
+A manifest may carry a second reader's ages in a ``second_age`` column (as :func:`manifest_with_readings`
+writes it): they count as second readings too, under any typed here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .metrics import average_percent_error, coefficient_of_variation
 
 READING_COLUMNS = ["image", "path", "content_sha256", "first_age", "second_age", "reader", "time"]
 FILE_NAME = "second_readings.csv"
+SECOND_AGE = "second_age"  # the manifest column a second reader's ages are loaded back from
 
 
 @dataclass(frozen=True)
@@ -106,18 +109,55 @@ def _same_content(record: ImageRecord, sha: str, hashes: FileHashes | None) -> b
         return False
 
 
+def manifest_second_ages(dataset: Dataset) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest's own ``second_age`` column (a manifest written by :func:`manifest_with_readings`, or a
+    lab's double reading) as readings: (table ``image, first_age, second_age``, problems naming each image
+    whose value is not a whole number of years; those are left out)."""
+    rows, problems = [], []
+    for r in dataset.records:
+        text = str(r.metadata.get(SECOND_AGE, "")).strip()
+        if not text or text.lower() == "nan":
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value >= 0 and value == int(value)):
+            problems.append(f"{r.id}: second_age {text!r} is not a whole number of years >= 0; left out")
+            continue
+        rows.append({"image": r.id, "first_age": r.age, "second_age": int(value)})
+    return pd.DataFrame(rows, columns=["image", "first_age", "second_age"]), problems
+
+
+def second_readings(dataset: Dataset, readings: pd.DataFrame, *, cache_dir: str | Path | None = None
+                    ) -> tuple[pd.DataFrame, list[str]]:
+    """Each image's second reading: the newest typed in the dashboard (``readings``, see
+    :func:`latest_readings`), else the manifest's ``second_age`` column. Returns (table ``image, first_age,
+    second_age, reader, source`` in data-set order, ``source`` ``dashboard`` or ``manifest``; the problems of
+    :func:`manifest_second_ages`)."""
+    from_manifest, problems = manifest_second_ages(dataset)
+    from_manifest = from_manifest.assign(reader="", source="manifest")
+    typed = latest_readings(readings, dataset, cache_dir=cache_dir)
+    typed = typed.reindex(columns=["image", "first_age", "second_age", "reader"]).assign(source="dashboard")
+    both = pd.concat([t for t in (from_manifest, typed) if len(t)] or [typed])
+    both = both.drop_duplicates("image", keep="last")  # a reading typed here wins over the manifest's
+    order = {r.id: i for i, r in enumerate(dataset.records)}
+    both = both.sort_values("image", key=lambda images: images.map(order)).reset_index(drop=True)
+    return both.astype({"first_age": int, "second_age": int}), problems
+
+
 def manifest_with_readings(dataset: Dataset, readings: pd.DataFrame, *, cache_dir: str | Path | None = None
                            ) -> pd.DataFrame:
-    """The data set as a manifest with a ``second_age`` column (blank where not re-read), to load back."""
-    latest = (latest_readings(readings, dataset, cache_dir=cache_dir).set_index("image")["second_age"]
-              if not readings.empty else {})
+    """The data set as a manifest with a ``second_age`` column, to load back: each image's second reading
+    (:func:`second_readings`), else the manifest's own text in that column, else blank."""
+    second = second_readings(dataset, readings, cache_dir=cache_dir)[0].set_index("image")["second_age"]
     rows = []
     for r in dataset.records:
         row = {"path": r.name, "age": r.age, "fish_id": r.fish_id or ""}
         if r.crop is not None:
             row.update(dict(zip(("x0", "y0", "x1", "y1"), r.crop)))
         row.update(r.metadata)
-        row["second_age"] = int(latest[r.id]) if r.id in latest else ""
+        row[SECOND_AGE] = int(second[r.id]) if r.id in second.index else row.get(SECOND_AGE, "")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -62,6 +62,12 @@ def test_a_missing_column_names_the_ones_there():
         read_covariates(folder, CovariateRequest.parse("length"))
 
 
+def test_a_second_readers_age_is_never_a_covariate():
+    records = _records([(2, {"length": "30", "second_age": "3"}), (3, {"length": "35", "second_age": "3"})])
+    with pytest.raises(ValueError, match="'second_age' is a second reader's age.*answer"):
+        read_covariates(records, CovariateRequest.parse("length,second_age"))
+
+
 def test_months_go_round_the_year():
     circle = month_circle(np.array([[1], [4], [7], [12]]))
     np.testing.assert_allclose(circle[0], [0, 1], atol=1e-12)

@@ -85,3 +85,34 @@ def test_a_reading_needs_a_reader_and_a_whole_age(data, tmp_path):
     with pytest.raises(ValueError, match="whole number"):
         add_reading(tmp_path, data, data.records[0], 2.5, reader="A")
     assert load_readings(tmp_path, data).empty and isinstance(load_readings(tmp_path, data), pd.DataFrame)
+
+
+def test_a_manifest_loaded_back_brings_its_second_ages(data, tmp_path):
+    """The downloaded manifest with ``second_age``, loaded as a data set of its own (another path, so none of
+    the cache's readings follow it): its column is the second reader; a reading typed later wins; a value that
+    is not a whole number of years is named and left out of the statistics (but kept in the manifest);
+    writing the manifest again keeps the column."""
+    from otolith_core.readings import second_readings
+
+    first, second, third = data.records[:3]
+    add_reading(tmp_path / "cache", data, first, first.age + 1, reader="A")
+    add_reading(tmp_path / "cache", data, second, second.age, reader="A")
+    manifest = manifest_with_readings(data, load_readings(tmp_path / "cache", data))
+    manifest.loc[2, "second_age"] = "4.5"
+    (data.source.parent / "with_second.csv").write_text(manifest.to_csv(index=False))
+    loaded = load_dataset(data.source.parent / "with_second.csv")
+    assert load_readings(tmp_path / "cache", loaded).empty
+
+    table, problems = second_readings(loaded, load_readings(tmp_path / "cache", loaded))
+    assert table.set_index("image").second_age.to_dict() == {first.id: first.age + 1, second.id: second.age}
+    assert set(table.source) == {"manifest"} and (table.first_age.to_numpy() == [first.age, second.age]).all()
+    assert len(problems) == 1 and third.id in problems[0] and "'4.5'" in problems[0]
+
+    add_reading(tmp_path / "cache", loaded, loaded.records[0], first.age + 2, reader="B")
+    readings = load_readings(tmp_path / "cache", loaded)
+    table, _ = second_readings(loaded, readings)
+    assert table.set_index("image").loc[first.id, ["second_age", "source", "reader"]].tolist() == [
+        first.age + 2, "dashboard", "B"]
+    again = manifest_with_readings(loaded, readings)
+    assert again.second_age.tolist()[:3] == [first.age + 2, second.age, "4.5"]
+    assert again.second_age.tolist()[3:] == [""] * (len(again) - 3)
