@@ -189,11 +189,11 @@ def per_age_heatmap(per_age: pd.DataFrame, value: str = "recall") -> alt.Chart:
 def embedding_map(points: pd.DataFrame, *, title: str, height: int = 420) -> alt.Chart:
     """A 2-D map of one encoder's embeddings: a point per image coloured by reader age, ages in the tooltip.
 
-    ``points`` has columns ``x, y, image, reader_age, model_age``; clicking a point selects it (the selection
-    parameter ``picked`` carries its ``image``). No image data goes into the chart, so thousands of points
-    stay fast.
+    ``points`` has columns ``x, y, image, reader_age, model_age``; a click selects the point nearest to it
+    (among thousands a point is too small to hit; the selection parameter ``picked`` carries its ``image``).
+    No image data goes into the chart, so thousands of points stay fast.
     """
-    picked = alt.selection_point(name="picked", fields=["image"], on="click", clear="dblclick")
+    picked = alt.selection_point(name="picked", fields=["image"], on="click", nearest=True, clear="dblclick")
     return alt.Chart(points, title=title).mark_circle(size=40).encode(
         x=alt.X("x:Q", title="1st axis", axis=alt.Axis(labels=False, ticks=False)),
         y=alt.Y("y:Q", title="2nd axis", axis=alt.Axis(labels=False, ticks=False)),

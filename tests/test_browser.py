@@ -168,5 +168,30 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box after the heat map"
     page.get_by_text("patches)").first.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "review_heat_map.png"), full_page=True)
+    _click_on_the_map(page)
     saved = list(cache.glob("readings/*/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading
+
+
+def _click_on_the_map(page) -> None:
+    """A click on the first embedding map picks the image nearest to it: the picked image and its neighbours
+    change (two spots, in case the first one's nearest image is the one already picked)."""
+    picked = page.locator('[data-testid="stMarkdownContainer"]').filter(has_text=" · reader age ").first
+    before = picked.inner_text()
+    chart = page.locator('[data-testid="stVegaLiteChart"]').first
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    for fx, fy in ((0.35, 0.45), (0.6, 0.3)):
+        chart.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+        try:
+            page.wait_for_function(
+                """([before]) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+                       .some(e => e.innerText.includes(' · reader age ') && e.innerText !== before)""",
+                arg=[before], timeout=30_000)
+            break
+        except Exception:  # playwright's TimeoutError: this spot's nearest image was the one already picked
+            continue
+    after = picked.inner_text()
+    assert after != before, "a click on the map picked no other image"
+    page.get_by_text("Nearest in").first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0, "exception box after a click on the map"

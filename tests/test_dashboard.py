@@ -445,7 +445,7 @@ def test_review_maps_each_encoder_and_shows_a_picked_images_neighbours(app):
     assert any("add the **logistic** head" in i.value for i in app.info)  # no ranking without probabilities
     assert len(app.get("vega_lite_chart")) == 2  # a map per encoder, side by side
     picked = pd.read_csv(os.environ["OTOLITH_DATA"]).path[0]
-    app.session_state["review_image"] = picked  # as a click on a point (or Read again) sets it
+    app.session_state["space_image"] = picked  # as a click on a map (or Read again) sets it
     app.run()
     assert not app.exception
     neighbour_captions = [m.value for m in app.markdown if m.value.startswith("Nearest in")]
@@ -459,7 +459,7 @@ def test_review_draws_a_heat_map_for_a_vit_whose_weights_are_here(app, tiny_timm
     _run(app, encoders=[ENCODERS[0]])
     app.switch_page("views/review.py").run()
     assert not app.exception
-    app.session_state["review_image"] = pd.read_csv(os.environ["OTOLITH_DATA"]).path[0]
+    app.session_state["space_image"] = pd.read_csv(os.environ["OTOLITH_DATA"]).path[0]
     app.run()
     assert app.selectbox(key="seen_encoder").options == [model]  # the built-in has no patch tokens
     images_before = len(app.get("image"))
@@ -468,3 +468,30 @@ def test_review_draws_a_heat_map_for_a_vit_whose_weights_are_here(app, tiny_timm
     assert len(app.get("image")) == images_before + 1
     assert any("(4 x 4 patches)" in str(getattr(i, "proto", "")) for i in app.get("image"))
     assert any("Each patch's token" in c.value for c in app.caption)
+
+
+@pytest.mark.slow
+def test_review_counts_a_manifests_second_age_as_the_second_reader(demo_manifest, demo_cache, tmp_path, monkeypatch,
+                                                                   media_stores):
+    """A manifest loaded back with a ``second_age`` column (or a lab's own double reading): the page counts it
+    as the second reader, and it is never offered as a covariate."""
+    rows = pd.read_csv(demo_manifest)
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rows["second_age"] = ""
+    rows.loc[:9, "second_age"] = rows.age[:10].astype(str)
+    rows.loc[:1, "second_age"] = (rows.age[:2] + 1).astype(str)
+    manifest = tmp_path / "double_read.csv"
+    rows.to_csv(manifest, index=False)
+    shutil.copytree(demo_cache, tmp_path / "cache")
+    at = _started(manifest, tmp_path, monkeypatch)
+    assert "length" in at.sidebar.multiselect(key="covariates").options
+    assert "second_age" not in at.sidebar.multiselect(key="covariates").options
+    at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
+    at.sidebar.multiselect(key="heads").set_value(["logistic"])
+    at.run()
+    at.switch_page("views/review.py").run()
+    at.sidebar.button(key="run").click().run()
+    assert not at.exception
+    summary = next(m.value for m in at.markdown if "read twice" in m.value)
+    assert "**10 images read twice** (10 from the manifest’s second_age)" in summary
+    assert "80% the same age" in summary

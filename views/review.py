@@ -1,13 +1,15 @@
 """Review page: doubtful reader ages ranked from out-of-fold probabilities, blind second readings, and the
 embedding space (a 2-D map per encoder, nearest neighbours of a picked image)."""
 
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import embedding_map
 from otolith_core.encoders import ENCODER_ERRORS, error_message
 from otolith_core.evaluation import model_label
-from otolith_core.readings import add_reading, agreement, latest_readings, load_readings, manifest_with_readings
+from otolith_core.readings import add_reading, agreement, load_readings, manifest_with_readings, second_readings
 from otolith_core.report import csv_bytes
 from otolith_core.review import doubtful_ages, probabilistic
 from otolith_core.saliency import overlay
@@ -56,7 +58,7 @@ def _doubtful_and_second_readings() -> None:
                                       + ", ".join(str(row[f"{m} age"]) for m in chosen))
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
         if column.button("Read again", key=f"reread-{row['image']}"):
-            st.session_state["review_image"] = row["image"]
+            st.session_state["review_image"] = st.session_state["space_image"] = row["image"]
     with st.expander("The whole ranking (label_review.csv)"):
         st.dataframe(table, hide_index=True, width="stretch", height=300)
     st.download_button("label_review.csv", csv_bytes(table), file_name="label_review.csv", mime="text/csv",
@@ -98,27 +100,35 @@ def _doubtful_and_second_readings() -> None:
             right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
                           + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
 
-    latest = latest_readings(readings, dataset, cache_dir=settings.cache_dir)
-    if len(latest):
-        readers = agreement(latest["first_age"], latest["second_age"])
-        compared = latest[latest["image"].isin(table["image"])]  # an image outside this comparison has no model age
+    second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
+    if problems:
+        st.warning(f"{len(problems)} `second_age` value(s) in the manifest are not whole years and do not count: "
+                   + "; ".join(problems[:5]) + (" …" if len(problems) > 5 else ""))
+    if len(second):
+        readers = agreement(second["first_age"], second["second_age"])
+        compared = second[second["image"].isin(table["image"])]  # an image outside this comparison has no model age
         consensus = table.set_index("image").loc[compared["image"], "consensus_age"]
         model = agreement(compared["first_age"], consensus)
-        st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice.** Between the two "
-                    f"readers: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. "
+        sources = second["source"].value_counts()
+        where = " and ".join(f"{n} {'typed here' if source == 'dashboard' else 'from the manifest’s second_age'}"
+                             for source, n in sources.items())
+        st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice** ({where}). Between the "
+                    f"two readers: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. "
                     f"Models (their most common age) against the first reader on the same {model.n} images: "
                     f"APE {model.ape:.1f} %, CV {model.cv:.1f} %, {model.exact:.0%} the same.")
-        st.dataframe(readings, hide_index=True, width="stretch", height=200)
+        st.dataframe(second, hide_index=True, width="stretch", height=200)
         left, right = st.columns(2)
         left.download_button("second_readings.csv", csv_bytes(readings), file_name="second_readings.csv",
-                             mime="text/csv", key="download-second_readings")
+                             mime="text/csv", key="download-second_readings", disabled=readings.empty,
+                             help="Every reading typed here, in the order typed (the file in the cache folder).")
         right.download_button("manifest with second_age",
                               csv_bytes(manifest_with_readings(dataset, readings, cache_dir=settings.cache_dir)),
                               file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
-                              help="The manifest with a second_age column (blank where not re-read), to load back.")
+                              help="The manifest with a second_age column (blank where not re-read). Load it as "
+                                   "the data set and its second_age counts as the second reader.")
     else:
         st.caption("No second readings yet for this data set; they are saved at once to "
-                   "`second_readings.csv` in the cache folder.")
+                   "`second_readings.csv` in the cache folder. A manifest with a `second_age` column brings its own.")
 
 
 def _embedding_space() -> None:
@@ -140,7 +150,6 @@ def _embedding_space() -> None:
         return
     wide = comparison.per_image(0)
     ages = dict(zip(wide["image"], wide["true_age"]))
-    picked = st.session_state.get("review_image")
     spaces = {}
     for column, name in zip(st.columns(len(names)), names):
         space = cached.embedding_space(settings, dataset, name, list(wide["image"]), method)
@@ -152,13 +161,11 @@ def _embedding_space() -> None:
         points = pd.DataFrame({"x": space.coords[:, 0], "y": space.coords[:, 1], "image": space.images,
                                "reader_age": [ages[i] for i in space.images],
                                "model_age": wide.set_index("image").loc[space.images, model].to_numpy() if model else None})
-        event = column.altair_chart(embedding_map(points, title=f"{name} ({method.upper()}, {space.scaling} scaling)"),
-                                    on_select="rerun", key=f"space-{name}", width="stretch")
-        chosen_points = event.selection.get("picked", []) if event and event.selection else []
-        if chosen_points and chosen_points[0].get("image") in records:
-            picked = chosen_points[0]["image"]
-    st.caption("Each point is an image, coloured by its reader age; hover for its ages, click one to see it and "
-               "its nearest neighbours below (double-click clears). The map uses each encoder's own scaling.")
+        column.altair_chart(embedding_map(points, title=f"{name} ({method.upper()}, {space.scaling} scaling)"),
+                            on_select=partial(_picked_on_map, f"space-{name}"), key=f"space-{name}", width="stretch")
+    st.caption("Each point is an image, coloured by its reader age; hover for its ages, click on the map to pick the "
+               "nearest image and see it and its nearest neighbours below. The map uses each encoder's own scaling.")
+    picked = st.session_state.get("space_image")  # the last image clicked on a map or read again
     if picked not in records or not spaces:
         st.caption("Click a point (or press **Read again** under an image) to see its nearest neighbours.")
         return
@@ -172,6 +179,13 @@ def _embedding_space() -> None:
             image = space.images[index]
             show_thumbnail(column, records[image], f"age {records[image].age} · {similarity:.3f}")
     _what_the_encoder_sees(picked, encoders)
+
+
+def _picked_on_map(key: str) -> None:
+    """A click on a map picks its image (a later Read again picks another; the last one wins)."""
+    points = st.session_state[key].selection.get("picked", [])
+    if points and points[0].get("image") in records:
+        st.session_state["space_image"] = points[0]["image"]
 
 
 def _what_the_encoder_sees(picked: str, encoders: list[str]) -> None:
