@@ -65,18 +65,27 @@ def project(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.n
     from sklearn.decomposition import PCA
 
     components = min(2, features.shape[1])
-    coords = PCA(n_components=components, svd_solver="full").fit_transform(features)
+    # exact either way; from the (dim, dim) covariance when there are more images than dimensions (8,637 x 1,152:
+    # 0.2 s instead of 3 s for the SVD of the whole matrix)
+    solver = "covariance_eigh" if features.shape[0] >= features.shape[1] else "full"
+    coords = PCA(n_components=components, svd_solver=solver).fit_transform(features)
     return coords if components == 2 else np.hstack([coords, np.zeros((coords.shape[0], 1))])
 
 
 def nearest(features: np.ndarray, index: int, *, k: int = 8) -> Neighbours:
     """The ``k`` rows of ``features`` most cosine-similar to row ``index`` (itself excluded; ties: lower row first)."""
     features = np.asarray(features, dtype=np.float64)
-    if not 0 <= index < features.shape[0]:
-        raise ValueError(f"image {index} is not among the {features.shape[0]} embedded images")
-    norms = np.linalg.norm(features, axis=1)
-    unit = features / np.where(norms > 0, norms, 1.0)[:, None]
-    similarity = unit @ unit[index]
+    n = features.shape[0]
+    if not 0 <= index < n:
+        raise ValueError(f"image {index} is not among the {n} embedded images")
+    norms = np.sqrt(np.einsum("ij,ij->i", features, features))
+    norms[norms == 0] = 1.0
+    similarity = (features @ features[index]) / (norms * norms[index])
     similarity[index] = -np.inf
-    order = np.lexsort((np.arange(similarity.size), -similarity))[: min(k, features.shape[0] - 1)]
+    k = min(k, n - 1)
+    if k <= 0:
+        return Neighbours(np.zeros(0, dtype=int), np.zeros(0))
+    threshold = np.partition(similarity, n - k)[n - k]  # the k-th largest: only rows at or above it can be in
+    candidates = np.flatnonzero(similarity >= threshold)
+    order = candidates[np.lexsort((candidates, -similarity[candidates]))][:k]
     return Neighbours(order, similarity[order])

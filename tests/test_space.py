@@ -28,6 +28,20 @@ def test_neighbours_equal_a_brute_force_cosine_search():
         nearest(features, 60)
 
 
+def test_neighbours_with_ties_take_the_lower_row_first():
+    features = np.vstack([np.ones((1, 3)), np.tile([[1.0, 2, 3]], (5, 1)), [[0.0, 0, 0]], [[1.0, 1, 1.1]]])
+    found = nearest(features, 0, k=3)
+    assert found.index.tolist() == [7, 1, 2]  # the near-copy, then the tied copies in row order
+    blank = nearest(features, 6, k=2)  # a row of zeros is as similar to every row (0): row order decides
+    assert blank.index.tolist() == [0, 1] and blank.similarity.tolist() == [0.0, 0.0]
+    assert len(nearest(features[:1], 0, k=3).index) == 0
+
+
+def test_the_map_of_a_wide_matrix_equals_scikit_learns_too():
+    features = scaled(_features(n=20, dim=50), "l2")  # fewer images than dimensions: the full SVD
+    np.testing.assert_allclose(project(features), PCA(n_components=2, svd_solver="full").fit_transform(features))
+
+
 def test_scaling_is_the_heads_and_unknown_ones_are_named():
     features = _features()
     np.testing.assert_allclose(np.linalg.norm(scaled(features, "l2"), axis=1), 1.0)
