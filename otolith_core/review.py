@@ -1,7 +1,7 @@
 """Doubtful reader ages: images whose out-of-fold class probabilities say the reader's age is unlikely.
 
-For each model with a probabilistic head (``logistic``), the first repeat's out-of-fold probabilities
-(every image predicted by a model that never saw it) go to cleanlab: ``get_label_quality_scores``
+For each model with a probabilistic head (``logistic``), the out-of-fold probabilities (every image
+predicted by a model that never saw it; with R x k-fold, the mean of its R predictions) go to cleanlab: ``get_label_quality_scores``
 (self-confidence: the probability the model gives the reader's age) and ``find_label_issues`` (confident
 learning: the images it counts as likely mislabelled, from the per-age confusion of reader and model).
 An image's score for one model is 1 minus that probability: near 1, the model is confident the reader's
@@ -28,6 +28,14 @@ def probabilistic(results: Sequence[CVResult]) -> list[CVResult]:
     return [r for r in results if r.proba is not None]
 
 
+def mean_probabilities(result: CVResult, images: np.ndarray) -> np.ndarray:
+    """``(len(images), n_ages)``: each image's out-of-fold probabilities averaged over the repeats (R x k-fold
+    predicts every image once per repeat, each time by a model trained on another split)."""
+    frame = pd.DataFrame(result.proba)
+    frame["image"] = np.asarray(result.images)
+    return frame.groupby("image", sort=False).mean().loc[images].to_numpy()
+
+
 def doubtful_ages(results: Sequence[CVResult]) -> pd.DataFrame:
     """``label_review.csv``: every image, most doubtful reader age first.
 
@@ -39,7 +47,8 @@ def doubtful_ages(results: Sequence[CVResult]) -> pd.DataFrame:
     -------
     One row per image: ``score`` (mean over models of 1 - p(reader's age)), ``flagged_by`` (how many models'
     confident learning counts it as a label issue), ``models_agree`` (every model gives the same age and it is
-    not the reader's), ``consensus_age`` (the models' most common age), then each model's age and score.
+    not the reader's), ``consensus_age`` (the models' most common age), then each model's age (the age of its
+    highest probability, averaged over repeats) and score.
     Raises ``ValueError`` when no result has probabilities.
     """
     from cleanlab.filter import find_label_issues
@@ -54,10 +63,11 @@ def doubtful_ages(results: Sequence[CVResult]) -> pd.DataFrame:
     table = pd.DataFrame({"image": images, "path": paths, "reader_age": reader})
     scores, flags, ages = [], [], []
     for r in chosen:
-        mine, true, pred = r.first_repeat()
+        mine, true, _ = r.first_repeat()
         if not (np.array_equal(mine, images) and np.array_equal(true, reader)):
             raise ValueError(f"{model_label(r.encoder, r.head.label)} was not run on the same images")
-        proba = r.proba[r.repeat == r.repeat.min()]
+        proba = mean_probabilities(r, images)
+        pred = r.ages[proba.argmax(axis=1)]
         labels = np.searchsorted(r.ages, true)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cleanlab warns about rare ages; the scores are still defined

@@ -62,6 +62,25 @@ def test_with_two_models_the_score_is_the_mean_and_agreement_is_counted():
     assert table.models_agree.tolist() == agree.tolist()
 
 
+def test_with_repeats_every_repeats_probabilities_count():
+    """R x k-fold gives each image R out-of-fold probability vectors (other splits, other training sets): the
+    ranking uses their mean, so its score is 1 - the mean p(reader's age), and the model's age is the age of
+    the highest mean probability."""
+    data, sets, wrong = _flipped_set()
+    result = compare(data, sets, [HeadSpec("logistic")], n_folds=5, repeats=3, bootstrap_draws=0)
+    table = doubtful_ages(result.results)
+    assert len(table) == 200 and precision_at(table, wrong) == 1.0
+    probs = result.probabilities_frame()
+    assert probs.groupby("image").size().eq(3).all()
+    columns = [f"p_age_{a}" for a in range(1, 6)]
+    mean = probs.groupby("image")[columns].mean().loc[table.image]
+    by_hand = 1 - np.array([mean.loc[i, f"p_age_{a}"] for i, a in zip(table.image, table.reader_age)])
+    np.testing.assert_allclose(table["score"], by_hand)
+    np.testing.assert_array_equal(table["enc / logistic age"], mean.to_numpy().argmax(axis=1) + 1)
+    single = doubtful_ages(compare(data, sets, [HeadSpec("logistic")], n_folds=5, bootstrap_draws=0).results)
+    assert not np.allclose(single.set_index("image").loc[table.image, "score"], table["score"])  # not repeat 0 alone
+
+
 def test_no_probabilistic_head_is_a_clear_error():
     data, sets, _ = _flipped_set()
     result = compare(data, sets, [HeadSpec("ridge")], n_folds=5, bootstrap_draws=0)
