@@ -7,6 +7,7 @@ installed, UMAP (seeded). Neighbours are by cosine similarity, computed exactly 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ def scaled(features: np.ndarray, scaling: str) -> np.ndarray:
 
 def umap_available() -> bool:
     try:
-        import umap  # noqa: F401
+        from umap import UMAP  # noqa: F401  (a bare `import umap` also succeeds on a leftover empty folder)
     except ImportError:
         return False
     return True
@@ -61,7 +62,9 @@ def project(features: np.ndarray, *, method: str = "pca", seed: int = 0) -> np.n
             raise ImportError("UMAP needs umap-learn: pip install umap-learn (PCA works without it)")
         import umap
 
-        return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(features)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "n_jobs overridden to 1 by setting random_state": seeded is serial
+            return umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1).fit_transform(features)
     from sklearn.decomposition import PCA
 
     components = min(2, features.shape[1])

@@ -142,7 +142,8 @@ def _embedding_space() -> None:
                              key="space_encoders")
     method = right.radio("Map", list(MAP_METHODS), format_func=str.upper, horizontal=True, key="space_method",
                          help="PCA: the two directions of largest variance (deterministic). UMAP: a neighbourhood "
-                              "map (seeded); needs `pip install umap-learn`.")
+                              "map (seeded); needs `pip install umap-learn`, and its first map after a start "
+                              "compiles for up to a minute.")
     if method == "umap" and not umap_available():
         right.warning("UMAP needs `pip install umap-learn`; showing PCA.")
         method = "pca"
@@ -167,7 +168,7 @@ def _embedding_space() -> None:
                "nearest image and see it and its nearest neighbours below. The map uses each encoder's own scaling.")
     picked = st.session_state.get("space_image")  # the last image clicked on a map or read again
     if picked not in records or not spaces:
-        st.caption("Click a point (or press **Read again** under an image) to see its nearest neighbours.")
+        st.caption("Click on a map (or press **Read again** under an image) to see an image's nearest neighbours.")
         return
     k = st.slider("Neighbours", 3, 15, 6, key="space_k")
     st.markdown(f"**{picked}** · reader age {records[picked].age}")
