@@ -174,12 +174,31 @@ def test_real_architecture_with_random_weights_has_the_stated_shape_and_precisio
     if twin is not None:  # the same weights in timm's ViT: the same embedding
         same = TorchEncoder(spec, twin, transform, precision="fp32", **run).embed([image])
         assert _cosine(plain[0], same[0]) >= 0.9999
+    _check_heat_map(spec, twin if twin is not None else module, transform(image))
     if spec.precision.cpu != "fp32" and spec.name not in SAME_TOWER_AS_CHECKED:
         fast = twin if implementation_for(spec, spec.precision.cpu) != spec.family else module
         reduced = TorchEncoder(spec, fast, transform, precision=spec.precision.cpu, **run).embed([image])
         cosine = _cosine(plain[0], reduced[0])
         assert cosine >= REDUCED_PRECISION_COSINE_FLOOR, f"{spec.name} in {spec.precision.cpu}: cosine {cosine}"
         assert not np.array_equal(plain, reduced), "autocast did not run"
+
+
+def _check_heat_map(spec, module, tensor):
+    """Every ViT in the registry has a heat map (the Review page): its patch tower is found, and (once per tower
+    type) its map covers the model's patch grid, ridge or attention as the tower pools."""
+    import numpy as np
+
+    from otolith_core.saliency import heat_map, patch_tower
+
+    tower = patch_tower(module)
+    assert tower is not None, f"{spec.name}: no patch tower for the heat map"
+    if spec.name in SAME_TOWER_AS_CHECKED:
+        return
+    patch = tower.vit.patch_embed.patch_size[0]
+    direction = None if tower.attention_pooled else np.random.default_rng(0).normal(size=spec.embed_dim)
+    heat = heat_map(tower, tensor, direction, scaling=spec.scaling)
+    assert heat.grid == (spec.preprocessing.size // patch,) * 2 and np.isfinite(heat.values).all()
+    assert heat.kind == ("attention" if spec.name.startswith(("siglip", "pe-")) else "ridge")
 
 
 def test_precision_is_stated_per_device_and_checked():

@@ -92,15 +92,19 @@ def test_a_manifest_loaded_back_brings_its_second_ages(data, tmp_path):
     the cache's readings follow it): its column is the second reader; a reading typed later wins; a value that
     is not a whole number of years is named and left out of the statistics (but kept in the manifest);
     writing the manifest again keeps the column."""
+    from shutil import copytree
+
     from otolith_core.readings import second_readings
 
+    copytree(data.source.parent, tmp_path / "demo")  # the manifest goes beside the photos, not into the shared demo
+    data = load_dataset(tmp_path / "demo" / "manifest.csv")
     first, second, third = data.records[:3]
     add_reading(tmp_path / "cache", data, first, first.age + 1, reader="A")
     add_reading(tmp_path / "cache", data, second, second.age, reader="A")
     manifest = manifest_with_readings(data, load_readings(tmp_path / "cache", data))
     manifest.loc[2, "second_age"] = "4.5"
-    (data.source.parent / "with_second.csv").write_text(manifest.to_csv(index=False))
-    loaded = load_dataset(data.source.parent / "with_second.csv")
+    (tmp_path / "demo" / "with_second.csv").write_text(manifest.to_csv(index=False))
+    loaded = load_dataset(tmp_path / "demo" / "with_second.csv")
     assert load_readings(tmp_path / "cache", loaded).empty
 
     table, problems = second_readings(loaded, load_readings(tmp_path / "cache", loaded))
