@@ -435,6 +435,11 @@ def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
     readings = load_readings(os.environ["OTOLITH_CACHE_DIR"], data)
     assert readings[["image", "second_age", "reader"]].values.tolist() == [[first, 4, "GS"]]
     assert any("1 image read twice" in m.value for m in app.markdown)
+    app.button(key="review_next").click().run()  # on to the next most doubtful image, blind again
+    assert not app.exception and not app.success
+    shown = ranking[ranking["score"] >= 0.5]["image"].tolist()
+    assert app.session_state["review_image"] == shown[1]
+    assert app.number_input(key=f"second_age-{shown[1]}").value is None
 
 
 @pytest.mark.slow

@@ -57,8 +57,7 @@ def _doubtful_and_second_readings() -> None:
         ages_text = "" if blind else (f" · reader {row['reader_age']} · models "
                                       + ", ".join(str(row[f"{m} age"]) for m in chosen))
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
-        if column.button("Read again", key=f"reread-{row['image']}"):
-            st.session_state["review_image"] = st.session_state["space_image"] = row["image"]
+        column.button("Read again", key=f"reread-{row['image']}", on_click=_pick, args=(row["image"],))
     with st.expander("The whole ranking (label_review.csv)"):
         st.dataframe(table, hide_index=True, width="stretch", height=300)
     st.download_button("label_review.csv", csv_bytes(table), file_name="label_review.csv", mime="text/csv",
@@ -99,6 +98,13 @@ def _doubtful_and_second_readings() -> None:
             row = table.set_index("image").loc[image]
             right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
                           + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
+            read = set(saved) | set(readings["image"])
+            unread = [i for i in selected["image"] if i not in read]
+            if unread:
+                right.button("Next image to read", key="review_next", on_click=_pick, args=(unread[0],),
+                             help="The most doubtful image (as the filters above choose) without a second reading.")
+            else:
+                right.caption("Every image the filters above choose has a second reading.")
 
     second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
     if problems:
@@ -180,6 +186,10 @@ def _embedding_space() -> None:
             image = space.images[index]
             show_thumbnail(column, records[image], f"age {records[image].age} · {similarity:.3f}")
     _what_the_encoder_sees(picked, encoders)
+
+
+def _pick(image: str) -> None:
+    st.session_state["review_image"] = st.session_state["space_image"] = image
 
 
 def _picked_on_map(key: str) -> None:
