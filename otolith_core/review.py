@@ -1,9 +1,10 @@
 """Doubtful reader ages: images whose out-of-fold class probabilities say the reader's age is unlikely.
 
 For each model with a probabilistic head (``logistic``), the out-of-fold probabilities (every image
-predicted by a model that never saw it; with R x k-fold, the mean of its R predictions) go to cleanlab: ``get_label_quality_scores``
-(self-confidence: the probability the model gives the reader's age) and ``find_label_issues`` (confident
-learning: the images it counts as likely mislabelled, from the per-age confusion of reader and model).
+predicted by a model that never saw it; with R x k-fold, the mean of its R predictions) go to cleanlab:
+``get_label_quality_scores`` (self-confidence: the probability the model gives the reader's age) and
+``find_label_issues`` (confident learning: the images it counts as likely mislabelled, from the per-age
+confusion of reader and model).
 An image's score for one model is 1 minus that probability: near 1, the model is confident the reader's
 age is wrong; with several models it is the mean of their scores. Nothing here says which age is right;
 it says which otoliths are worth reading again.

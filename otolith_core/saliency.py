@@ -6,8 +6,8 @@ fitted on every image's embedding (in the same scaling): a patch that scores hig
 age up. For an attention-pooled tower (SigLIP's ``map`` head) a patch's share of the pooled embedding is
 not its own token, so the map shows the pooling's attention weights (mean over heads) instead, and says so.
 The ViT is timm's (``VisionTransformer``, or ``Eva`` for DINOv3 and Perception Encoder): a timm encoder as
-the registry builds it, an open_clip tower with a timm trunk (SigLIP, PE) and its projection, or a plain OpenCLIP
-ViT as its timm twin. Towers without patch tokens (the built-ins, CNNs) have no such map.
+the registry builds it, an open_clip tower with a timm trunk (SigLIP, PE) and its projection, or a plain
+OpenCLIP ViT as its timm twin. Towers without patch tokens (the built-ins, CNNs) have no such map.
 """
 
 from __future__ import annotations
