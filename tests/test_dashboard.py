@@ -411,6 +411,7 @@ def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
 
     app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
     app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.sidebar.number_input(key="folds").set_value(5)  # the logistic head's inner CV is the slow part
     app.run()
     app.switch_page("views/review.py").run()
     assert not app.exception
@@ -493,6 +494,7 @@ def test_review_counts_a_manifests_second_age_as_the_second_reader(demo_manifest
     assert "second_age" not in at.sidebar.multiselect(key="covariates").options
     at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
     at.sidebar.multiselect(key="heads").set_value(["logistic"])
+    at.sidebar.number_input(key="folds").set_value(5)
     at.run()
     at.switch_page("views/review.py").run()
     at.sidebar.button(key="run").click().run()
