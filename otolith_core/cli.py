@@ -286,6 +286,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .heads import HeadSpec
     from .encoders import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
+    from .review import probabilistic
 
     heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
     if args.impute_covariates and not args.covariates:
@@ -337,7 +338,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in comparison.warnings:
         print(note, file=sys.stderr)
     run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)
-    written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png)
+    second = None
+    if probabilistic(comparison.results):  # label_review.csv: second readings beside the ranking
+        from .readings import load_readings, second_readings
+
+        typed = load_readings(cache_dir, dataset) if cache_dir is not None else None
+        second, problems = second_readings(dataset, typed, cache_dir=cache_dir)
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+    written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png,
+                            second=second)
     summary = comparison.summary_frame()
     print()
     enc_w, head_w = (int(summary[c].str.len().max()) for c in ("encoder", "head"))

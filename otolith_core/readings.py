@@ -129,15 +129,16 @@ def manifest_second_ages(dataset: Dataset) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=["image", "first_age", "second_age"]), problems
 
 
-def second_readings(dataset: Dataset, readings: pd.DataFrame, *, cache_dir: str | Path | None = None
+def second_readings(dataset: Dataset, readings: pd.DataFrame | None, *, cache_dir: str | Path | None = None
                     ) -> tuple[pd.DataFrame, list[str]]:
     """Each image's second reading: the newest typed in the dashboard (``readings``, see
-    :func:`latest_readings`), else the manifest's ``second_age`` column. Returns (table ``image, first_age,
+    :func:`latest_readings`; None: none), else the manifest's ``second_age`` column. Returns (table ``image, first_age,
     second_age, reader, source`` in data-set order, ``source`` ``dashboard`` or ``manifest``; the problems of
     :func:`manifest_second_ages`)."""
     from_manifest, problems = manifest_second_ages(dataset)
     from_manifest = from_manifest.assign(reader="", source="manifest")
-    typed = latest_readings(readings, dataset, cache_dir=cache_dir)
+    typed = latest_readings(readings if readings is not None else pd.DataFrame(columns=READING_COLUMNS), dataset,
+                            cache_dir=cache_dir)
     typed = typed.reindex(columns=["image", "first_age", "second_age", "reader"]).assign(source="dashboard")
     both = pd.concat([t for t in (from_manifest, typed) if len(t)] or [typed])
     both = both.drop_duplicates("image", keep="last")  # a reading typed here wins over the manifest's

@@ -26,7 +26,7 @@ from .data import Dataset
 from .encoders import EncoderSpec, implementation_for
 from .evaluation import Comparison
 from .heads import HeadSpec
-from .review import doubtful_ages, probabilistic
+from .review import doubtful_ages, probabilistic, with_second_ages
 
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -114,8 +114,11 @@ def _is_demo(dataset: Dataset) -> bool:
     return any(r.metadata.get("source") == "synthetic demo" for r in dataset.records[:5])
 
 
-def result_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
-    """The CSV files of a run by file name; the CLI writes them and the dashboard offers them for download."""
+def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """The CSV files of a run by file name; the CLI writes them and the dashboard offers them for download.
+
+    ``second``: second readings (``readings.second_readings``), shown beside the ranking in label_review.csv.
+    """
     tables = {
         "summary.csv": comparison.summary_frame(),
         "folds.csv": comparison.folds_frame(),
@@ -130,7 +133,7 @@ def result_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
         tables["learning_curve.csv"] = comparison.learning_curve_frame()
     if probabilistic(comparison.results):  # a head with class probabilities (logistic) ran
         tables["probabilities.csv"] = comparison.probabilities_frame()
-        tables["label_review.csv"] = doubtful_ages(comparison.results)
+        tables["label_review.csv"] = with_second_ages(doubtful_ages(comparison.results), second)
     return tables
 
 
@@ -140,8 +143,9 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True,
-                  png: bool = False) -> list[Path]:
-    """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``.
+                  png: bool = False, second: pd.DataFrame | None = None) -> list[Path]:
+    """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``
+    (``second``: see :func:`result_tables`).
 
     The chart is ``comparison.svg``; ``png=True`` also renders ``comparison.png`` (a second
     rendering, so only when asked).
@@ -150,7 +154,7 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
     try:
-        for name, frame in result_tables(comparison).items():
+        for name, frame in result_tables(comparison, second=second).items():
             (staging / name).write_bytes(csv_bytes(frame))
         (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
         if chart and comparison.results:

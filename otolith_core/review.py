@@ -95,3 +95,16 @@ def precision_at(table: pd.DataFrame, wrong: set[str], k: int | None = None) -> 
     """Share of the top ``k`` (default: as many as ``wrong``) images of ``doubtful_ages`` that are in ``wrong``."""
     k = len(wrong) if k is None else k
     return float(np.mean([image in wrong for image in table["image"].head(k)])) if k else float("nan")
+
+
+def with_second_ages(table: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (:func:`doubtful_ages`) with a ``second_age`` column after ``reader_age``: each image's second
+    reading (``second``: columns ``image, second_age``, as ``readings.second_readings`` gives them), blank
+    where there is none. Unchanged when there are no second readings."""
+    if second is None or not len(second):
+        return table
+    ages = second.set_index("image")["second_age"]
+    table = table.copy()
+    table.insert(table.columns.get_loc("reader_age") + 1, "second_age",
+                 pd.array([ages.get(i) for i in table["image"]], dtype="Int64"))
+    return table

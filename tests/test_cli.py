@@ -510,3 +510,26 @@ def test_covariates_add_their_rows_and_name_the_images_they_leave_out(demo_manif
                  "--heads", "ridge", "--out", str(tmp_path / "bad"), "--cache-dir", str(cache)]) == 2
     err = capsys.readouterr().err
     assert "['weight'] are not in" in err and "'length'" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_label_review_shows_a_manifests_second_readings_beside_the_ranking(demo_manifest, demo_cache, tmp_path,
+                                                                           capsys):
+    """A double-read manifest (a ``second_age`` column) run with the logistic head: label_review.csv carries the
+    second reader's age beside the ranking, blank where an image was read once; a bad value is named."""
+    rows = pd.read_csv(demo_manifest)
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rows["second_age"] = ""
+    rows.loc[:3, "second_age"] = (rows.age[:4] + 1).astype(str)
+    rows.loc[4, "second_age"] = "six"
+    manifest = tmp_path / "double_read.csv"
+    rows.to_csv(manifest, index=False)
+    shutil.copytree(demo_cache, tmp_path / "cache")
+    code = main(["run", "--data", str(manifest), "--models", "otolith-morphometrics", "--heads", "logistic",
+                 "--folds", "5", "--no-chart", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    review = pd.read_csv(tmp_path / "out" / "label_review.csv").set_index("path")
+    assert list(review.columns[:4]) == ["rank", "image", "reader_age", "second_age"]
+    expected = dict(zip(rows.path[:4], rows.age[:4] + 1))
+    assert review.second_age.dropna().astype(int).to_dict() == expected
+    assert f"{rows.path[4]}: second_age 'six' is not a whole number" in capsys.readouterr().err

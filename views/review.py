@@ -11,7 +11,7 @@ from otolith_core.encoders import ENCODER_ERRORS, error_message
 from otolith_core.evaluation import model_label
 from otolith_core.readings import add_reading, agreement, load_readings, manifest_with_readings, second_readings
 from otolith_core.report import csv_bytes
-from otolith_core.review import doubtful_ages, probabilistic
+from otolith_core.review import doubtful_ages, probabilistic, with_second_ages
 from otolith_core.saliency import overlay
 from otolith_core.space import MAP_METHODS, nearest, umap_available
 from views import cached
@@ -58,13 +58,14 @@ def _doubtful_and_second_readings() -> None:
                                       + ", ".join(str(row[f"{m} age"]) for m in chosen))
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
         column.button("Read again", key=f"reread-{row['image']}", on_click=_pick, args=(row["image"],))
+    readings = load_readings(settings.cache_dir, dataset)  # read each run: another tab or person may have added one
+    ranking = with_second_ages(table, second_readings(dataset, readings, cache_dir=settings.cache_dir)[0])
     with st.expander("The whole ranking (label_review.csv)"):
-        st.dataframe(table, hide_index=True, width="stretch", height=300)
-    st.download_button("label_review.csv", csv_bytes(table), file_name="label_review.csv", mime="text/csv",
+        st.dataframe(ranking, hide_index=True, width="stretch", height=300)
+    st.download_button("label_review.csv", csv_bytes(ranking), file_name="label_review.csv", mime="text/csv",
                        key="download-label_review")
 
     st.subheader("Second reading")
-    readings = load_readings(settings.cache_dir, dataset)  # read each run: another tab or person may have added one
     image = st.session_state.get("review_image")
     if image not in records:
         st.caption("Press **Read again** under an image to read it blind: its ages stay hidden until you have "

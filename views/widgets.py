@@ -44,9 +44,15 @@ def show_thumbnail(container, record: ImageRecord, caption: str) -> None:
 
 def result_downloads(comparison: Comparison, settings: Settings) -> None:
     """A download button per result file: the same bytes ``otolith run`` writes, plus run.json."""
+    from otolith_core.readings import load_readings, second_readings
     from otolith_core.report import csv_bytes, provenance, result_tables
+    from otolith_core.review import probabilistic
 
-    tables = result_tables(comparison)
+    second = None
+    if probabilistic(comparison.results):  # label_review.csv shows the second readings beside the ranking
+        data = cached.dataset(settings)
+        second = second_readings(data, load_readings(settings.cache_dir, data), cache_dir=settings.cache_dir)[0]
+    tables = result_tables(comparison, second=second)
     columns = st.columns(4)
     for i, (name, frame) in enumerate(tables.items()):
         columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
