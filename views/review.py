@@ -100,6 +100,8 @@ def _doubtful_and_second_readings() -> None:
             right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
                           + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
             read = set(saved) | set(readings["image"])
+            if "second_age" in ranking:  # read twice in the manifest already
+                read |= set(ranking.loc[ranking["second_age"].notna(), "image"])
             unread = [i for i in selected["image"] if i not in read]
             if unread:
                 right.button("Next image to read", key="review_next", on_click=_pick, args=(unread[0],),
