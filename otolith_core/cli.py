@@ -280,13 +280,24 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
 
 
+def _second_readings(dataset, cache_dir):
+    """Second readings of ``dataset`` (its manifest's second_age, readings typed in the dashboard into this cache),
+    bad values named on stderr."""
+    from .readings import load_readings, second_readings
+
+    typed = load_readings(cache_dir, dataset) if cache_dir is not None else None
+    second, problems = second_readings(dataset, typed, cache_dir=cache_dir)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return second
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .covariates import CovariateRequest
     from .evaluation import compare
     from .heads import HeadSpec
     from .encoders import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
-    from .review import probabilistic
 
     heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
     if args.impute_covariates and not args.covariates:
@@ -338,14 +349,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in comparison.warnings:
         print(note, file=sys.stderr)
     run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)
-    second = None
-    if probabilistic(comparison.results):  # label_review.csv: second readings beside the ranking
-        from .readings import load_readings, second_readings
+    second = _second_readings(dataset, cache_dir)
+    if len(second):  # a second reader (the manifest's second_age, or readings typed on the Review page)
+        from .readings import agreement
 
-        typed = load_readings(cache_dir, dataset) if cache_dir is not None else None
-        second, problems = second_readings(dataset, typed, cache_dir=cache_dir)
-        for problem in problems:
-            print(f"warning: {problem}", file=sys.stderr)
+        readers = agreement(second["first_age"], second["second_age"])
+        run_info["second_readings"] = {"n_images": readers.n, "ape_percent": readers.ape, "cv_percent": readers.cv,
+                                       "same_age": readers.exact, "sources": second["source"].value_counts().to_dict()}
+        print(f"{readers.n} images read twice: between the two readers APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, "
+              f"{readers.exact:.0%} the same age")
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png,
                             second=second)
     summary = comparison.summary_frame()

@@ -532,4 +532,12 @@ def test_label_review_shows_a_manifests_second_readings_beside_the_ranking(demo_
     assert list(review.columns[:4]) == ["rank", "image", "reader_age", "second_age"]
     expected = dict(zip(rows.path[:4], rows.age[:4] + 1))
     assert review.second_age.dropna().astype(int).to_dict() == expected
-    assert f"{rows.path[4]}: second_age 'six' is not a whole number" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert f"{rows.path[4]}: second_age 'six' is not a whole number" in printed.err
+    assert "4 images read twice: between the two readers APE" in printed.out and "0% the same age" in printed.out
+    readers = json.loads((tmp_path / "out" / "run.json").read_text())["second_readings"]
+    from otolith_core.metrics import average_percent_error
+
+    first = rows.age[:4].to_numpy(float)
+    assert readers["n_images"] == 4 and readers["same_age"] == 0.0 and readers["sources"] == {"manifest": 4}
+    assert readers["ape_percent"] == pytest.approx(average_percent_error(first, first + 1))
