@@ -348,16 +348,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("folds keep all photos of a fish together (grouped by fish_id)")
     for note in comparison.warnings:
         print(note, file=sys.stderr)
-    run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir)
-    second = _second_readings(dataset, cache_dir)
-    if len(second):  # a second reader (the manifest's second_age, or readings typed on the Review page)
-        from .readings import agreement
-
-        readers = agreement(second["first_age"], second["second_age"])
-        run_info["second_readings"] = {"n_images": readers.n, "ape_percent": readers.ape, "cv_percent": readers.cv,
-                                       "same_age": readers.exact, "sources": second["source"].value_counts().to_dict()}
-        print(f"{readers.n} images read twice: between the two readers APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, "
-              f"{readers.exact:.0%} the same age")
+    second = _second_readings(dataset, cache_dir)  # the manifest's second_age, or readings typed on the Review page
+    run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir, second=second)
+    if "second_readings" in run_info:
+        readers = run_info["second_readings"]
+        print(f"{readers['n_images']} images read twice: between the two readers APE {readers['ape_percent']:.1f} %, "
+              f"CV {readers['cv_percent']:.1f} %, {readers['same_age']:.0%} the same age")
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png,
                             second=second)
     summary = comparison.summary_frame()

@@ -64,8 +64,10 @@ def provenance(
     heads: Sequence[HeadSpec],
     *,
     cache_dir: str | Path | None,
+    second: pd.DataFrame | None = None,
 ) -> dict:
-    """Everything needed to trace a figure back to its run (``run.json``)."""
+    """Everything needed to trace a figure back to its run (``run.json``); ``second``: second readings
+    (``readings.second_readings``), summarised as the agreement between the two readers."""
     hashes = FileHashes(cache_dir) if cache_dir is not None else None
     images = tuple(comparison.results[0].first_repeat()[0]) if comparison.results else ()  # each image once
     encoders = {}
@@ -105,6 +107,12 @@ def provenance(
                "learning_curve": comparison.learning_curve is not None},
         "warnings": [{"severity": n.severity, "message": n.message} for n in comparison.warnings],
     }
+    if second is not None and len(second):
+        from .readings import agreement
+
+        readers = agreement(second["first_age"], second["second_age"])
+        record["second_readings"] = {"n_images": readers.n, "ape_percent": readers.ape, "cv_percent": readers.cv,
+                                     "same_age": readers.exact, "sources": second["source"].value_counts().to_dict()}
     if hashes is not None:
         hashes.close()
     return record

@@ -59,7 +59,8 @@ def _doubtful_and_second_readings() -> None:
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
         column.button("Read again", key=f"reread-{row['image']}", on_click=_pick, args=(row["image"],))
     readings = load_readings(settings.cache_dir, dataset)  # read each run: another tab or person may have added one
-    ranking = with_second_ages(table, second_readings(dataset, readings, cache_dir=settings.cache_dir)[0])
+    second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
+    ranking = with_second_ages(table, second)
     with st.expander("The whole ranking (label_review.csv)"):
         st.dataframe(ranking, hide_index=True, width="stretch", height=300)
     st.download_button("label_review.csv", csv_bytes(ranking), file_name="label_review.csv", mime="text/csv",
@@ -95,6 +96,7 @@ def _doubtful_and_second_readings() -> None:
                 saved[image] = int(age)
                 st.session_state["review_saved"] = saved
                 readings = load_readings(settings.cache_dir, dataset)
+                second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
         if image in saved:
             row = table.set_index("image").loc[image]
             right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
@@ -109,7 +111,6 @@ def _doubtful_and_second_readings() -> None:
             else:
                 right.caption("Every image the filters above choose has a second reading.")
 
-    second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
     if problems:
         st.warning(f"{len(problems)} `second_age` value(s) in the manifest are not whole years and do not count: "
                    + "; ".join(problems[:5]) + (" …" if len(problems) > 5 else ""))

@@ -46,19 +46,16 @@ def result_downloads(comparison: Comparison, settings: Settings) -> None:
     """A download button per result file: the same bytes ``otolith run`` writes, plus run.json."""
     from otolith_core.readings import load_readings, second_readings
     from otolith_core.report import csv_bytes, provenance, result_tables
-    from otolith_core.review import probabilistic
 
-    second = None
-    if probabilistic(comparison.results):  # label_review.csv shows the second readings beside the ranking
-        data = cached.dataset(settings)
-        second = second_readings(data, load_readings(settings.cache_dir, data), cache_dir=settings.cache_dir)[0]
+    data = cached.dataset(settings)  # second readings: beside the ranking in label_review.csv, summarised in run.json
+    second = second_readings(data, load_readings(settings.cache_dir, data), cache_dir=settings.cache_dir)[0]
     tables = result_tables(comparison, second=second)
     columns = st.columns(4)
     for i, (name, frame) in enumerate(tables.items()):
         columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
     specs, _ = cached.resolve(settings.encoders)
-    record = provenance(comparison, cached.dataset(settings), {spec.name: spec for spec in specs.values()},
-                        list(settings.heads), cache_dir=settings.cache_dir)
+    record = provenance(comparison, data, {spec.name: spec for spec in specs.values()}, list(settings.heads),
+                        cache_dir=settings.cache_dir, second=second)
     record["command"] = "streamlit run app.py (dashboard)"
     columns[len(tables) % 4].download_button("run.json", json.dumps(record, indent=2, default=str).encode("utf-8"),
                                              file_name="run.json", mime="application/json", key="download-run.json")
