@@ -107,6 +107,20 @@ def store_stamp(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, pr
     return "|".join(parts)
 
 
+def results_key(ingredients: dict) -> str:
+    """The key a finished comparison is stored under: ``ingredients`` (data, embeddings, heads, each encoder's
+    scaling as resolved, CV settings), plus this package's version and the results schema, so a comparison
+    computed by another version of the code, or before a registry entry's scaling changed, is never served."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("otolith-dashboard")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "unknown"
+    named = {**ingredients, "package_version": version, "results_schema": RESULTS_SCHEMA}
+    return hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class ResultStore:
     """Finished comparisons on disk, by a key naming everything they were computed from.
 

@@ -270,6 +270,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         dataset = _load_data(args)
         spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))
         emb = _extract_one(dataset, spec, args, job)
+        job.finished_with(embedded=len(emb.rows), extracted=emb.n_extracted)
     cached = len(emb.rows) - emb.n_extracted
     print(f"{spec.name}: {len(emb.rows)} images embedded in {emb.precision} ({emb.n_extracted} extracted now, "
           f"{max(cached, 0)} from the cache), {len(emb.failures)} failed; cache {_cache_dir(args)}")
@@ -285,11 +286,11 @@ def _second_readings(dataset, cache_dir):
     bad values named on stderr."""
     from .readings import load_readings, second_readings
 
-    typed = load_readings(cache_dir, dataset) if cache_dir is not None else None
-    second, problems = second_readings(dataset, typed, cache_dir=cache_dir)
-    for problem in problems:
+    typed = load_readings(cache_dir) if cache_dir is not None else None
+    found = second_readings(dataset, typed, cache_dir=cache_dir)
+    for problem in found.problems():
         print(f"warning: {problem}", file=sys.stderr)
-    return second
+    return found
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -355,7 +356,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{readers['n_images']} images read twice: between the two readers APE {readers['ape_percent']:.1f} %, "
               f"CV {readers['cv_percent']:.1f} %, {readers['same_age']:.0%} the same age")
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png,
-                            second=second)
+                            second=second.table)
     summary = comparison.summary_frame()
     print()
     enc_w, head_w = (int(summary[c].str.len().max()) for c in ("encoder", "head"))

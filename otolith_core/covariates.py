@@ -22,6 +22,7 @@ COVARIATE_SCALING = "covariates"  # how the covariate part of a feature matrix i
 KINDS = ("numeric", "month", "categorical")
 # a second reader's age (readings.SECOND_AGE) would hand the heads the answer: never a covariate
 NOT_COVARIATES = ("second_age",)
+LEAK_ACCURACY = 0.9  # covariates alone reading this share of ages exactly: no fish measurement does; an age column does
 NUMERIC_SHARE = 0.9  # a column is numeric when at least this share of its filled values are numbers
 _MONTHS = {m: i for i, names in enumerate(
     [("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",), ("jun", "june"),
@@ -132,21 +133,39 @@ class CovariateTable:
         return out
 
 
-def read_covariates(records: Sequence, request: CovariateRequest, *, source: str = "the manifest") -> CovariateTable:
+def answer_columns(records: Sequence, *, age_column: str = "age") -> dict[str, str]:
+    """Columns that hold the age itself, never offered or accepted as covariates: column -> what it is.
+
+    The reader's age column (whatever the manifest calls it), a second reader's age, and for a data set the
+    demo wrote (its ``source`` column says so, wherever the folder lies) the demo's drawn truth.
+    """
+    from .demo import DEMO_TRUTH_COLUMNS, is_synthetic_demo
+
+    refused = {age_column: "is the reader's age itself"}
+    refused.update({c: "is a second reader's age (the Review page compares it with the first reader)"
+                    for c in NOT_COVARIATES})
+    if is_synthetic_demo(records):
+        refused.update({c: "is what the synthetic demo drew (its truth)" for c in DEMO_TRUTH_COLUMNS})
+    return refused
+
+
+def read_covariates(records: Sequence, request: CovariateRequest, *, source: str = "the manifest",
+                    age_column: str = "age") -> CovariateTable:
     """The requested covariate columns of ``records`` (``ImageRecord.metadata``) as a :class:`CovariateTable`.
 
     A column's kind is the one given (``name:kind``), else ``month`` for a column called month, else
     ``numeric`` when at least 90 % of its filled values are numbers (the others are then named as problems),
-    else ``categorical``. Raises ``ValueError`` naming the available columns when one is missing.
+    else ``categorical``. Raises ``ValueError`` naming the available columns when one is missing, and when one
+    holds the answer (:func:`answer_columns`; ``age_column``: the manifest's age column).
     """
     if not request.columns:
         raise ValueError("no covariates requested")
     available = sorted({k for r in records for k in r.metadata})
     named = request.named()
-    answers = [name for name, _ in named if name in NOT_COVARIATES]
+    refused = answer_columns(records, age_column=age_column)
+    answers = [name for name, _ in named if name in refused]
     if answers:
-        raise ValueError(f"{answers[0]!r} is a second reader's age: as a covariate it would give the heads the "
-                         f"answer; the Review page compares it with the first reader instead")
+        raise ValueError(f"{answers[0]!r} {refused[answers[0]]}: as a covariate it would give the heads the answer")
     missing = [name for name, _ in named if name not in available]
     if missing:
         raise ValueError(f"covariate column(s) {missing} are not in {source}; its extra columns are "
@@ -170,6 +189,23 @@ def read_covariates(records: Sequence, request: CovariateRequest, *, source: str
     encoding = CovariateEncoding(tuple(kinds), request.impute)
     values = np.column_stack(columns) if columns else np.empty((len(records), 0))
     return CovariateTable(tuple(name for name, _ in named), encoding, values, tuple(categories), problems)
+
+
+def covariates_alone_accuracy(table: CovariateTable, ages: np.ndarray, *, n_folds: int = 5, seed: int = 0) -> float:
+    """Share of reader ages a decision tree on the covariates alone reads exactly (stratified ``n_folds``-fold CV
+    over the images whose covariates are all there): a quick look, before any run, for a column that holds the
+    age. Near 1 means a leak (``LEAK_ACCURACY``); NaN when too few images have every covariate."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    usable = np.all(np.isfinite(table.values), axis=1)
+    values, ages = table.values[usable], np.asarray(ages)[usable]
+    ages_kept = np.isin(ages, [a for a in np.unique(ages) if np.sum(ages == a) >= n_folds])
+    if ages_kept.sum() < 2 * n_folds or np.unique(ages[ages_kept]).size < 2:
+        return float("nan")
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    tree = DecisionTreeClassifier(random_state=seed)
+    return float(np.mean(cross_val_score(tree, values[ages_kept], ages[ages_kept], cv=folds, scoring="accuracy")))
 
 
 def _infer_kind(name: str, texts: Sequence[str]) -> str:

@@ -43,11 +43,17 @@ class ImageRecord:
 
     path: Path  # absolute path on disk
     name: str  # as written in the manifest, or relative to the data folder (the `path` column of every CSV)
-    age: int
+    age: int  # the age the heads learn: the reader's, clipped into the data set's age range when one is set
     fish_id: str | None = None
     crop: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in pixels after EXIF rotation
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     row: int | None = None  # manifest row (the header is row 1); None for a folder scan
+    age_before_clipping: int | None = None  # the reader's own age when clipping changed it; None: ``age`` is it
+
+    @property
+    def read_age(self) -> int:
+        """The age as the reader wrote it (never clipped): what agreement between readers is computed on."""
+        return self.age if self.age_before_clipping is None else self.age_before_clipping
 
     @property
     def id(self) -> str:
@@ -95,6 +101,7 @@ class Dataset:
     records: tuple[ImageRecord, ...]
     skipped: tuple[Skipped, ...] = ()
     age_range: tuple[int, int] | None = None
+    age_column: str = "age"  # the manifest column the reader's ages were read from
 
     def __len__(self) -> int:
         return len(self.records)
@@ -120,7 +127,7 @@ class Dataset:
     def subset(self, keep: np.ndarray | list[int], *, extra_skipped: tuple[Skipped, ...] = ()) -> Dataset:
         """The dataset restricted to the records at positions ``keep`` (order kept)."""
         records = tuple(self.records[i] for i in keep)
-        return Dataset(self.source, self.kind, records, self.skipped + tuple(extra_skipped), self.age_range)
+        return replace(self, records=records, skipped=self.skipped + tuple(extra_skipped))
 
 
 def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None) -> Dataset:
@@ -220,7 +227,7 @@ def _clip_age(record: ImageRecord, age_range: tuple[int, int]) -> ImageRecord:
     clipped = min(max(record.age, lo), hi)
     if clipped == record.age:
         return record
-    return replace(record, age=clipped)
+    return replace(record, age=clipped, age_before_clipping=record.age)
 
 
 def _scan_folder(root: Path) -> tuple[list[ImageRecord], list[Skipped]]:

@@ -178,3 +178,9 @@ def render_otolith(fish: dict, rng: np.random.Generator) -> np.ndarray:
     grey += rng.normal(0.0, rng.uniform(0.015, 0.035), grey.shape).astype(np.float32)
     rgb = np.clip(grey[..., None] * fish["tint"][None, None, :], 0.0, 1.0)
     return np.round(rgb * 255).astype(np.uint8)
+
+
+def is_synthetic_demo(records) -> bool:
+    """Whether ``records`` (``ImageRecord``) were written by :func:`write_demo_dataset`, wherever they now lie: its
+    manifest's ``source`` column names it."""
+    return any(r.metadata.get("source") == DEMO_LABEL for r in records[:5])

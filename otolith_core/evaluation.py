@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from .covariates import COVARIATE_SCALING, COVARIATES, CovariateRequest, read_covariates
+from .covariates import COVARIATE_SCALING, COVARIATES, LEAK_ACCURACY, CovariateRequest, read_covariates
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
 from .heads import BASELINE_HEAD, PROBABILISTIC_HEADS, HeadSpec, build_head, chosen_params, predict
@@ -534,7 +534,8 @@ def compare(
             skipped.append(Skipped.of(record, "not embedded by every chosen encoder"))
     table = None
     if covariates is not None and covariates.columns:
-        table = read_covariates(dataset.records, covariates, source=f"{dataset.kind} {dataset.source.name}")
+        table = read_covariates(dataset.records, covariates, source=f"{dataset.kind} {dataset.source.name}",
+                                age_column=dataset.age_column)
         lacking = sorted(i for i in table.problems if i in common)
         if lacking and len(lacking) == len(common):
             raise ValueError(f"no image has every covariate; e.g. {dataset.records[lacking[0]].name}: "
@@ -590,6 +591,7 @@ def compare(
             proba = np.vstack(probas) if probas[0] is not None else None
             results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,
                                     fold, repeat, alphas, chosen, proba))
+    notes += covariate_leaks(results, table.names if table is not None else ())
     lc = pd.DataFrame(curve, columns=LEARNING_COLUMNS) if with_learning_curve else None
     baseline = no_skill(ages, fold_sets, images, paths)
     return Comparison(tuple(results), tuple(paired_tests(results)), n_folds, seed, repeats, bool(group_by_fish),
@@ -597,6 +599,20 @@ def compare(
                       {name: emb.precision for name, emb in embeddings.items()}, baseline, tuple(groups.tolist()),
                       int(bootstrap_draws), dict(zip(table.names, table.encoding.kinds)) if table else {},
                       bool(table and table.encoding.impute))
+
+
+def covariate_leaks(results: Sequence[CVResult], names: Sequence[str]) -> list[Note]:
+    """A warning for each head that reads at least ``LEAK_ACCURACY`` of the ages exactly from the covariates alone:
+    no fish measurement does that honestly, a column holding the age (or derived from it) does."""
+    notes = []
+    for r in results:
+        accuracy = float(r.fold_scores()["accuracy"].mean()) if r.encoder == COVARIATES else float("nan")
+        if accuracy >= LEAK_ACCURACY:
+            notes.append(Note("warning", f"the covariates alone ({', '.join(names)}) read {accuracy:.0%} of the ages "
+                                         f"exactly with {r.head.label}: no fish measurement does that; does one of "
+                                         f"these columns hold the age, or was it derived from it? Every "
+                                         f"'+ covariates' row is then worthless."))
+    return notes
 
 
 def with_covariates(entries: list[tuple], covariates: np.ndarray) -> list[tuple]:

@@ -104,6 +104,8 @@ class JobStatus:
     eta_seconds: float | None = None
     reason: str | None = None  # why it failed
     log_tail: str = ""
+    embedded: int | None = None  # when it finished: images the cache now holds for this encoder (None: not recorded)
+    extracted: int | None = None  # ... of which this job extracted (0: every image was cached already)
 
     @property
     def active(self) -> bool:
@@ -126,7 +128,13 @@ class JobStatus:
         if self.state in ACTIVE_STATES:
             return "preparing (reading files, loading the encoder)…"
         if self.state == "finished":
-            return f"finished: {self.done}/{self.total} images" + (f", {self.failed} could not be used" if self.failed else "")
+            unusable = f", {self.failed} could not be used" if self.failed else ""
+            if self.embedded is not None and not self.extracted:
+                return f"finished: all {self.embedded} images already cached, nothing to extract" + unusable
+            if self.embedded is not None:
+                return (f"finished: {self.embedded} images ({self.extracted} extracted now, "
+                        f"{self.embedded - self.extracted} from the cache)" + unusable)
+            return f"finished: {self.done}/{self.total} images" + unusable
         if self.state == "cancelled":
             return f"cancelled after {self.done} images (finished batches are kept)"
         return f"failed: {self.reason}"
@@ -212,6 +220,7 @@ def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
         total=progress.get("total"), failed=int(progress.get("failed", 0)), rate=progress.get("rate"),
         eta_seconds=progress.get("eta_seconds"), reason=reason,
         log_tail=_tail(folder / "log.txt") if state != "finished" else "",
+        embedded=(outcome or {}).get("embedded"), extracted=(outcome or {}).get("extracted"),
     )
 
 
@@ -261,6 +270,7 @@ class JobRecorder:
         self.origin = "dashboard" if launched else "terminal"
         self._first: tuple[float, int] | None = None
         self._last_log = 0.0
+        self._counts: dict[str, int] = {}
 
     def __enter__(self) -> JobRecorder:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -288,9 +298,14 @@ class JobRecorder:
             state, reason = "cancelled", None
         else:
             state, reason = "failed", str(error.args[0] if isinstance(error, KeyError) and error.args else error)
-        _write_json(self.folder / "outcome.json", {"state": state, "reason": reason, "ended": time.time()})
+        _write_json(self.folder / "outcome.json", {"state": state, "reason": reason, "ended": time.time(),
+                                                   **(self._counts if state == "finished" else {})})
         self.log(state + (f": {reason}" if reason else ""))
         return False
+
+    def finished_with(self, *, embedded: int, extracted: int) -> None:
+        """What the job achieved, recorded when it ends: images the cache holds for it, how many it extracted."""
+        self._counts = {"embedded": int(embedded), "extracted": int(extracted)}
 
     def _on_term(self, signum, frame) -> None:
         raise Cancelled()

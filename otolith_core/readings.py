@@ -1,17 +1,24 @@
 """Second readings: ages typed by a person re-reading an otolith, kept in a CSV in the cache folder.
 
-One file per data set (``<cache>/readings/<key>/second_readings.csv``, the key from the data set's path, so
-editing the manifest keeps its readings). Each reading is appended as one row under a file lock the moment
-it is entered, so a reload, a restart or a second person writing at the same time loses nothing. Rows are
-never rewritten: a second reading of the same image by the same reader is a new row, and the latest wins.
-A manifest may carry a second reader's ages in a ``second_age`` column (as :func:`manifest_with_readings`
-writes it): they count as second readings too, under any typed here.
+One file per cache folder (``<cache>/readings/second_readings.csv``). Each reading is appended as one row
+under a file lock the moment it is entered, so a reload, a restart or a second person writing at the same
+time loses nothing. Rows are never rewritten: a new reading of the same image by the same reader is a new
+row, and the latest wins; each reader keeps their own latest reading.
+
+A reading names the photo by its content (SHA-256 of the file) and the crop box, so it follows the image
+wherever the manifest or the photos move; a reading of a photo whose bytes have changed since (an edit, an
+EXIF rewrite) cannot count and is named. Until several readers are modelled, *the* second reading of an
+image is the latest reading by anyone. A manifest may carry a second reader's ages in a ``second_age``
+column (as :func:`manifest_with_readings` writes it): they count as second readings too, under any typed here.
+
+Agreement between readers is always computed on the ages as read: the first age is the manifest's own (never
+clipped; clipping is a choice of the heads only), taken from the data set as it is now, never from the file.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,9 +31,11 @@ from .cache import FileHashes
 from .data import Dataset, ImageRecord, file_sha256
 from .metrics import average_percent_error, coefficient_of_variation
 
-READING_COLUMNS = ["image", "path", "content_sha256", "first_age", "second_age", "reader", "time"]
+READING_COLUMNS = ["image", "path", "content_sha256", "crop", "first_age", "second_age", "reader", "time"]
 FILE_NAME = "second_readings.csv"
 SECOND_AGE = "second_age"  # the manifest column a second reader's ages are loaded back from
+SECOND_COLUMNS = ["image", "first_age", "second_age", "reader", "source"]
+_CROP_IN_ID = re.compile(r"\[(\d+),(\d+),(\d+),(\d+)\]$")  # rows written before the crop had a column of its own
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,50 @@ class Agreement:
     exact: float  # share read the same
 
 
-def readings_file(cache_dir: str | Path, dataset: Dataset) -> Path:
-    """Where the second readings of ``dataset`` are kept (the folder is made on first use)."""
-    key = hashlib.sha256(str(dataset.source).encode()).hexdigest()[:16]
-    return Path(cache_dir) / "readings" / key / FILE_NAME
+@dataclass(frozen=True)
+class Unmatched:
+    """A reading of one of the data set's images that cannot count, and why."""
+
+    image: str
+    reader: str
+    reason: str
 
 
-def add_reading(cache_dir: str | Path, dataset: Dataset, record: ImageRecord, second_age: int, *, reader: str) -> dict:
+@dataclass(frozen=True)
+class SecondReadings:
+    """Each image's second reading, and every reading or value that could not count.
+
+    ``table``: one row per image read twice (columns ``SECOND_COLUMNS``, data-set order; ``first_age`` is the
+    manifest's age as read, ``source`` ``dashboard`` or ``manifest``). ``per_reader``: the latest reading of
+    each reader of each image typed in the dashboard. ``bad_values``: the manifest's ``second_age`` values that
+    are not whole years. ``unmatched``: readings of this data set's images that cannot count (the photo changed).
+    ``n_other``: readings in the cache of images that are not in this data set.
+    """
+
+    table: pd.DataFrame
+    per_reader: pd.DataFrame
+    bad_values: tuple[str, ...] = ()
+    unmatched: tuple[Unmatched, ...] = ()
+    n_other: int = 0
+
+    def problems(self) -> list[str]:
+        """What a person must read, one sentence each: bad manifest values, then readings that do not count."""
+        out = list(self.bad_values)
+        out += [f"{u.image}: the reading by {u.reader} does not count: {u.reason}" for u in self.unmatched]
+        return out
+
+
+def readings_file(cache_dir: str | Path) -> Path:
+    """Where the readings typed into the cache folder ``cache_dir`` are kept (the folder is made on first use)."""
+    return Path(cache_dir) / "readings" / FILE_NAME
+
+
+def crop_text(crop: tuple[int, int, int, int] | None) -> str:
+    """A crop box as the readings file writes it (``x0,y0,x1,y1``; blank for a whole photo)."""
+    return "" if crop is None else ",".join(map(str, crop))
+
+
+def add_reading(cache_dir: str | Path, record: ImageRecord, second_age: int, *, reader: str) -> dict:
     """Append one second reading of ``record`` at once (under a lock) and return the row written."""
     from filelock import FileLock
 
@@ -58,10 +104,10 @@ def add_reading(cache_dir: str | Path, dataset: Dataset, record: ImageRecord, se
         content = hashes.sha256(record.path)
     finally:
         hashes.close()
-    row = {"image": record.id, "path": record.name, "content_sha256": content,
-           "first_age": record.age, "second_age": int(second_age), "reader": reader.strip(),
+    row = {"image": record.id, "path": record.name, "content_sha256": content, "crop": crop_text(record.crop),
+           "first_age": record.read_age, "second_age": int(second_age), "reader": reader.strip(),
            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    file = readings_file(cache_dir, dataset)
+    file = readings_file(cache_dir)
     file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(file) + ".lock", timeout=30):
         new = not file.exists() or file.stat().st_size == 0
@@ -74,45 +120,76 @@ def add_reading(cache_dir: str | Path, dataset: Dataset, record: ImageRecord, se
     return row
 
 
-def load_readings(cache_dir: str | Path, dataset: Dataset) -> pd.DataFrame:
-    """Every second reading of ``dataset`` in the order written (an empty table when there is none)."""
-    file = readings_file(cache_dir, dataset)
-    if not file.exists():
-        return pd.DataFrame(columns=READING_COLUMNS)
-    return pd.read_csv(file, dtype={"image": str, "path": str, "reader": str, "content_sha256": str})
+def load_readings(cache_dir: str | Path) -> pd.DataFrame:
+    """Every reading typed into ``cache_dir``, oldest first (an empty table when there is none).
 
-
-def latest_readings(readings: pd.DataFrame, dataset: Dataset, *, cache_dir: str | Path | None = None) -> pd.DataFrame:
-    """The newest reading of each image that still has the same content; readings of a changed file are dropped.
-
-    ``cache_dir``: remember file hashes there (by path, size and time), so a page redrawn after every reading
-    does not read every re-read photo again.
+    Files of earlier versions (one per data set, ``readings/<key>/second_readings.csv``, without a ``crop``
+    column) are read too, their crop box taken from the image id.
     """
+    folder = Path(cache_dir) / "readings"
+    files = [readings_file(cache_dir), *sorted(folder.glob(f"*/{FILE_NAME}"))]
+    text = {"image": str, "path": str, "reader": str, "content_sha256": str, "crop": str, "time": str}
+    frames = [pd.read_csv(f, dtype=text, keep_default_na=False) for f in files if f.is_file() and f.stat().st_size]
+    if not frames:
+        return pd.DataFrame(columns=READING_COLUMNS)
+    table = pd.concat(frames, ignore_index=True)
+    if "crop" not in table:
+        table["crop"] = pd.NA
+    from_id = table["image"].map(lambda image: ",".join(m.groups()) if (m := _CROP_IN_ID.search(image)) else "")
+    table["crop"] = table["crop"].where(table["crop"].notna(), from_id)
+    table = table.sort_values("time", kind="stable").reset_index(drop=True)
+    return table[READING_COLUMNS]
+
+
+def match_readings(readings: pd.DataFrame, dataset: Dataset, *, cache_dir: str | Path | None = None
+                   ) -> tuple[pd.DataFrame, list[Unmatched], int]:
+    """The readings of ``dataset``'s images: (each reader's latest reading of each image, ``image`` set to the
+    record's id now; readings of its images that cannot count; how many readings are of other images).
+
+    A reading belongs to the record whose photo has the same content (SHA-256) and crop box, wherever the
+    manifest or the photo lives. A reading whose image is still in the data set under its id but whose photo's
+    bytes have changed cannot count. ``cache_dir``: remember file hashes there (by path, size and time), so a
+    page redrawn after every reading does not read every photo again.
+    """
+    columns = [*READING_COLUMNS]
     if readings.empty:
-        return readings
-    by_id = {r.id: r for r in dataset.records}
-    latest = readings.drop_duplicates("image", keep="last")
+        return pd.DataFrame(columns=columns), [], 0
     hashes = FileHashes(cache_dir) if cache_dir is not None else None
     try:
-        same = [image in by_id and _same_content(by_id[image], sha, hashes)
-                for image, sha in zip(latest.image, latest.content_sha256)]
+        def content(record: ImageRecord) -> str | None:
+            try:
+                return hashes.sha256(record.path) if hashes is not None else file_sha256(record.path)
+            except OSError:
+                return None
+
+        by_id = {r.id: r for r in dataset.records}
+        # Most readings are of an image under its own id: check those photos first, hash the rest only if needed.
+        owner = {}
+        for image in set(readings["image"]):
+            if image in by_id:
+                record = by_id[image]
+                owner[(content(record), crop_text(record.crop))] = image
+        keys = list(zip(readings["content_sha256"], readings["crop"]))
+        if any(k not in owner for k in keys):
+            for record in dataset.records:
+                owner.setdefault((content(record), crop_text(record.crop)), record.id)
     finally:
         if hashes is not None:
             hashes.close()
-    return latest[same].reset_index(drop=True)
-
-
-def _same_content(record: ImageRecord, sha: str, hashes: FileHashes | None) -> bool:
-    try:
-        return (hashes.sha256(record.path) if hashes is not None else file_sha256(record.path)) == sha
-    except OSError:
-        return False
+    found = readings.assign(image=[owner.get(k) for k in keys])
+    lost = readings[found["image"].isna()]
+    changed = lost[lost["image"].isin(by_id)]  # still in the data set under its id, but not with those bytes
+    unmatched = {(image, reader): Unmatched(image, reader, "the photo has changed since it was read (its bytes "
+                                                           "differ: an edit or an EXIF rewrite); read it again")
+                 for image, reader in zip(changed["image"], changed["reader"])}
+    per_reader = found[found["image"].notna()].drop_duplicates(["image", "reader"], keep="last")
+    return per_reader.reset_index(drop=True)[columns], list(unmatched.values()), len(lost) - len(changed)
 
 
 def manifest_second_ages(dataset: Dataset) -> tuple[pd.DataFrame, list[str]]:
     """The manifest's own ``second_age`` column (a manifest written by :func:`manifest_with_readings`, or a
     lab's double reading) as readings: (table ``image, first_age, second_age``, problems naming each image
-    whose value is not a whole number of years; those are left out)."""
+    whose value is not a whole number of years; those are left out). ``first_age`` is the age as read."""
     rows, problems = [], []
     for r in dataset.records:
         text = str(r.metadata.get(SECOND_AGE, "")).strip()
@@ -125,42 +202,49 @@ def manifest_second_ages(dataset: Dataset) -> tuple[pd.DataFrame, list[str]]:
         if not (value >= 0 and value == int(value)):
             problems.append(f"{r.id}: second_age {text!r} is not a whole number of years >= 0; left out")
             continue
-        rows.append({"image": r.id, "first_age": r.age, "second_age": int(value)})
+        rows.append({"image": r.id, "first_age": r.read_age, "second_age": int(value)})
     return pd.DataFrame(rows, columns=["image", "first_age", "second_age"]), problems
 
 
 def second_readings(dataset: Dataset, readings: pd.DataFrame | None, *, cache_dir: str | Path | None = None
-                    ) -> tuple[pd.DataFrame, list[str]]:
-    """Each image's second reading: the newest typed in the dashboard (``readings``, see
-    :func:`latest_readings`; None: none), else the manifest's ``second_age`` column. Returns (table ``image, first_age,
-    second_age, reader, source`` in data-set order, ``source`` ``dashboard`` or ``manifest``; the problems of
-    :func:`manifest_second_ages`)."""
-    from_manifest, problems = manifest_second_ages(dataset)
+                    ) -> SecondReadings:
+    """Each image's second reading: the newest typed in the dashboard by anyone (``readings``, as
+    :func:`load_readings` gives them, matched by :func:`match_readings`; None: none), else the manifest's
+    ``second_age`` column. The first age is always the data set's age as read now (unclipped)."""
+    from_manifest, bad = manifest_second_ages(dataset)
     from_manifest = from_manifest.assign(reader="", source="manifest")
-    typed = latest_readings(readings if readings is not None else pd.DataFrame(columns=READING_COLUMNS), dataset,
-                            cache_dir=cache_dir)
-    typed = typed.reindex(columns=["image", "first_age", "second_age", "reader"]).assign(source="dashboard")
+    readings = readings if readings is not None else pd.DataFrame(columns=READING_COLUMNS)
+    per_reader, unmatched, n_other = match_readings(readings, dataset, cache_dir=cache_dir)
+    read_age = {r.id: r.read_age for r in dataset.records}
+    typed = per_reader.drop_duplicates("image", keep="last")  # sorted by time: the latest by anyone
+    typed = typed.assign(first_age=typed["image"].map(read_age), source="dashboard")[SECOND_COLUMNS]
     both = pd.concat([t for t in (from_manifest, typed) if len(t)] or [typed])
     both = both.drop_duplicates("image", keep="last")  # a reading typed here wins over the manifest's
     order = {r.id: i for i, r in enumerate(dataset.records)}
     both = both.sort_values("image", key=lambda images: images.map(order)).reset_index(drop=True)
-    return both.astype({"first_age": int, "second_age": int}), problems
+    table = both.astype({"first_age": int, "second_age": int})[SECOND_COLUMNS]
+    return SecondReadings(table, per_reader, tuple(bad), tuple(unmatched), n_other)
 
 
-def manifest_with_readings(dataset: Dataset, readings: pd.DataFrame, *, cache_dir: str | Path | None = None
-                           ) -> pd.DataFrame:
-    """The data set as a manifest with a ``second_age`` column, to load back: each image's second reading
-    (:func:`second_readings`), else the manifest's own text in that column, else blank."""
-    second = second_readings(dataset, readings, cache_dir=cache_dir)[0].set_index("image")["second_age"]
-    rows = []
-    for r in dataset.records:
-        row = {"path": r.name, "age": r.age, "fish_id": r.fish_id or ""}
-        if r.crop is not None:
-            row.update(dict(zip(("x0", "y0", "x1", "y1"), r.crop)))
-        row.update(r.metadata)
-        row[SECOND_AGE] = int(second[r.id]) if r.id in second.index else row.get(SECOND_AGE, "")
-        rows.append(row)
-    return pd.DataFrame(rows)
+def manifest_with_readings(dataset: Dataset, second: SecondReadings) -> pd.DataFrame:
+    """The user's own manifest, every row and column as it is (skipped rows included, ages as read), with a
+    ``second_age`` column to load back: each image's reading typed in the dashboard, else the manifest's own
+    text in that column, else blank. A folder data set gets a manifest built from it (``path, age``)."""
+    typed = second.table[second.table["source"] == "dashboard"].set_index("image")["second_age"]
+    if dataset.kind == "manifest":
+        frame = pd.read_csv(dataset.source, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        if SECOND_AGE not in [c.strip() for c in frame.columns]:
+            frame[SECOND_AGE] = ""
+        column = next(c for c in frame.columns if c.strip() == SECOND_AGE)
+        for record in dataset.records:
+            if record.id in typed.index and record.row is not None:
+                frame.loc[record.row - 2, column] = str(int(typed[record.id]))  # row 1 is the header
+        return frame
+    if dataset.kind == "folder":
+        return pd.DataFrame({"path": [r.name for r in dataset.records], "age": [r.read_age for r in dataset.records],
+                             SECOND_AGE: [str(int(typed[r.id])) if r.id in typed.index else ""
+                                          for r in dataset.records]})
+    raise ValueError(f"a {dataset.kind} data set has no manifest to write; second readings need image files")
 
 
 def agreement(first: Sequence[int], second: Sequence[int]) -> Agreement:

@@ -23,11 +23,18 @@ import pandas as pd
 
 from .cache import FileHashes, encoder_fingerprint
 from .data import Dataset
+from .demo import is_synthetic_demo
 from .encoders import EncoderSpec, implementation_for
 from .evaluation import Comparison
 from .heads import HeadSpec
+from .readings import SecondReadings
 from .review import doubtful_ages, probabilistic, with_second_ages
 
+# Every file a run may write into its results folder: a later run removes those it does not write itself, so
+# a folder never mixes two runs (a stale learning_curve.csv beside an svc run would read as the svc's).
+OUTPUT_FILES = ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
+                "symmetry.csv", "skipped.csv", "learning_curve.csv", "probabilities.csv", "label_review.csv",
+                "run.json", "comparison.svg", "comparison.png")
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
 
@@ -64,10 +71,11 @@ def provenance(
     heads: Sequence[HeadSpec],
     *,
     cache_dir: str | Path | None,
-    second: pd.DataFrame | None = None,
+    second: SecondReadings | None = None,
 ) -> dict:
     """Everything needed to trace a figure back to its run (``run.json``); ``second``: second readings
-    (``readings.second_readings``), summarised as the agreement between the two readers."""
+    (``readings.second_readings``), summarised as the agreement between the two readers on the ages as read
+    (unclipped), with the readings that could not count."""
     hashes = FileHashes(cache_dir) if cache_dir is not None else None
     images = tuple(comparison.results[0].first_repeat()[0]) if comparison.results else ()  # each image once
     encoders = {}
@@ -89,7 +97,7 @@ def provenance(
         "data": {
             "source": str(dataset.source),
             "kind": dataset.kind,
-            "synthetic_demo": _is_demo(dataset),
+            "synthetic_demo": is_synthetic_demo(dataset.records),
             "n_usable_rows": len(dataset),
             "n_evaluated": len(images),
             "n_skipped": len(comparison.skipped),
@@ -107,19 +115,18 @@ def provenance(
                "learning_curve": comparison.learning_curve is not None},
         "warnings": [{"severity": n.severity, "message": n.message} for n in comparison.warnings],
     }
-    if second is not None and len(second):
+    if second is not None and (len(second.table) or second.unmatched):
         from .readings import agreement
 
-        readers = agreement(second["first_age"], second["second_age"])
+        table = second.table
+        readers = agreement(table["first_age"], table["second_age"])
         record["second_readings"] = {"n_images": readers.n, "ape_percent": readers.ape, "cv_percent": readers.cv,
-                                     "same_age": readers.exact, "sources": second["source"].value_counts().to_dict()}
+                                     "same_age": readers.exact, "ages": "as read (an age range clips only the heads')",
+                                     "sources": table["source"].value_counts().to_dict(),
+                                     "not_counted": [asdict(u) for u in second.unmatched]}
     if hashes is not None:
         hashes.close()
     return record
-
-
-def _is_demo(dataset: Dataset) -> bool:
-    return any(r.metadata.get("source") == "synthetic demo" for r in dataset.records[:5])
 
 
 def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
@@ -156,7 +163,8 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
     (``second``: see :func:`result_tables`).
 
     The chart is ``comparison.svg``; ``png=True`` also renders ``comparison.png`` (a second
-    rendering, so only when asked).
+    rendering, so only when asked). The folder then holds this run alone: any file of ``OUTPUT_FILES``
+    that an earlier run left and this one did not write is removed; other files are never touched.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,11 +180,17 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
             figure.save(str(staging / "comparison.svg"))
             if png:
                 figure.save(str(staging / "comparison.png"), scale_factor=1.5)
+        unexpected = sorted(f.name for f in staging.iterdir() if f.name not in OUTPUT_FILES)
+        if unexpected:
+            raise RuntimeError(f"{unexpected} are not in report.OUTPUT_FILES; a later run would not remove them")
         written = []
         for file in sorted(staging.iterdir()):
             target = out_dir / file.name
             os.replace(file, target)
             written.append(target)
+        for stale in (out_dir / name for name in OUTPUT_FILES):
+            if stale not in written:
+                stale.unlink(missing_ok=True)
         return written
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -6,7 +6,7 @@ import pytest
 
 from otolith_core.cache import EmbeddingStore, FileHashes, encoder_fingerprint
 from otolith_core.data import load_dataset
-from otolith_core.embeddings import cached_count, extract_embeddings
+from otolith_core.embeddings import EmbeddingSet, cached_count, extract_embeddings
 from otolith_core.encoders import Preprocessing, registry, resolve_encoder
 
 
@@ -312,3 +312,36 @@ def test_cached_only_reads_without_extracting_and_repeats_the_failure_reason(tmp
     reasons = {f.path: f.reason for f in result.failures}
     assert set(reasons) == {"bad.jpg"} and "cannot decode" in reasons["bad.jpg"]
     assert result.pending == ("later.png",) and not result.complete  # not tried yet: pending, not failed
+
+
+def test_a_stored_comparison_is_keyed_by_the_codes_version_and_the_resolved_scaling(monkeypatch):
+    """An upgrade of the package, or a registry entry whose scaling changed (``auto`` resolves to it), must not
+    serve a comparison computed before."""
+    from importlib import metadata
+
+    from otolith_core.cache import results_key
+
+    ingredients = {"data": "d", "scalings": {"pixels-32": "none"}, "heads": ["ridge"]}
+    key = results_key(ingredients)
+    assert results_key(dict(ingredients)) == key
+    assert results_key({**ingredients, "scalings": {"pixels-32": "l2"}}) != key
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "99.0" if name == "otolith-dashboard" else real(name))
+    assert results_key(ingredients) != key
+
+
+def test_the_dashboards_comparison_key_names_each_encoders_resolved_scaling(monkeypatch):
+    from dataclasses import replace
+
+    from otolith_core.encoders import registry
+    from otolith_core.heads import HeadSpec
+    from views import cached
+    from views.state import Settings
+
+    settings = Settings("demo.csv", "sig", False, ("pixels-32",), (HeadSpec("ridge"),), 10, 0, None, "cache")
+    spec = registry()["pixels-32"]
+    embeddings = {"pixels-32": (EmbeddingSet("pixels-32", np.zeros((3, 2), np.float32), np.arange(3)), "digest")}
+    monkeypatch.setattr(cached, "resolve", lambda names: ({"pixels-32": spec}, {}))
+    before = cached.comparison_key(settings, embeddings)
+    monkeypatch.setattr(cached, "resolve", lambda names: ({"pixels-32": replace(spec, scaling="l2")}, {}))
+    assert cached.comparison_key(settings, embeddings) != before

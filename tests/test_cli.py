@@ -516,7 +516,8 @@ def test_covariates_add_their_rows_and_name_the_images_they_leave_out(demo_manif
 def test_label_review_shows_a_manifests_second_readings_beside_the_ranking(demo_manifest, demo_cache, tmp_path,
                                                                            capsys):
     """A double-read manifest (a ``second_age`` column) run with the logistic head: label_review.csv carries the
-    second reader's age beside the ranking, blank where an image was read once; a bad value is named."""
+    second reader's age beside the ranking, blank where an image was read once; a bad value is named. The ages are
+    clipped for the heads (--age-range), never for the agreement between the readers."""
     rows = pd.read_csv(demo_manifest)
     rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
     rows["second_age"] = ""
@@ -526,7 +527,8 @@ def test_label_review_shows_a_manifests_second_readings_beside_the_ranking(demo_
     rows.to_csv(manifest, index=False)
     shutil.copytree(demo_cache, tmp_path / "cache")
     code = main(["run", "--data", str(manifest), "--models", "otolith-morphometrics", "--heads", "logistic",
-                 "--folds", "5", "--no-chart", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+                 "--folds", "5", "--no-chart", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                 "--age-range", "1", "7"])
     assert code == 0
     review = pd.read_csv(tmp_path / "out" / "label_review.csv").set_index("path")
     assert list(review.columns[:4]) == ["rank", "image", "reader_age", "second_age"]

@@ -168,3 +168,46 @@ def test_combined_rows_get_covariates_too():
         "enc + other + covariates"]
     assert result.results[-1].head.scaling == "l2+l2+covariates"
     assert result.results[-1].head.blocks == (6, 3, 1)
+
+
+def test_the_age_column_and_the_demos_truth_are_never_covariates(demo_manifest, tmp_path):
+    """Whatever the age column is called, and for a data set the demo wrote (by its source column, wherever it
+    lies; here a copy under another name), its drawn truth: refused with what it is."""
+    import shutil
+
+    from otolith_core.data import load_dataset
+
+    records = _records([(2, {"length": "30", "reader_age": "2"}), (3, {"length": "35", "reader_age": "3"})])
+    with pytest.raises(ValueError, match="'reader_age' is the reader's age itself.*answer"):
+        read_covariates(records, CovariateRequest.parse("length,reader_age"), age_column="reader_age")
+    with pytest.raises(ValueError, match="'age' is the reader's age itself"):
+        read_covariates(records, CovariateRequest.parse("age"))
+    shutil.copytree(demo_manifest.parent, tmp_path / "my survey")
+    demo = load_dataset(tmp_path / "my survey" / "manifest.csv")
+    for column in ("true_age", "source"):
+        with pytest.raises(ValueError, match=f"'{column}' is what the synthetic demo drew"):
+            read_covariates(demo.records, CovariateRequest.parse(f"length,{column}"))
+    assert read_covariates(demo.records, CovariateRequest.parse("length")).names == ("length",)
+
+
+def test_covariates_that_read_the_age_are_warned_about():
+    """A column copied from the age (under any name) reads >= 90 % of the ages: a warning in the run's notes and
+    in the quick check before a run; an honest length does not trigger it."""
+    from otolith_core.covariates import covariates_alone_accuracy
+
+    rng = np.random.default_rng(0)
+    ages = np.repeat(np.arange(1, 7), 20)
+    rows = [(int(a), {"copy": str(a * 10), "length": f"{20 + 5 * a + rng.normal(0, 12):.1f}"}) for a in ages]
+    records = _records(rows)
+    data = Dataset(Path("/x"), "manifest", records)
+    features = rng.normal(size=(len(records), 3))
+    embeddings = {"noise": EmbeddingSet("noise", features, np.arange(len(records)))}
+    leaked = compare(data, embeddings, [HeadSpec("ridge")], n_folds=5, covariates=CovariateRequest.parse("copy"),
+                     bootstrap_draws=0)
+    warnings = [n.message for n in leaked.warnings if n.severity == "warning" and "covariates alone" in n.message]
+    assert len(warnings) == 1 and "(copy)" in warnings[0] and "100%" in warnings[0]
+    honest = compare(data, embeddings, [HeadSpec("ridge")], n_folds=5, covariates=CovariateRequest.parse("length"),
+                     bootstrap_draws=0)
+    assert not any("covariates alone" in n.message for n in honest.warnings)
+    assert covariates_alone_accuracy(read_covariates(records, CovariateRequest.parse("copy")), ages) == 1.0
+    assert covariates_alone_accuracy(read_covariates(records, CovariateRequest.parse("length")), ages) < 0.9

@@ -262,6 +262,14 @@ def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(t
     assert any("same image but carry different ages" in e.value and copy in e.value for e in at.error)
 
 
+def _chart_data(chart) -> pd.DataFrame:
+    """The data a drawn Altair chart holds (Streamlit sends it beside the spec, as Arrow)."""
+    import pyarrow as pa
+
+    frames = [pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in chart.proto.datasets]
+    return pd.concat(frames, ignore_index=True)
+
+
 @pytest.mark.slow
 def test_errors_page_with_repeats_shows_one_repeats_real_predictions(app, demo_manifest, tmp_path):
     app.sidebar.number_input(key="repeats").set_value(2)
@@ -273,8 +281,12 @@ def test_errors_page_with_repeats_shows_one_repeats_real_predictions(app, demo_m
                 "--repeats", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-chart"]) == 0
     predictions = pd.read_csv(out / "predictions.csv")
     a, b = "otolith-morphometrics / ridge", "otolith-morphometrics / svc"
+    n_images = len(pd.read_csv(demo_manifest))
     for repeat in (0, 1):
         app.selectbox(key="gallery_repeat").set_value(repeat).run()
+        counted = [int(_chart_data(chart)["n"].sum()) for chart in app.get("vega_lite_chart")]
+        assert counted == [n_images] * 4, counted  # each image once per matrix: the chosen repeat's predictions
+        assert any(f"Each of the {n_images} images counted once: repeat {repeat}" in c.value for c in app.caption)
         app.selectbox(key="disagree_a").set_value(a)
         app.selectbox(key="disagree_b").set_value(b).run()
         assert not app.exception
@@ -395,6 +407,7 @@ def test_two_encoders_evaluated_together_add_a_combined_row(app):
 def test_covariates_chosen_in_the_sidebar_add_their_rows(app):
     covariates = app.sidebar.multiselect(key="covariates")
     assert {"length", "month"} <= set(covariates.options) and "source" not in covariates.options  # constant: no use
+    assert "true_age" not in covariates.options  # a folder the demo wrote, loaded by path: its truth is no covariate
     covariates.set_value(["length", "month"])
     _run(app)
     app.switch_page("views/results.py").run()
@@ -406,7 +419,6 @@ def test_covariates_chosen_in_the_sidebar_add_their_rows(app):
 
 @pytest.mark.slow
 def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
-    from otolith_core.data import load_dataset
     from otolith_core.readings import load_readings
 
     app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
@@ -432,8 +444,7 @@ def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
     next(b for b in app.button if b.label == "Save reading").click().run()
     assert not app.exception
     assert "The reader's age was" in app.success[0].value
-    data = load_dataset(os.environ["OTOLITH_DATA"])
-    readings = load_readings(os.environ["OTOLITH_CACHE_DIR"], data)
+    readings = load_readings(os.environ["OTOLITH_CACHE_DIR"])
     assert readings[["image", "second_age", "reader"]].values.tolist() == [[first, 4, "GS"]]
     assert any("1 image read twice" in m.value for m in app.markdown)
     app.button(key="review_next").click().run()  # on to the next most doubtful image, blind again
@@ -502,3 +513,52 @@ def test_review_counts_a_manifests_second_age_as_the_second_reader(demo_manifest
     summary = next(m.value for m in at.markdown if "read twice" in m.value)
     assert "**10 images read twice** (10 from the manifest’s second_age)" in summary
     assert "80% the same age" in summary
+
+
+def test_data_page_warns_when_the_covariates_alone_read_the_ages(demo_manifest, tmp_path, monkeypatch, media_stores):
+    rows = pd.read_csv(demo_manifest)
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rows["otolith_weight"] = rows["age"] * 0.13  # derived from the reader's age: a leak under another name
+    rows.to_csv(tmp_path / "survey.csv", index=False)
+    app = _started(tmp_path / "survey.csv", tmp_path, monkeypatch)
+    app.sidebar.multiselect(key="covariates").set_value(["length"])
+    app.switch_page("views/data.py").run()
+    assert not app.exception and not any("covariates alone" in w.value for w in app.warning)
+    app.sidebar.multiselect(key="covariates").set_value(["otolith_weight"]).run()
+    assert any("covariates alone (otolith_weight) read 100%" in w.value for w in app.warning)
+
+
+def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch):
+    """A press of Run whose script run is cut short before the sidebar handles it (the page rerunning itself: a
+    job this session saw running has just ended, or the status area's timer preempting the run; here the run is
+    stopped at the status area) still starts the run at the next script run: the press used to be dropped with
+    the interrupted run."""
+    import streamlit as st
+
+    from views import jobs as page_jobs
+
+    app.sidebar.multiselect(key="encoders").set_value(ENCODERS)
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.run()
+    app.session_state["jobs_seen_running"] = {"a job that has just ended"}  # the status area reruns the app at once
+    app.sidebar.button(key="run").click().run()
+    assert not app.exception
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert not [i.value for i in app.info if "Press **Run comparison**" in i.value]
+    assert set(app.dataframe[0].value.encoder) == {*ENCODERS, "no-skill"}
+
+    app.sidebar.multiselect(key="heads").set_value(["svc"]).run()  # new settings: a new run must be asked for
+    real, cut = page_jobs.status_area, [True]
+
+    def cut_short(cache_dir):
+        if cut and cut.pop():
+            st.stop()  # the run ends before the Run button below is reached
+        real(cache_dir)
+
+    monkeypatch.setattr(page_jobs, "status_area", cut_short)
+    app.sidebar.button(key="run").click().run()
+    app.run()  # the next script run (the rerun that cut the first short)
+    assert not app.exception and not cut
+    assert not [i.value for i in app.info if "Press **Run comparison**" in i.value]
+    assert set(app.dataframe[0].value["head"]) == {"svc", "most-frequent"}

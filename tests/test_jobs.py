@@ -99,6 +99,11 @@ def test_an_extraction_typed_in_a_terminal_shows_up_as_a_job(demo_manifest, tmp_
     (job,) = list_jobs(cache)
     assert job.origin == "terminal" and job.state == "finished" and job.request.encoder == "pixels-32"
     assert job.done == job.total == len(pd.read_csv(demo_manifest))
+    n = len(pd.read_csv(demo_manifest))
+    assert job.describe() == f"finished: {n} images ({n} extracted now, 0 from the cache)"
+    assert main(["extract", "--data", str(demo_manifest), "--model", "pixels-32", "--cache-dir", str(cache)]) == 0
+    (again,) = list_jobs(cache)  # nothing left to do: it says so (it said "finished: 0/None images")
+    assert again.state == "finished" and again.describe() == f"finished: all {n} images already cached, nothing to extract"
 
 
 def test_a_job_that_cannot_run_fails_with_the_reason(demo_manifest, tmp_path, offline_hub):

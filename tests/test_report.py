@@ -167,3 +167,24 @@ def test_csv_bytes_round_trip_to_the_same_table(tmp_path):
     text = raw.decode("utf-8")
     assert text.splitlines()[0] == ",".join(frame.columns)  # no index column
     pd.testing.assert_frame_equal(pd.read_csv(io.BytesIO(raw)), frame)
+
+
+def test_a_results_folder_holds_one_run_and_keeps_the_users_own_files(tmp_path):
+    """An svc run into the folder of a ridge run with a learning curve and a PNG leaves none of their files behind
+    (a stale learning_curve.csv would read as the svc's); a file of the user's stays."""
+    from otolith_core.report import OUTPUT_FILES, write_results
+
+    data = _study(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "my_summary.csv").write_text("mine too")
+    write_results(_compare(data, with_learning_curve=True), out, run_info={}, png=True)
+    assert {"learning_curve.csv", "comparison.png", "comparison.svg"} <= {p.name for p in out.iterdir()}
+    features = np.random.default_rng(1).normal(size=(len(data), 4)).astype(np.float32)
+    svc_only = compare(data, {ENCODER: EmbeddingSet(ENCODER, features, np.arange(len(data)))}, [HeadSpec("svc")],
+                       n_folds=3)
+    written = write_results(svc_only, out, run_info={"run": 2}, chart=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in written), "notes.txt", "my_summary.csv"])
+    assert set(pd.read_csv(out / "summary.csv")["head"]) == {"svc", "most-frequent"}
+    assert {p.name for p in written} <= set(OUTPUT_FILES)

@@ -9,7 +9,6 @@ only changes the display recomputes nothing, and a finished extraction is seen a
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,18 +27,28 @@ def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> D
 
 
 def covariate_columns(settings: Settings) -> list[str]:
-    """The manifest's extra columns a user may add as covariates: not constant, not the demo's drawn truth, not
-    a second reader's age."""
-    from otolith_core.covariates import NOT_COVARIATES
-    from otolith_core.demo import DEMO_TRUTH_COLUMNS
+    """The manifest's extra columns a user may add as covariates: not constant, and none that holds the age itself
+    (a second reader's age, the demo's drawn truth: ``covariates.answer_columns``)."""
+    from otolith_core.covariates import answer_columns
 
     try:
-        records = dataset(settings).records
+        data = dataset(settings)
     except (ValueError, FileNotFoundError):
         return []
+    records = data.records
     columns = dict.fromkeys(k for r in records for k in r.metadata)
-    hidden = (*(DEMO_TRUTH_COLUMNS if settings.is_demo else ()), *NOT_COVARIATES)
+    hidden = answer_columns(records, age_column=data.age_column)
     return [c for c in columns if c not in hidden and len({r.metadata.get(c, "") for r in records}) > 1]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def covariates_alone_accuracy(data_key: str, covariates: tuple[str, ...], impute: bool, _data: Dataset) -> float:
+    """How many ages the chosen covariates alone read exactly (a quick decision tree: a leaked age column shows);
+    raises ValueError naming a column that cannot be a covariate."""
+    from otolith_core.covariates import CovariateRequest, covariates_alone_accuracy as accuracy, read_covariates
+
+    table = read_covariates(_data.records, CovariateRequest(covariates, impute), age_column=_data.age_column)
+    return accuracy(table, _data.ages)
 
 
 def dataset(settings: Settings) -> Dataset:
@@ -96,16 +105,20 @@ def cached_embeddings(settings: Settings, data: Dataset, names) -> dict[str, tup
 
 
 def comparison_key(settings: Settings, embeddings: dict[str, tuple[EmbeddingSet, str]]) -> str:
-    """Names everything a comparison is computed from: data, each encoder's embeddings, heads, CV settings."""
-    parts = {
+    """Names everything a comparison is computed from: data, each encoder's embeddings and the scaling ``auto``
+    resolves to for it (its registry entry), heads, CV settings (``cache.results_key`` adds the code's version)."""
+    from otolith_core.cache import results_key
+
+    specs, _ = resolve(tuple(embeddings))
+    return results_key({
         "data": settings.data_key,
         "embeddings": [(name, e.precision, len(e.rows), digest) for name, (e, digest) in embeddings.items()],
+        "scalings": {name: spec.scaling for name, spec in specs.items()},
         "heads": [repr(h) for h in settings.heads],
         "cv": [settings.n_folds, settings.seed, settings.repeats, settings.group_by_fish, settings.learning_curve],
         "combined": [list(group) for group in settings.combined],
         "covariates": [list(settings.covariates), settings.impute_covariates],
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    })
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -36,6 +36,20 @@ if dataset.has_fish_ids:
         st.warning(f"{len(repeated)} fish have several photos ({int(repeated.sum())} images). Plain stratified CV can "
                    "put photos of one fish in both training and test folds, which flatters every encoder alike.")
 
+if settings.covariates:
+    from otolith_core.covariates import LEAK_ACCURACY
+
+    try:
+        alone = cached.covariates_alone_accuracy(settings.data_key, settings.covariates, settings.impute_covariates,
+                                                 dataset)
+    except ValueError as exc:
+        st.error(f"Fish covariates: {exc}")
+    else:
+        if alone >= LEAK_ACCURACY:
+            st.warning(f"The chosen covariates alone ({', '.join(settings.covariates)}) read {alone:.0%} of the ages "
+                       "exactly (a decision tree, 5-fold CV): no fish measurement does that. Does one of these columns "
+                       "hold the age, or was it derived from it? Every '+ covariates' row would be worthless.")
+
 # What the chosen encoders already know about the images, read from the cache (nothing is extracted here).
 embedded = [e for e, _ in cached.cached_embeddings(settings, dataset, settings.encoders).values()]
 with_keys = next((e for e in embedded if len(e.rows)), None)

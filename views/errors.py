@@ -19,20 +19,25 @@ predictions["model"] = [model_label(e, h) for e, h in zip(predictions["encoder"]
 models = list(dict.fromkeys(predictions["model"]))
 records = {r.id: r for r in dataset.records}
 
-st.subheader("Confusion matrices")
-st.caption("Rows: reader age; columns: predicted age. Outlined cells are within ±1 year.")
-normalise = st.toggle("Row-normalised (share of each reader age)", key="cm_normalise")
-for start in range(0, len(models), 3):
-    for column, model in zip(st.columns(3), models[start:start + 3]):
-        column.altair_chart(confusion_matrix(predictions[predictions["model"] == model], normalise=normalise, title=model),
-                            width="stretch")
-
-st.subheader("Misclassified images")
 repeat = 0
 if comparison.repeats > 1:
     repeat = st.selectbox("Repeat", range(comparison.repeats), key="gallery_repeat",
                           format_func=lambda r: f"repeat {r} (seed {comparison.seed + r})",
-                          help="Each repeat predicts every image once; the gallery and the disagreements show one.")
+                          help="Each repeat predicts every image once; the confusion matrices, the gallery and the "
+                               "disagreements below show one repeat's own predictions, so each image counts once.")
+
+st.subheader("Confusion matrices")
+once = predictions[predictions["repeat"] == repeat]  # every repeat predicts each image: count one of them
+st.caption("Rows: reader age; columns: predicted age. Outlined cells are within ±1 year. "
+           + (f"Each of the {comparison.results[0].n_images} images counted once: repeat {repeat}'s predictions."
+              if comparison.repeats > 1 else ""))
+normalise = st.toggle("Row-normalised (share of each reader age)", key="cm_normalise")
+for start in range(0, len(models), 3):
+    for column, model in zip(st.columns(3), models[start:start + 3]):
+        column.altair_chart(confusion_matrix(once[once["model"] == model], normalise=normalise, title=model),
+                            width="stretch")
+
+st.subheader("Misclassified images")
 wide = comparison.per_image(repeat)
 f1, f2, f3 = st.columns(3)
 shown_models = f1.multiselect("Models", models, default=models[:1], key="gallery_models")

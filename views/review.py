@@ -58,8 +58,9 @@ def _doubtful_and_second_readings() -> None:
                                       + ", ".join(str(row[f"{m} age"]) for m in chosen))
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
         column.button("Read again", key=f"reread-{row['image']}", on_click=_pick, args=(row["image"],))
-    readings = load_readings(settings.cache_dir, dataset)  # read each run: another tab or person may have added one
-    second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
+    readings = load_readings(settings.cache_dir)  # read each run: another tab or person may have added one
+    found = second_readings(dataset, readings, cache_dir=settings.cache_dir)
+    second = found.table
     ranking = with_second_ages(table, second)
     with st.expander("The whole ranking (label_review.csv)"):
         st.dataframe(ranking, hide_index=True, width="stretch", height=300)
@@ -92,16 +93,17 @@ def _doubtful_and_second_readings() -> None:
             if age is None or not reader.strip():
                 right.warning("Enter your name and an age, then save.")
             else:
-                add_reading(settings.cache_dir, dataset, record, int(age), reader=reader)
+                add_reading(settings.cache_dir, record, int(age), reader=reader)
                 saved[image] = int(age)
                 st.session_state["review_saved"] = saved
-                readings = load_readings(settings.cache_dir, dataset)
-                second, problems = second_readings(dataset, readings, cache_dir=settings.cache_dir)
+                readings = load_readings(settings.cache_dir)
+                found = second_readings(dataset, readings, cache_dir=settings.cache_dir)
+                second = found.table
         if image in saved:
             row = table.set_index("image").loc[image]
-            right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.age}**; the models said "
+            right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.read_age}**; the models said "
                           + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
-            read = set(saved) | set(readings["image"])
+            read = set(saved) | set(found.per_reader["image"])
             if "second_age" in ranking:  # read twice in the manifest already
                 read |= set(ranking.loc[ranking["second_age"].notna(), "image"])
             unread = [i for i in selected["image"] if i not in read]
@@ -111,9 +113,14 @@ def _doubtful_and_second_readings() -> None:
             else:
                 right.caption("Every image the filters above choose has a second reading.")
 
-    if problems:
-        st.warning(f"{len(problems)} `second_age` value(s) in the manifest are not whole years and do not count: "
-                   + "; ".join(problems[:5]) + (" …" if len(problems) > 5 else ""))
+    if found.bad_values:
+        st.warning(f"{len(found.bad_values)} `second_age` value(s) in the manifest are not whole years and do not "
+                   "count: " + "; ".join(found.bad_values[:5]) + (" …" if len(found.bad_values) > 5 else ""))
+    if found.unmatched:
+        st.warning(f"{len(found.unmatched)} reading(s) typed here do not count because the photo has changed since "
+                   "(its bytes differ: an edit or an EXIF rewrite); read them again: "
+                   + ", ".join(f"{u.image} (by {u.reader})" for u in found.unmatched[:5])
+                   + (" …" if len(found.unmatched) > 5 else ""))
     if len(second):
         readers = agreement(second["first_age"], second["second_age"])
         compared = second[second["image"].isin(table["image"])]  # an image outside this comparison has no model age
@@ -125,17 +132,19 @@ def _doubtful_and_second_readings() -> None:
         st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice** ({where}). Between the "
                     f"two readers: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. "
                     f"Models (their most common age) against the first reader on the same {model.n} images: "
-                    f"APE {model.ape:.1f} %, CV {model.cv:.1f} %, {model.exact:.0%} the same.")
+                    f"APE {model.ape:.1f} %, CV {model.cv:.1f} %, {model.exact:.0%} the same. Ages as read: "
+                    f"an age range clips only what the heads learn.")
         st.dataframe(second, hide_index=True, width="stretch", height=200)
         left, right = st.columns(2)
         left.download_button("second_readings.csv", csv_bytes(readings), file_name="second_readings.csv",
                              mime="text/csv", key="download-second_readings", disabled=readings.empty,
                              help="Every reading typed here, in the order typed (the file in the cache folder).")
         right.download_button("manifest with second_age",
-                              csv_bytes(manifest_with_readings(dataset, readings, cache_dir=settings.cache_dir)),
+                              csv_bytes(manifest_with_readings(dataset, found)),
                               file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
-                              help="The manifest with a second_age column (blank where not re-read). Load it as "
-                                   "the data set and its second_age counts as the second reader.")
+                              help="Your manifest as it is, every row and column, with a second_age column (blank "
+                                   "where not re-read). Save it beside the photos and load it as the data set: its "
+                                   "second_age counts as the second reader.")
     else:
         st.caption("No second readings yet for this data set; they are saved at once to "
                    "`second_readings.csv` in the cache folder. A manifest with a `second_age` column brings its own.")

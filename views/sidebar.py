@@ -71,8 +71,11 @@ def sidebar() -> Settings | None:
     if settings is not None and run_from_url:
         state.request_run(settings)  # a reloaded tab goes on with the run it had asked for
     requested = state.requested_run()
-    if settings is not None and st.sidebar.button("Run comparison", type="primary", key="run",
-                                                  disabled=not (settings.encoders and settings.heads)):
+    if settings is not None:
+        st.sidebar.button("Run comparison", type="primary", key="run", on_click=state.press_run,
+                          disabled=not (settings.encoders and settings.heads))
+    pressed = state.take_run_press()  # recorded by the button's callback, so a run cut short cannot drop it
+    if pressed and settings is not None and settings.encoders and settings.heads:
         requested = settings
         state.request_run(settings)
         if _start_missing(settings):

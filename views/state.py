@@ -20,6 +20,7 @@ _REQUESTED = "requested_run"
 _CONSENTS = "allowed_downloads"
 _RESTORED = "restored_from_url"
 _JOBS_SEEN = "jobs_seen_running"
+_RUN_PRESSED = "run_pressed"
 RUN_PARAM = "run"  # in the URL: a run was requested for the settings it holds
 
 
@@ -65,6 +66,17 @@ def requested_run() -> Settings | None:
 
 def request_run(value: Settings) -> None:
     st.session_state[_REQUESTED] = value
+
+
+def press_run() -> None:
+    """The Run button's callback. Callbacks run before the script does, so the press is kept here even when the
+    script run that carries it is cut short (the page rerunning itself when a job ends, a timer's rerun)."""
+    st.session_state[_RUN_PRESSED] = True
+
+
+def take_run_press() -> bool:
+    """Whether Run was pressed since the last call (the press is then consumed)."""
+    return bool(st.session_state.pop(_RUN_PRESSED, False))
 
 
 def download_allowed(encoder: str) -> bool:

@@ -48,8 +48,8 @@ def result_downloads(comparison: Comparison, settings: Settings) -> None:
     from otolith_core.report import csv_bytes, provenance, result_tables
 
     data = cached.dataset(settings)  # second readings: beside the ranking in label_review.csv, summarised in run.json
-    second = second_readings(data, load_readings(settings.cache_dir, data), cache_dir=settings.cache_dir)[0]
-    tables = result_tables(comparison, second=second)
+    second = second_readings(data, load_readings(settings.cache_dir), cache_dir=settings.cache_dir)
+    tables = result_tables(comparison, second=second.table)
     columns = st.columns(4)
     for i, (name, frame) in enumerate(tables.items()):
         columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
