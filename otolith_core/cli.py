@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--embeddings", help="NAME=FILE.npz[,NAME2=FILE2.npz]: evaluate embeddings you already have")
     run.add_argument("--age-range", nargs=2, type=int, metavar=("MIN", "MAX"), help="clip ages into [MIN, MAX]")
     run.add_argument("--preset", help="species settings from config.yaml (e.g. cod: ages clipped to 1..10)")
+    _column_arguments(run)
     run.add_argument("--models", help="comma-separated encoders (with --data); NAME@pad+clahe etc. adds a "
                                       "preprocessing variant as an encoder of its own (see `otolith models`)")
     run.add_argument("--combine", action="append", default=[], metavar="A,B",
@@ -119,6 +121,31 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder of age sub-folders, or a CSV manifest")
     parser.add_argument("--age-range", nargs=2, type=int, metavar=("MIN", "MAX"), help="clip ages into [MIN, MAX]")
     parser.add_argument("--preset", help="species settings from config.yaml (e.g. cod)")
+    _column_arguments(parser)
+
+
+def _column_arguments(parser: argparse.ArgumentParser) -> None:
+    """A lab export read as it is: which of its columns hold what."""
+    mapping = parser.add_argument_group("manifest columns (a lab's export read as it is)")
+    mapping.add_argument("--path-column", default="path", metavar="COL", help="image paths or URLs (default: path)")
+    mapping.add_argument("--age-column", default="age", metavar="COL", help="reader ages (default: age)")
+    mapping.add_argument("--fish-column", default="fish_id", metavar="COL",
+                         help="photos of one fish share its value (default: fish_id)")
+    mapping.add_argument("--box-column", metavar="COL",
+                         help="one column with each otolith's box: [[x0, y0], [x1, y1]], [x0, y0, x1, y1] or "
+                              "x0,y0,x1,y1 (default: the x0, y0, x1, y1 columns when present)")
+    mapping.add_argument("--box-format", default="xyxy", choices=["xyxy", "xywh"],
+                         help="xyxy: corners (default); xywh: x0, y0, width, height")
+    mapping.add_argument("--id-column", metavar="COL",
+                         help="a column naming each image (e.g. measurement_id); default: its path (a URL without "
+                              "its query string) plus its box")
+
+
+def _columns(args: argparse.Namespace):
+    from .data import ManifestColumns
+
+    return ManifestColumns(path=args.path_column, age=args.age_column, fish=args.fish_column, box=args.box_column,
+                           box_format=args.box_format, id=args.id_column)
 
 
 def _extraction_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,7 +246,7 @@ def _load_data(args: argparse.Namespace):
             raise KeyError(f"unknown preset {args.preset!r}; choose from {sorted(known)}")
         if age_range is None and known[args.preset].get("age_range"):
             age_range = tuple(known[args.preset]["age_range"])
-    dataset = load_dataset(args.data, age_range=age_range)
+    dataset = load_dataset(args.data, age_range=age_range, columns=_columns(args))
     print(f"data: {len(dataset)} images from {dataset.source}"
           + (f", {len(dataset.skipped)} skipped" if dataset.skipped else "")
           + (f", ages clipped to {age_range[0]}..{age_range[1]}" if age_range else ""))
@@ -264,8 +291,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from .jobs import JobRecorder, JobRequest
     from .encoders import resolve_encoder
 
+    columns = _columns(args)
     request = JobRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
-                         args.clahe_clip_limit, args.clahe_kernel)
+                         args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns))
     with JobRecorder(_cache_dir(args), request, args.job_id) as job:  # shows on the dashboard, can be cancelled there
         dataset = _load_data(args)
         spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))

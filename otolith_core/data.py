@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -31,6 +31,83 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MIN_IMAGE_SIDE = 8  # smaller images (or crops) carry no readable otolith
 
 _AGE_FOLDER = re.compile(r"^(?:age[_\- ]?)?(\d+)$", re.IGNORECASE)
+BOX_FORMATS = ("xyxy", "xywh")
+URL_SCHEMES = ("http://", "https://", "s3://", "gs://")
+_NUMBER = r"\s*(-?\d+(?:\.\d*)?)\s*"
+_BOX_PATTERNS = (  # [[x0, y0], [x1, y1]]; [x0, y0, x1, y1]; x0,y0,x1,y1 (or the same with widths and heights)
+    re.compile(rf"^\[\s*\[{_NUMBER},{_NUMBER}\]\s*,\s*\[{_NUMBER},{_NUMBER}\]\s*\]$"),
+    re.compile(rf"^\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]$"),
+    re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$"),
+)
+
+
+@dataclass(frozen=True)
+class ManifestColumns:
+    """Which columns of a manifest hold what: a lab's export is read as it is, its columns mapped here.
+
+    The defaults are the native manifest (``path, age, fish_id`` and, when present, ``x0, y0, x1, y1``).
+    ``box`` names one column holding each row's crop box, as ``[[x0, y0], [x1, y1]]``, ``[x0, y0, x1, y1]``
+    or ``x0,y0,x1,y1`` (``box_format`` ``xywh``: x0, y0, width, height), in pixels of the upright photo (after
+    EXIF rotation). ``id`` names a column that names each image (e.g. ``measurement_id``); without it an
+    image is named by its path (a URL without its query string) plus its box.
+    """
+
+    path: str = "path"
+    age: str = "age"
+    fish: str = "fish_id"
+    box: str | None = None
+    box_format: str = "xyxy"
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.box_format not in BOX_FORMATS:
+            raise ValueError(f"unknown box format {self.box_format!r}; choose from {list(BOX_FORMATS)}")
+        for role, column in (("path", self.path), ("age", self.age), ("fish", self.fish)):
+            if not column or not column.strip():
+                raise ValueError(f"the {role} column needs a name")
+
+    @property
+    def native(self) -> bool:
+        return self == ManifestColumns()
+
+    def used(self) -> tuple[str, ...]:
+        """The columns this mapping reads (the rest of a manifest is kept as metadata)."""
+        boxes = (self.box,) if self.box else CROP_COLUMNS
+        return tuple(c for c in (self.path, self.age, self.fish, *boxes, self.id) if c)
+
+
+def image_name(path_text: str) -> str:
+    """How an image is named in every output: the path as written, or a URL without its query string and
+    fragment (a presigned URL's signature and expiry change with every export; they never name an image)."""
+    text = path_text.strip()
+    if text.lower().startswith(URL_SCHEMES):
+        return text.split("#", 1)[0].split("?", 1)[0]
+    return text
+
+
+def parse_box(text: str, *, box_format: str = "xyxy") -> tuple[tuple[int, int, int, int] | None, str | None]:
+    """A crop box as a lab export writes it -> ``((x0, y0, x1, y1), None)``, ``(None, None)`` for a blank, or
+    ``(None, reason)`` naming what is wrong."""
+    text = text.strip()
+    if not text:
+        return None, None
+    match = next((m for m in (p.match(text) for p in _BOX_PATTERNS) if m), None)
+    if match is None:
+        return None, (f"box {text!r} cannot be read; write it as [[x0, y0], [x1, y1]], [x0, y0, x1, y1] or "
+                      f"x0,y0,x1,y1 (pixels of the upright photo)")
+    x0, y0, a, b = (float(v) for v in match.groups())
+    if box_format == "xywh":
+        a, b = x0 + a, y0 + b
+    return _checked_box(x0, y0, a, b)
+
+
+def _checked_box(x0: float, y0: float, x1: float, y1: float):
+    if any(v != int(v) for v in (x0, y0, x1, y1)):
+        return None, f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must be whole pixel numbers"
+    x0, y0, x1, y1 = (int(v) for v in (x0, y0, x1, y1))
+    if x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
+        return None, f"crop box ({x0}, {y0}, {x1}, {y1}) is inverted or negative; need 0 <= x0 < x1 and 0 <= y0 < y1"
+    return (x0, y0, x1, y1), None
 
 
 @dataclass(frozen=True)
@@ -49,6 +126,7 @@ class ImageRecord:
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     row: int | None = None  # manifest row (the header is row 1); None for a folder scan
     age_before_clipping: int | None = None  # the reader's own age when clipping changed it; None: ``age`` is it
+    given_id: str | None = None  # from the manifest's id column (e.g. measurement_id); None: name + crop box
 
     @property
     def read_age(self) -> int:
@@ -57,8 +135,9 @@ class ImageRecord:
 
     @property
     def id(self) -> str:
-        """Unique key of this image: the file as named, plus the crop box when there is one."""
-        return image_id(self.name, self.crop)
+        """Unique key of this image: the manifest's id column when one is mapped, else the file as named plus
+        the crop box when there is one."""
+        return self.given_id if self.given_id is not None else image_id(self.name, self.crop)
 
 
 def image_id(name: str, crop: tuple[int, int, int, int] | None) -> str:
@@ -101,7 +180,12 @@ class Dataset:
     records: tuple[ImageRecord, ...]
     skipped: tuple[Skipped, ...] = ()
     age_range: tuple[int, int] | None = None
-    age_column: str = "age"  # the manifest column the reader's ages were read from
+    columns: ManifestColumns = ManifestColumns()  # how the manifest's columns were read
+
+    @property
+    def age_column(self) -> str:
+        """The manifest column the reader's ages were read from."""
+        return self.columns.age
 
     def __len__(self) -> int:
         return len(self.records)
@@ -130,7 +214,8 @@ class Dataset:
         return replace(self, records=records, skipped=self.skipped + tuple(extra_skipped))
 
 
-def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None) -> Dataset:
+def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None,
+                 columns: ManifestColumns | None = None) -> Dataset:
     """Read a folder of age sub-folders or a CSV manifest.
 
     Parameters
@@ -140,6 +225,8 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None) 
         A folder holding a ``manifest.csv`` is read through that manifest.
     age_range : optional ``(min, max)``; ages outside are clipped into it (the paper clips cod
         to 1..10, so a 14-year-old fish counts as 10).
+    columns : which manifest columns hold the path, age, fish, box and id (:class:`ManifestColumns`; default:
+        the native names). A folder has no columns to map.
 
     Returns
     -------
@@ -155,11 +242,15 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None) 
         raise FileNotFoundError(f"data path {str(path)!r} does not exist; give a folder of age sub-folders or a CSV manifest")
     if path.is_dir() and (path / "manifest.csv").is_file():
         path = path / "manifest.csv"  # a folder that carries its own manifest (as `otolith demo` writes)
+    columns = columns or ManifestColumns()
     if path.is_dir():
+        if not columns.native:
+            raise ValueError(f"{str(path)!r} is a folder: column names (--path-column, --box-column, ...) apply to "
+                             f"a CSV manifest")
         records, skipped = _scan_folder(path)
         kind = "folder"
     elif path.suffix.lower() == ".csv":
-        records, skipped = _read_manifest(path)
+        records, skipped = _read_manifest(path, columns)
         kind = "manifest"
     else:
         raise ValueError(f"data path {str(path)!r} is neither a folder nor a .csv manifest")
@@ -167,20 +258,23 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None) 
         records = [_clip_age(r, age_range) for r in records]
     if not records:
         raise ValueError(f"no usable images found in {str(path)!r} ({len(skipped)} skipped); see the skipped list for reasons")
-    return Dataset(path.resolve(), kind, tuple(records), tuple(skipped), age_range)
+    return Dataset(path.resolve(), kind, tuple(records), tuple(skipped), age_range, columns)
 
 
-def data_signature(path: str | Path) -> str:
-    """A digest that changes whenever :func:`load_dataset` on ``path`` may give another answer.
+def data_signature(path: str | Path, columns: ManifestColumns | None = None) -> str:
+    """A digest that changes whenever :func:`load_dataset` on ``path`` (with ``columns``) may give another answer.
 
     A folder: every file's path relative to it, size and modification time. A manifest: its bytes,
     plus the size and modification time of every file it lists (so a file added, replaced or deleted
-    later is noticed). Reads no image bytes.
+    later is noticed), and the column mapping. Reads no image bytes.
     """
     path = Path(path).expanduser()
     if path.is_dir() and (path / "manifest.csv").is_file():
         path = path / "manifest.csv"
+    columns = columns or ManifestColumns()
     digest = hashlib.sha256()
+    if not columns.native:  # the native mapping adds nothing, so signatures from before mappings stay valid
+        digest.update(repr(sorted(asdict(columns).items())).encode())
     if path.is_dir():
         entries = []
         for root, dirs, files in os.walk(path):
@@ -192,7 +286,7 @@ def data_signature(path: str | Path) -> str:
     elif path.is_file():
         content = path.read_bytes()
         digest.update(content)
-        for listed in _manifest_paths(content, path.parent):
+        for listed in _manifest_paths(content, path.parent, columns.path):
             digest.update(f"\n{listed}|{_stat_text(listed)}".encode())
     else:
         digest.update(b"missing")
@@ -207,17 +301,19 @@ def _stat_text(file: Path) -> str:
     return f"{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _manifest_paths(content: bytes, base: Path) -> list[Path]:
-    """The files a manifest lists (relative ones resolved against its folder); [] when unreadable."""
+def _manifest_paths(content: bytes, base: Path, path_column: str = "path") -> list[Path]:
+    """The local files a manifest lists (relative ones resolved against its folder; URLs left out); [] when
+    unreadable."""
     import csv
     import io
 
     try:
         reader = csv.DictReader(io.StringIO(content.decode("utf-8-sig")))
-        column = next((c for c in reader.fieldnames or () if c.strip() == "path"), None)
+        column = next((c for c in reader.fieldnames or () if c.strip() == path_column), None)
         if column is None:
             return []
-        return [base / Path(row[column].strip()).expanduser() for row in reader if (row.get(column) or "").strip()]
+        texts = [(row.get(column) or "").strip() for row in reader]
+        return [base / Path(t).expanduser() for t in dict.fromkeys(texts) if t and not t.lower().startswith(URL_SCHEMES)]
     except (UnicodeDecodeError, csv.Error):
         return []
 
@@ -249,39 +345,58 @@ def _scan_folder(root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
     return records, skipped
 
 
-def _read_manifest(csv_path: Path) -> tuple[list[ImageRecord], list[Skipped]]:
+def _read_manifest(csv_path: Path, columns: ManifestColumns) -> tuple[list[ImageRecord], list[Skipped]]:
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read manifest {str(csv_path)!r}: {exc}") from exc
     table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in ("path", "age") if c not in table.columns]
+    named = [("path", columns.path, "--path-column"), ("age", columns.age, "--age-column")]
+    named += [("box", columns.box, "--box-column")] if columns.box else []
+    named += [("id", columns.id, "--id-column")] if columns.id else []
+    missing = [(role, column, option) for role, column, option in named if column not in table.columns]
     if missing:
-        raise ValueError(
-            f"manifest {str(csv_path)!r} lacks column(s) {missing}; it needs 'path' and 'age' "
-            f"(found {list(table.columns)})"
-        )
-    crop_present = [c for c in CROP_COLUMNS if c in table.columns]
+        wanted = ", ".join(f"{column!r} for the {role} (or name another with {option})" for role, column, option in missing)
+        raise ValueError(f"manifest {str(csv_path)!r} lacks {wanted}; its columns are {list(table.columns)}")
+    crop_present = [] if columns.box else [c for c in CROP_COLUMNS if c in table.columns]
     if crop_present and len(crop_present) != 4:
         raise ValueError(f"manifest {str(csv_path)!r} has crop column(s) {crop_present}; give all of x0, y0, x1, y1 or none")
-    extra = [c for c in table.columns if c not in MANIFEST_COLUMNS]
+    used = set(columns.used())
+    extra = [c for c in table.columns if c not in used]
 
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
     first_row: dict[tuple[Path, tuple | None], tuple[int, int]] = {}  # (file, crop) -> (row, age)
+    id_rows: dict[str, int] = {}  # a mapped id column -> its first row
     base = csv_path.parent
     for row_number, row in enumerate(table.to_dict("records"), start=2):  # row 1 is the header
-        image = row["path"].strip()
+        written = row[columns.path].strip()
+        image = image_name(written)
         if not image:
             skipped.append(Skipped("", "blank path", row_number))
             continue
-        age, problem = _parse_age(row["age"])
+        age, problem = _parse_age(row[columns.age])
         if problem:
             skipped.append(Skipped(image, problem, row_number))
             continue
-        crop, problem = _parse_crop(row) if crop_present else (None, None)
+        if columns.box:
+            crop, problem = parse_box(row[columns.box], box_format=columns.box_format)
+        else:
+            crop, problem = _parse_crop(row) if crop_present else (None, None)
         if problem:
             skipped.append(Skipped(image, problem, row_number))
+            continue
+        given = row[columns.id].strip() if columns.id else None
+        if columns.id and not given:
+            skipped.append(Skipped(image, f"blank {columns.id!r} (the id column)", row_number))
+            continue
+        if given in id_rows:
+            skipped.append(Skipped(image, f"{columns.id} {given!r} is already manifest row {id_rows[given]}'s; "
+                                          f"each image needs an id of its own", row_number))
+            continue
+        if image.lower().startswith(URL_SCHEMES):
+            skipped.append(Skipped(image, "images behind URLs are not downloaded by this version yet; download the "
+                                          "photos and give their local paths", row_number))
             continue
         file = Path(image).expanduser()
         file = file if file.is_absolute() else base / file
@@ -299,9 +414,46 @@ def _read_manifest(csv_path: Path) -> tuple[list[ImageRecord], list[Skipped]]:
             skipped.append(Skipped(image, f"same file and crop box as manifest row {earlier[0]} ({ages}); "
                                           f"list each image once", row_number))
             continue
-        fish = row.get("fish_id", "").strip() or None
-        records.append(ImageRecord(file, image, age, fish, crop, {c: row[c] for c in extra}, row_number))
-    return records, skipped
+        if given is not None:
+            id_rows[given] = row_number
+        fish = (row.get(columns.fish) or "").strip() or None
+        records.append(ImageRecord(file, image, age, fish, crop, {c: row[c] for c in extra}, row_number,
+                                   given_id=given))
+    return _without_whole_frame_boxes(records, skipped)
+
+
+def _without_whole_frame_boxes(records: list[ImageRecord], skipped: list[Skipped]
+                               ) -> tuple[list[ImageRecord], list[Skipped]]:
+    """Drop a box covering the whole photo when the photo has other boxes (an export's row for the tray itself,
+    not an otolith), naming it; reads only the photos' headers."""
+    boxes: dict[Path, int] = {}
+    for r in records:
+        if r.crop is not None:
+            boxes[r.path] = boxes.get(r.path, 0) + 1
+    sizes: dict[Path, tuple[int, int] | None] = {}
+    kept = []
+    for r in records:
+        if r.crop is not None and boxes[r.path] > 1 and r.crop[0] <= 0 and r.crop[1] <= 0:
+            if r.path not in sizes:
+                sizes[r.path] = upright_size(r.path)
+            size = sizes[r.path]
+            if size is not None and r.crop[2] >= size[0] and r.crop[3] >= size[1]:
+                skipped.append(Skipped.of(r, f"box {list(r.crop)} covers the whole {size[0]}x{size[1]} photo, which "
+                                             f"has {boxes[r.path] - 1} other boxes: a row for the tray, not an otolith"))
+                continue
+        kept.append(r)
+    return kept, skipped
+
+
+def upright_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a photo after EXIF rotation, from its header alone; None when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return (height, width) if turned else (width, height)
 
 
 def _parse_age(text: str) -> tuple[int, str | None]:
@@ -327,9 +479,7 @@ def _parse_crop(row: Mapping[str, str]) -> tuple[tuple[int, int, int, int] | Non
         x0, y0, x1, y1 = (int(float(t)) for t in texts)
     except ValueError:
         return None, f"crop box {texts} must be four whole pixel numbers x0, y0, x1, y1 (or all blank)"
-    if x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
-        return None, f"crop box ({x0}, {y0}, {x1}, {y1}) is inverted or negative; need 0 <= x0 < x1 and 0 <= y0 < y1"
-    return (x0, y0, x1, y1), None
+    return _checked_box(x0, y0, x1, y1)
 
 
 def load_image(record: ImageRecord, *, min_side: int | None = None) -> Image.Image:

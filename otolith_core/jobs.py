@@ -56,14 +56,17 @@ class JobRequest:
     weights_dir: str | None = None
     clahe_clip_limit: float | None = None  # a `clahe` variant's parameters (None: the defaults)
     clahe_kernel: float | None = None
+    columns: dict[str, str | None] | None = None  # a manifest's column mapping (data.ManifestColumns); None: native
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
+        if self.columns is not None:
+            object.__setattr__(self, "columns", dict(self.columns))
 
     @property
     def id(self) -> str:
         fields = {"data": self.data, "encoder": self.encoder, "precision": self.precision}
-        for name in ("clahe_clip_limit", "clahe_kernel"):  # only when set, so earlier jobs keep their ids
+        for name in ("clahe_clip_limit", "clahe_kernel", "columns"):  # only when set, so earlier jobs keep their ids
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
@@ -81,6 +84,9 @@ class JobRequest:
             command += ["--clahe-clip-limit", repr(float(self.clahe_clip_limit))]
         if self.clahe_kernel is not None:
             command += ["--clahe-kernel", repr(float(self.clahe_kernel))]
+        for field, value in (self.columns or {}).items():
+            if value is not None:
+                command += [f"--{field.replace('_', '-')}-column" if field != "box_format" else "--box-format", value]
         return command
 
 

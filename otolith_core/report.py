@@ -102,6 +102,7 @@ def provenance(
             "n_evaluated": len(images),
             "n_skipped": len(comparison.skipped),
             "age_range": list(dataset.age_range) if dataset.age_range else None,
+            "columns": asdict(dataset.columns),
             "image_set_sha256": image_set_hash(dataset, images, hashes),
         },
         "encoders": encoders,

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,9 @@ def test_manifest_rows_are_named_when_unusable(tmp_path):
 
 def test_manifest_without_required_columns_says_which(tmp_path):
     (tmp_path / "m.csv").write_text("file,years\na.jpg,3\n")
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['path', 'age'\]"):
+    with pytest.raises(ValueError, match=r"lacks 'path' for the path \(or name another with --path-column\), "
+                                         r"'age' for the age \(or name another with --age-column\); "
+                                         r"its columns are \['file', 'years'\]"):
         load_dataset(tmp_path / "m.csv")
 
 
@@ -179,3 +182,96 @@ def test_signature_of_a_manifest_follows_its_content_and_its_files(tmp_path):
     _save(tmp_path / "b.jpg")  # a listed file that was missing appears
     assert data_signature(manifest) != second
     assert data_signature(tmp_path / "m.csv") == data_signature(manifest)
+
+
+def _lab_export(folder: Path) -> Path:
+    """A lab platform's export, as it comes: one row per otolith, tray photos with a box column, ages as 6.0, a
+    presigned-style URL (not downloaded by this version), a whole-frame row, an unreadable box."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    tray = rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)
+    Image.fromarray(tray).save(folder / "tray 1.jpg", quality=95)
+    Image.fromarray(tray[:, ::-1].copy()).save(folder / "tray 2.png")
+    rows = ["measurement_id,sample_id_x,station_id,cruise_id,age,length,sex_number,bounding_box,image__content__url"]
+    boxes = ["[[10, 20], [110, 90]]", "[[200, 20], [330, 100]]", "[[400, 250], [560, 380]]"]
+    for i, box in enumerate(boxes):
+        rows.append(f'M{i},S{i},ST1,C1,{i + 4}.0,{30 + i},1,"{box}",tray 1.jpg')
+    rows.append('M3,S3,ST1,C1,5.0,33,2,"[[0, 0], [600, 400]]",tray 1.jpg')  # the tray itself
+    rows.append('M4,S4,ST2,C1,6.0,34,1,"[10, 20, 110, 90]",tray 2.png')
+    rows.append('M5,S5,ST2,C1,7.0,35,2,"10,20",tray 2.png')
+    rows.append('M6,S6,ST2,C2,8.0,36,1,"[[1, 2], [50, 60]]",'
+                'https://bucket.s3.amazonaws.com/t/tray3.jpg?AWSAccessKeyId=AKIA123&Signature=abc%2Bdef&Expires=9')
+    (folder / "export.csv").write_text("\n".join(rows) + "\n")
+    return folder / "export.csv"
+
+
+def test_a_lab_export_is_read_as_it_is_with_its_columns_mapped(tmp_path):
+    from otolith_core.data import ManifestColumns
+
+    columns = ManifestColumns(path="image__content__url", box="bounding_box", id="measurement_id", fish="sample_id_x")
+    data = load_dataset(_lab_export(tmp_path), columns=columns)
+    assert data.ids == ["M0", "M1", "M2", "M4"] and data.ages.tolist() == [4, 5, 6, 6]
+    assert [r.crop for r in data.records] == [(10, 20, 110, 90), (200, 20, 330, 100), (400, 250, 560, 380),
+                                              (10, 20, 110, 90)]
+    assert data.records[0].fish_id == "S0" and data.columns == columns
+    assert set(data.records[0].metadata) == {"station_id", "cruise_id", "length", "sex_number"}  # mapped ones gone
+    reasons = {s.row: s.reason for s in data.skipped}
+    assert "covers the whole 600x400 photo" in reasons[5] and "3 other boxes" in reasons[5]
+    assert "box '10,20' cannot be read" in reasons[7]
+    assert "not downloaded" in reasons[8]
+    url = next(s for s in data.skipped if s.row == 8)
+    assert url.path == "https://bucket.s3.amazonaws.com/t/tray3.jpg"  # never the signature
+    assert "Signature" not in " ".join(f"{s.path} {s.reason}" for s in data.skipped)
+    pixels = np.asarray(load_image(data.records[1]))
+    assert pixels.shape == (80, 130, 3)
+
+
+def test_boxes_in_every_written_form_and_as_widths(tmp_path):
+    from otolith_core.data import parse_box
+
+    for text in ("[[10, 20], [110, 90]]", "[10, 20, 110, 90]", "10,20,110,90", " [ [10.0,20] , [110 , 90.0] ] "):
+        assert parse_box(text) == ((10, 20, 110, 90), None), text
+    assert parse_box("[10, 20, 100, 70]", box_format="xywh") == ((10, 20, 110, 90), None)
+    assert parse_box("") == (None, None)
+    assert "inverted" in parse_box("[[110, 20], [10, 90]]")[1]
+    assert "whole pixel" in parse_box("[10.5, 20, 110, 90]")[1]
+    with pytest.raises(ValueError, match="unknown box format 'yxyx'"):
+        from otolith_core.data import ManifestColumns
+
+        ManifestColumns(box_format="yxyx")
+
+
+def test_an_export_missing_a_mapped_column_names_it_and_the_option(tmp_path):
+    from otolith_core.data import ManifestColumns
+
+    manifest = _lab_export(tmp_path)
+    with pytest.raises(ValueError, match=r"lacks 'path' for the path \(or name another with --path-column\).*"
+                                         r"'measurement_id'"):
+        load_dataset(manifest, columns=ManifestColumns(box="bounding_box"))
+    with pytest.raises(ValueError, match="apply to a CSV manifest"):
+        load_dataset(tmp_path, columns=ManifestColumns(path="image__content__url"))  # a folder, not the export
+
+
+def test_an_id_column_must_name_each_image_once(tmp_path):
+    from otolith_core.data import ManifestColumns
+
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.png")
+    (tmp_path / "m.csv").write_text("path,age,mid\na.png,3,X\nb.png,4,X\nb.png,4,\n")
+    data = load_dataset(tmp_path / "m.csv", columns=ManifestColumns(id="mid"))
+    assert data.ids == ["X"]
+    reasons = {s.row: s.reason for s in data.skipped}
+    assert "'X' is already manifest row 2's" in reasons[3] and "blank 'mid'" in reasons[4]
+
+
+def test_the_signature_changes_with_the_column_mapping(tmp_path):
+    from otolith_core.data import ManifestColumns, data_signature
+
+    manifest = _lab_export(tmp_path)
+    plain = data_signature(manifest)
+    assert data_signature(manifest, ManifestColumns()) == plain
+    mapped = data_signature(manifest, ManifestColumns(path="image__content__url", box="bounding_box"))
+    assert mapped != plain
+    assert data_signature(manifest, ManifestColumns(path="image__content__url", box="bounding_box",
+                                                    box_format="xywh")) != mapped

@@ -87,6 +87,7 @@ def test_run_json_records_data_encoders_heads_cv_and_versions(tmp_path):
         "source": str(tmp_path), "kind": "manifest", "synthetic_demo": False, "n_usable_rows": len(data),
         "n_evaluated": len(used), "n_skipped": 2, "age_range": [1, 10],
         "image_set_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        "columns": {"path": "path", "age": "age", "fish": "fish_id", "box": None, "box_format": "xyxy", "id": None},
     }
     entry = record["encoders"][ENCODER]
     assert (entry["name"], entry["loader"], entry["model_id"]) == (ENCODER, "builtin", "pixels-32")
