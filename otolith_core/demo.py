@@ -5,6 +5,8 @@ opaque (bright, summer) and translucent (dark, winter) zones whose count is the 
 spacing shrinks with age (von Bertalanffy growth). Otolith size grows with age, with individual
 variation; blur, noise, uneven lighting, rotation and position vary per photo. A few per cent of
 reader ages are off by one, as with real readers, and some fish are photographed twice (``fish_id``).
+Every reader age (the ``age`` column, the one the CV stratifies on) holds at least ``MIN_PER_AGE`` images: an
+age that reader errors left short gets extra fish of that age, after the planned ones.
 The manifest also carries fish covariates: total ``length`` (cm, from the same growth curve with
 individual variation, so it tells age only roughly) and the ``month`` of capture.
 
@@ -15,6 +17,8 @@ otolith data.
 from __future__ import annotations
 
 import csv
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,45 +37,92 @@ DEMO_TRUTH_COLUMNS = ("true_age", "source", "flipped")
 FLIP_MIN_YEARS = 3  # a deliberately wrong reader age (--flip) is this far from the fish's own  # what the drawing knows; never a covariate
 
 
+@dataclass(frozen=True)
+class DemoFish:
+    """One fish of the demo: what its otolith shows and what the reader wrote down."""
+
+    number: int  # F0001 ... in ``fish_id`` and its images' names; also seeds its own draws
+    true_age: int  # the rings drawn
+    photos: int
+    reader_age: int  # the manifest's ``age`` (with ``--flip``, the wrong one)
+    flipped_from: int | None = None  # the reader's age before ``--flip`` moved it
+
+
+def plan_demo(n_images: int = 400, *, seed: int = 0, flip: int = 0) -> list[DemoFish]:
+    """Every fish of the demo and its reader age, without drawing an image.
+
+    Parameters
+    ----------
+    n_images : approximate number of images; each true age gets its share of ``AGE_WEIGHTS``, at least
+        ``MIN_PER_AGE``.
+    seed : the same seed always plans the same fish (and ``write_demo_dataset`` draws the same images).
+    flip : this many fish get a reader age at least ``FLIP_MIN_YEARS`` away from their own.
+
+    Returns
+    -------
+    list of DemoFish, in fish-number order. Every reader age holds at least ``MIN_PER_AGE`` images, with or
+    without ``flip``: an age that reader errors left short gets extra fish of that age (numbered after the
+    planned ones, one photo each, their readings drawn as for any fish), and only fish whose reader age keeps
+    ``MIN_PER_AGE`` images without them are flipped, so ``flip`` never changes the images.
+    """
+    if n_images < MIN_PER_AGE * len(AGE_WEIGHTS):
+        raise ValueError(f"n_images must be at least {MIN_PER_AGE * len(AGE_WEIGHTS)} (so every age fills 10 folds), got {n_images}")
+    planned = _fish_plan(n_images, np.random.default_rng(seed))
+    fish = [_planned_fish(seed, number, true_age, photos) for number, (true_age, photos) in enumerate(planned, start=1)]
+    images = Counter()
+    for one in fish:
+        images[one.reader_age] += one.photos
+    for age in AGE_WEIGHTS:
+        while images[age] < MIN_PER_AGE:  # counts only grow, so an age filled earlier stays filled
+            one = _planned_fish(seed, len(fish) + 1, age, 1)
+            fish.append(one)
+            images[one.reader_age] += 1
+    # In a random order of the planned fish (then the extra ones), every fish whose reader age can spare its
+    # photos; the first ``flip`` of them are flipped. The order is the one of earlier versions, so the same fish
+    # are flipped wherever their ages can spare them.
+    order = np.random.default_rng([seed, 99]).permutation(len(planned)).tolist() + list(range(len(planned), len(fish)))
+    can_flip = []
+    for index in order:
+        if images[fish[index].reader_age] - fish[index].photos >= MIN_PER_AGE:
+            images[fish[index].reader_age] -= fish[index].photos
+            can_flip.append(index)
+    if not 0 <= flip <= len(can_flip):
+        raise ValueError(f"flip must be between 0 and {len(can_flip)} (the fish whose reader age keeps {MIN_PER_AGE} "
+                         f"images without them), got {flip}")
+    for index in can_flip[:flip]:
+        one = fish[index]
+        wrong = _flipped_age(one.reader_age, np.random.default_rng([seed, one.number, 2]))
+        fish[index] = replace(one, reader_age=wrong, flipped_from=one.reader_age)
+    return fish
+
+
 def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 0, flip: int = 0) -> Path:
     """Write the synthetic set to ``out_dir`` and return the path of its ``manifest.csv``.
 
     Parameters
     ----------
     out_dir : folder to create (``images/`` and ``manifest.csv`` go inside).
-    n_images : approximate number of images (each age gets at least ``MIN_PER_AGE``).
+    n_images : approximate number of images (every reader age gets at least ``MIN_PER_AGE``; see ``plan_demo``).
     seed : the same seed always writes the same images.
     flip : this many fish get a reader age at least ``FLIP_MIN_YEARS`` away from their own (all their photos),
         to try the Review page's doubtful ages; a ``flipped`` column marks them (and keeps the age before).
         The images are the same as without.
     """
-    if n_images < MIN_PER_AGE * len(AGE_WEIGHTS):
-        raise ValueError(f"n_images must be at least {MIN_PER_AGE * len(AGE_WEIGHTS)} (so every age fills 10 folds), got {n_images}")
+    plan = plan_demo(n_images, seed=seed, flip=flip)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     rows = []
-    plan = _fish_plan(n_images, rng)
-    if not 0 <= flip <= len(plan):
-        raise ValueError(f"flip must be between 0 and the {len(plan)} fish, got {flip}")
-    flipped = set((np.random.default_rng([seed, 99]).permutation(len(plan))[:flip] + 1).tolist())
-    for fish_number, (true_age, photos) in enumerate(plan, start=1):
-        fish_rng = np.random.default_rng([seed, fish_number])
-        fish = _draw_fish(true_age, fish_rng)
-        reader_age = true_age
-        if fish_rng.random() < READER_ERROR_RATE:
-            reader_age = int(np.clip(true_age + fish_rng.choice([-1, 1]), 1, max(AGE_WEIGHTS)))
-        length, month = _covariates(fish, np.random.default_rng([seed, fish_number, 1]))  # images stay as before
-        before = reader_age
-        if fish_number in flipped:
-            reader_age = _flipped_age(reader_age, np.random.default_rng([seed, fish_number, 2]))
-        for photo in range(photos):
-            name = f"images/fish_{fish_number:04d}_{photo + 1}.jpg"
+    for planned in plan:
+        fish_rng = np.random.default_rng([seed, planned.number])
+        fish, _ = _read_fish(planned.true_age, fish_rng)  # the plan's draws again, so the photos follow them
+        length, month = _covariates(fish, np.random.default_rng([seed, planned.number, 1]))  # images stay as before
+        flipped = {"flipped": "" if planned.flipped_from is None else planned.flipped_from} if flip else {}
+        for photo in range(planned.photos):
+            name = f"images/fish_{planned.number:04d}_{photo + 1}.jpg"
             pixels = render_otolith(fish, fish_rng)
             Image.fromarray(pixels).save(out_dir / name, quality=92)
-            rows.append({"path": name, "age": reader_age, "fish_id": f"F{fish_number:04d}", "length": length,
-                         "month": month, "true_age": true_age, "source": DEMO_LABEL,
-                         **({"flipped": before if fish_number in flipped else ""} if flip else {})})
+            rows.append({"path": name, "age": planned.reader_age, "fish_id": f"F{planned.number:04d}", "length": length,
+                         "month": month, "true_age": planned.true_age, "source": DEMO_LABEL, **flipped})
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(DEMO_COLUMNS) + (["flipped"] if flip else []))
@@ -87,7 +138,7 @@ def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 
 
 
 def _fish_plan(n_images: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """(true age, photos of that fish) for every fish, shuffled."""
+    """(true age, photos of that fish) for every planned fish, shuffled."""
     weights = np.array(list(AGE_WEIGHTS.values()))
     image_counts = np.maximum(MIN_PER_AGE, np.round(weights / weights.sum() * n_images)).astype(int)
     plan = []
@@ -99,6 +150,21 @@ def _fish_plan(n_images: int, rng: np.random.Generator) -> list[tuple[int, int]]
             remaining -= photos
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
+
+
+def _planned_fish(seed: int, number: int, true_age: int, photos: int) -> DemoFish:
+    """Fish ``number`` with its reader's age, drawn from the fish's own rng as ``write_demo_dataset`` draws it."""
+    _, reader_age = _read_fish(true_age, np.random.default_rng([seed, number]))
+    return DemoFish(number, true_age, photos, reader_age)
+
+
+def _read_fish(true_age: int, rng: np.random.Generator) -> tuple[dict, int]:
+    """A fish's otolith and the age its reader gives it (off by one at ``READER_ERROR_RATE``), from its own rng."""
+    fish = _draw_fish(true_age, rng)
+    reader_age = true_age
+    if rng.random() < READER_ERROR_RATE:
+        reader_age = int(np.clip(true_age + rng.choice([-1, 1]), 1, max(AGE_WEIGHTS)))
+    return fish, reader_age
 
 
 def _flipped_age(age: int, rng: np.random.Generator) -> int:

@@ -17,7 +17,7 @@ TINY_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolati
 
 @pytest.fixture(scope="session")
 def demo_manifest(tmp_path_factory) -> Path:
-    """The synthetic demo at its smallest size (120 images, 12 per age)."""
+    """The synthetic demo at its smallest size (n_images=120: 149 images, at least 12 per reader age)."""
     from otolith_core.demo import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), n_images=120, seed=3)
