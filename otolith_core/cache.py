@@ -12,6 +12,10 @@ An encoder's *fingerprint* hashes everything that changes its numbers, as named 
 pooling, precision, implementation, decode scale, extractor version). Inside it an image's key is its content hash plus its crop
 box, so renamed or moved files are still hits and a changed file is a miss.
 
+Hub weights change under one name when their repo gets a new commit, so every store of a hub encoder
+records the revision (the snapshot's commit) its embeddings were computed from, and holds no other: see
+:func:`store_fingerprint`.
+
 Every batch is written in one transaction: an interrupted extraction keeps all finished batches.
 """
 
@@ -27,12 +31,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .data import ImageRecord, file_sha256
-from .encoders import EncoderSpec, cache_identity
+from .encoders import REVISION_PIN, EncoderSpec, cache_identity
 
 SCHEMA_VERSION = 1
-RESULTS_SCHEMA = 3  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k; 3 covariates
+RESULTS_SCHEMA = 4  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k; 3 covariates;
+# 4 the hub revision of each encoder's weights
 DEFAULT_CACHE_DIR = "cache"
 _META_KEY = "__encoder__"
+_REVISION = "weights_revision"  # in a store's metadata: the hub commit its embeddings were computed from
 _MATRIX_KEY = "__matrix__"  # the last complete dataset matrix read from this store
 _FAILED_PREFIX = "failed:"  # + image key -> why it could not be embedded
 _CACHE_SETTINGS = {"eviction_policy": "none", "size_limit": 2**50, "cull_limit": 0}
@@ -71,9 +77,15 @@ class FileHashes:
         self._cache.close()
 
 
-def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32") -> str:
-    """Hex digest of :func:`~otolith_core.encoders.cache_identity`: everything that changes the embeddings."""
-    identity = dict(cache_identity(spec, precision=precision, file_sha256=hashes.sha256), schema=SCHEMA_VERSION)
+def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32",
+                        revision: str | None = None) -> str:
+    """Hex digest of :func:`~otolith_core.encoders.cache_identity`: everything that changes the embeddings.
+
+    ``revision`` names the hub commit in the key; without it, the key of the encoder's first store
+    (the only key a store had before revisions were recorded).
+    """
+    identity = dict(cache_identity(spec, precision=precision, file_sha256=hashes.sha256, revision=revision),
+                    schema=SCHEMA_VERSION)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -87,23 +99,54 @@ def record_key(record: ImageRecord, hashes: FileHashes) -> str:
     return image_key(hashes.sha256(record.path), record.crop)
 
 
-def store_path(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32") -> Path:
-    """Folder of the store for ``spec`` run in ``precision`` (nothing is created)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name).strip("_")[:60]
-    return Path(cache_dir) / "embeddings" / f"{slug}-{encoder_fingerprint(spec, hashes, precision)[:16]}"
+def store_fingerprint(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32",
+                      revision: str | None = None, *, adopt: bool = True) -> str:
+    """Fingerprint of the store for ``spec``'s embeddings in ``precision`` from hub weights at ``revision``.
+
+    An encoder's first store is keyed without a revision (so the stores written before revisions were
+    recorded keep their keys) and records the revision it holds. It serves that revision alone: a store that
+    records none yet takes the first revision it is opened with (when ``adopt``: the revision the encoder's
+    unpinned name resolves to now, which is the one its embeddings were computed from unless the hub cache
+    moved since), and one not begun yet takes the revision that begins it. Any other revision gets a store of
+    its own, whose key names it. ``revision`` None (no hub weights, or not known on this machine) means the
+    first store, whatever it records. Reads the first store's metadata; creates nothing.
+    """
+    first = encoder_fingerprint(spec, hashes, precision)
+    if revision is None:
+        return first
+    folder = _folder(cache_dir, spec, first)
+    if not folder.is_dir():
+        return first
+    recorded = _recorded_revision(folder)
+    if recorded == revision or (recorded is None and adopt):
+        return first
+    return encoder_fingerprint(spec, hashes, precision, revision)
 
 
-def store_stamp(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str]) -> str:
-    """Changes whenever any of ``spec``'s stores in these precisions is written (sizes and times of its files)."""
-    parts = []
+def store_path(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32",
+               revision: str | None = None, *, adopt: bool = True) -> Path:
+    """Folder of the store for ``spec`` run in ``precision`` from hub weights at ``revision`` (see
+    :func:`store_fingerprint`; nothing is created)."""
+    return _folder(cache_dir, spec, store_fingerprint(cache_dir, spec, hashes, precision, revision, adopt=adopt))
+
+
+def store_stamp(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str],
+                revision: str | None = None) -> str:
+    """Changes whenever any of ``spec``'s stores in these precisions that may serve ``revision`` is written (sizes
+    and times of their files), and whenever the revision does."""
+    parts = [f"revision:{revision}"]
     for precision in precisions:
-        folder = store_path(cache_dir, spec, hashes, precision)
-        for name in ("cache.db", "cache.db-wal"):
-            try:
-                stat = (folder / name).stat()
-                parts.append(f"{precision}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
-            except OSError:
-                continue
+        fingerprints = [encoder_fingerprint(spec, hashes, precision)]
+        if revision is not None:
+            fingerprints.append(encoder_fingerprint(spec, hashes, precision, revision))
+        for fingerprint in fingerprints:
+            folder = _folder(cache_dir, spec, fingerprint)
+            for name in ("cache.db", "cache.db-wal"):
+                try:
+                    stat = (folder / name).stat()
+                    parts.append(f"{precision}/{fingerprint[:16]}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
+                except OSError:
+                    continue
     return "|".join(parts)
 
 
@@ -119,6 +162,23 @@ def results_key(ingredients: dict) -> str:
         version = "unknown"
     named = {**ingredients, "package_version": version, "results_schema": RESULTS_SCHEMA}
     return hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _folder(cache_dir: str | Path, spec: EncoderSpec, fingerprint: str) -> Path:
+    """``embeddings/<name>-<fingerprint>``; the name without a pinned revision, so a pin and the name it resolves
+    like share their stores."""
+    name = spec.name.replace(f"@{REVISION_PIN}{spec.revision}", "", 1) if spec.revision else spec.name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60]
+    return Path(cache_dir) / "embeddings" / f"{slug}-{fingerprint[:16]}"
+
+
+def _recorded_revision(folder: Path) -> str | None:
+    """The hub revision the store in ``folder`` records, or None (none yet, or no hub weights)."""
+    import diskcache
+
+    with diskcache.Cache(str(folder), **_CACHE_SETTINGS) as cache:
+        meta = cache.get(_META_KEY)
+    return meta.get(_REVISION) if isinstance(meta, dict) else None
 
 
 class ResultStore:
@@ -150,23 +210,44 @@ class ResultStore:
 
 
 class EmbeddingStore:
-    """Embeddings of one encoder identity, in one arithmetic precision: ``image key -> float32 vector``."""
+    """Embeddings of one encoder identity, in one arithmetic precision, from one hub revision:
+    ``image key -> float32 vector``.
+
+    ``revision`` (hub weights: the snapshot's commit) chooses the store as :func:`store_fingerprint` says; the
+    store records it (``self.revision``: what the store holds, also when opened with None).
+    """
 
     def __init__(
-        self, cache_dir: str | Path, spec: EncoderSpec, *, precision: str = "fp32", hashes: FileHashes | None = None
+        self, cache_dir: str | Path, spec: EncoderSpec, *, precision: str = "fp32", hashes: FileHashes | None = None,
+        revision: str | None = None, adopt: bool = True,
     ) -> None:
-        import diskcache
-
         self.cache_dir = Path(cache_dir)
         self.spec = spec
         self.precision = precision
         self._owns_hashes = hashes is None
         self.hashes = hashes or FileHashes(cache_dir)
-        self.fingerprint = encoder_fingerprint(spec, self.hashes, precision)
-        self.path = store_path(cache_dir, spec, self.hashes, precision)
+        self._open(store_fingerprint(cache_dir, spec, self.hashes, precision, revision, adopt=adopt), revision, adopt)
+        if revision is not None and self.revision != revision:  # begun meanwhile by another process, another revision
+            self._cache.close()
+            self._open(encoder_fingerprint(spec, self.hashes, precision, revision), revision, adopt)
+
+    def _open(self, fingerprint: str, revision: str | None, adopt: bool) -> None:
+        """Open the store keyed by ``fingerprint``: begin it recording ``revision``, or let it adopt ``revision`` if
+        it records none yet (both atomic), and read what it records."""
+        import diskcache
+
+        self.fingerprint = fingerprint
+        self.path = _folder(self.cache_dir, self.spec, fingerprint)
         self._cache = diskcache.Cache(str(self.path), **_CACHE_SETTINGS)
-        self._cache.add(_META_KEY, {"schema": SCHEMA_VERSION, "fingerprint": self.fingerprint,
-                                    "encoder": spec.as_dict(), "precision": precision})
+        meta = {"schema": SCHEMA_VERSION, "fingerprint": fingerprint, "encoder": self.spec.as_dict(),
+                "precision": self.precision}
+        with self._cache.transact():
+            self._cache.add(_META_KEY, dict(meta, **({_REVISION: revision} if revision is not None else {})))
+            recorded = self._cache.get(_META_KEY)
+            if revision is not None and adopt and recorded.get(_REVISION) is None:
+                recorded = dict(recorded, **{_REVISION: revision})
+                self._cache.set(_META_KEY, recorded)
+        self.revision: str | None = recorded.get(_REVISION)
 
     def keys_for(self, records: Sequence[ImageRecord]) -> list[str]:
         """Cache keys of ``records`` (content hashes are memoised, so this is cheap when warm)."""

@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="compute and cache one encoder's embeddings")
     _data_arguments(extract)
     extract.add_argument("--model", required=True, help="registry name, ARCH:TAG, timm:MODEL.TAG, hf-hub:org/name or "
-                                                        "local-dir:/path, optionally @pad|squash|crop[+clahe]")
+                                                        "local-dir:/path, optionally @revision=REV (hub weights) and "
+                                                        "then @pad|squash|crop[+clahe]")
     extract.add_argument("--npz", help="also export features, labels and paths to this .npz file")
     extract.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard for the job it launched
     _extraction_arguments(extract)
@@ -229,6 +230,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
           "or local-dir:/path (a folder with open_clip_config.json or timm's config.json)")
     print(f"Preprocessing variants: NAME@OPTION[+OPTION], options {', '.join(VARIANT_OPTIONS)} (one of "
           f"{', '.join(FITS)}), e.g. pixels-32@pad+clahe; each variant is an encoder of its own")
+    print("Pinned hub weights: NAME@revision=REV (a 40-character commit hash, branch or tag) before any variant, "
+          "e.g. hf-hub:org/name@revision=REV@pad; unpinned, the revision the Hugging Face cache's main names is "
+          "used and recorded")
     for spec in registry().values():
         if "(" in spec.licence:
             print(f"{spec.name}: {spec.licence}")

@@ -433,11 +433,11 @@ def _without_whole_frame_boxes(records: list[ImageRecord], skipped: list[Skipped
     sizes: dict[Path, tuple[int, int] | None] = {}
     kept = []
     for r in records:
-        if r.crop is not None and boxes[r.path] > 1 and r.crop[0] <= 0 and r.crop[1] <= 0:
+        if r.crop is not None and boxes[r.path] > 1 and r.crop[:2] == (0, 0):
             if r.path not in sizes:
                 sizes[r.path] = upright_size(r.path)
             size = sizes[r.path]
-            if size is not None and r.crop[2] >= size[0] and r.crop[3] >= size[1]:
+            if size is not None and r.crop[2:] == size:  # a box beyond the photo is named later, as outside it
                 skipped.append(Skipped.of(r, f"box {list(r.crop)} covers the whole {size[0]}x{size[1]} photo, which "
                                              f"has {boxes[r.path] - 1} other boxes: a row for the tray, not an otolith"))
                 continue

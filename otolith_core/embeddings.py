@@ -1,13 +1,14 @@
 """Dataset + encoder + cache -> embedding matrix; and the ``.npz`` format researchers already hold.
 
 ``extract_embeddings`` computes only what the cache lacks, one batch per transaction, and reports
-images that cannot be decoded or embedded instead of stopping at them.
+images that cannot be decoded or embedded instead of stopping at them. A hub encoder's embeddings
+are read from and written to the store of the revision its weights come from (``weights_revision``).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
 from .data import Dataset, ImageRecord, Skipped, load_image
 from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, decode_min_side,
-                       implementation_for, load_encoder, runs_on, select_device)
+                       implementation_for, load_encoder, resolve_revision, runs_on, select_device)
 
 ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
 DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
@@ -34,6 +35,7 @@ class EmbeddingSet:
     keys: tuple[str, ...] = ()  # (n_embedded,) image identity (content hash + crop); equal keys = same image
     precision: str = "fp32"  # arithmetic the encoder ran in (each precision has its own cache store)
     pending: tuple[str, ...] = ()  # ids of images not embedded yet (``cached_only`` reads); they never failed
+    weights_revision: str | None = None  # commit of the hub snapshot the weights came from (None: no hub weights)
 
     @property
     def complete(self) -> bool:
@@ -45,11 +47,14 @@ class EmbeddingSet:
         return int(self.features.shape[1])
 
 
-def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto") -> int:
-    """How many of the dataset's images already have this encoder's embedding (in its fullest store)."""
+def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto",
+                 weights_dir: str | Path | None = None) -> int:
+    """How many of the dataset's images already have this encoder's embedding (in its fullest store), from the
+    hub revision its weights have on this machine (Hugging Face cache ``weights_dir``, default HF's own)."""
     precision = _asked_precision(spec, precision)
     hashes = FileHashes(cache_dir)
-    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision))
+    revision, adopt = _revision(spec, weights_dir)
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision), revision, adopt)
     try:
         keys, _ = _keys(hashes, dataset.records)
         present = [k for k in keys if k is not None]
@@ -60,14 +65,17 @@ def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, 
         hashes.close()
 
 
-def embedding_stamp(spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto") -> str:
-    """A text that changes whenever this encoder's cached embeddings change (a few file stats, no torch).
+def embedding_stamp(spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto",
+                    weights_dir: str | Path | None = None) -> str:
+    """A text that changes whenever this encoder's cached embeddings change, or the hub revision of its weights
+    on this machine does (a few file stats, no torch).
 
     Lets a caller keep a read of the cache until an extraction, here or in another process, writes to it.
     """
     hashes = FileHashes(cache_dir)
     try:
-        return store_stamp(cache_dir, spec, hashes, _precisions(_asked_precision(spec, precision)))
+        return store_stamp(cache_dir, spec, hashes, _precisions(_asked_precision(spec, precision)),
+                           resolve_revision(spec, weights_dir=weights_dir))
     finally:
         hashes.close()
 
@@ -93,7 +101,10 @@ def extract_embeddings(
     spec : from :func:`otolith_core.encoders.resolve_encoder`.
     cache_dir : cache folder; finished batches are kept there even if this call is interrupted.
     device, batch_size, weights_dir : passed to :func:`~otolith_core.encoders.load_encoder`,
-        which is called only when something is missing.
+        which is called only when something is missing. A hub encoder reads the store of the revision its
+        weights have in the Hugging Face cache (``weights_dir``) and fills the store of the revision it
+        loaded: a store is only ever continued from the revision it began with (see
+        :func:`otolith_core.cache.store_fingerprint`).
     precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``. Each precision has its own store. ``auto``
         reads whichever store of the encoder holds most of the images (ties: fp32, bf16, fp16; no torch
         import), and extracts into that store if the device can run its precision, else into a store of
@@ -105,7 +116,8 @@ def extract_embeddings(
 
     Returns
     -------
-    EmbeddingSet with a row per embedded image and the images that failed, with reasons.
+    EmbeddingSet with a row per embedded image and the images that failed, with reasons, and the hub revision
+    (``weights_revision``) of the store they came from.
 
     Raises
     ------
@@ -113,7 +125,8 @@ def extract_embeddings(
     """
     precision = _asked_precision(spec, precision)
     hashes = FileHashes(cache_dir)
-    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision))
+    revision, adopt = _revision(spec, weights_dir)
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision), revision, adopt)
     try:
         keys, failures = _keys(hashes, dataset.records)
         known = [i for i, k in enumerate(keys) if k is not None]
@@ -130,8 +143,12 @@ def extract_embeddings(
         elif len(found) < len(lookup):
             encoder = _encoder_for(spec, encoder, store if len(found) else None, device, precision, batch_size,
                                    weights_dir)
-            if store is None or store.precision != encoder.precision:
-                store = EmbeddingStore(cache_dir, spec, precision=encoder.precision, hashes=hashes)
+            loaded = getattr(encoder, "weights_revision", None) or revision  # what computes the numbers now
+            if store is None or store.precision != encoder.precision or loaded not in (None, store.revision):
+                if loaded != revision:  # a download, or an encoder loaded before the hub cache moved
+                    adopt = loaded == resolve_revision(replace(spec, revision=None), weights_dir=weights_dir)
+                store = EmbeddingStore(cache_dir, spec, precision=encoder.precision, hashes=hashes, revision=loaded,
+                                       adopt=adopt)
                 stores.append(store)
                 features, found = store.get_many(lookup)
         todo: dict[str, int] = {}
@@ -150,7 +167,8 @@ def extract_embeddings(
                 failures.append(Skipped.of(dataset.records[i], f"{spec.name}: same content as an image that could not be embedded"))
         return EmbeddingSet(spec.name, features, rows, tuple(failures), n_extracted=len(todo),
                             keys=tuple(lookup[j] for j in found),
-                            precision=store.precision if store is not None else "fp32", pending=tuple(pending))
+                            precision=store.precision if store is not None else "fp32", pending=tuple(pending),
+                            weights_revision=store.revision if store is not None else revision)
     finally:
         for open_store in stores:
             open_store.close()
@@ -201,10 +219,28 @@ def _precisions(precision: str) -> tuple[str, ...]:
     return PRECISIONS if precision == "auto" else (precision,)
 
 
-def _existing_stores(cache_dir, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str]) -> list[EmbeddingStore]:
-    """The stores of ``spec`` in these precisions that exist (none is created here)."""
-    return [EmbeddingStore(cache_dir, spec, precision=p, hashes=hashes)
-            for p in precisions if store_path(cache_dir, spec, hashes, p).is_dir()]
+def _revision(spec: EncoderSpec, weights_dir) -> tuple[str | None, bool]:
+    """(the hub revision of ``spec``'s weights on this machine or None, whether a store recording none may adopt it).
+
+    A store from before revisions were recorded was filled from what the unpinned name resolved to: a pin adopts
+    it only when it names that same commit.
+    """
+    revision = resolve_revision(spec, weights_dir=weights_dir)
+    if revision is None or not spec.revision:
+        return revision, True
+    return revision, revision == resolve_revision(replace(spec, revision=None), weights_dir=weights_dir)
+
+
+def _existing_stores(cache_dir, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str],
+                     revision: str | None = None, adopt: bool = True) -> list[EmbeddingStore]:
+    """The stores of ``spec`` in these precisions that exist and serve ``revision`` (none is created here).
+
+    A pinned revision not resolved on this machine names no store: its commit is not known.
+    """
+    if spec.revision and revision is None:
+        return []
+    return [EmbeddingStore(cache_dir, spec, precision=p, hashes=hashes, revision=revision, adopt=adopt)
+            for p in precisions if store_path(cache_dir, spec, hashes, p, revision, adopt=adopt).is_dir()]
 
 
 def _fullest(stores: Sequence[EmbeddingStore], lookup: Sequence[str]) -> tuple[EmbeddingStore | None, np.ndarray, np.ndarray]:

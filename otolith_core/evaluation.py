@@ -166,6 +166,7 @@ class Comparison:
     bootstrap_draws: int = BOOTSTRAP_DRAWS  # 0: no intervals
     covariates: Mapping[str, str] = field(default_factory=dict)  # covariate column -> kind (numeric, month, categorical)
     impute_covariates: bool = False  # blanks took the training fold's median instead of skipping the image
+    revisions: Mapping[str, str | None] = field(default_factory=dict)  # encoder -> hub commit of its weights, or None
 
     @property
     def scored(self) -> tuple[CVResult, ...]:
@@ -598,7 +599,8 @@ def compare(
                       tuple(skipped), tuple(notes), dict(failed_encoders or {}), lc,
                       {name: emb.precision for name, emb in embeddings.items()}, baseline, tuple(groups.tolist()),
                       int(bootstrap_draws), dict(zip(table.names, table.encoding.kinds)) if table else {},
-                      bool(table and table.encoding.impute))
+                      bool(table and table.encoding.impute),
+                      revisions={name: emb.weights_revision for name, emb in embeddings.items()})
 
 
 def covariate_leaks(results: Sequence[CVResult], names: Sequence[str]) -> list[Note]:

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .cache import FileHashes, encoder_fingerprint
+from .cache import FileHashes, store_fingerprint
 from .data import Dataset
 from .demo import is_synthetic_demo
 from .encoders import EncoderSpec, implementation_for
@@ -86,8 +86,13 @@ def provenance(
         if name in comparison.precisions:
             entry["precision_used"] = comparison.precisions[name]
             entry["implementation"] = implementation_for(spec, comparison.precisions[name])
+        if name in comparison.revisions:  # the hub commit the weights came from (``revision``: what was pinned)
+            entry["weights_revision"] = comparison.revisions[name]
         if hashes is not None and dataset.kind != "embeddings":
-            entry["fingerprint"] = encoder_fingerprint(spec, hashes, comparison.precisions.get(name, "fp32"))
+            # The store the embeddings were read from: after the extraction, a store recording no revision has
+            # not served this one (it would have adopted it), hence adopt=False.
+            entry["fingerprint"] = store_fingerprint(cache_dir, spec, hashes, comparison.precisions.get(name, "fp32"),
+                                                     comparison.revisions.get(name), adopt=False)
         encoders[name] = entry
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

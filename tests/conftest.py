@@ -67,9 +67,13 @@ def save_tiny_timm(folder: Path, *, architecture: str = "vit_tiny_patch16_224", 
     return folder
 
 
-def place_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
-    """Lay files out exactly as huggingface_hub's cache does (refs/main -> snapshots/<commit>/)."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the snapshot place_in_hf_cache lays out by default
+NEWER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"  # a later one (the hub repo changed)
+
+
+def place_in_hf_cache(cache: Path, repo: str, files: dict[str, Path], *, commit: str = HUB_COMMIT) -> str:
+    """Lay files out exactly as huggingface_hub's cache does (refs/main -> snapshots/<commit>/); refs/main then
+    names ``commit``, as after a download of that revision. Returns ``commit``."""
     root = cache / ("models--" + repo.replace("/", "--"))
     (root / "refs").mkdir(parents=True, exist_ok=True)
     (root / "refs" / "main").write_text(commit)
@@ -77,6 +81,7 @@ def place_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
     snapshot.mkdir(parents=True, exist_ok=True)
     for name, source in files.items():
         (snapshot / name).write_bytes(Path(source).read_bytes())
+    return commit
 
 
 @pytest.fixture(scope="session")

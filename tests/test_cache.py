@@ -345,3 +345,91 @@ def test_the_dashboards_comparison_key_names_each_encoders_resolved_scaling(monk
     before = cached.comparison_key(settings, embeddings)
     monkeypatch.setattr(cached, "resolve", lambda names: ({"pixels-32": replace(spec, scaling="l2")}, {}))
     assert cached.comparison_key(settings, embeddings) != before
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hub weights: every store records the revision (the snapshot's commit) its embeddings were computed from.
+
+HUB_REPO = "someorg/tiny-clip"
+
+
+def _on_the_hub(hf, folder, commit):
+    """``folder``'s model as downloaded at ``commit`` (refs/main then names it)."""
+    from conftest import place_in_hf_cache
+
+    names = ("open_clip_config.json", "open_clip_model.safetensors")
+    return place_in_hf_cache(hf, HUB_REPO, {n: folder / n for n in names}, commit=commit)
+
+
+def test_a_new_hub_revision_gets_a_store_of_its_own_and_the_old_one_is_kept(demo_manifest, tiny_model_dir, tmp_path,
+                                                                           offline_hub):
+    from conftest import HUB_COMMIT, NEWER_COMMIT, save_tiny_open_clip
+    from otolith_core.embeddings import embedding_stamp
+
+    hf, cache = tmp_path / "hf", tmp_path / "cache"
+    _on_the_hub(hf, tiny_model_dir, HUB_COMMIT)
+    data = load_dataset(demo_manifest).subset(range(8))
+    spec = resolve_encoder(f"hf-hub:{HUB_REPO}", weights_dir=hf)
+    options = dict(cache_dir=cache, device="cpu", precision="fp32", weights_dir=hf)
+    first = extract_embeddings(data, spec, **options)
+    assert first.weights_revision == HUB_COMMIT and first.n_extracted == 8
+    [old] = (cache / "embeddings").iterdir()
+    assert old.name.endswith(encoder_fingerprint(spec, FileHashes(tmp_path / "h"))[:16])  # the key it always had
+    store = EmbeddingStore(cache, spec)
+    assert store.revision == HUB_COMMIT and len(store) == 8  # recorded in the store itself
+    store.close()
+    stamp = embedding_stamp(spec, cache_dir=cache, weights_dir=hf)
+
+    # The hub repo changed and was downloaded again: refs/main names a snapshot with other weights.
+    _on_the_hub(hf, save_tiny_open_clip(tmp_path / "newer", seed=1), NEWER_COMMIT)
+    assert embedding_stamp(spec, cache_dir=cache, weights_dir=hf) != stamp
+    assert cached_count(data, spec, cache_dir=cache, weights_dir=hf) == 0  # the old weights' embeddings are not these
+    second = extract_embeddings(data, spec, **options)
+    assert second.weights_revision == NEWER_COMMIT and second.n_extracted == 8
+    assert not np.allclose(second.features, first.features, atol=1e-3)
+    assert len(list((cache / "embeddings").iterdir())) == 2
+    warm = extract_embeddings(data, spec, cache_dir=cache, weights_dir=hf, cached_only=True)
+    assert warm.weights_revision == NEWER_COMMIT and np.array_equal(warm.features, second.features)
+
+    # The old store is untouched: pinned to its revision, it is read as it was, nothing extracted.
+    pinned = resolve_encoder(f"hf-hub:{HUB_REPO}@revision={HUB_COMMIT}", weights_dir=hf)
+    again = extract_embeddings(data, pinned, **options)
+    assert again.n_extracted == 0 and again.weights_revision == HUB_COMMIT
+    np.testing.assert_array_equal(again.features, first.features)
+    store = EmbeddingStore(cache, spec, revision=HUB_COMMIT)
+    assert store.path == old and store.revision == HUB_COMMIT and len(store) == 8
+    store.close()
+    latest = resolve_encoder(f"hf-hub:{HUB_REPO}@revision={NEWER_COMMIT}", weights_dir=hf)  # pinned to the new one
+    assert extract_embeddings(data, latest, **options).n_extracted == 0
+    assert len(list((cache / "embeddings").iterdir())) == 2
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["by-name", "pinned-to-main"])
+def test_a_store_from_before_revisions_were_recorded_adopts_the_current_one(pinned, demo_manifest, tiny_model_dir,
+                                                                           tmp_path, offline_hub, monkeypatch):
+    from conftest import HUB_COMMIT, NEWER_COMMIT, save_tiny_open_clip
+
+    hf, cache = tmp_path / "hf", tmp_path / "cache"
+    _on_the_hub(hf, save_tiny_open_clip(tmp_path / "newer", seed=1), NEWER_COMMIT)
+    _on_the_hub(hf, tiny_model_dir, HUB_COMMIT)  # refs/main names HUB_COMMIT, as when the store was filled
+    data = load_dataset(demo_manifest).subset(range(8))
+    spec = resolve_encoder(f"hf-hub:{HUB_REPO}", weights_dir=hf)
+    reference = extract_embeddings(data, spec, cache_dir=tmp_path / "elsewhere", device="cpu", precision="fp32",
+                                   weights_dir=hf)
+    legacy = EmbeddingStore(cache, spec)  # as this package wrote stores before: the same key, no revision in it
+    legacy.put_many(list(reference.keys), reference.features)
+    assert legacy.revision is None
+    legacy.close()
+    [folder] = (cache / "embeddings").iterdir()
+    other = resolve_encoder(f"hf-hub:{HUB_REPO}@revision={NEWER_COMMIT}", weights_dir=hf)
+    assert cached_count(data, other, cache_dir=cache, weights_dir=hf) == 0  # a pin to another revision never adopts it
+
+    monkeypatch.setattr("otolith_core.embeddings.load_encoder", lambda *a, **k: pytest.fail("nothing to extract"))
+    name = f"hf-hub:{HUB_REPO}@revision={HUB_COMMIT}" if pinned else f"hf-hub:{HUB_REPO}"
+    warm = extract_embeddings(data, resolve_encoder(name, weights_dir=hf), cache_dir=cache, weights_dir=hf)
+    assert warm.n_extracted == 0 and warm.weights_revision == HUB_COMMIT
+    np.testing.assert_array_equal(warm.features, reference.features)
+    assert [p.name for p in (cache / "embeddings").iterdir()] == [folder.name]  # its key is kept
+    adopted = EmbeddingStore(cache, spec)
+    assert adopted.path == folder and adopted.revision == HUB_COMMIT
+    adopted.close()

@@ -576,3 +576,32 @@ def test_a_lab_export_runs_from_the_command_line_with_its_columns_mapped(tmp_pat
     assert run["data"]["columns"]["box"] == "bounding_box" and run["data"]["columns"]["id"] == "measurement_id"
     written = "".join(p.read_text() for p in (tmp_path / "out").iterdir()) + capsys.readouterr().out
     assert "SECRET" not in written and "Signature" not in written
+
+
+def test_run_json_records_the_hub_revision_and_the_store_of_each_encoder(demo_manifest, tiny_model_dir, tmp_path,
+                                                                         offline_hub, capsys):
+    """refs/main moves to a snapshot with other weights between two runs: each run.json names the revision its
+    embeddings came from and the store holding them."""
+    from conftest import HUB_COMMIT, NEWER_COMMIT, place_in_hf_cache, save_tiny_open_clip
+
+    hf, cache = tmp_path / "hf", tmp_path / "cache"
+    names = ("open_clip_config.json", "open_clip_model.safetensors")
+    place_in_hf_cache(hf, "someorg/tiny-clip", {n: tiny_model_dir / n for n in names}, commit=HUB_COMMIT)
+    rows = pd.read_csv(demo_manifest).head(30)  # a few images are enough to show what run.json records
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rows.to_csv(tmp_path / "few.csv", index=False)
+    model = "hf-hub:someorg/tiny-clip"
+    args = ["run", "--data", str(tmp_path / "few.csv"), "--models", model, "--heads", "ridge", "--folds", "3",
+            "--bootstrap", "0", "--no-chart", "--device", "cpu", "--weights-dir", str(hf), "--cache-dir", str(cache)]
+    entries = {}
+    for commit, folder in ((HUB_COMMIT, None), (NEWER_COMMIT, tmp_path / "newer")):
+        if folder is not None:
+            newer = save_tiny_open_clip(folder, seed=1)
+            place_in_hf_cache(hf, "someorg/tiny-clip", {n: newer / n for n in names}, commit=commit)
+        assert main([*args, "--out", str(tmp_path / commit)]) == 0
+        entry = json.loads((tmp_path / commit / "run.json").read_text())["encoders"][model]
+        assert entry["weights_revision"] == commit and entry["revision"] is None  # resolved; nothing pinned
+        entries[commit] = entry
+    stores = sorted(p.name for p in (cache / "embeddings").iterdir())
+    assert len(stores) == 2 and entries[HUB_COMMIT]["fingerprint"] != entries[NEWER_COMMIT]["fingerprint"]
+    assert all(any(s.endswith(e["fingerprint"][:16]) for s in stores) for e in entries.values())

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -275,3 +276,63 @@ def test_a_loaded_encoder_switched_to_bf16_is_never_open_clips_tower_under_a_tim
     switched = _encoder_for(spec, fp32, None, "auto", "bf16", None, None)
     assert (switched.implementation, switched.precision, switched.device) == ("timm", "bf16", "cpu")
     assert _encoder_for(spec, fp32, None, "auto", "fp32", None, None) is fp32
+
+
+def _two_snapshots(cache, tiny_model_dir, newer_dir, repo="someorg/tiny-clip"):
+    """The repo as downloaded once (HUB_COMMIT) and again after it changed (NEWER_COMMIT, other weights)."""
+    from conftest import HUB_COMMIT, NEWER_COMMIT
+
+    names = ("open_clip_config.json", "open_clip_model.safetensors")
+    place_in_hf_cache(cache, repo, {n: tiny_model_dir / n for n in names}, commit=HUB_COMMIT)
+    place_in_hf_cache(cache, repo, {n: newer_dir / n for n in names}, commit=NEWER_COMMIT)  # refs/main moves here
+
+
+@pytest.mark.parametrize("loader", ["hf-hub", "openclip"])
+def test_a_pinned_revision_loads_that_snapshot_not_main(loader, tiny_model_dir, tmp_path, offline_hub, network_calls,
+                                                        monkeypatch):
+    import open_clip
+
+    from conftest import HUB_COMMIT, NEWER_COMMIT
+    from otolith_core.encoders import resolve_revision
+
+    cache = tmp_path / "hf"
+    newer = save_tiny_open_clip(tmp_path / "newer", seed=1)
+    _two_snapshots(cache, tiny_model_dir, newer)
+    if loader == "hf-hub":
+        main = resolve_encoder("hf-hub:someorg/tiny-clip", weights_dir=cache)
+        pinned = resolve_encoder(f"hf-hub:someorg/tiny-clip@revision={HUB_COMMIT}", weights_dir=cache)
+    else:  # an OpenCLIP ARCH:TAG whose weights tag lives in a hub repo
+        monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "Tiny-Test", json.loads(json.dumps(TINY_MODEL_CFG)))
+        tag_cfg = {"hf_hub": "someorg/tiny-clip/", "mean": (0.5,) * 3, "std": (0.5,) * 3, "resize_mode": "squash"}
+        monkeypatch.setattr(open_clip, "get_pretrained_cfg",
+                            lambda arch, tag: tag_cfg if (arch, tag) == ("Tiny-Test", "t") else {})
+        squash = Preprocessing(size=32, resize_mode="squash", mean=(0.5,) * 3, std=(0.5,) * 3)
+        main = EncoderSpec(name="Tiny-Test:t", loader="openclip", model_id="Tiny-Test", pretrained="t",
+                           weights_repo="someorg/tiny-clip", preprocessing=squash)
+        pinned = dataclasses.replace(main, name=f"Tiny-Test:t@revision={HUB_COMMIT}", revision=HUB_COMMIT)
+    assert resolve_revision(main, weights_dir=cache) == NEWER_COMMIT
+    assert resolve_revision(pinned, weights_dir=cache) == HUB_COMMIT and weights_available(pinned, weights_dir=cache)
+    images = _images()
+    encoder = load_encoder(pinned, device="cpu", weights_dir=cache)
+    assert encoder.weights_revision == HUB_COMMIT
+    np.testing.assert_allclose(encoder.embed(images), _reference_embeddings(tiny_model_dir, images),
+                               rtol=1e-5, atol=1e-5)
+    latest = load_encoder(main, device="cpu", weights_dir=cache)
+    assert latest.weights_revision == NEWER_COMMIT
+    np.testing.assert_allclose(latest.embed(images), _reference_embeddings(newer, images), rtol=1e-5, atol=1e-5)
+    assert network_calls == []
+
+
+def test_a_pinned_revision_not_on_this_machine_is_named_offline(tiny_model_dir, tmp_path, offline_hub, network_calls):
+    from otolith_core.encoders import resolve_revision
+
+    cache = tmp_path / "hf"
+    place_in_hf_cache(cache, "someorg/tiny-clip", {n: tiny_model_dir / n for n in ("open_clip_config.json",
+                                                                                   "open_clip_model.safetensors")})
+    spec = dataclasses.replace(resolve_encoder("hf-hub:someorg/tiny-clip", weights_dir=cache), revision="v2")
+    assert not weights_available(spec, weights_dir=cache) and resolve_revision(spec, weights_dir=cache) is None
+    with pytest.raises(EncoderUnavailable, match="revision 'v2'"):
+        load_encoder(spec, device="cpu", weights_dir=cache)
+    with pytest.raises(EncoderUnavailable, match="revision 'v2'"):
+        resolve_encoder("hf-hub:someorg/tiny-clip@revision=v2", weights_dir=cache)
+    assert network_calls == []

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from otolith_core.encoders import EncoderSpec, Preprocessing, presets, registry, resolve_encoder
@@ -241,3 +243,64 @@ def test_spec_validation_names_the_problem():
 
 def test_cod_preset_clips_ages_to_one_through_ten():
     assert presets()["cod"]["age_range"] == [1, 10]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pinned hub revisions: NAME@revision=REV, before any variant suffix (README "Pinning a revision").
+
+
+def test_a_revision_pin_parses_for_registry_openclip_and_timm_names():
+    from conftest import NEWER_COMMIT as PIN
+    from otolith_core.encoders import Variant
+
+    clip = resolve_encoder(f"clip-vit-l-14-336@revision={PIN}")
+    assert clip.name == f"clip-vit-l-14-336@revision={PIN}" and clip.revision == PIN
+    plain = registry()["clip-vit-l-14-336"]
+    assert clip.model_id == plain.model_id and plain.revision is None
+    openclip = resolve_encoder(f"ViT-B-32:laion2b_s34b_b79k@revision={PIN}@clahe+pad")
+    assert openclip.name == f"ViT-B-32:laion2b_s34b_b79k@revision={PIN}@pad+clahe"  # one canonical name
+    assert (openclip.revision, openclip.variant) == (PIN, Variant(fit="pad", clahe=True))
+    assert openclip.base_name == f"ViT-B-32:laion2b_s34b_b79k@revision={PIN}"
+    assert openclip.weights_repo == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    timm_model = resolve_encoder("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k@revision=refs/pr/1")
+    assert timm_model.family == "timm" and timm_model.revision == "refs/pr/1"  # a branch or tag is a revision too
+    assert timm_model.model_id == "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+
+
+def test_a_pinned_hub_name_reads_its_config_at_that_revision(tiny_model_dir, tmp_path, offline_hub, network_calls):
+    """The config (preprocessing) of the pinned snapshot, not of the one refs/main names."""
+    from conftest import HUB_COMMIT, NEWER_COMMIT, place_in_hf_cache
+
+    cache = tmp_path / "hf"
+    place_in_hf_cache(cache, "someorg/tiny-clip", {"open_clip_config.json": tiny_model_dir / "open_clip_config.json"},
+                      commit=HUB_COMMIT)
+    newer = tmp_path / "newer.json"
+    config = json.loads((tiny_model_dir / "open_clip_config.json").read_text())
+    newer.write_text(json.dumps(dict(config, preprocess_cfg=dict(config["preprocess_cfg"], resize_mode="shortest"))))
+    place_in_hf_cache(cache, "someorg/tiny-clip", {"open_clip_config.json": newer}, commit=NEWER_COMMIT)
+    pinned = resolve_encoder(f"hf-hub:someorg/tiny-clip@revision={HUB_COMMIT}@pad", weights_dir=cache)
+    assert (pinned.loader, pinned.model_id, pinned.revision) == ("hf-hub", "someorg/tiny-clip", HUB_COMMIT)
+    assert pinned.preprocessing.resize_mode == "squash" and pinned.variant.fit == "pad"
+    assert resolve_encoder("hf-hub:someorg/tiny-clip", weights_dir=cache).preprocessing.resize_mode == "shortest"
+    assert network_calls == []
+
+
+@pytest.mark.parametrize("name, words", [
+    ("hf-hub:org/x@revision=", "empty"),
+    ("hf-hub:org/x@revision=abc1234", "'abc1234'.*shortened commit hash.*40"),
+    ("hf-hub:org/x@revision=main+pad", r"'main\+pad'.*hf-hub:org/x@revision=REV@pad"),
+    ("hf-hub:org/x@revision=../../etc", "'../../etc'"),
+    ("hf-hub:org/x@pad@revision=main", "variant comes last.*hf-hub:org/x@revision=main@pad"),
+    ("hf-hub:org/x@revision=a@revision=b", "once"),
+    ("hf-hub:org/x@main", "'main' is not a preprocessing variant.*hf-hub:org/x@revision=main"),
+    ("pixels-32@revision=main", "'pixels-32@revision=main'.*no hub revision"),
+])
+def test_a_bad_pin_is_one_clear_error_naming_the_value(name, words, offline_hub, network_calls):
+    with pytest.raises(ValueError, match=words):
+        resolve_encoder(name)
+    assert network_calls == []
+
+
+def test_a_folder_has_no_revision_to_pin(tiny_model_dir):
+    with pytest.raises(ValueError, match="no hub revision"):
+        resolve_encoder(f"local-dir:{tiny_model_dir}@revision=main")

@@ -1,5 +1,6 @@
 """timm encoders, loaded through the same code path a user's `timm:` / `hf-hub:` / `local-dir:` name takes."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import place_in_hf_cache, save_tiny_timm
-from otolith_core.encoders import EncoderUnavailable, load_encoder, resolve_encoder, weights_available
+from otolith_core.encoders import EncoderUnavailable, Variant, load_encoder, resolve_encoder, weights_available
 
 
 def _images(n=3):
@@ -153,3 +154,25 @@ def test_local_dir_with_both_configs_stays_open_clip(tiny_model_dir, tiny_timm_d
     shutil.copytree(tiny_model_dir, both)
     shutil.copy(tiny_timm_dir / "config.json", both / "config.json")
     assert resolve_encoder(f"local-dir:{both}").family == "open_clip"
+
+
+def test_a_pinned_revision_of_a_timm_hub_repo_loads_that_snapshot(tiny_timm_dir, tmp_path, offline_hub, network_calls):
+    from conftest import HUB_COMMIT, NEWER_COMMIT
+
+    cache = tmp_path / "hf"
+    newer = save_tiny_timm(tmp_path / "newer", seed=1)
+    names = ("config.json", "model.safetensors")
+    place_in_hf_cache(cache, "someorg/tiny-timm", {n: tiny_timm_dir / n for n in names}, commit=HUB_COMMIT)
+    place_in_hf_cache(cache, "someorg/tiny-timm", {n: newer / n for n in names}, commit=NEWER_COMMIT)
+    images = _images()
+    pinned = resolve_encoder(f"hf-hub:someorg/tiny-timm@revision={HUB_COMMIT}@squash", weights_dir=cache)
+    assert pinned.family == "timm" and pinned.revision == HUB_COMMIT and pinned.variant.fit == "squash"
+    encoder = load_encoder(dataclasses.replace(pinned, variant=Variant(), name=pinned.base_name), device="cpu",
+                           weights_dir=cache)
+    assert encoder.weights_revision == HUB_COMMIT
+    np.testing.assert_allclose(encoder.embed(images), _timm_reference(tiny_timm_dir, images)[0], rtol=1e-5, atol=1e-5)
+    main = resolve_encoder("hf-hub:someorg/tiny-timm", weights_dir=cache)
+    latest = load_encoder(main, device="cpu", weights_dir=cache)
+    assert latest.weights_revision == NEWER_COMMIT
+    np.testing.assert_allclose(latest.embed(images), _timm_reference(newer, images)[0], rtol=1e-5, atol=1e-5)
+    assert network_calls == []

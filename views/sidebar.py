@@ -17,6 +17,7 @@ from otolith_core.cache import default_cache_dir
 from otolith_core.data import data_signature
 from otolith_core.heads import AUTO_SCALING, HEADS, SCALINGS, HeadSpec
 from otolith_core.encoders import presets, registry
+from otolith_core.encoders.variants import split_variant
 from views import cached, jobs, state
 from views.state import Settings
 
@@ -138,13 +139,15 @@ def _draw(specs, known) -> Settings | None:
         st.markdown(_encoder_facts(specs))
     extra = sb.text_input("Other model", key=_initial("extra_model", ""), placeholder="ViT-B-32:laion2b_s34b_b79k",
                           help="OpenCLIP ARCH:TAG, timm:MODEL.TAG, hf-hub:org/name or local-dir:/path/to/folder "
-                               "(OpenCLIP or timm), optionally with a variant such as @pad+clahe")
+                               "(OpenCLIP or timm), optionally with a pinned hub revision such as @revision=main "
+                               "and then a variant such as @pad+clahe")
     variants = sb.multiselect("Preprocessing variants (each adds a row per encoder)", list(VARIANTS),
                               key=_initial("variants", []), format_func=VARIANTS.get,
                               help="How the photo is fitted into the square input, and contrast enhancement; "
                                    "each variant is embedded and cached as an encoder of its own, on the same folds.")
     bases = tuple(chosen) + ((extra.strip(),) if extra.strip() else ())
-    encoders = bases + tuple(f"{base}@{variant}" for base in bases for variant in variants if "@" not in base)
+    encoders = bases + tuple(f"{base}@{variant}" for base in bases for variant in variants
+                             if split_variant(base)[1] is None)  # a pinned revision takes a variant; a variant none
     # options follow the chosen encoders: drop a remembered part that is no longer offered before drawing
     st.session_state["combine"] = [n for n in st.session_state.get("combine", []) if n in encoders]
     together = sb.multiselect("Also evaluate together (concatenated)", list(encoders), key="combine",

@@ -4,8 +4,8 @@ Read in this order::
 
     spec.py              what an encoder is, as data (EncoderSpec, Preprocessing, Precision, Variant)
     config.yaml          the registered encoders, as data
-    registry.py          a name -> EncoderSpec (registry entries, OpenCLIP/timm/hub/folder names, @variants)
-    weights.py           where the files are: Hugging Face cache, download, folder
+    registry.py          a name -> EncoderSpec (registry entries, OpenCLIP/timm/hub/folder names, @revision=, @variants)
+    weights.py           where the files are: Hugging Face cache (at a revision), download, folder
     variants.py          pad / squash / crop / CLAHE, applied to the photo before the model's preprocessing
     open_clip_models.py  OpenCLIP towers (and their timm twin for fast bf16)
     timm_models.py       timm models (DINOv2/DINOv3, any timm image model)
@@ -23,16 +23,16 @@ from .encoder import (EXTRACTOR_VERSION, REDUCED_PRECISION_COSINE_FLOOR, Encoder
 from .identity import cache_identity
 from .loading import load_encoder
 from .open_clip_models import implementation_for
-from .registry import presets, registry, resolve_encoder, resolve_encoders, with_variant
-from .spec import (ENCODER_ERRORS, PRECISIONS, EncoderSpec, EncoderUnavailable, Precision, Preprocessing, Variant,
-                   error_message)
+from .registry import presets, registry, resolve_encoder, resolve_encoders, with_revision, with_variant
+from .spec import (ENCODER_ERRORS, PRECISIONS, REVISION_PIN, EncoderSpec, EncoderUnavailable, Precision, Preprocessing,
+                   Variant, error_message)
 from .variants import apply_variant
-from .weights import weights_available
+from .weights import resolve_revision, weights_available
 
 __all__ = [
     "ENCODER_ERRORS", "EXTRACTOR_VERSION", "PRECISIONS", "REDUCED_PRECISION_COSINE_FLOOR", "Encoder", "EncoderSpec",
-    "EncoderUnavailable", "Precision", "Preprocessing", "TorchEncoder", "Variant", "apply_variant", "cache_identity",
-    "check_precision", "cpu_has_bf16", "decode_min_side", "default_batch_size", "error_message", "implementation_for",
-    "load_encoder", "presets", "registry", "resolve_encoder", "resolve_encoders", "runs_on", "select_device",
-    "weights_available", "with_variant",
+    "EncoderUnavailable", "Precision", "Preprocessing", "REVISION_PIN", "TorchEncoder", "Variant", "apply_variant",
+    "cache_identity", "check_precision", "cpu_has_bf16", "decode_min_side", "default_batch_size", "error_message",
+    "implementation_for", "load_encoder", "presets", "registry", "resolve_encoder", "resolve_encoders",
+    "resolve_revision", "runs_on", "select_device", "weights_available", "with_revision", "with_variant",
 ]

@@ -31,6 +31,7 @@ class Encoder:
     """A loaded encoder: ``embed(images)`` -> float32 array ``(n_images, dim)``, computed in ``precision``."""
 
     implementation = "builtin"  # the code computing the embedding (open_clip, timm, builtin)
+    weights_revision: str | None = None  # commit of the hub snapshot its weights were read from (None: no hub weights)
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", batch_size: int = 1, precision: str = "fp32") -> None:
         self.spec = spec
@@ -63,11 +64,13 @@ class TorchEncoder(Encoder):
     """
 
     def __init__(self, spec: EncoderSpec, module: "torch.nn.Module", transform: Callable[[Image.Image], "torch.Tensor"],
-                 *, device: str, batch_size: int, precision: str = "fp32", implementation: str) -> None:
+                 *, device: str, batch_size: int, precision: str = "fp32", implementation: str,
+                 weights_revision: str | None = None) -> None:
         super().__init__(spec, device=device, batch_size=batch_size, precision=check_precision(precision, device))
         self.module = module.to(device).eval()
         self.transform = transform
         self.implementation = implementation
+        self.weights_revision = weights_revision
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch

@@ -12,18 +12,24 @@ from .spec import EncoderSpec
 from .weights import local_weights_file
 
 
-def cache_identity(spec: EncoderSpec, *, precision: str, file_sha256: Callable[[Path], str]) -> dict[str, Any]:
+def cache_identity(spec: EncoderSpec, *, precision: str, file_sha256: Callable[[Path], str],
+                   revision: str | None = None) -> dict[str, Any]:
     """Everything that changes ``spec``'s embeddings in ``precision`` (not its display name); the cache adds
     its own schema version.
 
     Parameters
     ----------
-    spec : the encoder, variant included.
+    spec : the encoder, variant included (a pinned revision is not itself an ingredient: the commit it
+        resolves to is, through ``revision``).
     precision : the arithmetic it runs in.
     file_sha256 : content hash of a local weights file (the cache remembers these by path, size and time).
+    revision : commit of the hub snapshot the weights come from, named when the cache keys a store by it.
 
     Ingredients added after a store format existed appear only when they differ from what was implied
     before (fp32, the model's own preprocessing, open_clip's code), so existing stores keep their keys.
+    The hub revision is the same kind of ingredient: an encoder's first store is keyed without it and
+    records the revision it holds instead; only a store for another revision names it in its key
+    (:func:`otolith_core.cache.store_fingerprint` decides which).
     """
     weights: str | None = spec.pretrained
     if spec.loader in ("checkpoint", "local-dir"):
@@ -54,4 +60,6 @@ def cache_identity(spec: EncoderSpec, *, precision: str, file_sha256: Callable[[
         identity["implementation"] = implementation
     if spec.variant:
         identity["variant"] = asdict(spec.variant)
+    if revision is not None:
+        identity["weights_revision"] = revision
     return identity

@@ -7,6 +7,7 @@ from pathlib import Path
 from .encoder import Encoder, TorchEncoder, auto_precision, check_precision, default_batch_size, select_device
 from .open_clip_models import implementation_for
 from .spec import EncoderSpec
+from .weights import resolve_revision
 
 
 def load_encoder(
@@ -28,9 +29,15 @@ def load_encoder(
     batch_size : images per forward pass (default by device).
     weights_dir : Hugging Face cache folder for downloads (default: the HF default, ``HF_HUB_CACHE``).
 
+    Returns
+    -------
+    Encoder ; a hub model's ``weights_revision`` is the commit of the snapshot its weights were read from
+    (after a download: the one downloaded), as the cache's refs name it right after loading.
+
     Raises
     ------
     EncoderUnavailable : weights missing and not downloadable, corrupt weights, a config that disagrees.
+    ValueError : a pinned revision the hub does not have.
     """
     if spec.family == "builtin":
         from .builtin import load_builtin
@@ -48,7 +55,8 @@ def load_encoder(
 
         module, transform = build_tower(spec, implementation=implementation, weights_dir=weights_dir)
     return TorchEncoder(spec, module, transform, device=device, batch_size=batch_size or default_batch_size(device),
-                        precision=precision, implementation=implementation)
+                        precision=precision, implementation=implementation,
+                        weights_revision=resolve_revision(spec, weights_dir=weights_dir))
 
 
 def untrained_encoder(spec: EncoderSpec, *, device: str = "cpu", precision: str = "fp32", batch_size: int | None = None,

@@ -216,15 +216,15 @@ def _source(spec: EncoderSpec, weights_dir, open_clip) -> tuple[dict, Preprocess
             raise EncoderUnavailable(f"encoder {spec.name!r}: weights {spec.pretrained!r} have no Hugging Face copy; "
                                      f"download them yourself and use the checkpoint loader")
         checkpoint = fetch_hub_file(spec.weights_repo, OPEN_CLIP_HUB_WEIGHTS, encoder=spec.name,
-                                    download_size=spec.download_size, weights_dir=weights_dir)
+                                    download_size=spec.download_size, weights_dir=weights_dir, revision=spec.revision)
         return model_cfg, own, checkpoint
     if spec.loader == "hf-hub":
         config_path = fetch_hub_file(spec.model_id, OPEN_CLIP_CONFIG, encoder=spec.name,
-                                     download_size=spec.download_size, weights_dir=weights_dir)
+                                     download_size=spec.download_size, weights_dir=weights_dir, revision=spec.revision)
         config = read_json(config_path, encoder=spec.name)
         own, _ = preprocessing_from_config(config)
         checkpoint = fetch_hub_file(spec.model_id, OPEN_CLIP_HUB_WEIGHTS, encoder=spec.name,
-                                    download_size=spec.download_size, weights_dir=weights_dir)
+                                    download_size=spec.download_size, weights_dir=weights_dir, revision=spec.revision)
         return config.get("model_cfg", config), own, checkpoint
     if spec.loader == "local-dir":
         folder = Path(spec.model_id)

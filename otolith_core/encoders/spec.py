@@ -2,17 +2,25 @@
 
 A spec names the library that builds the model (``family``), where its weights come from
 (``loader``), the preprocessing the model was trained with, the arithmetic it runs in per device,
-and, for a preprocessing *variant* (``name@pad+clahe``), how the photo is fitted into the square
-input before that preprocessing. Everything that changes the numbers is read from here by
+for a preprocessing *variant* (``name@pad+clahe``), how the photo is fitted into the square input
+before that preprocessing, and, for hub weights pinned by name (``name@revision=REV``), their revision.
+Everything that changes the numbers is read from here by
 :func:`otolith_core.encoders.identity.cache_identity`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 LOADERS = ("openclip", "hf-hub", "local-dir", "checkpoint", "timm", "builtin")
+HUB_LOADERS = ("openclip", "hf-hub", "timm")  # weights from a Hugging Face Hub repo, so from one of its revisions
+REVISION_PIN = "revision="  # NAME@revision=REV pins a hub model's weights (a variant suffix may follow: @pad)
+# A branch, tag or full commit hash as git and the Hub write them ("main", "v1.0", "refs/pr/3"); no '@' or '+',
+# which would read as the next suffix of a name, and no '..' path step (refs are files in the HF cache).
+_REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9._-]+)*")
+_SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}")
 FAMILIES = ("open_clip", "timm", "builtin")  # the library that builds the model
 RESIZE_MODES = ("shortest", "squash", "longest")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast; bf16/fp16: torch.autocast with that dtype
@@ -35,6 +43,22 @@ class EncoderUnavailable(RuntimeError):
 
 # Everything resolving or loading an encoder raises for a cause the user can fix.
 ENCODER_ERRORS = (KeyError, ValueError, FileNotFoundError, EncoderUnavailable)
+
+
+def check_revision(revision: str, *, encoder: str) -> str:
+    """``revision`` if it can name a hub revision (branch, tag or full commit hash), else a ValueError naming it."""
+    if not revision:
+        raise ValueError(f"encoder {encoder!r}: the revision after '@{REVISION_PIN}' is empty; give a commit hash "
+                         f"(all 40 characters), a branch or a tag")
+    if not _REVISION_PATTERN.fullmatch(revision) or ".." in revision:
+        base = encoder.split(f"@{REVISION_PIN}")[0]
+        raise ValueError(f"encoder {encoder!r}: revision {revision!r} is not a commit hash, branch or tag (letters, "
+                         f"digits, '.', '_', '-' and '/'); a preprocessing variant goes after it, as its own suffix: "
+                         f"{base}@{REVISION_PIN}REV@pad")
+    if _SHORT_COMMIT.fullmatch(revision):
+        raise ValueError(f"encoder {encoder!r}: revision {revision!r} looks like a shortened commit hash; the Hugging "
+                         f"Face Hub needs all 40 characters of it")
+    return revision
 
 
 def error_message(exc: BaseException) -> str:
@@ -156,6 +180,7 @@ class EncoderSpec:
     keep_head: bool = False  # timm towers: the head is CLIP's image projection (kept), not a classifier
     bf16_via_timm: bool = False  # OpenCLIP plain ViTs: under bf16 run as timm's ViT, same weights (much faster)
     variant: Variant = Variant()
+    revision: str | None = None  # hub weights pinned to this revision (commit, branch, tag); None: what refs/main names
     scaling: str = "l2"  # the feature scaling that suits these embeddings (heads fit it per training fold)
     description: str = ""
     year: int | None = None
@@ -186,10 +211,15 @@ class EncoderSpec:
             )
         if self.loader == "checkpoint" and not (self.weights_path and self.architecture):
             raise ValueError(f"encoder {self.name!r}: a checkpoint encoder needs 'architecture' and 'weights_path'")
+        if self.revision is not None:
+            if self.loader not in HUB_LOADERS:
+                raise ValueError(f"encoder {self.name!r}: a {self.loader} encoder has no hub revision to pin "
+                                 f"({self.revision!r}); only OpenCLIP, timm and hf-hub models come from the Hub")
+            check_revision(self.revision, encoder=self.name)
 
     @property
     def base_name(self) -> str:
-        """The name without its variant suffix."""
+        """The name without its variant suffix (a pinned revision stays: ``name@revision=REV``)."""
         return self.name[: -len(self.variant.suffix) - 1] if self.variant else self.name
 
     @property

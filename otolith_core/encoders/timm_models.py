@@ -77,11 +77,12 @@ def spec_from_config(name: str, config: dict[str, Any], *, loader: str, model_id
                  description=f"timm {config['architecture']} from {model_id}")
 
 
-def spec_from_name(name: str, *, weights_dir: str | Path | None = None) -> EncoderSpec:
-    """``timm:MODEL[.TAG]`` -> spec; from the cached ``config.json`` without torch when possible."""
+def spec_from_name(name: str, *, weights_dir: str | Path | None = None, revision: str | None = None) -> EncoderSpec:
+    """``timm:MODEL[.TAG]`` -> spec; from the cached ``config.json`` (at ``revision``, default main) without torch
+    when possible."""
     model = name[len("timm:"):].strip()
     if "." in model and "torch" not in sys.modules:
-        cached = cached_hub_file(f"timm/{model}", TIMM_CONFIG, weights_dir)
+        cached = cached_hub_file(f"timm/{model}", TIMM_CONFIG, weights_dir, revision=revision)
         if cached:
             config = read_json(cached, encoder=name)
             if config.get("architecture") == model.split(".", 1)[0]:
@@ -136,7 +137,7 @@ def build_model(spec: EncoderSpec, *, weights_dir: str | Path | None = None):
                                      f"update timm (pip install -U timm)")
         own = preprocessing_from_pretrained_cfg(pretrained.to_dict())
         weights = fetch_hub_file(spec.weights_repo or pretrained.hf_hub_id, TIMM_WEIGHTS, encoder=spec.name,
-                                 download_size=spec.download_size, weights_dir=weights_dir)
+                                 download_size=spec.download_size, weights_dir=weights_dir, revision=spec.revision)
         create = dict(model_name=spec.model_id, pretrained_cfg_overlay={"file": weights})
     else:
         config, weights = _config_and_weights(spec, weights_dir)
@@ -210,9 +211,9 @@ def _config_and_weights(spec: EncoderSpec, weights_dir) -> tuple[dict[str, Any],
                                      f"expected one of {list(TIMM_WEIGHTS)}")
         return config, str(weights)
     if spec.loader == "hf-hub":
-        config_path = fetch_hub_file(spec.model_id, TIMM_CONFIG, encoder=spec.name,
-                                     download_size=spec.download_size, weights_dir=weights_dir)
-        weights = fetch_hub_file(spec.model_id, TIMM_WEIGHTS, encoder=spec.name,
-                                 download_size=spec.download_size, weights_dir=weights_dir)
+        config_path = fetch_hub_file(spec.model_id, TIMM_CONFIG, encoder=spec.name, download_size=spec.download_size,
+                                     weights_dir=weights_dir, revision=spec.revision)
+        weights = fetch_hub_file(spec.model_id, TIMM_WEIGHTS, encoder=spec.name, download_size=spec.download_size,
+                                 weights_dir=weights_dir, revision=spec.revision)
         return read_json(config_path, encoder=spec.name), weights
     raise EncoderUnavailable(f"encoder {spec.name!r}: loader {spec.loader!r} does not build a timm model")

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .spec import FITS, VARIANT_OPTIONS, Variant
+from .spec import FITS, REVISION_PIN, VARIANT_OPTIONS, Variant
 
 
 def split_variant(name: str) -> tuple[str, list[str] | None]:
     """``(base name, options)`` of ``name``; options are None when there is no variant suffix.
 
     The suffix is the text after the last ``@`` when every ``+``-joined token in it is a variant option,
-    so ``hf-hub:org/model@revision`` stays a plain name.
+    so ``hf-hub:org/model@revision=REV`` (a pinned revision, see :mod:`.registry`) stays a plain name.
     """
     base, at, suffix = name.rpartition("@")
     if not at or not base:
@@ -43,18 +43,29 @@ def parse_variant(name: str, options: list[str], *, clahe_clip_limit: float | No
                    clip_limit=clahe_clip_limit, kernel=clahe_kernel)
 
 
-def bad_suffix(name: str) -> str | None:
-    """The error for a name whose ``@`` suffix is no variant (``pixels-32@padd``), or None.
+def bad_suffix(model: str, *, name: str) -> str | None:
+    """The error for a model name that still holds an ``@`` suffix once its pin and variant are taken off, or None.
 
-    Hub names keep their ``@revision`` and a folder may have ``@`` in its path.
+    ``model`` is ``name`` without its ``@revision=REV`` and variant suffix (``pixels-32@padd``, or
+    ``x@pad`` of ``x@pad@revision=main``). A folder may have ``@`` in its path.
     """
-    base, at, suffix = name.rpartition("@")
-    if not at or not base or name.startswith("hf-hub:"):
+    pin = REVISION_PIN
+    base, at, suffix = model.rpartition("@")
+    if not at or not base:
         return None
-    if name.startswith("local-dir:") and Path(name[len("local-dir:"):]).expanduser().exists():
+    if model.startswith("local-dir:") and Path(model[len("local-dir:"):]).expanduser().exists():
         return None
+    if suffix.startswith(pin):
+        return f"encoder {name!r}: pin the revision once, right after the model name: {base}@{pin}REV"
+    if all(t.strip() in VARIANT_OPTIONS for t in suffix.split("+")):
+        if f"@{pin}" not in name:
+            return f"encoder {name!r}: a name has one variant suffix, its options joined by '+' (e.g. {base}@pad+clahe)"
+        revision = name.rpartition(f"@{pin}")[2].split("@")[0] or "REV"
+        return (f"encoder {name!r}: the variant comes last, after a pinned revision: "
+                f"{base}@{pin}{revision}@{suffix}")
     return (f"encoder {name!r}: {suffix!r} is not a preprocessing variant; the options are "
-            f"{', '.join(VARIANT_OPTIONS)}, joined by '+' (e.g. {base}@pad+clahe)")
+            f"{', '.join(VARIANT_OPTIONS)}, joined by '+' (e.g. {base}@pad+clahe); a hub model's revision is "
+            f"pinned as {base}@{pin}{suffix}")
 
 
 def apply_variant(image: Image.Image, variant: Variant, *, work_side: int) -> Image.Image:
