@@ -12,6 +12,7 @@ blank with the training fold's median (numbers, months) or most common value (ca
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,6 +25,11 @@ KINDS = ("numeric", "month", "categorical")
 NOT_COVARIATES = ("second_age",)
 LEAK_ACCURACY = 0.9  # covariates alone reading this share of ages exactly: no fish measurement does; an age column does
 NUMERIC_SHARE = 0.9  # a column is numeric when at least this share of its filled values are numbers
+# Whole numbers that are codes, not amounts: a name saying so, or few values each repeated often
+CODE_WORDS = frozenset({"number", "no", "nr", "code", "grid", "id", "class", "stage", "type", "sex", "maturity",
+                        "station", "cruise", "area", "region", "zone", "vessel", "gear", "haul"})
+CODE_MAX_VALUES = 10
+CODE_REPEATS = 10
 _MONTHS = {m: i for i, names in enumerate(
     [("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",), ("jun", "june"),
      ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"), ("oct", "october"), ("nov", "november"),
@@ -212,8 +218,30 @@ def _infer_kind(name: str, texts: Sequence[str]) -> str:
     if name.strip().lower() == "month":
         return "month"
     filled = [t for t in texts if t]
-    numbers = sum(_number(t) is not None for t in filled)
-    return "numeric" if filled and numbers >= NUMERIC_SHARE * len(filled) else "categorical"
+    numbers = [v for v in (_number(t) for t in filled) if v is not None]
+    if not filled or len(numbers) < NUMERIC_SHARE * len(filled):
+        return "categorical"
+    return "categorical" if is_code(name, numbers) else "numeric"
+
+
+def is_code(name: str, numbers: Sequence[float]) -> bool:
+    """Whether whole numbers in a column are codes (sex 1/2, maturity stage, area grid cell) rather than amounts:
+    the column's name says so (``sex_number``, ``area_grid``, ``station``...), or a few whole values
+    (at most ``CODE_MAX_VALUES``) each repeated many times. ``NAME:numeric`` overrides it."""
+    if not numbers or any(v != int(v) for v in numbers):
+        return False
+    tokens = set(re.split(r"[^a-z]+", name.lower()))
+    distinct = len(set(numbers))
+    if tokens & CODE_WORDS:
+        return True
+    return distinct <= CODE_MAX_VALUES and len(numbers) >= CODE_REPEATS * distinct
+
+
+def id_like(texts: Sequence[str]) -> bool:
+    """Whether a column names rows rather than describing fish (``measurement_id``, ``sample_id_x``): nearly every
+    filled value is different. Never offered as a covariate."""
+    filled = [t.strip() for t in texts if t and t.strip()]
+    return len(filled) >= 10 and len(set(filled)) >= 0.9 * len(filled)
 
 
 def _parse_column(texts: Sequence[str], kind: str) -> tuple[np.ndarray, tuple[str, ...], set[int]]:

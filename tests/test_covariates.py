@@ -197,7 +197,7 @@ def test_covariates_that_read_the_age_are_warned_about():
 
     rng = np.random.default_rng(0)
     ages = np.repeat(np.arange(1, 7), 20)
-    rows = [(int(a), {"copy": str(a * 10), "length": f"{20 + 5 * a + rng.normal(0, 12):.1f}"}) for a in ages]
+    rows = [(int(a), {"copy": f"{a * 0.13:.2f}", "length": f"{20 + 5 * a + rng.normal(0, 12):.1f}"}) for a in ages]
     records = _records(rows)
     data = Dataset(Path("/x"), "manifest", records)
     features = rng.normal(size=(len(records), 3))
@@ -211,3 +211,25 @@ def test_covariates_that_read_the_age_are_warned_about():
     assert not any("covariates alone" in n.message for n in honest.warnings)
     assert covariates_alone_accuracy(read_covariates(records, CovariateRequest.parse("copy")), ages) == 1.0
     assert covariates_alone_accuracy(read_covariates(records, CovariateRequest.parse("length")), ages) < 0.9
+
+
+def test_coded_columns_of_an_export_are_categories_and_ids_are_no_covariates():
+    """sex_number, maturity_number and area_grid hold codes, not amounts; length in whole cm is an amount; a name
+    or a few often-repeated whole values say which; NAME:numeric overrides; measurement_id names rows."""
+    from otolith_core.covariates import id_like
+
+    rng = np.random.default_rng(0)
+    rows = [(int(rng.integers(1, 9)), {"sex_number": str(int(rng.integers(1, 3))),
+                                       "maturity_number": str(int(rng.integers(1, 6))),
+                                       "area_grid": str(int(rng.integers(1, 40))),
+                                       "length": str(int(rng.integers(20, 110))),
+                                       "gear": str(int(rng.integers(1, 4))),
+                                       "measurement_id": str(1000 + i)}) for i in range(200)]
+    records = _records(rows)
+    table = read_covariates(records, CovariateRequest.parse("sex_number,maturity_number,area_grid,length,gear"))
+    assert table.encoding.kinds == ("categorical", "categorical", "categorical", "numeric", "categorical")
+    assert read_covariates(records, CovariateRequest.parse("sex_number:numeric")).encoding.kinds == ("numeric",)
+    few = _records([(2, {"length": "41"}), (3, {"length": "52"}), (4, {"length": "60"})])  # few rows: amounts
+    assert read_covariates(few, CovariateRequest.parse("length")).encoding.kinds == ("numeric",)
+    assert id_like([r.metadata["measurement_id"] for r in records])
+    assert not id_like([r.metadata["area_grid"] for r in records]) and not id_like(["a", "b"])

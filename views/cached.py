@@ -27,9 +27,9 @@ def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> D
 
 
 def covariate_columns(settings: Settings) -> list[str]:
-    """The manifest's extra columns a user may add as covariates: not constant, and none that holds the age itself
-    (a second reader's age, the demo's drawn truth: ``covariates.answer_columns``)."""
-    from otolith_core.covariates import answer_columns
+    """The manifest's extra columns a user may add as covariates: not constant, no id (nearly every value different:
+    ``covariates.id_like``), and none that holds the age itself (``covariates.answer_columns``)."""
+    from otolith_core.covariates import answer_columns, id_like
 
     try:
         data = dataset(settings)
@@ -38,7 +38,8 @@ def covariate_columns(settings: Settings) -> list[str]:
     records = data.records
     columns = dict.fromkeys(k for r in records for k in r.metadata)
     hidden = answer_columns(records, age_column=data.age_column)
-    return [c for c in columns if c not in hidden and len({r.metadata.get(c, "") for r in records}) > 1]
+    values = {c: [r.metadata.get(c, "") for r in records] for c in columns if c not in hidden}
+    return [c for c, texts in values.items() if len(set(texts)) > 1 and not id_like(texts)]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
