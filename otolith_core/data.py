@@ -76,6 +76,40 @@ class ManifestColumns:
         return tuple(c for c in (self.path, self.age, self.fish, *boxes, self.id) if c)
 
 
+def manifest_header(path: str | Path, *, n_rows: int = 50) -> pd.DataFrame | None:
+    """The first ``n_rows`` of a CSV manifest as text (a folder's ``manifest.csv``), or None for a folder of age
+    sub-folders or a file that cannot be read: what a column picker offers."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", nrows=n_rows)
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError):
+        return None
+    table.columns = [c.strip() for c in table.columns]
+    return table
+
+
+def detect_columns(table: pd.DataFrame) -> ManifestColumns:
+    """A first guess at a manifest's mapping from its first rows: the native names where present, else the column
+    of image paths or URLs and the column of boxes (``parse_box`` reads every filled value)."""
+    def share(column: str, test) -> float:
+        values = [v.strip() for v in table[column] if v.strip()]
+        return sum(map(test, values)) / len(values) if values else 0.0
+
+    def looks_like_image(text: str) -> bool:
+        return text.lower().startswith(URL_SCHEMES) or Path(image_name(text)).suffix.lower() in IMAGE_EXTENSIONS
+
+    columns = list(table.columns)
+    path = "path" if "path" in columns else max(columns, key=lambda c: share(c, looks_like_image), default="path")
+    boxes = [c for c in columns if c not in CROP_COLUMNS and share(c, lambda t: parse_box(t)[0] is not None) > 0.9
+             and not all(c_ in columns for c_ in CROP_COLUMNS)]
+    return ManifestColumns(path=path if path in columns and (path == "path" or share(path, looks_like_image) > 0.5)
+                           else "path", box=boxes[0] if boxes else None)
+
+
 def image_name(path_text: str) -> str:
     """How an image is named in every output: the path as written, or a URL without its query string and
     fragment (a presigned URL's signature and expiry change with every export; they never name an image)."""

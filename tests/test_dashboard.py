@@ -562,3 +562,54 @@ def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch)
     assert not app.exception and not cut
     assert not [i.value for i in app.info if "Press **Run comparison**" in i.value]
     assert set(app.dataframe[0].value["head"]) == {"svc", "most-frequent"}
+
+
+def _tray_export(folder: Path) -> Path:
+    """A lab export: two tray photos of 12 otoliths each, a box column, ages as 6.0, measurement ids."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["measurement_id,station_id,age,length,bounding_box,image__content__url"]
+    for t in range(2):
+        Image.fromarray(rng.integers(0, 255, (200, 600, 3), dtype=np.uint8)).save(folder / f"tray{t}.jpg")
+        for b in range(12):
+            rows.append(f'M{t}{b:02d},ST{t},{3 + b % 2}.0,{30 + b},"[[{50 * b}, 10], [{50 * b + 40}, 190]]",tray{t}.jpg')
+    (folder / "export.csv").write_text("\n".join(rows) + "\n")
+    return folder / "export.csv"
+
+
+def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_path, monkeypatch, media_stores):
+    """The column pickers come prefilled from the export (image column, box column); the Data page shows a tray
+    with its boxes; an id column picked renames every image; the run uses the mapping (its extraction job too),
+    and the URL carries it, so a reload comes back with it."""
+    app = _started(_tray_export(tmp_path), tmp_path, monkeypatch)
+    sidebar = app.sidebar
+    assert sidebar.selectbox(key="col_path").value == "image__content__url"
+    assert sidebar.selectbox(key="col_box").value == "bounding_box" and sidebar.selectbox(key="col_id").value == ""
+    sidebar.selectbox(key="col_id").set_value("measurement_id")
+    app.switch_page("views/data.py").run()
+    assert not app.exception
+    assert any(m.value == 24 or m.value == "24" for m in app.metric)
+    assert any("tray0.jpg: 12 boxes and their ids" in str(image.proto) for image in app.get("image"))
+    assert "measurement_id" not in app.sidebar.multiselect(key="covariates").options  # names rows, not fish
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.sidebar.number_input(key="folds").set_value(2)
+    app.run()
+    app.sidebar.button(key="run").click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    (job,) = list_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    assert job.state == "finished" and job.request.columns["id"] == "measurement_id"
+    app.switch_page("views/errors.py").run()
+    assert not app.exception
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "no-skill"}
+    url = dict(app.query_params)
+    assert url["col_box"] == "bounding_box" and url["col_id"] == "measurement_id"
+    reloaded = AppTest.from_file(APP, default_timeout=300)
+    for key, value in url.items():
+        reloaded.query_params[key] = value
+    reloaded.run()
+    assert not reloaded.exception and reloaded.sidebar.selectbox(key="col_id").value == "measurement_id"

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from otolith_core.data import Dataset, load_dataset
+from otolith_core.data import Dataset, ManifestColumns, load_dataset
 from otolith_core.embeddings import EmbeddingSet
 from otolith_core.encoders import ENCODER_ERRORS, EncoderSpec, error_message, resolve_encoder
 from views.state import Settings
 
 
 @st.cache_data(show_spinner="Reading the image list…", max_entries=8)
-def load_data(path: str, age_range: tuple[int, int] | None, signature: str) -> Dataset:
+def load_data(path: str, age_range: tuple[int, int] | None, signature: str,
+              columns: ManifestColumns = ManifestColumns()) -> Dataset:
     """The data set at ``path`` as of ``signature`` (a changed file gives a new signature and a new read)."""
-    return load_dataset(path, age_range=age_range)
+    return load_dataset(path, age_range=age_range, columns=columns)
 
 
 def covariate_columns(settings: Settings) -> list[str]:
@@ -54,7 +56,7 @@ def covariates_alone_accuracy(data_key: str, covariates: tuple[str, ...], impute
 
 def dataset(settings: Settings) -> Dataset:
     """The settings' data set; raises ValueError or FileNotFoundError with a readable message."""
-    return load_data(settings.data_path, settings.age_range, settings.data_signature)
+    return load_data(settings.data_path, settings.age_range, settings.data_signature, settings.columns)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -160,8 +162,6 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
 
 def _decode(path: str, crop: tuple[int, int, int, int] | None, min_side: int):
     """One image decoded (JPEGs at a reduced scale keeping the shorter side >= ``min_side``); None when it cannot be."""
-    from pathlib import Path
-
     from otolith_core.data import ImageRecord, load_image
 
     try:
@@ -186,6 +186,30 @@ def _decoded(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, s
     if image is not None:
         image.thumbnail((2 * size, 2 * size))
     return image
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def boxes_drawn(path: str, mtime_ns: int, boxes: tuple[tuple[tuple[int, int, int, int], str], ...],
+                width: int = 1400):
+    """The photo at ``path``, about ``width`` px wide, with each ``(box, image id)`` drawn on it (boxes in pixels of
+    the upright photo); None when it cannot be decoded."""
+    from PIL import ImageDraw
+
+    from otolith_core.data import upright_size
+
+    size = upright_size(Path(path))
+    photo = _decode(path, None, max(64, width * min(size) // max(size)) if size else width)
+    if photo is None or size is None:
+        return None
+    photo.thumbnail((width, width))
+    scale = photo.width / size[0]
+    draw = ImageDraw.Draw(photo)
+    line = max(2, photo.width // 400)
+    for (x0, y0, x1, y1), label in boxes:
+        box = [round(v * scale) for v in (x0, y0, x1, y1)]
+        draw.rectangle(box, outline=(255, 200, 0), width=line)
+        draw.text((box[0] + line + 2, box[1] + line + 2), label, fill=(255, 200, 0))
+    return photo
 
 
 def large_image(record, brightness: float, contrast: float, size: int = 900):

@@ -1,5 +1,7 @@
 """Data page: what was found, how ages are spread, what was skipped, and what matters for CV."""
 
+from collections import Counter
+
 import pandas as pd
 import streamlit as st
 
@@ -20,7 +22,11 @@ left.metric("Images", len(dataset))
 mid.metric("Ages", f"{ages.min()}–{ages.max()}")
 right.metric("Skipped", len(dataset.skipped))
 st.caption(f"Source: `{dataset.source}` ({dataset.kind})"
-           + (f"; ages clipped to {dataset.age_range[0]}–{dataset.age_range[1]}" if dataset.age_range else ""))
+           + (f"; ages clipped to {dataset.age_range[0]}–{dataset.age_range[1]}" if dataset.age_range else "")
+           + ("" if dataset.columns.native else "; columns: " + ", ".join(
+               f"{role} ← `{column}`" for role, column in (("path", dataset.columns.path), ("age", dataset.columns.age),
+                                                          ("fish", dataset.columns.fish), ("box", dataset.columns.box),
+                                                          ("id", dataset.columns.id)) if column)))
 
 counts = ages.value_counts().sort_index()
 sparse = counts[counts < settings.n_folds]
@@ -57,6 +63,20 @@ if with_keys is not None:
     for note in duplicate_warnings(with_keys, with_keys.rows, [dataset.records[i].id for i in with_keys.rows],
                                    dataset.ages[with_keys.rows], []):
         show_note(note)
+
+trays = Counter(r.path for r in dataset.records if r.crop is not None)
+if trays:
+    st.subheader("Photos and their boxes")
+    photos = [path for path, _ in trays.most_common()]
+    photo = st.selectbox("Photo", photos, key="tray_photo", format_func=lambda p: f"{p.name} ({trays[p]} boxes)",
+                         help="Each box is an image of its own, named by its id; check that the boxes sit on the "
+                              "otoliths (they are read in pixels of the upright photo).")
+    boxes = tuple((r.crop, r.id) for r in dataset.records if r.path == photo)
+    drawn = cached.boxes_drawn(str(photo), photo.stat().st_mtime_ns, boxes) if photo.exists() else None
+    if drawn is None:
+        st.warning(f"{photo.name} cannot be decoded.")
+    else:
+        st.image(drawn, caption=f"{photo.name}: {len(boxes)} boxes and their ids", width="stretch")
 
 st.subheader("Images per age")
 st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")

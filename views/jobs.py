@@ -23,7 +23,9 @@ RECENT_SECONDS = 15 * 60  # ended jobs stay listed this long
 
 
 def request_for(settings: Settings, encoder: str) -> JobRequest:
-    return JobRequest(settings.data_path, encoder)
+    from dataclasses import asdict
+
+    return JobRequest(settings.data_path, encoder, columns=None if settings.columns.native else asdict(settings.columns))
 
 
 def job_for(settings: Settings, encoder: str) -> JobStatus | None:

@@ -9,12 +9,13 @@ them.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
 
 from otolith_core.cache import default_cache_dir
-from otolith_core.data import data_signature
+from otolith_core.data import BOX_FORMATS, ManifestColumns, data_signature, detect_columns, manifest_header
 from otolith_core.heads import AUTO_SCALING, HEADS, SCALINGS, HeadSpec
 from otolith_core.encoders import presets, registry
 from otolith_core.encoders.variants import split_variant
@@ -113,6 +114,10 @@ def _draw(specs, known) -> Settings | None:
             return None
         data_path, is_demo = str(Path(typed).expanduser()), False
 
+    columns = _column_mapping(data_path)
+    if columns is None:
+        return None
+
     preset = sb.selectbox("Species preset", ["none", *known], key=_initial("preset", "none"),
                           help="; ".join(f"{k}: {v.get('description', '')}" for k, v in known.items()))
     preset_range = known.get(preset, {}).get("age_range")
@@ -126,13 +131,13 @@ def _draw(specs, known) -> Settings | None:
         if age_range[0] > age_range[1]:
             sb.warning("The minimum age must not exceed the maximum.")
             return None
-    signature = data_signature(data_path)
+    signature = data_signature(data_path, columns)
 
     sb.header("Encoders")
     # Labels must not change while the app runs: Streamlit matches a multiselect's values by their labels.
     chosen = sb.multiselect("Encoders", list(specs), key=_initial("encoders", list(DEMO_ENCODERS) if is_demo else []),
                             format_func=lambda name: _encoder_label(specs[name]))
-    cached_text = _cached_text(data_path, age_range, signature, chosen)
+    cached_text = _cached_text(data_path, age_range, signature, chosen, columns)
     if cached_text:
         sb.caption(cached_text)
     with sb.expander("About these encoders"):
@@ -154,12 +159,12 @@ def _draw(specs, known) -> Settings | None:
                               help="Two or more of the chosen encoders as one more row, 'A + B': each part scaled "
                                    "as its own entry says, then concatenated, on the same folds.")
     combined = (tuple(together),) if len(together) >= 2 else ()
-    probe = Settings(data_path, signature, is_demo, (), (), 2, 0, age_range, str(default_cache_dir()))
-    columns = cached.covariate_columns(probe)
-    st.session_state["covariates"] = [c for c in st.session_state.get("covariates", []) if c in columns]
+    probe = Settings(data_path, signature, is_demo, (), (), 2, 0, age_range, str(default_cache_dir()), columns=columns)
+    offered = cached.covariate_columns(probe)
+    st.session_state["covariates"] = [c for c in st.session_state.get("covariates", []) if c in offered]
     covariates = tuple(sb.multiselect(
-        "Fish covariates (manifest columns)", columns, key="covariates", disabled=not columns,
-        placeholder="Choose columns" if columns else "The data has no extra columns",
+        "Fish covariates (manifest columns)", offered, key="covariates", disabled=not offered,
+        placeholder="Choose columns" if offered else "The data has no extra columns",
         help="Added to every encoder as features: numbers standardised in each training fold, a column named "
              "month as sin/cos, text one-hot. Adds the rows 'covariates' (them alone) and 'A + covariates'."))
     impute = sb.checkbox("Fill blank covariates with the training median", key=_initial("impute_covariates", False),
@@ -193,7 +198,47 @@ def _draw(specs, known) -> Settings | None:
     curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
                     str(default_cache_dir()), repeats, GROUPING[grouping][1], curve, combined, covariates,
-                    bool(impute and covariates))
+                    bool(impute and covariates), columns)
+
+
+NO_COLUMN = ""  # a picker's "none" choice (no box column, no id column)
+
+
+def _column_mapping(data_path: str) -> ManifestColumns | None:
+    """Column pickers for a CSV manifest (a lab's export read as it is), prefilled by ``detect_columns``; the
+    native mapping for a folder of age sub-folders. None (after saying why) when the mapping cannot be used."""
+    header = manifest_header(data_path)
+    if header is None:
+        return ManifestColumns()
+    names = list(header.columns)
+    guess = detect_columns(header)
+    defaults = {"col_path": guess.path, "col_age": guess.age, "col_fish": guess.fish, "col_box": guess.box or NO_COLUMN,
+                "col_box_format": guess.box_format, "col_id": guess.id or NO_COLUMN}
+    optional = [NO_COLUMN, *names]
+    for key, value in defaults.items():  # a value of another file (or none yet) gives way to this file's guess
+        offered = BOX_FORMATS if key == "col_box_format" else optional if key in ("col_box", "col_id", "col_fish") else names
+        if st.session_state.get(key) not in offered:
+            st.session_state[key] = value if value in offered else (offered[0] if offered else NO_COLUMN)
+    with st.sidebar.expander("Manifest columns", expanded=not guess.native):
+        st.caption("Which of the manifest's columns hold what (a lab's export is read as it is).")
+        pick = partial(st.selectbox, format_func=lambda c: c or "(none)")
+        path = pick("Image paths or URLs", names, key="col_path")
+        age = pick("Reader ages", names, key="col_age")
+        fish = pick("Fish (photos of one fish)", optional, key="col_fish",
+                    help="Photos that share a value are one fish: kept in one fold.")
+        box = pick("Crop box (one column)", optional, key="col_box",
+                   help="[[x0, y0], [x1, y1]], [x0, y0, x1, y1] or x0,y0,x1,y1 in pixels of the upright photo; "
+                        "(none): the x0, y0, x1, y1 columns when present. Each box is an image of its own.")
+        box_format = st.radio("Box numbers", BOX_FORMATS, key="col_box_format", horizontal=True, disabled=not box,
+                              format_func={"xyxy": "corners", "xywh": "corner + width, height"}.get)
+        given = pick("Image id (optional)", optional, key="col_id",
+                     help="A column naming each image, e.g. measurement_id; (none): its path plus its box.")
+    try:
+        return ManifestColumns(path=path, age=age, fish=fish or "fish_id", box=box or None, box_format=box_format,
+                               id=given or None)
+    except ValueError as exc:
+        st.sidebar.warning(str(exc))
+        return None
 
 
 def _encoder_facts(specs) -> str:
@@ -209,11 +254,12 @@ def _encoder_label(spec) -> str:
     return f"{spec.name} · {'built in' if spec.loader == 'builtin' else spec.download_size}"
 
 
-def _cached_text(data_path: str, age_range, signature: str, names) -> str:
+def _cached_text(data_path: str, age_range, signature: str, names, columns: ManifestColumns) -> str:
     """``"Cached: a 400/400, b 0/400"`` for the chosen encoders (empty when the data cannot be read)."""
     if not names:
         return ""
-    probe = Settings(data_path, signature, False, tuple(names), (), 2, 0, age_range, str(default_cache_dir()))
+    probe = Settings(data_path, signature, False, tuple(names), (), 2, 0, age_range, str(default_cache_dir()),
+                     columns=columns)
     try:
         data = cached.dataset(probe)
     except (ValueError, FileNotFoundError):

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import streamlit as st
 
+from otolith_core.data import ManifestColumns
 from otolith_core.heads import HeadSpec
 
 _SETTINGS = "settings"
@@ -43,11 +44,14 @@ class Settings:
     combined: tuple[tuple[str, ...], ...] = ()  # groups of chosen encoders also evaluated concatenated ("A + B")
     covariates: tuple[str, ...] = ()  # manifest columns added as features (rows "covariates", "A + covariates")
     impute_covariates: bool = False  # blanks take the training fold's median instead of skipping the image
+    columns: ManifestColumns = ManifestColumns()  # which manifest columns hold the path, age, fish, box and id
 
     @property
     def data_key(self) -> str:
-        """The data set as read now: path, age clipping and the files' signature."""
-        return f"{self.data_path}|{self.age_range}|{self.data_signature}"
+        """The data set as read now: path, age clipping, column mapping and the files' signature (which also
+        names the mapping)."""
+        mapping = "" if self.columns.native else f"|{self.columns}"
+        return f"{self.data_path}|{self.age_range}|{self.data_signature}{mapping}"
 
 
 def settings() -> Settings | None:
@@ -108,6 +112,7 @@ URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "data_choice": _TEXT, "data_path": _TEXT, "preset": _TEXT, "clip_ages": _BOOL, "age_min": _INT, "age_max": _INT,
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
+    "col_path": _TEXT, "col_age": _TEXT, "col_fish": _TEXT, "col_box": _TEXT, "col_box_format": _TEXT, "col_id": _TEXT,
 }
 URL_LISTS = ("encoders", "variants", "combine", "covariates", "heads")  # multiselects: one query parameter per chosen value
 
