@@ -6,8 +6,8 @@ solidity, normalised elliptic Fourier descriptors, then read the radial grey pro
 nucleus outwards (opaque and translucent zones) and its spectrum, which carries the ring spacing.
 
 The segmentation expects one otolith on a contrasting background: brighter or darker than the
-cloth, which may be textured and unevenly lit (vignetting); the otolith may be thin, curved, broken
-or cut by the frame.
+cloth, which may be textured and unevenly lit (vignetting, a band of light or glare along an edge of
+the frame); the otolith may be thin, curved, broken or cut by the frame.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-BUILTIN_VERSION = 3  # bump when a built-in extractor's numbers change: it is part of the cache key
+# Bump an extractor's version when its numbers change, or when it accepts images it rejected (its
+# failures are cached too): the version is part of that extractor's cache key, and of no other's.
+BUILTIN_VERSIONS = {"otolith-morphometrics": 4, "pixels-32": 3}
 WORK_SIDE = 512  # images are measured at this longest side; lengths are scaled back to input pixels
 EFD_ORDER = 10
 PROFILE_SAMPLES = 96
@@ -29,6 +31,9 @@ MORPHOMETRICS_DIM = 11 + (4 * EFD_ORDER - 3) + PROFILE_FEATURES + SPECTRUM_BINS 
 SMOOTHING_SIGMA = 2.0  # working pixels: wipes out cloth weave and sensor grain, keeps the outline
 BORDER_SHARE_MAX = 0.25  # a part covering more of the frame's border than this is background, not otolith
 MIN_SEPARATION = 5.0  # otolith minus cloth grey, in standard deviations of the cloth, below which nothing stands out
+SURFACE_FITS = 6  # at most: the robust background fit usually settles after 2 or 3
+EDGE_BAND_FILL = 0.5  # bright (dark) over more than this share of an edge: a band of light (shadow) runs along it
+EDGE_BAND_SPREAD = 1.25  # a band of light is at most this much deeper than its median depth (wider towards the lamp)
 
 
 def otolith_morphometrics(image: Image.Image) -> np.ndarray:
@@ -96,7 +101,7 @@ def segment_otolith(grey: np.ndarray) -> np.ndarray:
 
 
 def _segment_bright(signed: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, float]:
-    """Mask of the largest bright object and how far it stands out, in standard deviations of the rest.
+    """Mask of the largest bright object and how far it stands out, in robust standard deviations of the cloth.
 
     The separation is 0 where the object covers more than ``BORDER_SHARE_MAX`` of the frame's border
     (the background fills the border) or leaves too little background to measure.
@@ -104,18 +109,83 @@ def _segment_bright(signed: np.ndarray, border: np.ndarray) -> tuple[np.ndarray,
     from skimage import filters
 
     margin = max(2, round(0.02 * max(signed.shape)))  # cloth starts this far out: the outline is blurred
-    mask = _pick_otolith(signed > filters.threshold_otsu(signed), border)
-    cloth = ~_grow(mask, margin)
+    mask, bands = _split_edge_bands(signed > filters.threshold_otsu(signed), border, margin)
+    cloth = ~_grow(mask | bands, margin)
     if cloth.mean() < 0.05:
         return mask, 0.0
     # Vignetting and uneven light are smooth over the frame: a quadratic surface fitted to the cloth
     # around the first mask and subtracted leaves the cloth near 0 from the centre to the corners.
     flat = signed - _fit_quadratic_surface(signed, cloth)
-    mask = _pick_otolith(flat > filters.threshold_otsu(flat), border)
-    cloth = ~_grow(mask, margin)
+    mask, bands = _split_edge_bands(flat > filters.threshold_otsu(flat), border, margin)
+    cloth = ~_grow(mask | bands, margin)
     if not mask.any() or cloth.mean() < 0.05 or mask[border].sum() > BORDER_SHARE_MAX * border.sum():
         return mask, 0.0
-    return mask, float((flat[mask].mean() - flat[cloth].mean()) / (flat[cloth].std() + 1e-9))
+    return mask, _separation(flat[mask], flat[cloth])
+
+
+def _split_edge_bands(candidates: np.ndarray, border: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """The otolith among candidate pixels, and the bands of light along the frame's edges taken out first.
+
+    A band of light (or shadow) along an edge is neither otolith nor cloth: taking it out cuts a band
+    that touches the otolith off it, and keeps the band out of the cloth that the surface and the
+    separation read.
+
+    Parameters
+    ----------
+    candidates : ``(height, width)`` bool, pixels brighter than the threshold.
+    border : ``(height, width)`` bool, the frame's outermost pixels.
+    margin : pixels the bands are grown by: their inner edge fades out raggedly, in wisps that would
+        otherwise be left over as small bright objects.
+
+    Returns
+    -------
+    mask : ``(height, width)`` bool, the otolith (see ``_pick_otolith``).
+    bands : ``(height, width)`` bool, the edge bands, grown.
+    """
+    bands = np.zeros(candidates.shape, dtype=bool)
+    for turns in range(4):  # each edge in turn brought to the top
+        bands |= np.rot90(_top_band(np.rot90(candidates, turns)), -turns)
+    if bands.any():
+        bands = _grow(bands, margin)
+    return _pick_otolith(candidates & ~bands, border), bands
+
+
+def _top_band(candidates: np.ndarray) -> np.ndarray:
+    """The band of candidate pixels along the top edge, ``(height, width)`` bool; none if they fill half of it or less.
+
+    An otolith, even one cut by the frame, covers less than ``EDGE_BAND_FILL`` of an edge; a band of
+    light runs along it. Column by column, the band is the run of candidates down from the edge, cut
+    at ``EDGE_BAND_SPREAD`` times the median run: the run goes on into an otolith that touches the
+    band, over less than half the edge, and that must not be taken for band.
+    """
+    height = candidates.shape[0]
+    if candidates[0].mean() <= EDGE_BAND_FILL:
+        return np.zeros(candidates.shape, dtype=bool)
+    runs = np.where(candidates.all(axis=0), height, np.argmin(candidates, axis=0))  # first non-candidate row
+    depth = np.minimum(runs, EDGE_BAND_SPREAD * np.median(runs))
+    return np.arange(height)[:, None] < depth[None, :]
+
+
+def _separation(inside: np.ndarray, cloth: np.ndarray) -> float:
+    """How far the object's grey stands out from the cloth's, in robust standard deviations of the cloth.
+
+    Medians, and the cloth's median absolute deviation scaled to a standard deviation, so that a
+    strip of glare, a dark corner or a bit of the otolith's rim left among the cloth pixels cannot
+    inflate the spread: a mean and standard deviation would let a bright band a twentieth of the
+    cloth wide hide an otolith that stands out by twenty standard deviations.
+
+    Parameters
+    ----------
+    inside : ``(n_object_pixels,)`` grey levels of the object, background-flattened.
+    cloth : ``(n_cloth_pixels,)`` grey levels of the cloth around it, flattened the same way.
+
+    Returns
+    -------
+    separation : (object median - cloth median) / (1.4826 * cloth median absolute deviation).
+    """
+    centre = np.median(cloth)
+    spread = 1.4826 * np.median(np.abs(cloth - centre))
+    return float((np.median(inside) - centre) / (spread + 1e-9))
 
 
 def _pick_otolith(candidates: np.ndarray, border: np.ndarray) -> np.ndarray:
@@ -144,8 +214,10 @@ def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
 def _fit_quadratic_surface(values: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Robust least-squares ``a + bx + cy + dx^2 + exy + fy^2`` through ``values[where]``, evaluated everywhere.
 
-    The second fit leaves out the pixels far off the first (more than 3 robust standard deviations):
-    a piece of otolith inside ``where`` does not bend the surface.
+    Each fit after the first leaves out the pixels far off the one before (more than 3 robust standard
+    deviations), until the pixels left out stay the same: a piece of otolith, or a band of glare along
+    an edge, inside ``where`` does not bend the surface. A band bends the first fit far enough that
+    one round of leaving out is not enough.
     """
     def terms(y: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
         return [np.ones_like(x * y), x, y, x**2, x * y, y**2]
@@ -157,11 +229,15 @@ def _fit_quadratic_surface(values: np.ndarray, where: np.ndarray) -> np.ndarray:
     picked = slice(None, None, max(1, rows.size // 5000))  # a few thousand pixels pin six numbers down
     design = np.stack(terms(rows[picked] / values.shape[0] - 0.5, cols[picked] / values.shape[1] - 0.5), axis=1)
     target = values[rows[picked], cols[picked]]
-    residuals = target - design @ fit(design, target)
-    centre = np.median(residuals)
-    spread = 1.4826 * np.median(np.abs(residuals - centre))  # a standard deviation a few otolith pixels barely move
-    keep = np.abs(residuals - centre) <= 3 * spread + 1e-9
-    coeffs = fit(design[keep], target[keep])
+    keep = np.ones(target.size, dtype=bool)
+    for _ in range(SURFACE_FITS):
+        coeffs = fit(design[keep], target[keep])
+        residuals = target - design @ coeffs
+        centre = np.median(residuals)
+        spread = 1.4826 * np.median(np.abs(residuals - centre))  # a standard deviation a few otolith pixels barely move
+        kept, keep = keep, np.abs(residuals - centre) <= 3 * spread + 1e-9
+        if np.array_equal(keep, kept):
+            break
     y = (np.arange(values.shape[0]) / values.shape[0] - 0.5)[:, None]
     x = (np.arange(values.shape[1]) / values.shape[1] - 0.5)[None, :]
     return sum(c * t for c, t in zip(coeffs, terms(y, x)))

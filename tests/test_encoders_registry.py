@@ -103,7 +103,9 @@ KEYS_BEFORE = {
     ("siglip-so400m-14-384", "fp32"): "fd4af81bb40993b3", ("siglip-so400m-14-384", "bf16"): "3696a6f346df09f5",
     ("siglip2-so400m-14-378", "fp32"): "7c0cd1164cc13807", ("siglip2-so400m-14-378", "bf16"): "08415ec78d09b41c",
     ("siglip2-so400m-16-384", "fp32"): "2029ccd8ee9517c8", ("siglip2-so400m-16-384", "bf16"): "b29f958c10ea70be",
-    ("otolith-morphometrics", "fp32"): "83b4e5326764f8cf", ("pixels-32", "fp32"): "e31986bfd0cbdd04",
+    # morphometrics v4 (was 83b4e5326764f8cf): it measures photos with a band of light along an edge
+    # that v3 rejected, and cached failures must not be reused; pixels-32 did not change and keeps its store.
+    ("otolith-morphometrics", "fp32"): "e14c34d09f7d7f12", ("pixels-32", "fp32"): "e31986bfd0cbdd04",
 }
 
 

@@ -1,6 +1,6 @@
 """Otolith morphometrics on drawn photos of one otolith: bright on dark cloth or dark on light cloth,
-the cloth textured and vignetted, the otolith straight, banana or crescent shaped, whole or broken,
-inside the frame or cut by its edge."""
+the cloth textured and vignetted, perhaps dyed and lit by a band of light along one edge, the otolith
+straight, banana or crescent shaped, whole or broken, inside the frame or cut by its edge."""
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ def _smooth_noise(rng, shape, grid, amplitude):
 
 
 def draw_photo(*, size=TEST_SIZE, cloth="dark", bend=0.0, aspect=0.3, blunt=False, broken=False, at_edge=False,
-               otolith=True, seed=0):
+               otolith=True, vignetting=0.45, falloff=2, seed=0):
     """A photo of one otolith on cloth, and the drawn otolith's mask ``(height, width)``.
 
     The otolith is a bright (dark cloth) or dark (light cloth) ellipse along a centre line that is
@@ -38,6 +38,8 @@ def draw_photo(*, size=TEST_SIZE, cloth="dark", bend=0.0, aspect=0.3, blunt=Fals
     broken : one end snapped off along a jagged line.
     at_edge : the otolith runs off the left edge of the frame.
     otolith : False draws the cloth alone.
+    vignetting : the share of the light the corners lose; it falls off as the distance from the centre
+        to the power ``falloff`` (2 is a quadratic surface, as the segmentation models it).
     """
     rng = np.random.default_rng(seed)
     width, height = size
@@ -75,7 +77,7 @@ def draw_photo(*, size=TEST_SIZE, cloth="dark", bend=0.0, aspect=0.3, blunt=Fals
     mottle = _smooth_noise(rng, (h, w), (16, 24), 10) + _smooth_noise(rng, (h, w), (h // 6, w // 6), 6)
     grey = np.where(inside, body, (40 if dark else 205) + mottle).astype(np.float32)
     corner = np.hypot((np.arange(h)[:, None] - h / 2) / (h / 2), (np.arange(w)[None, :] - w / 2) / (w / 2)) / np.sqrt(2)
-    grey *= 1.0 - 0.45 * corner**2  # vignetting: the corners get about half the light
+    grey *= 1.0 - vignetting * corner**falloff  # by default the corners get about half the light
     if step > 1:
         grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
         inside = np.asarray(Image.fromarray(inside).resize(size, Image.Resampling.NEAREST))
@@ -185,3 +187,106 @@ def test_a_blank_image_is_named(pixels):
 def test_segment_otolith_names_a_wrong_shape():
     with pytest.raises(ValueError, match=r"2-D array, got shape \(8, 8, 3\)"):
         morphometrics.segment_otolith(np.zeros((8, 8, 3)))
+
+
+# The photos from the issue "a built-in extractor drops real photos": 3 of 31 real cod sections were
+# rejected. A bright ringed otolith fills a third of the frame on dark blue textured cloth, with a
+# bright yellow band of light along one edge.
+ISSUE_SIZE = (1500, 1000)
+DARK_BLUE = (0.6, 0.85, 2.0)  # per channel, times the cloth's grey: navy (about (24, 34, 80)), nearly as grey
+BAND_YELLOW = (255, 225, 70)
+GLARE_WHITE = (255, 255, 250)
+THIRD_OF_FRAME = {"aspect": 0.5}  # the drawn half-length is 0.36 of the width: the ellipse covers 0.31 of a 3:2 frame
+
+
+def band_weight(shape, band, band_width):
+    """How much of a band of light along one edge each pixel gets, ``shape`` float in [0, 1].
+
+    band : "top", "bottom", "left" or "right", the edge the band runs along.
+    band_width : the band's depth from the edge as a share of the frame's shorter side; it varies by
+        +-15% along the edge (the lamp is nearer one end) and fades out over a quarter of its depth.
+    """
+    from scipy.special import expit
+
+    height, width = shape
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    depth, along = {"top": (rows, cols / width), "bottom": (height - 1 - rows, cols / width),
+                    "left": (cols, rows / height), "right": (width - 1 - cols, rows / height)}[band]
+    reach = band_width * min(height, width)
+    return expit((reach * (0.85 + 0.3 * along) - depth) / (0.25 * reach))
+
+
+def light_photo(photo, drawn, *, dye=None, band=None, band_width=0.06, band_colour=BAND_YELLOW):
+    """A drawn photo with its cloth dyed and a band of light along one edge (see ``band_weight``).
+
+    dye : per-channel factors the cloth's pixels are multiplied by (None: left grey).
+    band : the edge the band runs along (None: no band).
+    band_colour : the band's colour where it is brightest (at the edge).
+    """
+    pixels = np.asarray(photo, dtype=np.float32)
+    if dye is not None:
+        pixels = np.where(drawn[..., None], pixels, pixels * np.asarray(dye, dtype=np.float32))
+    if band is not None:
+        weight = band_weight(drawn.shape, band, band_width)[..., None]
+        pixels = pixels * (1 - weight) + np.asarray(band_colour, dtype=np.float32) * weight
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _assert_measures_the_drawn_otolith(photo, drawn, *, iou=0.9, length=0.03):
+    """The extractor accepts the photo, its mask matches the drawing and its Feret length the drawn one."""
+    features = morphometrics.otolith_morphometrics(photo)
+    assert features.shape == (morphometrics.MORPHOMETRICS_DIM,) and np.isfinite(features).all()
+    grey, _ = morphometrics._work_grey(photo)
+    assert _iou(morphometrics.segment_otolith(grey), _work_mask(drawn, grey.shape)) >= iou
+    drawn_length, _ = morphometrics._feret_length_width(np.argwhere(drawn))
+    assert np.exp(features[2]) == pytest.approx(drawn_length, rel=length)  # features[2]: log Feret length
+
+
+@pytest.mark.parametrize("band", ["top", "left"])  # along a long and a short edge (the others below)
+def test_a_band_of_light_along_an_edge_is_not_cloth(band):
+    photo, drawn = draw_photo(size=ISSUE_SIZE, **THIRD_OF_FRAME, seed=6)
+    photo = light_photo(photo, drawn, dye=DARK_BLUE, band=band)
+    _assert_measures_the_drawn_otolith(photo, drawn)
+
+
+# Smaller photos from here on: all are measured at WORK_SIDE.
+UNEVEN_LIGHT = {
+    # corners at a fifth of the light, falling off faster than the quadratic surface models
+    "strong-vignetting": dict(draw=dict(vignetting=0.8, falloff=4), light=dict(dye=DARK_BLUE, band="top")),
+    "glare-band": dict(draw=dict(vignetting=0.7, falloff=3),
+                       light=dict(dye=DARK_BLUE, band="bottom", band_width=0.12, band_colour=GLARE_WHITE)),
+    "light-cloth-white-glare": dict(draw=dict(cloth="light"), light=dict(band="top", band_colour=GLARE_WHITE)),
+    "light-cloth-yellow-band": dict(draw=dict(cloth="light"), light=dict(band="right")),
+}
+
+
+@pytest.mark.parametrize("light", UNEVEN_LIGHT.values(), ids=UNEVEN_LIGHT.keys())
+def test_an_otolith_in_uneven_light_is_measured(light):
+    photo, drawn = draw_photo(**THIRD_OF_FRAME, **light["draw"], seed=7)
+    photo = light_photo(photo, drawn, **light["light"])
+    _assert_measures_the_drawn_otolith(photo, drawn)
+
+
+TOUCHING_BAND = dict(dye=DARK_BLUE, band="left", band_width=0.24)
+
+
+def test_a_band_of_light_over_the_otolith_tip_is_cut_off_it():
+    photo, drawn = draw_photo(**THIRD_OF_FRAME, seed=6)
+    light = band_weight(drawn.shape, TOUCHING_BAND["band"], TOUCHING_BAND["band_width"])
+    visible = drawn & (light < 0.5)
+    assert visible.sum() < drawn.sum()  # the band covers the tip: what lies under it cannot be seen
+    photo = light_photo(photo, drawn, **TOUCHING_BAND)
+    grey, _ = morphometrics._work_grey(photo)
+    assert not morphometrics.segment_otolith(grey)[:, 0].any()  # none of the band is taken for otolith
+    # The band is cut a quarter deeper than it reaches along most of the edge (it may widen towards
+    # its lamp), so a little of the otolith goes with it.
+    _assert_measures_the_drawn_otolith(photo, visible, iou=0.85, length=0.08)
+
+
+@pytest.mark.parametrize("light", [*UNEVEN_LIGHT.values(), dict(draw={}, light=TOUCHING_BAND)],
+                         ids=[*UNEVEN_LIGHT.keys(), "wide-band"])
+def test_cloth_in_uneven_light_with_no_otolith_is_named(light):
+    photo, drawn = draw_photo(**light["draw"], otolith=False, seed=8)
+    photo = light_photo(photo, drawn, **light["light"])
+    with pytest.raises(ValueError, match="^no otolith found: nothing stands out from the background"):
+        morphometrics.otolith_morphometrics(photo)

@@ -36,9 +36,10 @@ def cache_identity(spec: EncoderSpec, *, precision: str, file_sha256: Callable[[
         found = local_weights_file(spec)
         weights = file_sha256(found) if found else "missing"
     elif spec.loader == "builtin":
-        from ..morphometrics import BUILTIN_VERSION
+        from ..morphometrics import BUILTIN_VERSIONS
 
-        weights = f"builtin-v{BUILTIN_VERSION}"
+        # An id with no extractor gets 0: it embeds nothing (load_builtin names it), but may still be keyed.
+        weights = f"builtin-v{BUILTIN_VERSIONS.get(spec.model_id, 0)}"
     preprocessing = asdict(spec.preprocessing) if spec.preprocessing else None
     if preprocessing and preprocessing["crop_pct"] == 1.0:
         del preprocessing["crop_pct"]
