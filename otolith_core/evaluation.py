@@ -81,7 +81,8 @@ class CVResult:
     repeat: np.ndarray  # (n_rows,) int
     alpha: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (repeat, fold) -> ridge alpha used
     chosen: Mapping[tuple[int, int], Mapping[str, float]] = field(default_factory=dict)  # -> {"C": ..., "k": ...}
-    proba: np.ndarray | None = None  # (n_rows, n_ages) out-of-fold class probabilities (logistic); columns: ``ages``
+    proba: np.ndarray | None = None  # (n_rows, n_ages) out-of-fold class probabilities (logistic); columns: ``ages``;
+    # 0 for an age the row's training fold lacked (``age_in_training``)
 
     @property
     def ages(self) -> np.ndarray:
@@ -139,6 +140,14 @@ class CVResult:
             return pd.DataFrame(columns=PROBABILITY_COLUMNS)
         frame = self.predictions()[PROBABILITY_COLUMNS]
         return pd.concat([frame, pd.DataFrame(self.proba, columns=[f"p_age_{a}" for a in self.ages])], axis=1)
+
+    def age_in_training(self) -> np.ndarray:
+        """``(n_rows,)`` bool: whether the row's training fold (its repeat, other folds) held its reader age.
+        Where not, the model could not give that age: ``proba`` has 0 for it, whatever the image shows."""
+        rows = pd.DataFrame({"repeat": self.repeat, "age": self.true_age, "fold": self.fold})
+        of_age = rows.groupby(["repeat", "age"])["fold"].transform("size")
+        in_own_fold = rows.groupby(["repeat", "age", "fold"])["fold"].transform("size")
+        return (of_age > in_own_fold).to_numpy()
 
     def first_repeat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images, reader ages, predicted ages) of repeat 0: each image exactly once."""
@@ -380,7 +389,8 @@ def cross_validate_head(
     Returns
     -------
     :class:`OutOfFold`; a head with class probabilities (logistic) also gives them, one column per age of
-    ``ages`` (0 for an age its training fold lacked).
+    ``ages`` (0 for an age its training fold lacked: :meth:`CVResult.age_in_training` marks the rows whose own
+    age that was).
     """
     features = np.asarray(features, dtype=np.float64)
     ages = np.asarray(ages)
