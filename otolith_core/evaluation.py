@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from .covariates import COVARIATE_SCALING, COVARIATES, LEAK_ACCURACY, CovariateRequest, read_covariates
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
-from .heads import BASELINE_HEAD, PROBABILISTIC_HEADS, HeadSpec, build_head, chosen_params, predict
+from .heads import BASELINE_HEAD, PROBABILISTIC_HEADS, HeadSpec, chosen_params, fit_head, predict
 from .metrics import METRICS, mean_sd, rmse, score
 from .stats import (BOOTSTRAP_METRICS, PairedTest, age_bias, bootstrap_intervals, bowker_symmetry, corrected_t_test,
                     holm_adjust, mcnemar_test, paired_t_test, wilcoxon_test)
@@ -81,7 +81,8 @@ class CVResult:
     repeat: np.ndarray  # (n_rows,) int
     alpha: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (repeat, fold) -> ridge alpha used
     chosen: Mapping[tuple[int, int], Mapping[str, float]] = field(default_factory=dict)  # -> {"C": ..., "k": ...}
-    proba: np.ndarray | None = None  # (n_rows, n_ages) out-of-fold class probabilities (logistic); columns: ``ages``
+    proba: np.ndarray | None = None  # (n_rows, n_ages) out-of-fold class probabilities (logistic); columns: ``ages``;
+    # 0 for an age the row's training fold lacked (``age_in_training``)
 
     @property
     def ages(self) -> np.ndarray:
@@ -139,6 +140,14 @@ class CVResult:
             return pd.DataFrame(columns=PROBABILITY_COLUMNS)
         frame = self.predictions()[PROBABILITY_COLUMNS]
         return pd.concat([frame, pd.DataFrame(self.proba, columns=[f"p_age_{a}" for a in self.ages])], axis=1)
+
+    def age_in_training(self) -> np.ndarray:
+        """``(n_rows,)`` bool: whether the row's training fold (its repeat, other folds) held its reader age.
+        Where not, the model could not give that age: ``proba`` has 0 for it, whatever the image shows."""
+        rows = pd.DataFrame({"repeat": self.repeat, "age": self.true_age, "fold": self.fold})
+        of_age = rows.groupby(["repeat", "age"])["fold"].transform("size")
+        in_own_fold = rows.groupby(["repeat", "age", "fold"])["fold"].transform("size")
+        return (of_age > in_own_fold).to_numpy()
 
     def first_repeat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images, reader ages, predicted ages) of repeat 0: each image exactly once."""
@@ -362,7 +371,8 @@ class OutOfFold:
 
 
 def cross_validate_head(
-    features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, n_jobs: int | None = None
+    features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, n_jobs: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> OutOfFold:
     """Out-of-fold predictions of one head.
 
@@ -374,24 +384,30 @@ def cross_validate_head(
     head : which head and parameters; a fresh head is fitted on each training fold.
     n_jobs : folds fitted at once, in worker processes; ``None`` decides by :func:`fold_workers`.
         The predictions are the same whatever the number.
+    groups : ``(n_images,)`` the fish of each image when ``folds`` keep a fish's photos together: the inner CV
+        choosing a head's parameter (ridge-cv, logistic, knn) then keeps them together too. None: ungrouped.
 
     Returns
     -------
     :class:`OutOfFold`; a head with class probabilities (logistic) also gives them, one column per age of
-    ``ages`` (0 for an age its training fold lacked).
+    ``ages`` (0 for an age its training fold lacked: :meth:`CVResult.age_in_training` marks the rows whose own
+    age that was).
     """
     features = np.asarray(features, dtype=np.float64)
     ages = np.asarray(ages)
     if features.ndim != 2 or features.shape[0] != ages.shape[0] or folds.shape != ages.shape:
         raise ValueError(f"features {features.shape}, ages {ages.shape} and folds {folds.shape} do not line up")
+    if groups is not None and np.shape(groups) != ages.shape:
+        raise ValueError(f"groups {np.shape(groups)} and ages {ages.shape} do not line up")
     fold_ids = [int(k) for k in np.unique(folds)]
     workers = fold_workers(head, features.shape[0], len(fold_ids)) if n_jobs is None else max(1, int(n_jobs))
     if workers > 1:
         from joblib import Parallel, delayed
 
-        outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, head) for k in fold_ids)
+        outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, head, groups)
+                                            for k in fold_ids)
     else:
-        outcomes = [_fit_fold(features, ages, folds == k, head) for k in fold_ids]
+        outcomes = [_fit_fold(features, ages, folds == k, head, groups) for k in fold_ids]
     classes = np.unique(ages)
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
@@ -440,10 +456,11 @@ def available_memory() -> float:
         return float("inf")
 
 
-def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec):
-    """Fit a fresh head on the training rows, predict the test rows: (whole ages, continuous, parameters used,
-    (the training fold's ages, class probabilities) or None for a head without probabilities)."""
-    model = build_head(head).fit(features[~test], ages[~test])
+def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec, groups: np.ndarray | None):
+    """Fit a fresh head on the training rows (its inner CV grouped by ``groups`` unless None), predict the test
+    rows: (whole ages, continuous, parameters used, (the training fold's ages, class probabilities) or None for a
+    head without probabilities)."""
+    model = fit_head(head, features[~test], ages[~test], groups=None if groups is None else groups[~test])
     pred, raw = predict(model, features[test])
     proba = (model.classes_, model.predict_proba(features[test])) if head.name in PROBABILISTIC_HEADS else None
     return pred, raw, chosen_params(head, model), proba
@@ -466,9 +483,11 @@ def nested_subsets(ages: np.ndarray, fractions: Sequence[float], *, seed: int) -
 
 def learning_curve(
     features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, seed: int,
-    fractions: Sequence[float] = LEARNING_FRACTIONS,
+    fractions: Sequence[float] = LEARNING_FRACTIONS, groups: np.ndarray | None = None,
 ) -> list[dict]:
-    """Scores on each test fold when training on growing, nested fractions of its training fold."""
+    """Scores on each test fold when training on growing, nested fractions of its training fold; ``groups`` (the
+    fish of each image, when ``folds`` keep them together) group the heads' inner CV as in
+    :func:`cross_validate_head`."""
     features = np.asarray(features, dtype=np.float64)
     rows = []
     for k in np.unique(folds):
@@ -478,7 +497,7 @@ def learning_curve(
             chosen = train[subset]
             if np.unique(ages[chosen]).size < 2:
                 continue  # a classifier needs two ages to learn from
-            model = build_head(head).fit(features[chosen], ages[chosen])
+            model = fit_head(head, features[chosen], ages[chosen], groups=None if groups is None else groups[chosen])
             pred, _ = predict(model, features[test])
             s = score(ages[test], pred)
             rows.append({"train_fraction": fraction, "fold": int(k), "n_train": int(chosen.size),
@@ -507,8 +526,8 @@ def compare(
     Parameters
     ----------
     repeats : R x k-fold with seeds ``seed .. seed + R - 1``.
-    group_by_fish : keep all photos of a fish in one fold; None (default) does so when the data has
-        several photos of any fish.
+    group_by_fish : keep all photos of a fish in one fold, and on one side of every inner CV that chooses a
+        head's parameter; None (default) does so when the data has several photos of any fish.
     with_learning_curve : also train on 10 %, 20 %, ... 100 % of each training fold.
     bootstrap_draws : draws for the 95 % intervals in the summary (fish resampled; 0: none), seeded by ``seed``.
     scalings : each encoder's own feature scaling (its registry entry), used by heads whose scaling is
@@ -552,9 +571,10 @@ def compare(
     groups = fish_groups(dataset, rows)
     if group_by_fish is None:
         group_by_fish = len(np.unique(groups)) < len(groups)
+    fit_groups = groups if group_by_fish else None  # the heads' inner CV is grouped whenever the folds are
     fold_sets, notes = [], []
     for r in range(repeats):
-        folds, fold_notes = make_folds(ages, n_folds=n_folds, seed=seed + r, groups=groups if group_by_fish else None)
+        folds, fold_notes = make_folds(ages, n_folds=n_folds, seed=seed + r, groups=fit_groups)
         fold_sets.append(folds)
         notes += [n for n in fold_notes if n not in notes]
     notes += duplicate_warnings(next(iter(embeddings.values())), rows, images, ages, fold_sets)
@@ -580,14 +600,15 @@ def compare(
             parts, alphas, chosen = [], {}, {}
             probas = []
             for r, folds in enumerate(fold_sets):
-                out = cross_validate_head(features, ages, folds, head)
+                out = cross_validate_head(features, ages, folds, head, groups=fit_groups)
                 parts.append((out.pred, out.raw, folds, np.full(ages.size, r)))
                 probas.append(out.proba)
                 alphas.update({(r, k): p["alpha"] for k, p in out.params.items()})
                 chosen.update({(r, k): {"C": p["C"], "k": p["k"]} for k, p in out.params.items()})
                 if with_learning_curve:
                     curve += [{"encoder": name, "head": head.label, "repeat": r, **row}
-                              for row in learning_curve(features, ages, folds, head, seed=seed + r)]
+                              for row in learning_curve(features, ages, folds, head, seed=seed + r,
+                                                        groups=fit_groups)]
             pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
             proba = np.vstack(probas) if probas[0] is not None else None
             results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,

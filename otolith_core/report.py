@@ -154,7 +154,8 @@ def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None)
         tables["learning_curve.csv"] = comparison.learning_curve_frame()
     if probabilistic(comparison.results):  # a head with class probabilities (logistic) ran
         tables["probabilities.csv"] = comparison.probabilities_frame()
-        tables["label_review.csv"] = with_second_ages(doubtful_ages(comparison.results), second)
+        ranking = doubtful_ages(comparison.results, fish=comparison.groups or None)
+        tables["label_review.csv"] = with_second_ages(ranking, second)
     return tables
 
 

@@ -613,3 +613,37 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
         reloaded.query_params[key] = value
     reloaded.run()
     assert not reloaded.exception and reloaded.sidebar.selectbox(key="col_id").value == "measurement_id"
+
+
+@pytest.mark.slow
+def test_review_says_how_many_images_could_not_be_scored_and_why(demo_manifest, demo_cache, tmp_path, monkeypatch,
+                                                                 media_stores):
+    """The issue's demo: one age-10 fish kept. No training fold that left it out held age 10, so its photos are
+    not scored (they used to score 1.0 and top the list): the page counts them and says why, and the ranking
+    lists them last, unranked; the score filter and the gallery skip them even at a score of at least 0."""
+    rows = pd.read_csv(demo_manifest)
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    kept = rows[rows.age == 10].fish_id.value_counts().index[0]  # a fish photographed twice
+    rows = rows[(rows.age != 10) | (rows.fish_id == kept)]
+    manifest = tmp_path / "one_old_fish.csv"
+    rows.to_csv(manifest, index=False)
+    shutil.copytree(demo_cache, tmp_path / "cache")
+    at = _started(manifest, tmp_path, monkeypatch)
+    at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
+    at.sidebar.multiselect(key="heads").set_value(["logistic"])
+    at.sidebar.number_input(key="folds").set_value(5)
+    at.run()
+    at.switch_page("views/review.py").run()
+    at.sidebar.button(key="run").click().run()
+    assert not at.exception
+    said = next(i.value for i in at.info if "could not be scored" in i.value)
+    assert "**2 images could not be scored**" in said
+    assert "2 × age 10 was in no training fold that left this image out (only 1 fish of that age)" in said
+    ranking = at.dataframe[0].value
+    assert set(ranking.path.tail(2)) == set(rows.path[rows.fish_id == kept])
+    assert ranking["score"].tail(2).isna().all() and ranking["rank"].tail(2).isna().all()
+    assert ranking["score"].head(len(ranking) - 2).is_monotonic_decreasing
+    at.slider(key="review_min_score").set_value(0.0).run()
+    assert not at.exception
+    assert any(c.value.startswith(f"{len(ranking) - 2} of {len(ranking) - 2} scored images") for c in at.caption)
+    assert not any("nan" in str(c.value) for c in at.caption)

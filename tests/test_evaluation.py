@@ -260,20 +260,29 @@ def test_no_skill_baseline_equals_dummy_classifier_fold_by_fold_and_is_in_no_tes
     assert all(r.encoder != "no-skill" for r in result.results)  # the Errors page and tests see models only
 
 
-@pytest.mark.parametrize("name", ["logistic", "knn"])
-def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_cv(name):
-    """Each outer training fold chooses C (logistic) or k (knn) by its own stratified 5-fold inner CV; the
-    predictions and the chosen values equal a plain scikit-learn loop doing the same, and folds.csv reports them."""
+@pytest.mark.parametrize("name,grouped", [("logistic", False), ("knn", False), ("knn", True)],
+                         ids=["logistic", "knn", "knn-fish"])
+def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_cv(name, grouped):
+    """Each outer training fold chooses C (logistic) or k (knn) by its own stratified 5-fold inner CV (grouped by
+    fish when the outer folds are); the predictions and the chosen values equal a plain scikit-learn loop doing
+    the same, and folds.csv reports them. (Both heads search through the same class, so grouping is checked on
+    the fast one: logistic grouped would add ~40 s.)"""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
 
     from otolith_core.heads import KNN_KS, LOGISTIC_CS
 
     data, sets = _dataset(n=100)
+    fish = np.arange(100) // 2 if grouped else None  # photos 2i and 2i+1 (same age) of one fish
+    if grouped:
+        data = Dataset(data.source, "manifest", tuple(ImageRecord(r.path, r.name, r.age, fish_id=f"F{f}")
+                                                      for r, f in zip(data.records, fish)))
     result = compare(data, {"enc-a": sets["enc-a"]}, [HeadSpec(name)], n_folds=4, seed=2)
+    assert result.grouped_by_fish == grouped
     r = result.results[0]
     X, y = normalize(sets["enc-a"].features.astype(np.float64)), data.ages
+    groups = np.asarray(result.groups)  # the fish ids as the folds saw them
     folds = result.folds_frame()
     folds = folds[folds.encoder == "enc-a"].set_index("fold")
     for k in range(4):
@@ -283,8 +292,37 @@ def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_c
         else:
             estimator, grid, column, key = (KNeighborsClassifier(metric="cosine", algorithm="brute"),
                                             {"n_neighbors": list(KNN_KS)}, "k", "n_neighbors")
-        search = GridSearchCV(estimator, grid, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                              scoring="accuracy").fit(X[train], y[train])
+        if grouped:
+            search = GridSearchCV(estimator, grid, cv=StratifiedGroupKFold(5, shuffle=True, random_state=0),
+                                  scoring="accuracy").fit(X[train], y[train], groups=groups[train])
+        else:
+            search = GridSearchCV(estimator, grid, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                                  scoring="accuracy").fit(X[train], y[train])
         np.testing.assert_array_equal(r.pred_age[test], search.predict(X[test]))
         assert folds.loc[k, column] == search.best_params_[key]
         assert np.isnan(folds.loc[k, "alpha"]) and np.isnan(folds.loc[k, "k" if name == "logistic" else "C"])
+
+
+def test_with_fish_kept_together_the_inner_search_is_grouped_and_folds_csv_shows_its_choice():
+    """The issue's case: 120 fish x 3 photos, no age signal. An inner CV that splits fish picks k = 1 in every
+    fold (a photo's neighbour is its own fish); grouped like the outer folds, it does not, and ridge-cv's alpha
+    is chosen on the same grouped splits instead of leave-one-photo-out."""
+    rng = np.random.default_rng(0)
+    fish = np.repeat(np.arange(120), 3)
+    ages = rng.integers(1, 5, 120)[fish]
+    features = rng.normal(size=(120, 16))[fish] + 0.05 * rng.normal(size=(360, 16))
+    records = tuple(ImageRecord(Path(f"/x/{i}.png"), f"{i}.png", int(a), fish_id=f"F{f}")
+                    for i, (a, f) in enumerate(zip(ages, fish)))
+    data = Dataset(Path("/x"), "manifest", records)
+    sets = {"enc": EmbeddingSet("enc", features.astype(np.float32), np.arange(360))}
+    heads = [HeadSpec("knn"), HeadSpec("ridge-cv")]
+    folds_csv = compare(data, sets, heads, n_folds=5, bootstrap_draws=0).folds_frame()
+    knn, ridge = (folds_csv[folds_csv["head"] == h] for h in ("knn", "ridge-cv"))
+    assert (knn.k > 1).all()
+    # the same outer folds with the inner CV splitting fish: the leaked choices
+    from otolith_core.evaluation import cross_validate_head, fish_groups
+
+    folds, _ = make_folds(ages, n_folds=5, seed=0, groups=fish_groups(data, np.arange(360)))
+    leaked = {h.name: cross_validate_head(features, ages, folds, h.for_encoder("l2")).params for h in heads}
+    assert [p["k"] for p in leaked["knn"].values()] == [1.0] * 5
+    assert (ridge.alpha.to_numpy() > [p["alpha"] for p in leaked["ridge-cv"].values()]).all()

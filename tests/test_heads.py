@@ -50,3 +50,65 @@ def test_labels_name_non_default_parameters():
 def test_bad_parameters_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HeadSpec(**kwargs)
+
+
+def _photos_of_fish(n_fish=120, photos=3, seed=0):
+    """The issue's case: no age signal at all, and the photos of one fish nearly alike (``(features, ages, fish)``)."""
+    rng = np.random.default_rng(seed)
+    fish = np.repeat(np.arange(n_fish), photos)
+    ages = rng.integers(1, 5, n_fish)[fish]
+    features = rng.normal(size=(n_fish, 16))[fish] + 0.05 * rng.normal(size=(n_fish * photos, 16))
+    return features, ages, fish
+
+
+def _fish_on_one_side(splits, fish):
+    return all(not set(fish[train]) & set(fish[validation]) for train, validation in splits)
+
+
+def test_knn_given_the_fish_chooses_k_on_inner_splits_that_never_split_a_fish():
+    """Ungrouped, a photo's nearest neighbour is its own fish's other photo: k = 1 scores 0.99 on ages that carry
+    no signal. Grouped, the inner validation holds only unseen fish, and the leaked choice goes."""
+    from otolith_core.heads import fit_head
+
+    X, y, fish = _photos_of_fish()
+    leaked = fit_head(HeadSpec("knn", scaling="l2"), X, y).named_steps["model"]
+    assert leaked.best_ == {"n_neighbors": 1} and leaked.search_.best_score_ > 0.95
+    assert not _fish_on_one_side(leaked.splits_, fish)
+    grouped = fit_head(HeadSpec("knn", scaling="l2"), X, y, groups=fish).named_steps["model"]
+    assert len(grouped.splits_) == 5 and _fish_on_one_side(grouped.splits_, fish)
+    assert grouped.best_["n_neighbors"] > 1 and grouped.search_.best_score_ < 0.5
+
+
+@pytest.mark.parametrize("n_fish,dim", [(120, 16), (20, 100)])  # fewer and more features than images
+def test_ridge_cv_given_the_fish_chooses_alpha_on_grouped_folds_and_without_them_by_leave_one_out(n_fish, dim):
+    """Grouped, alpha is the one ``RidgeCV`` would choose on the same group-aware splits (computed faster)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from otolith_core.heads import RIDGE_CV_ALPHAS, fit_head
+
+    X, y, fish = _photos_of_fish(n_fish=n_fish)
+    X = np.hstack([X, np.random.default_rng(1).normal(size=(X.shape[0], dim - X.shape[1]))])
+    Xs = normalize(X)
+    ungrouped = fit_head(HeadSpec("ridge-cv", scaling="l2"), X, y).named_steps["model"]
+    assert ungrouped.splits_ is None
+    assert ungrouped.alpha_ == RidgeCV(alphas=RIDGE_CV_ALPHAS).fit(Xs, y.astype(float)).alpha_  # as always
+    grouped = fit_head(HeadSpec("ridge-cv", scaling="l2"), X, y, groups=fish).named_steps["model"]
+    assert _fish_on_one_side(grouped.splits_, fish)
+    splits = StratifiedGroupKFold(5, shuffle=True, random_state=0).split(Xs, y, fish)
+    reference = RidgeCV(alphas=RIDGE_CV_ALPHAS, cv=splits, scoring="neg_mean_squared_error").fit(Xs, y.astype(float))
+    assert grouped.alpha_ == reference.alpha_
+    assert grouped.alpha_ > ungrouped.alpha_  # no signal: grouped, the penalty grows; leave-one-photo-out keeps it low
+
+
+def test_inner_splits_with_few_fish_leave_one_fish_out_and_a_single_fish_is_split_by_photo():
+    from otolith_core.heads import inner_cv, inner_splits
+
+    fish = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 2, 0, 1])  # 4 fish, fewer than the 5 inner folds
+    ages = np.array([1, 2, 3, 2])[fish]
+    splits = inner_splits(ages, fish)
+    assert sorted(np.unique(fish[validation]).tolist() for _, validation in splits) == [[0], [1], [2], [3]]
+    one_fish = np.full(10, 3)
+    alone = inner_splits(one_fish, np.zeros(10))
+    expected = inner_cv().split(np.zeros((10, 1)), one_fish)
+    assert all(np.array_equal(a, b) for pair in zip(alone, expected) for a, b in zip(*pair))

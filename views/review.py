@@ -39,7 +39,14 @@ def _doubtful_and_second_readings() -> None:
     if not chosen:
         st.caption("Choose at least one model.")
         return
-    table = doubtful_ages([models[m] for m in chosen])
+    table = doubtful_ages([models[m] for m in chosen], fish=comparison.groups or None)
+    unscored = table[table["score"].isna()]
+    if len(unscored):
+        st.info(f"**{len(unscored)} {'image' if len(unscored) == 1 else 'images'} could not be scored**: every model "
+                "that predicted them was trained without their reader age, so it gave that age probability 0 whatever "
+                "the photo shows. They are listed last in the ranking, unranked, and not in the gallery; read them "
+                "again if in doubt.\n\n"
+                + "\n".join(f"- {n} × {reason}" for reason, n in unscored["not_scored_because"].value_counts().items()))
 
     f1, f2, f3 = st.columns(3)
     ages = sorted(table["reader_age"].unique().tolist())
@@ -47,9 +54,10 @@ def _doubtful_and_second_readings() -> None:
     min_score = f2.slider("Score of at least", 0.0, 1.0, 0.5, 0.05, key="review_min_score")
     blind = f3.toggle("Hide ages (blind re-reading)", key="review_blind",
                       help="Hide the reader's and the models' ages in the gallery, so a second reading is not anchored.")
+    # an unscored image (NaN score) is never at least min_score: not in the gallery, nor next to read
     selected = table[(table["score"] >= min_score) & (table["reader_age"].isin(picked_ages) if picked_ages else True)]
     limit = st.slider("Images shown at most", 6, 60, 18, step=6, key="review_limit")
-    st.caption(f"{len(selected)} of {len(table)} images have a score ≥ {min_score:.2f}"
+    st.caption(f"{len(selected)} of {len(table) - len(unscored)} scored images have a score ≥ {min_score:.2f}"
                + (f"; showing the first {limit}" if len(selected) > limit else ""))
     columns = st.columns(6)
     for i, (_, row) in enumerate(selected.head(limit).iterrows()):
