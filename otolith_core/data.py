@@ -351,7 +351,8 @@ def load_image(record: ImageRecord, *, min_side: int | None = None) -> Image.Ima
     record : the image and its crop box.
     min_side : when given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
         ``Image.draft``) as long as the shorter side of the (cropped) result stays at least this large.
-        Much faster for camera photos; the encoder's own resize follows.
+        Much faster for camera photos; the encoder's own resize follows. Camera RAW files (rawpy) are
+        always decoded in full.
 
     Raises ``ValueError`` with a reason a person understands when the file cannot be used.
     """
