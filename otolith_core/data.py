@@ -2,7 +2,9 @@
 
 ``load_dataset(path)`` returns a :class:`Dataset` of usable rows plus every row or file that was
 not used, each with a reason a person can act on. ``load_image(record)`` decodes one image the same
-way for every encoder: EXIF orientation applied, any PIL mode brought to 8-bit RGB, crop box cut.
+way for every encoder: EXIF orientation applied, any PIL mode brought to 8-bit RGB, crop box cut;
+``load_images(records)`` does the same for many, decoding a photo once for all its crop boxes. Camera RAW
+files are decoded with rawpy, an optional extra (``otolith-dashboard[raw]``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+RAW_EXTENSIONS = frozenset({".nef", ".cr2", ".arw", ".dng"})  # camera RAW, decoded with rawpy
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}) | RAW_EXTENSIONS
+RAW_NEEDS_EXTRA = "camera RAW: install otolith-dashboard[raw]"  # the reason a RAW row is skipped without rawpy
 CROP_COLUMNS = ("x0", "y0", "x1", "y1")
 MANIFEST_COLUMNS = ("path", "age", "fish_id", *CROP_COLUMNS)
 
@@ -363,6 +367,7 @@ def _clip_age(record: ImageRecord, age_range: tuple[int, int]) -> ImageRecord:
 def _scan_folder(root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
+    raw = _RawSupport()
     for sub in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         if not sub.is_dir():
             skipped.append(Skipped(sub.name, "file at the top level; images must sit in one sub-folder per age"))
@@ -374,6 +379,8 @@ def _scan_folder(root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
                 skipped.append(Skipped(rel, f"not an image file (extension {file.suffix or 'none'!r})"))
             elif match is None:
                 skipped.append(Skipped(rel, f"folder name {sub.name!r} is not an age; name age folders like '4' or 'age_04'"))
+            elif not raw.can_decode(file):
+                skipped.append(Skipped(rel, RAW_NEEDS_EXTRA))
             else:
                 records.append(ImageRecord(file.resolve(), rel, int(match.group(1))))
     return records, skipped
@@ -400,6 +407,7 @@ def _read_manifest(csv_path: Path, columns: ManifestColumns) -> tuple[list[Image
 
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
+    raw = _RawSupport()
     first_row: dict[tuple[Path, tuple | None], tuple[int, int]] = {}  # (file, crop) -> (row, age)
     id_rows: dict[str, int] = {}  # a mapped id column -> its first row
     base = csv_path.parent
@@ -438,8 +446,11 @@ def _read_manifest(csv_path: Path, columns: ManifestColumns) -> tuple[list[Image
             skipped.append(Skipped(image, f"file not found at {str(file)!r}", row_number))
             continue
         if file.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(image, f"not an image file (extension {file.suffix or 'none'!r}); use JPEG, PNG, TIFF or BMP",
-                                   row_number))
+            skipped.append(Skipped(image, f"not an image file (extension {file.suffix or 'none'!r}); use JPEG, PNG, TIFF, "
+                                          f"BMP or camera RAW (NEF, CR2, ARW, DNG)", row_number))
+            continue
+        if not raw.can_decode(file):
+            skipped.append(Skipped(image, RAW_NEEDS_EXTRA, row_number))
             continue
         file = file.resolve()
         earlier = first_row.setdefault((file, crop), (row_number, age))
@@ -524,43 +535,173 @@ def load_image(record: ImageRecord, *, min_side: int | None = None) -> Image.Ima
     record : the image and its crop box.
     min_side : when given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
         ``Image.draft``) as long as the shorter side of the (cropped) result stays at least this large.
-        Much faster for camera photos; the encoder's own resize follows.
+        Much faster for camera photos; the encoder's own resize follows. Camera RAW files (rawpy) are
+        always decoded in full.
 
     Raises ``ValueError`` with a reason a person understands when the file cannot be used.
     """
+    (outcome,) = _load_boxes(record.path, [record.crop], min_side)
+    if isinstance(outcome, ValueError):
+        raise outcome
+    return outcome
+
+
+def load_images(records: Sequence[ImageRecord], *, min_side: int | None = None) -> list[Image.Image | Skipped]:
+    """Decode many images as :func:`load_image` does each, reading a photo once for all its crop boxes.
+
+    A JPEG is decoded once per DCT scale its boxes need (``_draft_scale``: a tray of like-sized boxes needs
+    one), every box cut from that decode, so each image is pixel for pixel what :func:`load_image` gives it:
+    a box's pixels never depend on which other boxes of its photo are listed. One decoded photo is held at
+    a time (45 MP as RGB is 136 MB) and released once its boxes are cut.
+
+    Parameters
+    ----------
+    records : images in any order; those sharing a file are decoded together.
+    min_side : as for :func:`load_image`.
+
+    Returns
+    -------
+    One entry per record, in the order given: the image, or a :class:`Skipped` naming why that record
+    cannot be used (a box outside its photo fails alone; an undecodable photo fails every one of its boxes).
+    """
+    outcomes: list[Image.Image | Skipped | None] = [None] * len(records)
+    by_file: dict[Path, list[int]] = {}
+    for position, record in enumerate(records):
+        by_file.setdefault(record.path, []).append(position)
+    for path, positions in by_file.items():
+        for position, outcome in zip(positions, _load_boxes(path, [records[p].crop for p in positions], min_side)):
+            outcomes[position] = Skipped.of(records[position], str(outcome)) if isinstance(outcome, ValueError) else outcome
+    return outcomes
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _load_boxes(path: Path, crops: Sequence[tuple[int, int, int, int] | None],
+                min_side: int | None) -> list[Image.Image | ValueError]:
+    """Each crop box of one file (None: the whole image), from one decode per DCT scale; a ValueError per box that fails."""
+    if path.suffix.lower() in RAW_EXTENSIONS:
+        try:
+            rgb = _decode_raw(path)
+        except ValueError as exc:
+            return [exc] * len(crops)
+        return [_cut(rgb, 1, crop) for crop in crops]
+    outcomes: list[Image.Image | ValueError | None] = [None] * len(crops)
     try:
-        with Image.open(record.path) as img:
-            scale = _draft(img, record.crop, min_side) if min_side else 1
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            rgb = to_rgb8(img)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode image: {exc}") from exc
-    if record.crop is not None:
-        x0, y0, x1, y1 = (round(c / scale) for c in record.crop)
-        if x1 > rgb.width or y1 > rgb.height:
-            raise ValueError(f"crop box {record.crop} lies outside the {rgb.width * scale}x{rgb.height * scale} image")
-        rgb = rgb.crop((x0, y0, x1, y1))
-    if min(rgb.size) < MIN_IMAGE_SIDE:
-        raise ValueError(f"image is only {rgb.width}x{rgb.height} pixels; at least {MIN_IMAGE_SIDE} on each side are needed")
-    if all(low == high for low, high in rgb.getextrema()):
-        raise ValueError("image is blank: every pixel has the same colour")
-    return rgb
+        photo = Image.open(path)
+    except _DECODE_ERRORS as exc:
+        return [_cannot_decode(exc)] * len(crops)
+    by_scale: dict[int, list[int]] = {}
+    for i, crop in enumerate(crops):
+        by_scale.setdefault(_draft_scale(photo, crop, min_side) if min_side else 1, []).append(i)
+    for scale, members in by_scale.items():
+        try:
+            if photo is None:  # draft() acts before the pixels are read: another scale, another read
+                photo = Image.open(path)
+            rgb, scale = _decode(photo, scale)
+            for i in members:
+                box = _cut(rgb, scale, crops[i])
+                # close() below frees the photo's pixels: a whole-image record keeps its own copy
+                outcomes[i] = box.copy() if box is photo else box
+            del rgb, box
+        except _DECODE_ERRORS as exc:
+            for i in members:
+                outcomes[i] = _cannot_decode(exc)
+        finally:
+            if photo is not None:
+                photo.close()
+            photo = None
+    return outcomes
 
 
-def _draft(img: Image.Image, crop: tuple[int, int, int, int] | None, min_side: int) -> int:
-    """Ask libjpeg for the smallest DCT scale keeping the used region's shorter side >= ``min_side``; the scale used."""
+def _cannot_decode(exc: BaseException) -> ValueError:
+    error = ValueError(f"cannot decode image: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _draft_scale(img: Image.Image, crop: tuple[int, int, int, int] | None, min_side: int) -> int:
+    """The DCT scale (1, 2, 4 or 8) that keeps the used region's shorter side >= ``min_side``; 1 unless a JPEG.
+
+    Depends on the box alone (its size, or the photo's when there is none), never on the other boxes of the
+    photo: the cache keys an image by file and box, so its pixels must not depend on its neighbours.
+    """
     if img.format != "JPEG":
         return 1
-    width, height = img.size
-    used = min(crop[2] - crop[0], crop[3] - crop[1]) if crop else min(width, height)
+    used = min(crop[2] - crop[0], crop[3] - crop[1]) if crop else min(img.size)
     scale = 1
     while scale < 8 and used // (scale * 2) >= min_side:
         scale *= 2
+    return scale
+
+
+def _decode(img: Image.Image, scale: int) -> tuple[Image.Image, int]:
+    """(the opened image decoded at DCT ``scale`` as 8-bit RGB, EXIF orientation applied; the scale libjpeg chose)."""
     if scale > 1:
+        width, height = img.size
         img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-width // scale), -(-height // scale)))
         scale = round(width / img.size[0])  # what libjpeg actually chose
-    return scale
+    ImageOps.exif_transpose(img, in_place=True)  # in place: a 45 MP photo is not held twice
+    return (img if img.mode == "RGB" else to_rgb8(img)), scale
+
+
+def _cut(rgb: Image.Image, scale: int, crop: tuple[int, int, int, int] | None) -> Image.Image | ValueError:
+    """The crop box (in full-scale pixels) of a photo decoded at ``scale``, checked; a ValueError naming the problem."""
+    if crop is not None:
+        x0, y0, x1, y1 = (round(c / scale) for c in crop)
+        if x1 > rgb.width or y1 > rgb.height:
+            return ValueError(f"crop box {crop} lies outside the {rgb.width * scale}x{rgb.height * scale} image")
+        rgb = rgb.crop((x0, y0, x1, y1))
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        return ValueError(f"image is only {rgb.width}x{rgb.height} pixels; at least {MIN_IMAGE_SIDE} on each side are needed")
+    if all(low == high for low, high in rgb.getextrema()):
+        return ValueError("image is blank: every pixel has the same colour")
+    return rgb
+
+
+def raw_decoding_available() -> bool:
+    """Whether camera RAW files can be decoded here (rawpy, the ``raw`` extra, imports)."""
+    return _import_rawpy() is not None
+
+
+def _import_rawpy():
+    try:
+        import rawpy
+    except ImportError:
+        return None
+    return rawpy
+
+
+class _RawSupport:
+    """Whether a file can be decoded here; rawpy's import is tried once per folder or manifest, and only for RAW files."""
+
+    def __init__(self) -> None:
+        self._available: bool | None = None
+
+    def can_decode(self, file: Path) -> bool:
+        if file.suffix.lower() not in RAW_EXTENSIONS:
+            return True
+        if self._available is None:
+            self._available = raw_decoding_available()
+        return self._available
+
+
+def _decode_raw(path: Path) -> Image.Image:
+    """A camera RAW file as 8-bit RGB, the camera's orientation applied; ValueError when it cannot be.
+
+    rawpy's ``postprocess`` with its defaults (AHD demosaicing, sRGB, BT.709 gamma, LibRaw's automatic
+    brightness, the file's own orientation flip) except ``use_camera_wb=True`` (the white balance the camera
+    recorded, as its own JPEG would use) and ``output_bps=8``. Always at full scale: no reduced decode.
+    """
+    rawpy = _import_rawpy()
+    if rawpy is None:
+        raise ValueError(RAW_NEEDS_EXTRA)
+    try:
+        with rawpy.imread(str(path)) as raw:
+            pixels = raw.postprocess(use_camera_wb=True, output_bps=8)
+    except (rawpy.LibRawError, OSError) as exc:
+        raise _cannot_decode(exc) from exc
+    return Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:

@@ -7,20 +7,24 @@ are read from and written to the store of the revision its weights come from (``
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
-from .data import Dataset, ImageRecord, Skipped, load_image
+from .data import Dataset, ImageRecord, Skipped, load_images
 from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, decode_min_side,
                        implementation_for, load_encoder, resolve_revision, runs_on, select_device)
 
 ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
-DECODE_THREADS = 4  # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop
+# JPEG decoding releases the GIL; more threads than this rarely pay on a laptop. Each thread decodes one photo
+# (all its boxes) at a time, so this also bounds the decoded photos held at once.
+DECODE_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -176,29 +180,28 @@ def extract_embeddings(
 
 
 def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, progress: ProgressCallback | None) -> list[Skipped]:
-    """Embed ``pending`` (key, record) pairs batch by batch into ``store``; the images that failed, with reasons."""
+    """Embed ``pending`` (key, record) pairs batch by batch into ``store``; the images that failed, with reasons
+    (in the order of ``pending``).
+
+    The work runs photo by photo: the boxes of one file are decoded together by one thread, so a tray of
+    otoliths is decoded once, and batches are filled from the boxes in that order.
+    """
     failures: list[Skipped] = []
     total, done = len(pending), 0
-    batches = [pending[start: start + size] for start in range(0, total, size)]
     spec = store.spec
     min_side = decode_min_side(spec)
+    key_of = {record.id: key for key, record in pending}
     if progress:
         progress(0, total, 0)
-    # Images of the next batch are decoded in threads while the encoder works on this one.
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        def decode(batch):
-            return [pool.submit(_decode, key, record, spec, min_side) for key, record in batch]
-
-        upcoming = decode(batches[0])
-        for b, batch in enumerate(batches):
-            current, upcoming = upcoming, (decode(batches[b + 1]) if b + 1 < len(batches) else [])
-            decoded = [f.result() for f in current]
-            bad = [item for item in decoded if isinstance(item, Skipped)]
+    pool = ThreadPoolExecutor(max_workers=DECODE_THREADS)
+    try:
+        decoded = _decoded_ahead(pool, _by_photo(pending), spec, min_side, ahead=2 * size)
+        while batch := list(islice(decoded, size)):
+            bad = [item for item in batch if isinstance(item, Skipped)]
             batch_keys, batch_features, unusable = _embed_decoded(
-                encoder, [d for d in decoded if not isinstance(d, Skipped)])
+                encoder, [d for d in batch if not isinstance(d, Skipped)])
             bad += unusable
             failures.extend(bad)
-            key_of = {record.id: key for key, record in batch}
             store.record_failures({key_of[f.image]: f.reason for f in bad})
             if batch_keys:
                 _check_dim(store.spec, batch_features)
@@ -206,7 +209,42 @@ def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, prog
             done += len(batch)
             if progress:
                 progress(done, total, len(failures))
-    return failures
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an interrupted run waits only for the photos being decoded
+    order = {record.id: n for n, (_, record) in enumerate(pending)}
+    return sorted(failures, key=lambda f: order[f.image])
+
+
+def _by_photo(pending: list) -> list[list]:
+    """``pending`` (key, record) pairs grouped by file, files in order of first appearance."""
+    photos: dict[Path, list] = {}
+    for key, record in pending:
+        photos.setdefault(record.path, []).append((key, record))
+    return list(photos.values())
+
+
+def _decoded_ahead(pool: ThreadPoolExecutor, photos: list[list], spec: EncoderSpec, min_side: int, *, ahead: int):
+    """Every box of ``photos`` decoded (see :func:`_decode_photo`), in order, decoding running ahead in ``pool``.
+
+    Photos are queued until at least ``ahead`` boxes and one photo per thread wait, so the next batch is ready
+    while the encoder works. A thread holds one decoded photo at a time and keeps only its cut boxes: at most
+    ``DECODE_THREADS`` photos are decoded at once (45 MP as RGB: 136 MB each).
+    """
+    queue: deque = deque()
+    waiting = 0
+    remaining = iter(photos)
+    while True:
+        while waiting < ahead or len(queue) < DECODE_THREADS:
+            photo = next(remaining, None)
+            if photo is None:
+                break
+            queue.append((len(photo), pool.submit(_decode_photo, photo, spec, min_side)))
+            waiting += len(photo)
+        if not queue:
+            return
+        n_boxes, future = queue.popleft()
+        waiting -= n_boxes
+        yield from future.result()
 
 
 def _asked_precision(spec: EncoderSpec, precision: str) -> str:
@@ -293,13 +331,18 @@ def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str 
     return keys, failures
 
 
-def _decode(key: str, record: ImageRecord, spec: EncoderSpec, min_side: int):
-    """(key, record, image as the encoder's variant prepares it), or a Skipped naming why it cannot be used."""
-    try:
-        image = load_image(record, min_side=min_side)
-        return key, record, apply_variant(image, spec.variant, work_side=min_side) if spec.variant else image
-    except ValueError as exc:
-        return Skipped.of(record, str(exc))
+def _decode_photo(photo: list, spec: EncoderSpec, min_side: int) -> list:
+    """For each (key, record) of one file: (key, record, image as the encoder's variant prepares it), or a
+    Skipped naming why it cannot be used. The file is decoded once for all its boxes (:func:`load_images`)."""
+    out = []
+    for (key, record), image in zip(photo, load_images([record for _, record in photo], min_side=min_side)):
+        if not isinstance(image, Skipped) and spec.variant:
+            try:
+                image = apply_variant(image, spec.variant, work_side=min_side)
+            except ValueError as exc:
+                image = Skipped.of(record, str(exc))
+        out.append(image if isinstance(image, Skipped) else (key, record, image))
+    return out
 
 
 def _embed_decoded(encoder, decoded: list) -> tuple[list[str], np.ndarray, list[Skipped]]:

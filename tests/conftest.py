@@ -158,6 +158,52 @@ def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[
             str(copy))
 
 
+def write_tray(path: Path, boxes: list[tuple[int, int, int, int]], *, size: tuple[int, int] = (1200, 800),
+               orientation: int | None = None, seed: int = 0) -> Path:
+    """A JPEG tray photo: a dark noisy field with a bright ringed ellipse in each box (boxes in pixels of the
+    upright photo, ``size`` its upright width x height); ``orientation`` is stored as EXIF, the pixels turned to match."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    grey = rng.normal(30, 6, (height, width))
+    for x0, y0, x1, y1 in boxes:
+        x1, y1 = min(x1, width), min(y1, height)  # a box past the edge (a test of that error) is drawn in part
+        rows, cols = np.mgrid[y0:y1, x0:x1]
+        cy, cx, ry, rx = (y0 + y1) / 2, (x0 + x1) / 2, (y1 - y0) * 0.35, (x1 - x0) * 0.4
+        rho = np.hypot((rows - cy) / ry, (cols - cx) / rx)
+        rings = 170 + 50 * np.cos(rho * rng.uniform(12, 30))
+        grey[y0:y1, x0:x1] = np.where(rho <= 1, rings, grey[y0:y1, x0:x1])
+    rgb = np.clip(grey[..., None] * np.array([1.0, 0.95, 0.85]), 0, 255).astype(np.uint8)
+    photo = Image.fromarray(rgb)
+    if orientation is None:
+        photo.save(path, quality=90)
+        return path
+    # stored so that applying the orientation gives the upright photo back
+    stored = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo.transpose(stored).save(path, quality=90, exif=exif.tobytes())
+    return path
+
+
+def grid_boxes(n: int, *, size: tuple[int, int] = (1200, 800), columns: int = 5,
+               box: tuple[int, int] | None = None, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """``n`` boxes on a grid over a ``size`` photo: all ``box`` (width, height), or of random sizes within their cell."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = -(-n // columns)
+    cell_w, cell_h = size[0] // columns, size[1] // rows
+    boxes = []
+    for i in range(n):
+        left, top = (i % columns) * cell_w, (i // columns) * cell_h
+        w, h = box or (int(rng.integers(cell_w // 3, cell_w - 4)), int(rng.integers(cell_h // 3, cell_h - 4)))
+        boxes.append((left + 2, top + 2, left + 2 + w, top + 2 + h))
+    return boxes
+
+
 @pytest.fixture
 def network_calls(monkeypatch):
     """Every name lookup, TCP connection and huggingface_hub download attempted, each refused: a test asserts

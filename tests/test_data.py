@@ -275,3 +275,181 @@ def test_the_signature_changes_with_the_column_mapping(tmp_path):
     assert mapped != plain
     assert data_signature(manifest, ManifestColumns(path="image__content__url", box="bounding_box",
                                                     box_format="xywh")) != mapped
+
+
+def _tray_manifest(folder, boxes, *, name="tray.jpg", **tray):
+    from conftest import write_tray
+
+    write_tray(folder / name, boxes, **tray)
+    lines = ["path,age,x0,y0,x1,y1"] + [f"{name},{1 + i % 9},{x0},{y0},{x1},{y1}" for i, (x0, y0, x1, y1) in enumerate(boxes)]
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return load_dataset(folder / "m.csv")
+
+
+def _counting_opens(monkeypatch):
+    """Paths passed to PIL's ``Image.open`` from otolith_core.data, in call order."""
+    import otolith_core.data as data_module
+
+    opened, real_open = [], Image.open
+    monkeypatch.setattr(data_module.Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    return opened
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+@pytest.mark.parametrize("min_side", [None, 40])
+def test_boxes_of_one_photo_are_cut_as_load_image_cuts_each_alone(tmp_path, orientation, min_side):
+    from conftest import grid_boxes
+
+    from otolith_core.data import load_images
+
+    boxes = grid_boxes(20, size=(800, 1200), columns=4)  # random sizes: with min_side=40, several DCT scales
+    data = _tray_manifest(tmp_path, boxes, size=(800, 1200), orientation=orientation)
+    together = load_images(data.records, min_side=min_side)
+    for record, image in zip(data.records, together):
+        alone = load_image(record, min_side=min_side)
+        assert image.mode == "RGB" and image.size == alone.size
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(alone))
+
+
+def test_a_tray_of_like_sized_boxes_is_opened_once(tmp_path, monkeypatch):
+    from conftest import grid_boxes
+
+    from otolith_core.data import load_images
+
+    data = _tray_manifest(tmp_path, grid_boxes(20, box=(200, 150)), orientation=8)
+    opened = _counting_opens(monkeypatch)
+    images = load_images(data.records, min_side=64)
+    assert len(opened) == 1  # one decode, at the DCT scale every box allows (1/2 here)
+    assert [im.size for im in images] == [(100, 75)] * 20
+    assert len(load_images(list(data.records) * 2)) == 40 and len(opened) == 2  # any order, any repeats
+
+
+def test_a_box_outside_fails_alone_and_an_undecodable_photo_fails_every_box(tmp_path):
+    from conftest import grid_boxes
+
+    from otolith_core.data import Skipped, load_images
+
+    boxes = grid_boxes(6, columns=3, box=(100, 100))
+    boxes[2] = (1100, 700, 1300, 800)  # past the right edge of the 1200 x 800 photo
+    data = _tray_manifest(tmp_path, boxes)
+    (tmp_path / "broken.jpg").write_bytes((tmp_path / "tray.jpg").read_bytes()[:300])
+    broken = [dataclasses_replace(r, path=tmp_path / "broken.jpg", name="broken.jpg") for r in data.records[:3]]
+    outcomes = load_images([broken[0], *data.records, broken[1], broken[2]], min_side=40)
+    failed = [o for o in outcomes if isinstance(o, Skipped)]
+    assert [(f.path, f.row) for f in failed] == [("broken.jpg", 2), ("tray.jpg", 4), ("broken.jpg", 3), ("broken.jpg", 4)]
+    assert "lies outside the 1200x800 image" in failed[1].reason
+    assert all(f.reason.startswith("cannot decode image") for f in failed if f.path == "broken.jpg")
+    assert sum(isinstance(o, Image.Image) for o in outcomes) == 5
+
+
+def dataclasses_replace(record, **changes):
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)
+
+
+def _write_dng(path, *, orientation=1, size=(96, 64)):
+    """A tiny valid DNG (16-bit RGGB mosaic, identity colour matrix) with a bright block in its upper-left part."""
+    tifffile = pytest.importorskip("tifffile")
+    width, height = size
+    mosaic = np.full((height, width), 1000, dtype=np.uint16)
+    mosaic[height // 4: height // 2, width // 4: width // 2] = 3000
+    mosaic += np.random.default_rng(0).integers(0, 50, mosaic.shape, dtype=np.uint16)
+    tags = [(33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+            (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: RGGB
+            (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+            (50708, "s", 0, "Test Camera", True),  # UniqueCameraModel
+            (50714, "H", 1, 0, True), (50717, "H", 1, 4095, True),  # BlackLevel, WhiteLevel
+            (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),  # ColorMatrix1: identity
+            (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
+            (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True),  # AsShotNeutral
+            (274, "H", 1, orientation, True)]  # Orientation
+    tifffile.imwrite(path, mosaic, photometric=32803, extratags=tags, subfiletype=0)
+    return path
+
+
+def test_camera_raw_rows_name_the_extra_when_rawpy_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    from otolith_core.data import RAW_NEEDS_EXTRA, ImageRecord
+
+    monkeypatch.setitem(sys.modules, "rawpy", None)  # `import rawpy` now fails as if it were not installed
+    for name in ("a.nef", "b.CR2", "c.arw", "d.dng"):
+        (tmp_path / name).write_bytes(b"raw bytes")
+    _save(tmp_path / "e.jpg")
+    (tmp_path / "m.csv").write_text("path,age\na.nef,3\nb.CR2,4\nc.arw,5\nd.dng,6\ne.jpg,7\n")
+    data = load_dataset(tmp_path / "m.csv")
+    assert [r.name for r in data.records] == ["e.jpg"]
+    assert [(s.path, s.row, s.reason) for s in data.skipped] == [
+        (name, row, RAW_NEEDS_EXTRA) for row, name in enumerate(["a.nef", "b.CR2", "c.arw", "d.dng"], start=2)]
+    assert RAW_NEEDS_EXTRA == "camera RAW: install otolith-dashboard[raw]"
+    _save(tmp_path / "folder" / "4" / "e.jpg")
+    (tmp_path / "a.nef").rename(tmp_path / "folder" / "4" / "a.nef")
+    folder = load_dataset(tmp_path / "folder")
+    assert [r.name for r in folder.records] == ["4/e.jpg"] and [(s.path, s.reason) for s in folder.skipped] == [
+        ("4/a.nef", RAW_NEEDS_EXTRA)]
+    with pytest.raises(ValueError, match=r"install otolith-dashboard\[raw\]"):
+        load_image(ImageRecord(tmp_path / "d.dng", "d.dng", 3))
+
+
+def test_camera_raw_is_decoded_by_rawpy_with_the_options_we_chose(tmp_path, monkeypatch):
+    """rawpy mocked: the options passed, the array made an 8-bit RGB image, boxes cut, LibRaw's errors named."""
+    import sys
+    import types
+
+    from otolith_core.data import ImageRecord, Skipped, load_images
+
+    class LibRawError(Exception):
+        pass
+
+    calls = []
+
+    class Raw:
+        def __init__(self, path):
+            if path.endswith("bad.nef"):
+                raise LibRawError("unsupported file format or not RAW file")
+            self.path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def postprocess(self, **options):
+            calls.append(options)
+            return np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)
+
+    monkeypatch.setitem(sys.modules, "rawpy", types.SimpleNamespace(imread=Raw, LibRawError=LibRawError))
+    (tmp_path / "tray.nef").write_bytes(b"raw")
+    (tmp_path / "bad.nef").write_bytes(b"raw")
+    records = [ImageRecord(tmp_path / "tray.nef", "tray.nef", 3, crop=(0, 0, 30, 20)),
+               ImageRecord(tmp_path / "tray.nef", "tray.nef", 3, crop=(30, 20, 60, 40)),
+               ImageRecord(tmp_path / "bad.nef", "bad.nef", 3, row=9)]
+    first, second, bad = load_images(records, min_side=8)
+    assert calls == [{"use_camera_wb": True, "output_bps": 8}]  # one decode for both boxes
+    assert first.mode == "RGB" and first.size == (30, 20)
+    expected = np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)[20:40, 30:60]
+    np.testing.assert_array_equal(np.asarray(second), expected)
+    assert isinstance(bad, Skipped) and bad.row == 9 and "cannot decode image: unsupported file format" in bad.reason
+
+
+def test_a_real_dng_is_decoded_upright_and_cut(tmp_path):
+    """A DNG written here, decoded by the real rawpy (skipped without the extra): the camera's orientation applied."""
+    pytest.importorskip("rawpy")
+    from otolith_core.data import ImageRecord, load_images
+
+    _write_dng(tmp_path / "flat.dng")
+    _write_dng(tmp_path / "turned.dng", orientation=6)  # shown turned 90 degrees clockwise
+    (tmp_path / "bad.dng").write_bytes(b"II*\x00 not a raw file")
+    whole = load_image(ImageRecord(tmp_path / "flat.dng", "flat.dng", 3))
+    turned = load_image(ImageRecord(tmp_path / "turned.dng", "turned.dng", 3))
+    assert whole.size == (96, 64) and turned.size == (64, 96)
+    np.testing.assert_array_equal(np.asarray(turned), np.rot90(np.asarray(whole), k=-1))
+    bright = np.asarray(whole).mean(axis=2) > np.asarray(whole).mean()
+    rows, cols = np.nonzero(bright)
+    assert 14 <= rows.min() and rows.max() <= 33 and 22 <= cols.min() and cols.max() <= 49
+    box, bad = load_images([ImageRecord(tmp_path / "flat.dng", "flat.dng", 3, crop=(20, 12, 52, 36)),
+                            ImageRecord(tmp_path / "bad.dng", "bad.dng", 3)])
+    np.testing.assert_array_equal(np.asarray(box), np.asarray(whole)[12:36, 20:52])
+    assert "cannot decode image" in bad.reason

@@ -126,3 +126,64 @@ def test_an_age_disagreement_names_the_image_and_both_ages_as_the_reference_does
     assert "disagree on the age of" in str(expected.value)
     with pytest.raises(ValueError, match=re.escape(str(expected.value)) + "$"):
         load_npz_embeddings(files)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trays: many crop boxes per photo, each photo decoded once.
+
+
+def _trays(folder):
+    """Two trays of 20 like-sized boxes with their rows interleaved, a box outside tray A, and a broken tray of 3 boxes."""
+    from conftest import grid_boxes, write_tray
+
+    boxes = grid_boxes(20, box=(200, 150))
+    write_tray(folder / "a.jpg", boxes, seed=1)
+    write_tray(folder / "b.jpg", boxes, orientation=6, seed=2)
+    (folder / "c.jpg").write_bytes((folder / "a.jpg").read_bytes()[:400])
+    rows = []
+    for i, box in enumerate(boxes):
+        rows += [("a.jpg", box), ("b.jpg", box)] + ([("c.jpg", box)] if i in (3, 9, 15) else [])
+    rows.insert(7, ("a.jpg", (1100, 700, 1300, 850)))  # past the right and bottom edges
+    lines = ["path,age,x0,y0,x1,y1"] + [f"{p},{1 + i % 9},{','.join(map(str, b))}" for i, (p, b) in enumerate(rows)]
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    from otolith_core.data import load_dataset
+
+    return load_dataset(folder / "m.csv")
+
+
+@pytest.mark.parametrize("name", ["pixels-32", "tiny-timm"])  # a built-in extractor and a ViT
+def test_a_tray_extraction_equals_each_box_decoded_alone_and_reads_each_photo_once(tmp_path, monkeypatch, name,
+                                                                                  tiny_timm_dir):
+    """Against the plain reference: load_image of each record alone + the same encoder, one image at a time."""
+    import otolith_core.data as data_module
+    from otolith_core.data import load_image
+    from otolith_core.embeddings import extract_embeddings
+    from otolith_core.encoders import decode_min_side, load_encoder, registry, resolve_encoder
+
+    data = _trays(tmp_path)
+    spec = resolve_encoder(f"local-dir:{tiny_timm_dir}") if name == "tiny-timm" else registry()[name]
+    encoder = load_encoder(spec, device="cpu")
+    opened, real_open = [], data_module.Image.open
+    monkeypatch.setattr(data_module.Image, "open", lambda path, *a, **k: opened.append(Path(path).name) or real_open(path, *a, **k))
+    result = extract_embeddings(data, spec, cache_dir=tmp_path / "cache", encoder=encoder)
+    assert sorted(opened) == ["a.jpg", "b.jpg", "c.jpg"]  # 44 boxes of three photos: three reads
+    monkeypatch.setattr(data_module.Image, "open", real_open)
+
+    expected_rows, expected_failures, reference = [], [], []
+    for i, record in enumerate(data.records):
+        try:
+            image = load_image(record, min_side=decode_min_side(spec))
+        except ValueError as exc:
+            expected_failures.append((record.id, record.row, str(exc)))
+            continue
+        expected_rows.append(i)
+        reference.append(encoder.embed([image])[0])
+    assert result.rows.tolist() == expected_rows  # the dataset's order, whatever order the work ran in
+    assert [(f.image, f.row, f.reason) for f in result.failures] == expected_failures
+    assert [(f.path, f.reason.split(":")[0]) for f in result.failures] == [
+        ("a.jpg", "crop box (1100, 700, 1300, 850) lies outside the 1200x800 image")] + [("c.jpg", "cannot decode image")] * 3
+    if name == "tiny-timm":  # a batch of boxes through the ViT, against one at a time: float rounding only
+        np.testing.assert_allclose(result.features, np.stack(reference), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(result.features, np.stack(reference))
+    assert result.keys == tuple(result.keys) and len(set(result.keys)) == len(expected_rows)
