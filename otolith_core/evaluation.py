@@ -21,7 +21,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from .covariates import COVARIATE_SCALING, COVARIATES, LEAK_ACCURACY, CovariateRequest, read_covariates
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
-from .heads import BASELINE_HEAD, PROBABILISTIC_HEADS, HeadSpec, chosen_params, fit_head, predict
+from .heads import (BASELINE_HEAD, PROBABILISTIC_HEADS, HeadSpec, chosen_params, fit_head, predict,
+                    scale_rows_once)
 from .metrics import METRICS, mean_sd, rmse, score
 from .stats import (BOOTSTRAP_METRICS, PairedTest, age_bias, bootstrap_intervals, bowker_symmetry, corrected_t_test,
                     holm_adjust, mcnemar_test, paired_t_test, wilcoxon_test)
@@ -401,13 +402,14 @@ def cross_validate_head(
         raise ValueError(f"groups {np.shape(groups)} and ages {ages.shape} do not line up")
     fold_ids = [int(k) for k in np.unique(folds)]
     workers = fold_workers(head, features.shape[0], len(fold_ids)) if n_jobs is None else max(1, int(n_jobs))
+    features, fitted = scale_rows_once(head, features)  # l2 fits nothing: once here, not in every fold's pipeline
     if workers > 1:
         from joblib import Parallel, delayed
 
-        outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, head, groups)
+        outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, fitted, groups)
                                             for k in fold_ids)
     else:
-        outcomes = [_fit_fold(features, ages, folds == k, head, groups) for k in fold_ids]
+        outcomes = [_fit_fold(features, ages, folds == k, fitted, groups) for k in fold_ids]
     classes = np.unique(ages)
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
@@ -488,7 +490,7 @@ def learning_curve(
     """Scores on each test fold when training on growing, nested fractions of its training fold; ``groups`` (the
     fish of each image, when ``folds`` keep them together) group the heads' inner CV as in
     :func:`cross_validate_head`."""
-    features = np.asarray(features, dtype=np.float64)
+    features, head = scale_rows_once(head, np.asarray(features, dtype=np.float64))
     rows = []
     for k in np.unique(folds):
         test = np.flatnonzero(folds == k)

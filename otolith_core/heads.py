@@ -25,7 +25,8 @@ import numpy as np
 from joblib import cpu_count
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
-from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import (GridSearchCV, GroupKFold, KFold, LeaveOneGroupOut, LeaveOneOut,
+                                     StratifiedGroupKFold, StratifiedKFold)
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
@@ -239,6 +240,33 @@ def _scaler(scaling: str, spec: HeadSpec):
             AUTO_SCALING: Normalizer(norm="l2")}[scaling]
 
 
+ROW_WISE_SCALINGS = ("l2", AUTO_SCALING)  # each row by itself, learnt from nothing (auto unresolved means l2)
+
+
+def scale_rows_once(spec: HeadSpec, features: np.ndarray) -> tuple[np.ndarray, HeadSpec]:
+    """(``features`` with the head's row-wise scalings already applied, the spec whose pipeline does the rest).
+
+    l2 scaling looks at one row at a time and learns nothing from a training fold, so applying it once to every
+    image gives exactly the numbers it gives inside each fold's pipeline, without redoing it for every fold (and
+    every inner split). The scaling a result reports stays the original spec's.
+    """
+    from dataclasses import replace
+
+    from sklearn.preprocessing import normalize
+
+    parts = spec.scaling.split("+") if spec.blocks else [spec.scaling]
+    if not any(p in ROW_WISE_SCALINGS for p in parts):
+        return features, spec
+    if not spec.blocks:
+        return normalize(features, norm="l2"), replace(spec, scaling="none")
+    scaled = np.array(features, dtype=np.float64, copy=True)
+    ends = np.cumsum(spec.blocks)
+    for part, width, end in zip(parts, spec.blocks, ends):
+        if part in ROW_WISE_SCALINGS:
+            scaled[:, end - width:end] = normalize(scaled[:, end - width:end], norm="l2")
+    return scaled, replace(spec, scaling="+".join("none" if p in ROW_WISE_SCALINGS else p for p in parts))
+
+
 def fit_head(spec: HeadSpec, features: np.ndarray, ages: np.ndarray, *,
              groups: np.ndarray | None = None) -> Pipeline:
     """A fresh head (:func:`build_head`) fitted on one training fold.
@@ -272,9 +300,16 @@ def inner_splits(ages: np.ndarray, groups: np.ndarray | None = None) -> list[tup
     """
     ages = np.asarray(ages)
     if groups is None or len(np.unique(groups)) < 2:
-        cv, groups = inner_cv(), None
+        groups = None
+        largest = np.unique(ages, return_counts=True)[1].max()
+        if largest >= INNER_FOLDS:
+            cv = inner_cv()
+        else:  # no age can fill the folds (a learning curve's smallest fractions): unstratified
+            cv = KFold(n_splits=INNER_FOLDS, shuffle=True, random_state=0) if ages.size >= INNER_FOLDS else LeaveOneOut()
     elif len(np.unique(groups)) <= INNER_FOLDS:  # StratifiedGroupKFold may leave a fold empty here
         cv = LeaveOneGroupOut()
+    elif max(len(np.unique(groups[ages == a])) for a in np.unique(ages)) < INNER_FOLDS:
+        cv = GroupKFold(n_splits=INNER_FOLDS)  # no age has fish enough to stratify: fish split evenly
     else:
         cv = StratifiedGroupKFold(n_splits=INNER_FOLDS, shuffle=True, random_state=0)
     with warnings.catch_warnings():

@@ -112,3 +112,50 @@ def test_inner_splits_with_few_fish_leave_one_fish_out_and_a_single_fish_is_spli
     alone = inner_splits(one_fish, np.zeros(10))
     expected = inner_cv().split(np.zeros((10, 1)), one_fish)
     assert all(np.array_equal(a, b) for pair in zip(alone, expected) for a, b in zip(*pair))
+
+
+def test_l2_applied_once_gives_exactly_the_pipelines_numbers():
+    """l2 scaling learns nothing from a fold, so it is applied once to every image; every head's out-of-fold
+    predictions are the same as with the l2 step inside each fold's pipeline (bit for bit), combined parts too."""
+    import numpy as np
+
+    from otolith_core.evaluation import _fit_fold, cross_validate_head, make_folds
+    from otolith_core.heads import HeadSpec, scale_rows_once
+
+    rng = np.random.default_rng(0)
+    ages = np.repeat(np.arange(1, 6), 16)
+    features = rng.normal(size=(ages.size, 12)) + ages[:, None] * 0.3
+    folds, _ = make_folds(ages, n_folds=4, seed=0)
+    for head in (HeadSpec("ridge", scaling="l2"), HeadSpec("svc", scaling="l2"), HeadSpec("knn", scaling="l2"),
+                 HeadSpec("ridge", scaling="auto"),
+                 HeadSpec("ridge").for_encoder("l2+standardize", (5, 7))):
+        once = cross_validate_head(features, ages, folds, head, n_jobs=1)
+        in_pipeline = [_fit_fold(features, ages, folds == k, head, None) for k in range(4)]
+        for k, (pred, raw, chosen, _) in enumerate(in_pipeline):
+            np.testing.assert_array_equal(once.pred[folds == k], pred)
+            np.testing.assert_array_equal(once.raw[folds == k], raw)
+            np.testing.assert_equal(once.params[k], chosen)  # NaN where a parameter is not the head's
+        _, fitted = scale_rows_once(head, features)
+        assert "l2" not in fitted.scaling and "auto" not in fitted.scaling
+
+
+def test_the_inner_cv_runs_on_training_sets_too_small_to_stratify():
+    """A learning curve's smallest fractions leave every age with fewer images (or fish) than inner folds: the
+    inner CV then splits without stratifying (grouped: by fish) instead of failing; ridge-cv, logistic and knn
+    all fit."""
+    import numpy as np
+
+    from otolith_core.heads import HeadSpec, fit_head, inner_splits
+
+    rng = np.random.default_rng(0)
+    ages = np.repeat(np.arange(1, 7), 3)  # 3 images per age, 5 inner folds
+    fish = np.array([f"F{i // 2}" for i in range(ages.size)])
+    features = rng.normal(size=(ages.size, 4)) + ages[:, None]
+    for groups in (None, fish):
+        splits = inner_splits(ages, groups)
+        assert len(splits) >= 2 and all(len(validation) for _, validation in splits)
+        if groups is not None:
+            assert all(not set(fish[train]) & set(fish[validation]) for train, validation in splits)
+        for name in ("ridge-cv", "logistic", "knn"):
+            fit_head(HeadSpec(name), features, ages, groups=groups).predict(features)
+    assert len(inner_splits(ages[:4])) == 4  # fewer images than folds: leave one out

@@ -71,7 +71,7 @@ if trays:
     photo = st.selectbox("Photo", photos, key="tray_photo", format_func=lambda p: f"{p.name} ({trays[p]} boxes)",
                          help="Each box is an image of its own, named by its id; check that the boxes sit on the "
                               "otoliths (they are read in pixels of the upright photo).")
-    boxes = tuple((r.crop, r.id) for r in dataset.records if r.path == photo)
+    boxes = tuple((r.crop, r.id) for r in dataset.records if r.path == photo and r.crop is not None)
     drawn = cached.boxes_drawn(str(photo), photo.stat().st_mtime_ns, boxes) if photo.exists() else None
     if drawn is None:
         st.warning(f"{photo.name} cannot be decoded.")
