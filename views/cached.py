@@ -193,7 +193,7 @@ def boxes_drawn(path: str, mtime_ns: int, boxes: tuple[tuple[tuple[int, int, int
                 width: int = 1400):
     """The photo at ``path``, about ``width`` px wide, with each ``(box, image id)`` drawn on it (boxes in pixels of
     the upright photo); None when it cannot be decoded."""
-    from PIL import ImageDraw
+    from PIL import ImageDraw, ImageFont
 
     from otolith_core.data import upright_size
 
@@ -205,10 +205,12 @@ def boxes_drawn(path: str, mtime_ns: int, boxes: tuple[tuple[tuple[int, int, int
     scale = photo.width / size[0]
     draw = ImageDraw.Draw(photo)
     line = max(2, photo.width // 400)
+    font = ImageFont.load_default(size=max(12, photo.width // 70))
     for (x0, y0, x1, y1), label in boxes:
         box = [round(v * scale) for v in (x0, y0, x1, y1)]
         draw.rectangle(box, outline=(255, 200, 0), width=line)
-        draw.text((box[0] + line + 2, box[1] + line + 2), label, fill=(255, 200, 0))
+        draw.text((box[0] + line + 2, box[1] + line + 2), label, fill=(255, 200, 0), font=font,
+                  stroke_width=2, stroke_fill=(0, 0, 0))
     return photo
 
 

@@ -25,7 +25,8 @@ st.caption(f"Source: `{dataset.source}` ({dataset.kind})"
            + (f"; ages clipped to {dataset.age_range[0]}–{dataset.age_range[1]}" if dataset.age_range else "")
            + ("" if dataset.columns.native else "; columns: " + ", ".join(
                f"{role} ← `{column}`" for role, column in (("path", dataset.columns.path), ("age", dataset.columns.age),
-                                                          ("fish", dataset.columns.fish), ("box", dataset.columns.box),
+                                                          ("fish", dataset.has_fish_ids and dataset.columns.fish),
+                                                          ("box", dataset.columns.box),
                                                           ("id", dataset.columns.id)) if column)))
 
 counts = ages.value_counts().sort_index()
