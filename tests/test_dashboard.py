@@ -499,17 +499,9 @@ def test_review_counts_a_manifests_second_age_as_the_second_reader(demo_manifest
     rows.loc[:1, "second_age"] = (rows.age[:2] + 1).astype(str)
     manifest = tmp_path / "double_read.csv"
     rows.to_csv(manifest, index=False)
-    shutil.copytree(demo_cache, tmp_path / "cache")
-    at = _started(manifest, tmp_path, monkeypatch)
+    at = _logistic_review(manifest, demo_cache, tmp_path, monkeypatch)
     assert "length" in at.sidebar.multiselect(key="covariates").options
     assert "second_age" not in at.sidebar.multiselect(key="covariates").options
-    at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
-    at.sidebar.multiselect(key="heads").set_value(["logistic"])
-    at.sidebar.number_input(key="folds").set_value(5)
-    at.run()
-    at.switch_page("views/review.py").run()
-    at.sidebar.button(key="run").click().run()
-    assert not at.exception
     summary = next(m.value for m in at.markdown if "read twice" in m.value)
     assert "**10 images read twice** (10 from the manifest’s second_age)" in summary
     assert "80% the same age" in summary
@@ -562,6 +554,21 @@ def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch)
     assert not app.exception and not cut
     assert not [i.value for i in app.info if "Press **Run comparison**" in i.value]
     assert set(app.dataframe[0].value["head"]) == {"svc", "most-frequent"}
+
+
+def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
+    """The Review page after a Run of the logistic head (5 folds: its inner CV is the slow part) on one built-in
+    encoder, for ``manifest``, with the demo's embeddings cached."""
+    shutil.copytree(demo_cache, tmp_path / "cache")
+    at = _started(manifest, tmp_path, monkeypatch)
+    at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
+    at.sidebar.multiselect(key="heads").set_value(["logistic"])
+    at.sidebar.number_input(key="folds").set_value(5)
+    at.run()
+    at.switch_page("views/review.py").run()
+    at.sidebar.button(key="run").click().run()
+    assert not at.exception
+    return at
 
 
 def _tray_export(folder: Path) -> Path:
@@ -627,15 +634,7 @@ def test_review_says_how_many_images_could_not_be_scored_and_why(demo_manifest, 
     rows = rows[(rows.age != 10) | (rows.fish_id == kept)]
     manifest = tmp_path / "one_old_fish.csv"
     rows.to_csv(manifest, index=False)
-    shutil.copytree(demo_cache, tmp_path / "cache")
-    at = _started(manifest, tmp_path, monkeypatch)
-    at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
-    at.sidebar.multiselect(key="heads").set_value(["logistic"])
-    at.sidebar.number_input(key="folds").set_value(5)
-    at.run()
-    at.switch_page("views/review.py").run()
-    at.sidebar.button(key="run").click().run()
-    assert not at.exception
+    at = _logistic_review(manifest, demo_cache, tmp_path, monkeypatch)
     said = next(i.value for i in at.info if "could not be scored" in i.value)
     assert "**2 images could not be scored**" in said
     assert "2 × age 10 was in no training fold that left this image out (only 1 fish of that age)" in said
