@@ -107,11 +107,14 @@ def detect_columns(table: pd.DataFrame) -> ManifestColumns:
         return text.lower().startswith(URL_SCHEMES) or Path(image_name(text)).suffix.lower() in IMAGE_EXTENSIONS
 
     columns = list(table.columns)
-    path = "path" if "path" in columns else max(columns, key=lambda c: share(c, looks_like_image), default="path")
-    boxes = [c for c in columns if c not in CROP_COLUMNS and share(c, lambda t: parse_box(t)[0] is not None) > 0.9
-             and not all(c_ in columns for c_ in CROP_COLUMNS)]
-    return ManifestColumns(path=path if path in columns and (path == "path" or share(path, looks_like_image) > 0.5)
-                           else "path", box=boxes[0] if boxes else None)
+    path = "path"
+    if path not in columns:
+        best = max(columns, key=lambda c: share(c, looks_like_image), default=path)
+        path = best if best in columns and share(best, looks_like_image) > 0.5 else path
+    box = None
+    if not all(c in columns for c in CROP_COLUMNS):  # the native x0..y1 columns win
+        box = next((c for c in columns if share(c, lambda t: parse_box(t)[0] is not None) > 0.9), None)
+    return ManifestColumns(path=path, box=box)
 
 
 def image_name(path_text: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_mixed_manifest
+from conftest import write_mixed_manifest, write_tray_export
 from otolith_core.cli import main
 from otolith_core.evaluation import FOLD_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS
 from otolith_core.metrics import score
@@ -548,18 +548,10 @@ def test_label_review_shows_a_manifests_second_readings_beside_the_ranking(demo_
 def test_a_lab_export_runs_from_the_command_line_with_its_columns_mapped(tmp_path, capsys):
     """Tray photos with a box column, ages as 6.0, ids from measurement_id, a presigned URL: extract and run read
     the export as it is; no signature reaches any output; the extraction's job record carries the mapping."""
-    from PIL import Image
-
     from otolith_core.jobs import list_jobs
 
-    rng = np.random.default_rng(0)
-    rows = ["measurement_id,station_id,age,bounding_box,image__content__url"]
-    for t in range(2):
-        Image.fromarray(rng.integers(0, 255, (200, 500, 3), dtype=np.uint8)).save(tmp_path / f"tray{t}.jpg")
-        for b in range(10):
-            rows.append(f'M{t}{b},ST{t},{3 + b % 2}.0,"[[{50 * b}, 10], [{50 * b + 40}, 190]]",tray{t}.jpg')
-    rows.append("M99,ST9,4.0,\"[[0, 0], [10, 10]]\",https://x.s3.amazonaws.com/t.jpg?X-Amz-Signature=SECRET&X-Amz-Expires=1")
-    (tmp_path / "export.csv").write_text("\n".join(rows) + "\n")
+    url = "https://x.s3.amazonaws.com/t.jpg?X-Amz-Signature=SECRET&X-Amz-Expires=1"
+    write_tray_export(tmp_path, boxes_per_tray=10, extra_rows=(f'M99,ST9,4.0,,"[[0, 0], [10, 10]]",{url}',))
     mapping = ["--path-column", "image__content__url", "--box-column", "bounding_box", "--id-column", "measurement_id"]
     cache = str(tmp_path / "cache")
     assert main(["extract", "--data", str(tmp_path / "export.csv"), *mapping, "--model", "pixels-32",
@@ -569,7 +561,7 @@ def test_a_lab_export_runs_from_the_command_line_with_its_columns_mapped(tmp_pat
     assert main(["run", "--data", str(tmp_path / "export.csv"), *mapping, "--models", "pixels-32", "--heads", "ridge",
                  "--folds", "2", "--no-chart", "--out", str(tmp_path / "out"), "--cache-dir", cache]) == 0
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert set(predictions.image) == {f"M{t}{b}" for t in range(2) for b in range(10)}
+    assert set(predictions.image) == {f"M{t}{b:02d}" for t in range(2) for b in range(10)}
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
     assert skipped.path.tolist() == ["https://x.s3.amazonaws.com/t.jpg"]
     run = json.loads((tmp_path / "out" / "run.json").read_text())

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import write_tray_export
 from otolith_core import evaluation
 from otolith_core.cli import main as cli
 from otolith_core.jobs import list_jobs
@@ -571,26 +572,11 @@ def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
     return at
 
 
-def _tray_export(folder: Path) -> Path:
-    """A lab export: two tray photos of 12 otoliths each, a box column, ages as 6.0, measurement ids."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rows = ["measurement_id,station_id,age,length,bounding_box,image__content__url"]
-    for t in range(2):
-        Image.fromarray(rng.integers(0, 255, (200, 600, 3), dtype=np.uint8)).save(folder / f"tray{t}.jpg")
-        for b in range(12):
-            rows.append(f'M{t}{b:02d},ST{t},{3 + b % 2}.0,{30 + b},"[[{50 * b}, 10], [{50 * b + 40}, 190]]",tray{t}.jpg')
-    (folder / "export.csv").write_text("\n".join(rows) + "\n")
-    return folder / "export.csv"
-
-
 def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_path, monkeypatch, media_stores):
     """The column pickers come prefilled from the export (image column, box column); the Data page shows a tray
     with its boxes; an id column picked renames every image; the run uses the mapping (its extraction job too),
     and the URL carries it, so a reload comes back with it."""
-    app = _started(_tray_export(tmp_path), tmp_path, monkeypatch)
+    app = _started(write_tray_export(tmp_path, boxes_per_tray=12), tmp_path, monkeypatch)
     sidebar = app.sidebar
     assert sidebar.selectbox(key="col_path").value == "image__content__url"
     assert sidebar.selectbox(key="col_box").value == "bounding_box" and sidebar.selectbox(key="col_id").value == ""
