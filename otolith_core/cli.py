@@ -239,7 +239,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_data(args: argparse.Namespace):
+def _load_data(args: argparse.Namespace, job=None):
+    """The data set of ``--data``, photos behind URLs downloaded into the cache (progress into ``job`` when given)."""
     from .data import load_dataset
     from .encoders import presets
 
@@ -250,10 +251,41 @@ def _load_data(args: argparse.Namespace):
             raise KeyError(f"unknown preset {args.preset!r}; choose from {sorted(known)}")
         if age_range is None and known[args.preset].get("age_range"):
             age_range = tuple(known[args.preset]["age_range"])
-    dataset = load_dataset(args.data, age_range=age_range, columns=_columns(args))
+    dataset = load_dataset(args.data, age_range=age_range, columns=_columns(args), cache_dir=_cache_dir(args))
+    if dataset.to_download:
+        dataset = _download(dataset, job)
     print(f"data: {len(dataset)} images from {dataset.source}"
           + (f", {len(dataset.skipped)} skipped" if dataset.skipped else "")
           + (f", ages clipped to {age_range[0]}..{age_range[1]}" if age_range else ""))
+    return dataset
+
+
+def _download(dataset, job=None):
+    """``dataset`` with its photos behind URLs downloaded, a progress bar on a terminal; failures named."""
+    from tqdm import tqdm
+
+    from .data import download_missing
+
+    photos = len({r.path for r in dataset.to_download})
+    print(f"downloading {photos} photos behind URLs into the cache", file=sys.stderr)
+    bar = tqdm(total=photos, desc="download", unit="photo", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int, failed: int) -> None:
+        if job is not None:
+            job.downloading(done, total, failed)
+        bar.n = done
+        bar.refresh()
+
+    before = len(dataset.skipped)
+    try:
+        dataset = download_missing(dataset, progress=progress)
+    finally:
+        bar.close()
+    failures = dataset.skipped[before:]
+    for failure in failures[:20]:
+        print(f"  skipped {failure.where()}: {failure.reason}", file=sys.stderr)
+    if len(failures) > 20:
+        print(f"  ... and {len(failures) - 20} more (skipped.csv lists them all)", file=sys.stderr)
     return dataset
 
 
@@ -299,7 +331,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     request = JobRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
                          args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns))
     with JobRecorder(_cache_dir(args), request, args.job_id) as job:  # shows on the dashboard, can be cancelled there
-        dataset = _load_data(args)
+        dataset = _load_data(args, job)
         spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))
         emb = _extract_one(dataset, spec, args, job)
         job.finished_with(embedded=len(emb.rows), extracted=emb.n_extracted)

@@ -4,7 +4,8 @@
 not used, each with a reason a person can act on. ``load_image(record)`` decodes one image the same
 way for every encoder: EXIF orientation applied, any PIL mode brought to 8-bit RGB, crop box cut;
 ``load_images(records)`` does the same for many, decoding a photo once for all its crop boxes. Camera RAW
-files are decoded with rawpy, an optional extra (``otolith-dashboard[raw]``).
+files are decoded with rawpy, an optional extra (``otolith-dashboard[raw]``). Photos behind URLs are kept in the
+cache folder; ``download_missing(dataset)`` fetches those not there yet (:mod:`otolith_core.downloads`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from .downloads import URL_SCHEMES, DownloadFailed, Fetch, download_path, fetch_all, is_url, without_query
+
 RAW_EXTENSIONS = frozenset({".nef", ".cr2", ".arw", ".dng"})  # camera RAW, decoded with rawpy
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}) | RAW_EXTENSIONS
 RAW_NEEDS_EXTRA = "camera RAW: install otolith-dashboard[raw]"  # the reason a RAW row is skipped without rawpy
@@ -36,7 +39,6 @@ MIN_IMAGE_SIDE = 8  # smaller images (or crops) carry no readable otolith
 
 _AGE_FOLDER = re.compile(r"^(?:age[_\- ]?)?(\d+)$", re.IGNORECASE)
 BOX_FORMATS = ("xyxy", "xywh")
-URL_SCHEMES = ("http://", "https://", "s3://", "gs://")
 _NUMBER = r"\s*(-?\d+(?:\.\d*)?)\s*"
 _BOX_PATTERNS = (  # [[x0, y0], [x1, y1]]; [x0, y0, x1, y1]; x0,y0,x1,y1 (or the same with widths and heights)
     re.compile(rf"^\[\s*\[{_NUMBER},{_NUMBER}\]\s*,\s*\[{_NUMBER},{_NUMBER}\]\s*\]$"),
@@ -121,9 +123,7 @@ def image_name(path_text: str) -> str:
     """How an image is named in every output: the path as written, or a URL without its query string and
     fragment (a presigned URL's signature and expiry change with every export; they never name an image)."""
     text = path_text.strip()
-    if text.lower().startswith(URL_SCHEMES):
-        return text.split("#", 1)[0].split("?", 1)[0]
-    return text
+    return without_query(text) if is_url(text) else text
 
 
 def parse_box(text: str, *, box_format: str = "xyxy") -> tuple[tuple[int, int, int, int] | None, str | None]:
@@ -159,7 +159,7 @@ class ImageRecord:
     otoliths appears as several records, one per crop box.
     """
 
-    path: Path  # absolute path on disk
+    path: Path  # absolute path on disk (a photo behind a URL: where the cache keeps it, downloaded or not yet)
     name: str  # as written in the manifest, or relative to the data folder (the `path` column of every CSV)
     age: int  # the age the heads learn: the reader's, clipped into the data set's age range when one is set
     fish_id: str | None = None
@@ -168,6 +168,9 @@ class ImageRecord:
     row: int | None = None  # manifest row (the header is row 1); None for a folder scan
     age_before_clipping: int | None = None  # the reader's own age when clipping changed it; None: ``age`` is it
     given_id: str | None = None  # from the manifest's id column (e.g. measurement_id); None: name + crop box
+    # the URL as written (a presigned link's signature included) when the photo is behind one; only ever used to
+    # download it, never shown or stored (``name`` is the URL without its query string)
+    url: str | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def read_age(self) -> int:
@@ -242,6 +245,11 @@ class Dataset:
         return [r.id for r in self.records]
 
     @property
+    def to_download(self) -> list[ImageRecord]:
+        """Records whose photo is behind a URL and not in the cache yet (:func:`download_missing` fetches them)."""
+        return [r for r in self.records if r.url is not None and not r.path.is_file()]
+
+    @property
     def has_fish_ids(self) -> bool:
         return any(r.fish_id is not None for r in self.records)
 
@@ -256,7 +264,7 @@ class Dataset:
 
 
 def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None,
-                 columns: ManifestColumns | None = None) -> Dataset:
+                 columns: ManifestColumns | None = None, cache_dir: str | Path | None = None) -> Dataset:
     """Read a folder of age sub-folders or a CSV manifest.
 
     Parameters
@@ -268,10 +276,13 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None,
         to 1..10, so a 14-year-old fish counts as 10).
     columns : which manifest columns hold the path, age, fish, box and id (:class:`ManifestColumns`; default:
         the native names). A folder has no columns to map.
+    cache_dir : the cache folder photos behind URLs are downloaded into (:func:`download_missing` fetches them;
+        nothing is downloaded here). Without it, a row with a URL is skipped, named.
 
     Returns
     -------
-    Dataset with the usable records and every skipped row or file with its reason.
+    Dataset with the usable records and every skipped row or file with its reason. A record whose photo is
+    behind a URL and not downloaded yet is usable (``Dataset.to_download`` lists them).
     """
     path = Path(path).expanduser()
     if age_range is not None:
@@ -291,7 +302,7 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None,
         records, skipped = _scan_folder(path)
         kind = "folder"
     elif path.suffix.lower() == ".csv":
-        records, skipped = _read_manifest(path, columns)
+        records, skipped = _read_manifest(path, columns, None if cache_dir is None else Path(cache_dir).expanduser())
         kind = "manifest"
     else:
         raise ValueError(f"data path {str(path)!r} is neither a folder nor a .csv manifest")
@@ -302,12 +313,43 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None,
     return Dataset(path.resolve(), kind, tuple(records), tuple(skipped), age_range, columns)
 
 
-def data_signature(path: str | Path, columns: ManifestColumns | None = None) -> str:
+def download_missing(dataset: Dataset, *, workers: int | None = None, timeout: float | None = None,
+                     progress=None) -> Dataset:
+    """``dataset`` with every photo behind a URL downloaded into the cache (see :mod:`otolith_core.downloads`).
+
+    Each photo is fetched once for all its boxes, several photos at once; a photo another job is fetching is
+    waited for, not fetched twice. The records of a photo that cannot be fetched move to ``skipped``, each
+    named with the HTTP status or reason; the rest go on. ``progress(done, total, failed)`` counts photos.
+    """
+    waiting = dataset.to_download
+    if not waiting:
+        if progress:
+            progress(0, 0, 0)
+        return dataset
+    options = {k: v for k, v in (("workers", workers), ("timeout", timeout)) if v is not None}
+    outcomes = fetch_all([Fetch(r.url, r.path) for r in waiting], progress=progress, **options)
+    failed = {r.id: Skipped.of(r, f"download failed: {outcomes[r.path]}") for r in waiting
+              if isinstance(outcomes.get(r.path), DownloadFailed)}
+    fetched = {r.path for r in waiting if r.id not in failed}
+    kept = [r for r in dataset.records if r.id not in failed]
+    skipped = list(dataset.skipped) + list(failed.values())
+    if not kept:
+        first = next(iter(failed.values()))
+        raise ValueError(f"no photo of {str(dataset.source)!r} could be downloaded ({len(failed)} rows); the first, "
+                         f"{first.where()}: {first.reason}")
+    if fetched:  # a whole-frame box can be told only once its photo is here
+        kept, skipped = _without_whole_frame_boxes(kept, skipped, only=fetched)
+    return replace(dataset, records=tuple(kept), skipped=tuple(skipped))
+
+
+def data_signature(path: str | Path, columns: ManifestColumns | None = None,
+                   cache_dir: str | Path | None = None) -> str:
     """A digest that changes whenever :func:`load_dataset` on ``path`` (with ``columns``) may give another answer.
 
-    A folder: every file's path relative to it, size and modification time. A manifest: its bytes,
-    plus the size and modification time of every file it lists (so a file added, replaced or deleted
-    later is noticed), and the column mapping. Reads no image bytes.
+    A folder: every file's path relative to it, size and modification time. A manifest: its bytes (URLs without
+    their query strings: a re-export with fresh signatures is the same data), plus the size and modification time
+    of every file it lists (so a file added, replaced or deleted later is noticed; a photo behind a URL: its
+    download in ``cache_dir``), and the column mapping. Reads no image bytes.
     """
     path = Path(path).expanduser()
     if path.is_dir() and (path / "manifest.csv").is_file():
@@ -326,9 +368,20 @@ def data_signature(path: str | Path, columns: ManifestColumns | None = None) -> 
         digest.update("\n".join(sorted(entries)).encode())
     elif path.is_file():
         content = path.read_bytes()
+        texts = _manifest_column(content, columns.path)
+        if any(is_url(t) and ("?" in t or "#" in t) for t in texts):
+            content = _without_queries(content, columns.path)
         digest.update(content)
-        for listed in _manifest_paths(content, path.parent, columns.path):
-            digest.update(f"\n{listed}|{_stat_text(listed)}".encode())
+        for text in dict.fromkeys(texts):
+            if not text:
+                continue
+            if is_url(text):
+                listed = download_path(cache_dir, text) if cache_dir is not None else None
+            else:
+                listed = Path(text).expanduser()
+                listed = listed if listed.is_absolute() else path.parent / listed
+            if listed is not None:
+                digest.update(f"\n{listed}|{_stat_text(listed)}".encode())
     else:
         digest.update(b"missing")
     return digest.hexdigest()
@@ -342,21 +395,36 @@ def _stat_text(file: Path) -> str:
     return f"{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _manifest_paths(content: bytes, base: Path, path_column: str = "path") -> list[Path]:
-    """The local files a manifest lists (relative ones resolved against its folder; URLs left out); [] when
-    unreadable."""
+def _manifest_column(content: bytes, column_name: str) -> list[str]:
+    """Every row's text in one column of a manifest (stripped); [] when the manifest or column cannot be read."""
     import csv
     import io
 
     try:
         reader = csv.DictReader(io.StringIO(content.decode("utf-8-sig")))
-        column = next((c for c in reader.fieldnames or () if c.strip() == path_column), None)
+        column = next((c for c in reader.fieldnames or () if c.strip() == column_name), None)
         if column is None:
             return []
-        texts = [(row.get(column) or "").strip() for row in reader]
-        return [base / Path(t).expanduser() for t in dict.fromkeys(texts) if t and not t.lower().startswith(URL_SCHEMES)]
+        return [(row.get(column) or "").strip() for row in reader]
     except (UnicodeDecodeError, csv.Error):
         return []
+
+
+def _without_queries(content: bytes, column_name: str) -> bytes:
+    """The manifest with its URLs' query strings cut (for the signature only; the file is never rewritten)."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"))))
+    at = next(i for i, c in enumerate(rows[0]) if c.strip() == column_name)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows[0])
+    for row in rows[1:]:
+        if at < len(row):
+            row[at] = image_name(row[at])
+        writer.writerow(row)
+    return out.getvalue().encode()
 
 
 def _clip_age(record: ImageRecord, age_range: tuple[int, int]) -> ImageRecord:
@@ -389,7 +457,8 @@ def _scan_folder(root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
     return records, skipped
 
 
-def _read_manifest(csv_path: Path, columns: ManifestColumns) -> tuple[list[ImageRecord], list[Skipped]]:
+def _read_manifest(csv_path: Path, columns: ManifestColumns, cache_dir: Path | None
+                   ) -> tuple[list[ImageRecord], list[Skipped]]:
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -439,17 +508,23 @@ def _read_manifest(csv_path: Path, columns: ManifestColumns) -> tuple[list[Image
             skipped.append(Skipped(image, f"{columns.id} {given!r} is already manifest row {id_rows[given]}'s; "
                                           f"each image needs an id of its own", row_number))
             continue
-        if image.lower().startswith(URL_SCHEMES):
-            skipped.append(Skipped(image, "images behind URLs are not downloaded by this version yet; download the "
-                                          "photos and give their local paths", row_number))
-            continue
-        file = Path(image).expanduser()
-        file = file if file.is_absolute() else base / file
-        if not file.is_file():
-            skipped.append(Skipped(image, f"file not found at {str(file)!r}", row_number))
-            continue
-        if file.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(image, f"not an image file (extension {file.suffix or 'none'!r}); use JPEG, PNG, TIFF, "
+        url = written if is_url(written) else None
+        if url is not None:
+            if cache_dir is None:
+                skipped.append(Skipped(image, "a photo behind a URL needs a cache folder to be downloaded into",
+                                       row_number))
+                continue
+            file = download_path(cache_dir, written)
+            extension = Path(image).suffix.lower()
+        else:
+            file = Path(image).expanduser()
+            file = file if file.is_absolute() else base / file
+            if not file.is_file():
+                skipped.append(Skipped(image, f"file not found at {str(file)!r}", row_number))
+                continue
+            extension = file.suffix.lower()
+        if extension not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(image, f"not an image file (extension {extension or 'none'!r}); use JPEG, PNG, TIFF, "
                                           f"BMP or camera RAW (NEF, CR2, ARW, DNG)", row_number))
             continue
         if not raw.can_decode(file):
@@ -466,14 +541,15 @@ def _read_manifest(csv_path: Path, columns: ManifestColumns) -> tuple[list[Image
             id_rows[given] = row_number
         fish = (row.get(columns.fish) or "").strip() or None
         records.append(ImageRecord(file, image, age, fish, crop, {c: row[c] for c in extra}, row_number,
-                                   given_id=given))
+                                   given_id=given, url=url))
     return _without_whole_frame_boxes(records, skipped)
 
 
-def _without_whole_frame_boxes(records: list[ImageRecord], skipped: list[Skipped]
+def _without_whole_frame_boxes(records: list[ImageRecord], skipped: list[Skipped], *, only: set[Path] | None = None
                                ) -> tuple[list[ImageRecord], list[Skipped]]:
     """Drop a box covering the whole photo when the photo has other boxes (an export's row for the tray itself,
-    not an otolith), naming it; reads only the photos' headers."""
+    not an otolith), naming it; reads only the photos' headers (of the photos in ``only`` when given; a photo not
+    downloaded yet is checked once it is)."""
     boxes: dict[Path, int] = {}
     for r in records:
         if r.crop is not None:
@@ -481,7 +557,7 @@ def _without_whole_frame_boxes(records: list[ImageRecord], skipped: list[Skipped
     sizes: dict[Path, tuple[int, int] | None] = {}
     kept = []
     for r in records:
-        if r.crop is not None and boxes[r.path] > 1 and r.crop[:2] == (0, 0):
+        if r.crop is not None and boxes[r.path] > 1 and r.crop[:2] == (0, 0) and (only is None or r.path in only):
             if r.path not in sizes:
                 sizes[r.path] = upright_size(r.path)
             size = sizes[r.path]

@@ -136,7 +136,11 @@ def extract_embeddings(
         known = [i for i, k in enumerate(keys) if k is not None]
         lookup = [keys[i] for i in known]
         store, features, found = _fullest(stores, lookup)
-        pending: list[str] = []
+        # a photo behind a URL not downloaded yet: to do for a look at the cache, unusable for an extraction
+        waiting = [r for r, k in zip(dataset.records, keys) if k is None and r.url is not None and not r.path.is_file()]
+        pending: list[str] = [r.id for r in waiting] if cached_only else []
+        failures += [] if cached_only else [Skipped.of(r, "photo behind a URL, not downloaded (see the download's "
+                                                          "failures)") for r in waiting]
         if cached_only:
             for i in _missing_positions(known, found):
                 reason = store.failure(keys[i]) if store is not None else None
@@ -323,6 +327,9 @@ def _keys(hashes: FileHashes, records: Sequence[ImageRecord]) -> tuple[list[str 
     keys: list[str | None] = []
     failures: list[Skipped] = []
     for record in records:
+        if record.url is not None and not record.path.is_file():  # not downloaded (yet): the caller says which
+            keys.append(None)
+            continue
         try:
             keys.append(record_key(record, hashes))
         except OSError as exc:

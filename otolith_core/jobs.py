@@ -37,6 +37,7 @@ ACTIVE_STATES = ("starting", "running")
 START_GRACE_SECONDS = 60.0  # a launched process that has not written its own record yet is still starting
 LOG_TAIL_LINES = 20
 LOG_EVERY_SECONDS = 10.0
+COUNTED_PHASES = {"downloading": "photos", "extracting": "images"}  # phases with a count of things done, their unit
 
 
 class Cancelled(BaseException):
@@ -102,7 +103,7 @@ class JobStatus:
     pid: int | None
     started: float  # seconds since the epoch
     updated: float
-    phase: str = ""  # what it is doing: preparing (hashing files, loading the encoder), extracting
+    phase: str = ""  # what it is doing: preparing (reading the data), downloading (photos behind URLs), extracting
     done: int = 0
     total: int | None = None
     failed: int = 0
@@ -124,10 +125,12 @@ class JobStatus:
 
     def describe(self) -> str:
         """One line a person reads: what, how far, how fast."""
-        if self.state == "running" and self.phase == "extracting" and self.total is not None:
-            text = f"{self.done}/{self.total} images"
+        if self.state == "running" and self.phase in COUNTED_PHASES and self.total is not None:
+            unit = COUNTED_PHASES[self.phase]
+            text = (f"downloading photos: {self.done}/{self.total}" if self.phase == "downloading"
+                    else f"{self.done}/{self.total} images")
             if self.rate:
-                text += f", {self.rate:.1f} img/s"
+                text += f", {self.rate:.1f} {'img' if unit == 'images' else unit}/s"
             if self.eta_seconds is not None and self.done < self.total:
                 text += f", about {_duration(self.eta_seconds)} left"
             return text + (f", {self.failed} failed" if self.failed else "")
@@ -274,7 +277,7 @@ class JobRecorder:
         self.id = job_id
         self.folder = jobs_dir(cache_dir) / job_id
         self.origin = "dashboard" if launched else "terminal"
-        self._first: tuple[float, int] | None = None
+        self._first: tuple[float, int, str] | None = None  # when the current phase's counting began
         self._last_log = 0.0
         self._counts: dict[str, int] = {}
 
@@ -318,25 +321,34 @@ class JobRecorder:
 
     def progress(self, done: int, total: int, failed: int = 0) -> None:
         """Record progress after a batch; raises :class:`Cancelled` when a cancel was asked for."""
+        self._step("extracting", done, total, failed)
+
+    def downloading(self, done: int, total: int, failed: int = 0) -> None:
+        """Record photos downloaded so far (before extracting); raises :class:`Cancelled` when a cancel was asked for."""
+        self._step("downloading", done, total, failed)
+
+    def _step(self, phase: str, done: int, total: int, failed: int) -> None:
         if (self.folder / "cancel").exists():
             raise Cancelled()
-        self._write_progress("extracting", done, total, failed)
+        self._write_progress(phase, done, total, failed)
 
     def _write_progress(self, phase: str, done: int, total: int | None, failed: int) -> None:
         now = time.time()
         rate = eta = None
-        if phase == "extracting":
-            if self._first is None:
-                self._first = (now, done)
+        if phase in COUNTED_PHASES:
+            if self._first is None or self._first[2] != phase:
+                self._first = (now, done, phase)
             elapsed, gained = now - self._first[0], done - self._first[1]
             if elapsed > 0 and gained > 0:
                 rate = gained / elapsed
                 eta = (total - done) / rate if total is not None else None
         _write_json(self.folder / "progress.json", {"phase": phase, "done": done, "total": total, "failed": failed,
                                                     "rate": rate, "eta_seconds": eta, "updated": now})
-        if phase == "extracting" and (now - self._last_log >= LOG_EVERY_SECONDS or done == total):
+        if phase in COUNTED_PHASES and (now - self._last_log >= LOG_EVERY_SECONDS or done == total):
             self._last_log = now
-            self.log(f"{done}/{total} images" + (f", {rate:.2f} img/s" if rate else "") + (f", {failed} failed" if failed else ""))
+            unit = COUNTED_PHASES[phase]
+            self.log(f"{phase} {done}/{total} {unit}" + (f", {rate:.2f} {unit}/s" if rate else "")
+                     + (f", {failed} failed" if failed else ""))
 
     def log(self, line: str) -> None:
         if self.origin == "terminal":  # a launched job's output already goes to the log

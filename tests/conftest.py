@@ -207,10 +207,12 @@ def grid_boxes(n: int, *, size: tuple[int, int] = (1200, 800), columns: int = 5,
 EXPORT_COLUMNS = "measurement_id,station_id,age,length,bounding_box,image__content__url"
 
 
-def write_tray_export(folder: Path, *, boxes_per_tray: int, extra_rows: tuple[str, ...] = ()) -> Path:
+def write_tray_export(folder: Path, *, boxes_per_tray: int, extra_rows: tuple[str, ...] = (),
+                      base_url: str | None = None, signature: str = "s1") -> Path:
     """A lab platform's export as it comes (``EXPORT_COLUMNS``): two random tray photos of ``boxes_per_tray``
     otoliths side by side, one row per otolith with its box column, ages written as 4.0, ids M<tray><box:02d>;
-    ``extra_rows`` appended as written. Returns the CSV."""
+    ``extra_rows`` appended as written. With ``base_url`` (a :class:`PhotoServer`'s), the photos are named by
+    presigned-style URLs under it (signature ``signature``) instead of local paths. Returns the CSV."""
     import numpy as np
     from PIL import Image
 
@@ -219,10 +221,74 @@ def write_tray_export(folder: Path, *, boxes_per_tray: int, extra_rows: tuple[st
     for t in range(2):
         pixels = rng.integers(0, 255, (200, 50 * boxes_per_tray, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"tray{t}.jpg")
+        where = f"{base_url}/tray{t}.jpg?{presigned_query(signature)}" if base_url else f"tray{t}.jpg"
         for b in range(boxes_per_tray):
-            rows.append(f'M{t}{b:02d},ST{t},{3 + b % 2}.0,{30 + b},"[[{50 * b}, 10], [{50 * b + 40}, 190]]",tray{t}.jpg')
+            rows.append(f'M{t}{b:02d},ST{t},{3 + b % 2}.0,{30 + b},"[[{50 * b}, 10], [{50 * b + 40}, 190]]",{where}')
     (folder / "export.csv").write_text("\n".join([*rows, *extra_rows]) + "\n")
     return folder / "export.csv"
+
+
+def presigned_query(signature: str, *, expires: int = 4102444800) -> str:
+    """A presigned S3 link's query string (``Expires`` in the past: the link has expired, the server says 403)."""
+    return f"AWSAccessKeyId=AKIAEXAMPLE&Signature={signature}%2Bx%3D&Expires={expires}"
+
+
+class PhotoServer:
+    """A local HTTP server for the files of one folder, answering as a presigned S3 link does: 403 without a
+    signature or past its ``Expires``, 404 for a missing file; ``slow`` (seconds) delays each answer. Counts the
+    GET requests per file name (``requests``)."""
+
+    def __init__(self, folder: Path) -> None:
+        import http.server
+        import threading
+        import time
+        from collections import Counter
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        self.folder, self.requests, self.slow = Path(folder), Counter(), 0.0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server name
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                name = unquote(parts.path.rsplit("/", 1)[-1])
+                server.requests[name] += 1
+                time.sleep(server.slow)
+                file = server.folder / name
+                if "Signature" not in query or int(query.get("Expires", ["0"])[0]) < time.time():
+                    self.send_error(403, "Forbidden")
+                elif not file.is_file():
+                    self.send_error(404, "Not Found")
+                else:
+                    body = file.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(body)
+                    except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                        pass
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/bucket"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def photo_server(tmp_path):
+    """A :class:`PhotoServer` for ``tmp_path / "served"``."""
+    (tmp_path / "served").mkdir()
+    server = PhotoServer(tmp_path / "served")
+    yield server
+    server.close()
 
 
 @pytest.fixture

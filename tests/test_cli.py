@@ -545,28 +545,37 @@ def test_label_review_shows_a_manifests_second_readings_beside_the_ranking(demo_
     assert readers["ape_percent"] == pytest.approx(average_percent_error(first, first + 1))
 
 
-def test_a_lab_export_runs_from_the_command_line_with_its_columns_mapped(tmp_path, capsys):
-    """Tray photos with a box column, ages as 6.0, ids from measurement_id, a presigned URL: extract and run read
-    the export as it is; no signature reaches any output; the extraction's job record carries the mapping."""
+def test_a_lab_export_runs_from_the_command_line_with_its_columns_mapped(tmp_path, capsys, photo_server):
+    """Tray photos behind presigned URLs (one dead) with a box column, ages as 6.0, ids from measurement_id:
+    extract downloads the trays once (its job record shows the download), run reads the export as it is and
+    downloads nothing again; the dead URL is named with its HTTP status; no signature reaches any output."""
+    from conftest import presigned_query
     from otolith_core.jobs import list_jobs
 
-    url = "https://x.s3.amazonaws.com/t.jpg?X-Amz-Signature=SECRET&X-Amz-Expires=1"
-    write_tray_export(tmp_path, boxes_per_tray=10, extra_rows=(f'M99,ST9,4.0,,"[[0, 0], [10, 10]]",{url}',))
+    dead = f"{photo_server.url}/t.jpg?{presigned_query('SECRET')}"
+    write_tray_export(photo_server.folder, boxes_per_tray=10, base_url=photo_server.url, signature="SECRET",
+                      extra_rows=(f'M99,ST9,4.0,,"[[0, 0], [10, 10]]",{dead}',))
+    export = str(photo_server.folder / "export.csv")
     mapping = ["--path-column", "image__content__url", "--box-column", "bounding_box", "--id-column", "measurement_id"]
     cache = str(tmp_path / "cache")
-    assert main(["extract", "--data", str(tmp_path / "export.csv"), *mapping, "--model", "pixels-32",
-                 "--cache-dir", cache]) == 0
+    assert main(["extract", "--data", export, *mapping, "--model", "pixels-32", "--cache-dir", cache]) == 0
     (job,) = list_jobs(cache)
     assert job.request.columns["path"] == "image__content__url" and "--box-column" in job.request.command(cache)
-    assert main(["run", "--data", str(tmp_path / "export.csv"), *mapping, "--models", "pixels-32", "--heads", "ridge",
+    assert "downloading 3/3 photos" in (tmp_path / "cache" / "jobs" / job.id / "log.txt").read_text()
+    assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1, "t.jpg": 1}
+    assert main(["run", "--data", export, *mapping, "--models", "pixels-32", "--heads", "ridge",
                  "--folds", "2", "--no-chart", "--out", str(tmp_path / "out"), "--cache-dir", cache]) == 0
+    assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1, "t.jpg": 2}  # only the dead one asked again
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert set(predictions.image) == {f"M{t}{b:02d}" for t in range(2) for b in range(10)}
+    assert set(predictions.path) == {f"{photo_server.url}/tray0.jpg", f"{photo_server.url}/tray1.jpg"}
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
-    assert skipped.path.tolist() == ["https://x.s3.amazonaws.com/t.jpg"]
+    assert skipped.path.tolist() == [f"{photo_server.url}/t.jpg"] and "HTTP 404" in skipped.reason[0]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["data"]["columns"]["box"] == "bounding_box" and run["data"]["columns"]["id"] == "measurement_id"
-    written = "".join(p.read_text() for p in (tmp_path / "out").iterdir()) + capsys.readouterr().out
+    outputs = capsys.readouterr()
+    written = "".join(p.read_text() for p in (tmp_path / "out").iterdir()) + outputs.out + outputs.err
+    written += "".join(p.read_text() for p in (tmp_path / "cache").rglob("*") if p.suffix in (".json", ".txt"))
     assert "SECRET" not in written and "Signature" not in written
 
 

@@ -572,11 +572,14 @@ def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
     return at
 
 
-def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_path, monkeypatch, media_stores):
-    """The column pickers come prefilled from the export (image column, box column); the Data page shows a tray
-    with its boxes; an id column picked renames every image; the run uses the mapping (its extraction job too),
-    and the URL carries it, so a reload comes back with it."""
-    app = _started(write_tray_export(tmp_path, boxes_per_tray=12), tmp_path, monkeypatch)
+def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_path, monkeypatch, media_stores,
+                                                                          photo_server):
+    """The export names its trays by presigned URLs. The column pickers come prefilled from the export (image column,
+    box column); the Data page says the photos are not downloaded yet, downloads one on request and shows it with
+    its boxes; an id column picked renames every image; the run uses the mapping (its extraction job too, which
+    downloads the other tray, once), and the URL carries it, so a reload comes back with it."""
+    export = write_tray_export(photo_server.folder, boxes_per_tray=12, base_url=photo_server.url)
+    app = _started(export, tmp_path, monkeypatch)
     sidebar = app.sidebar
     assert sidebar.selectbox(key="col_path").value == "image__content__url"
     assert sidebar.selectbox(key="col_box").value == "bounding_box" and sidebar.selectbox(key="col_id").value == ""
@@ -584,6 +587,9 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     app.switch_page("views/data.py").run()
     assert not app.exception
     assert any(m.value == 24 or m.value == "24" for m in app.metric)
+    assert any("2 photos are behind URLs**: 0 downloaded" in i.value for i in app.info)
+    app.button(key="download_tray").click().run()
+    assert not app.exception and photo_server.requests == {"tray0.jpg": 1}
     assert any("tray0.jpg: 12 boxes and their ids" in str(image.proto) for image in app.get("image"))
     assert "measurement_id" not in app.sidebar.multiselect(key="covariates").options  # names rows, not fish
     app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
@@ -594,6 +600,7 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
     (job,) = list_jobs(os.environ["OTOLITH_CACHE_DIR"])
     assert job.state == "finished" and job.request.columns["id"] == "measurement_id"
+    assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1}
     app.switch_page("views/errors.py").run()
     assert not app.exception
     app.switch_page("views/results.py").run()

@@ -186,7 +186,7 @@ def test_signature_of_a_manifest_follows_its_content_and_its_files(tmp_path):
 
 def _lab_export(folder: Path) -> Path:
     """A lab platform's export, as it comes: one row per otolith, tray photos with a box column, ages as 6.0, a
-    presigned-style URL (not downloaded by this version), a whole-frame row, an unreadable box."""
+    presigned-style URL (read without a cache folder to download into), a whole-frame row, an unreadable box."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -219,12 +219,62 @@ def test_a_lab_export_is_read_as_it_is_with_its_columns_mapped(tmp_path):
     reasons = {s.row: s.reason for s in data.skipped}
     assert "covers the whole 600x400 photo" in reasons[5] and "3 other boxes" in reasons[5]
     assert "box '10,20' cannot be read" in reasons[7]
-    assert "not downloaded" in reasons[8]
+    assert "needs a cache folder" in reasons[8]
     url = next(s for s in data.skipped if s.row == 8)
     assert url.path == "https://bucket.s3.amazonaws.com/t/tray3.jpg"  # never the signature
     assert "Signature" not in " ".join(f"{s.path} {s.reason}" for s in data.skipped)
     pixels = np.asarray(load_image(data.records[1]))
     assert pixels.shape == (80, 130, 3)
+
+
+def test_photos_behind_urls_are_downloaded_once_for_all_their_boxes(tmp_path, photo_server):
+    """An export naming its trays by presigned URLs (one dead): every box becomes an image named by its id, its
+    pixels the box's; the dead URL is named per row with its HTTP status; a re-export with fresh signatures has
+    the same data signature and downloads nothing."""
+    from conftest import presigned_query, write_tray_export
+    from otolith_core.data import ManifestColumns, data_signature, download_missing
+
+    served = photo_server.folder
+    dead = f"{photo_server.url}/lost.jpg?{presigned_query('s1')}"
+    csv = write_tray_export(served, boxes_per_tray=4, base_url=photo_server.url,
+                            extra_rows=(f'M90,ST9,5.0,40,"[[0, 0], [20, 20]]",{dead}',
+                                        f'M91,ST9,6.0,41,"[[20, 0], [40, 20]]",{dead}'))
+    columns = ManifestColumns(path="image__content__url", box="bounding_box", id="measurement_id")
+    cache = tmp_path / "cache"
+    data = load_dataset(csv, columns=columns, cache_dir=cache)
+    assert len(data) == 10 and len({r.path for r in data.to_download}) == 3
+    signature = data_signature(csv, columns, cache)
+    seen = []
+    data = download_missing(data, progress=lambda *counts: seen.append(counts))
+    assert seen[-1] == (3, 3, 1) and not data.to_download
+    assert data.ids == [f"M{t}{b:02d}" for t in range(2) for b in range(4)]
+    assert {r.name for r in data.records} == {f"{photo_server.url}/tray0.jpg", f"{photo_server.url}/tray1.jpg"}
+    tray = np.asarray(Image.open(served / "tray1.jpg").convert("RGB"))
+    assert np.array_equal(np.asarray(load_image(data.records[5])), tray[10:190, 50:90])
+    reasons = {s.row: s.reason for s in data.skipped}
+    assert set(reasons) == {10, 11} and reasons[10].startswith("download failed: HTTP 404")
+    assert all("Signature" not in f"{s.path} {s.reason}" for s in data.skipped)
+    assert data_signature(csv, columns, cache) != signature  # the downloads are part of what was read
+    signature = data_signature(csv, columns, cache)
+    csv.write_text(csv.read_text().replace("Signature=s1", "Signature=fresh"))
+    assert data_signature(csv, columns, cache) == signature
+    again = download_missing(load_dataset(csv, columns=columns, cache_dir=cache))
+    assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1, "lost.jpg": 2}  # the dead one is tried again
+    assert again.ids == data.ids
+
+
+def test_a_whole_frame_box_is_told_once_its_photo_is_downloaded(tmp_path, photo_server):
+    from conftest import presigned_query, write_tray_export
+    from otolith_core.data import ManifestColumns, download_missing
+
+    whole = f"{photo_server.url}/tray0.jpg?{presigned_query('s1')}"
+    csv = write_tray_export(photo_server.folder, boxes_per_tray=3, base_url=photo_server.url,
+                            extra_rows=(f'M99,ST0,5.0,40,"[[0, 0], [150, 200]]",{whole}',))
+    columns = ManifestColumns(path="image__content__url", box="bounding_box", id="measurement_id")
+    data = load_dataset(csv, columns=columns, cache_dir=tmp_path / "cache")
+    assert "M99" in data.ids  # not downloaded yet: its size is unknown
+    data = download_missing(data)
+    assert "M99" not in data.ids and "covers the whole 150x200 photo" in data.skipped[-1].reason
 
 
 def test_boxes_in_every_written_form_and_as_widths(tmp_path):

@@ -122,3 +122,29 @@ def test_a_cancel_before_the_process_has_started_is_honoured(demo_manifest, tiny
     assert _wait(cache, request.id).state == "cancelled"
     data = load_dataset(demo_manifest)
     assert cached_count(data, resolve_encoder(request.encoder), cache_dir=cache) < len(data)
+
+
+def test_a_job_shows_its_downloads_and_a_cancel_stops_them(tmp_path, photo_server):
+    """Photos behind URLs are downloaded first, shown on the job card as photos done; a cancel stops the download
+    between photos, the finished photos stay in the cache, and the next job fetches only the rest."""
+    from conftest import write_tray_export
+    from otolith_core.data import ManifestColumns, download_missing
+
+    csv = write_tray_export(photo_server.folder, boxes_per_tray=3, base_url=photo_server.url)
+    columns = ManifestColumns(path="image__content__url", box="bounding_box", id="measurement_id")
+    cache = tmp_path / "cache"
+    request = JobRequest(str(csv), "pixels-32")
+    seen = []
+    with pytest.raises(Cancelled):
+        with JobRecorder(cache, request) as job:
+            def progress(done, total, failed):
+                job.downloading(done, total, failed)
+                seen.append(read_job(cache, job.id).describe())
+                if done == 1:
+                    cancel_job(cache, job.id)
+
+            download_missing(load_dataset(csv, columns=columns, cache_dir=cache), workers=1, progress=progress)
+    assert seen[0] == "downloading photos: 0/2" and seen[1].startswith("downloading photos: 1/2, ")
+    assert read_job(cache, request.id).state == "cancelled"
+    data = download_missing(load_dataset(csv, columns=columns, cache_dir=cache))
+    assert len(data) == 6 and photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1}

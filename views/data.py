@@ -1,6 +1,7 @@
 """Data page: what was found, how ages are spread, what was skipped, and what matters for CV."""
 
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -28,6 +29,13 @@ st.caption(f"Source: `{dataset.source}` ({dataset.kind})"
                                                           ("fish", dataset.has_fish_ids and dataset.columns.fish),
                                                           ("box", dataset.columns.box),
                                                           ("id", dataset.columns.id)) if column)))
+
+behind_urls = {r.path for r in dataset.records if r.url is not None}
+if behind_urls:
+    waiting = {r.path for r in dataset.to_download}
+    st.info(f"**{len(behind_urls)} photos are behind URLs**: {len(behind_urls) - len(waiting)} downloaded into the cache, "
+            f"{len(waiting)} still to download. An extraction (Embeddings page) downloads what is missing first, once "
+            "for every encoder; a re-export of the manifest with fresh links downloads nothing again.")
 
 counts = ages.value_counts().sort_index()
 sparse = counts[counts < settings.n_folds]
@@ -68,16 +76,37 @@ if with_keys is not None:
 trays = Counter(r.path for r in dataset.records if r.crop is not None)
 if trays:
     st.subheader("Photos and their boxes")
+    first_of = {}  # photo -> its first record (its name as the manifest gives it: a URL without its query)
+    for record in dataset.records:
+        first_of.setdefault(record.path, record)
     photos = [path for path, _ in trays.most_common()]
-    photo = st.selectbox("Photo", photos, key="tray_photo", format_func=lambda p: f"{p.name} ({trays[p]} boxes)",
+    photo = st.selectbox("Photo", photos, key="tray_photo",
+                         format_func=lambda p: f"{Path(first_of[p].name).name} ({trays[p]} boxes)",
                          help="Each box is an image of its own, named by its id; check that the boxes sit on the "
                               "otoliths (they are read in pixels of the upright photo).")
+    shown = Path(first_of[photo].name).name
     boxes = tuple((r.crop, r.id) for r in dataset.records if r.path == photo and r.crop is not None)
-    drawn = cached.boxes_drawn(str(photo), photo.stat().st_mtime_ns, boxes) if photo.exists() else None
-    if drawn is None:
-        st.warning(f"{photo.name} cannot be decoded.")
+    url = first_of[photo].url
+    if not photo.exists() and url is not None:
+        st.info(f"{shown} is behind a URL and not downloaded yet (an extraction downloads it).")
+        if st.button("Download this photo now to check its boxes", key="download_tray"):
+            from otolith_core.downloads import DownloadFailed, fetch
+
+            try:
+                with st.spinner(f"Downloading {shown}…"):
+                    fetch(url, photo)
+            except DownloadFailed as exc:
+                st.error(f"{first_of[photo].name} cannot be downloaded: {exc}")
+            else:
+                st.rerun()
+    elif not photo.exists():
+        st.warning(f"{shown} is not there any more.")
     else:
-        st.image(drawn, caption=f"{photo.name}: {len(boxes)} boxes and their ids", width="stretch")
+        drawn = cached.boxes_drawn(str(photo), photo.stat().st_mtime_ns, boxes)
+        if drawn is None:
+            st.warning(f"{shown} cannot be decoded.")
+        else:
+            st.image(drawn, caption=f"{shown}: {len(boxes)} boxes and their ids", width="stretch")
 
 st.subheader("Images per age")
 st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")

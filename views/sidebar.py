@@ -131,7 +131,7 @@ def _draw(specs, known) -> Settings | None:
         if age_range[0] > age_range[1]:
             sb.warning("The minimum age must not exceed the maximum.")
             return None
-    signature = data_signature(data_path, columns)
+    signature = data_signature(data_path, columns, default_cache_dir())
 
     sb.header("Encoders")
     # Labels must not change while the app runs: Streamlit matches a multiselect's values by their labels.
