@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .downloads import URL_SCHEMES, DownloadFailed, Fetch, download_path, fetch_all, is_url, without_query
+from .downloads import (URL_SCHEMES, DownloadFailed, Fetch, download_path, failure_path, fetch_all, is_url,
+                        without_query)
 
 RAW_EXTENSIONS = frozenset({".nef", ".cr2", ".arw", ".dng"})  # camera RAW, decoded with rawpy
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}) | RAW_EXTENSIONS
@@ -377,6 +378,8 @@ def data_signature(path: str | Path, columns: ManifestColumns | None = None,
                 continue
             if is_url(text):
                 listed = download_path(cache_dir, text) if cache_dir is not None else None
+                if listed is not None:  # a failed download, recorded, is part of what a page shows
+                    digest.update(f"\n{_stat_text(failure_path(listed))}".encode())
             else:
                 listed = Path(text).expanduser()
                 listed = listed if listed.is_absolute() else path.parent / listed

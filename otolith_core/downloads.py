@@ -84,6 +84,23 @@ class Fetch:
     destination: Path
 
 
+def failure_path(destination: Path) -> Path:
+    """Where the last failed try to fetch ``destination`` is recorded (removed when a fetch succeeds)."""
+    destination = Path(destination)
+    return destination.with_name(destination.name + ".failed.json")
+
+
+def recorded_failure(destination: Path) -> str | None:
+    """Why the last try to fetch ``destination`` failed, when it is not there (None: never tried, or fetched), so
+    that a process that did not fetch (the dashboard) can say why a photo is missing."""
+    if Path(destination).is_file():
+        return None
+    try:
+        return json.loads(failure_path(destination).read_text(encoding="utf-8"))["reason"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def fetch_all(fetches: Sequence[Fetch], *, workers: int = WORKERS, timeout: float = TIMEOUT_SECONDS,
               progress: Progress | None = None) -> dict[Path, DownloadFailed | None]:
     """Fetch each file that is not at its destination yet, ``workers`` at a time.
@@ -143,12 +160,23 @@ def fetch(url: str, destination: Path, *, timeout: float = TIMEOUT_SECONDS, atte
             except DownloadFailed as exc:
                 part.unlink(missing_ok=True)
                 if not exc.retry or attempt == attempts:
+                    _record_failure(destination, exc)
                     raise
                 time.sleep(attempt)
         os.replace(part, destination)
         sidecar = {"url": without_query(url), "size": size, "sha256": sha256, "fetched": time.time()}
         Path(str(destination) + ".json").write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
+        failure_path(destination).unlink(missing_ok=True)
     return True
+
+
+def _record_failure(destination: Path, failure: DownloadFailed) -> None:
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        failure_path(destination).write_text(json.dumps({"reason": str(failure), "status": failure.status,
+                                                         "when": time.time()}), encoding="utf-8")
+    except OSError:
+        pass  # the failure is still reported to the caller
 
 
 def _fetch_once(url: str, part: Path, timeout: float) -> tuple[int, str]:

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
+from .downloads import recorded_failure
 from .data import Dataset, ImageRecord, Skipped, load_images
 from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, decode_min_side,
                        implementation_for, load_encoder, resolve_revision, runs_on, select_device)
@@ -138,9 +139,12 @@ def extract_embeddings(
         store, features, found = _fullest(stores, lookup)
         # a photo behind a URL not downloaded yet: to do for a look at the cache, unusable for an extraction
         waiting = [r for r, k in zip(dataset.records, keys) if k is None and r.url is not None and not r.path.is_file()]
-        pending: list[str] = [r.id for r in waiting] if cached_only else []
-        failures += [] if cached_only else [Skipped.of(r, "photo behind a URL, not downloaded (see the download's "
-                                                          "failures)") for r in waiting]
+        failed_downloads = {r.id: recorded_failure(r.path) for r in waiting}
+        pending: list[str] = [r.id for r in waiting if not failed_downloads[r.id]] if cached_only else []
+        failures += [Skipped.of(r, f"download failed: {failed_downloads[r.id]}") for r in waiting
+                     if failed_downloads[r.id]]
+        failures += [] if cached_only else [Skipped.of(r, "photo behind a URL, not downloaded") for r in waiting
+                                            if not failed_downloads[r.id]]
         if cached_only:
             for i in _missing_positions(known, found):
                 reason = store.failure(keys[i]) if store is not None else None

@@ -615,6 +615,20 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     assert not reloaded.exception and reloaded.sidebar.selectbox(key="col_id").value == "measurement_id"
 
 
+def test_the_column_pickers_follow_the_file_typed(demo_manifest, tmp_path, monkeypatch, media_stores):
+    """Typing an export's path after the demo's manifest: every picker takes the export's guess (the demo's
+    'no box column' must not stay); typing the demo's path again gives its own columns back."""
+    app = _started(demo_manifest, tmp_path, monkeypatch)
+    assert app.sidebar.selectbox(key="col_box").value == ""
+    export = write_tray_export(tmp_path, boxes_per_tray=3)
+    app.sidebar.text_input(key="data_path").set_value(str(export)).run()
+    assert not app.exception
+    picked = {key: app.sidebar.selectbox(key=key).value for key in ("col_path", "col_age", "col_box", "col_id")}
+    assert picked == {"col_path": "image__content__url", "col_age": "age", "col_box": "bounding_box", "col_id": ""}
+    app.sidebar.text_input(key="data_path").set_value(str(demo_manifest)).run()
+    assert app.sidebar.selectbox(key="col_path").value == "path" and app.sidebar.selectbox(key="col_box").value == ""
+
+
 @pytest.mark.slow
 def test_review_says_how_many_images_could_not_be_scored_and_why(demo_manifest, demo_cache, tmp_path, monkeypatch,
                                                                  media_stores):

@@ -104,3 +104,16 @@ def test_object_stores_go_through_fsspec_and_name_a_missing_back_end(tmp_path, m
     monkeypatch.setitem(sys.modules, "gcsfs", None)
     with pytest.raises(DownloadFailed, match=r"gs:// needs gcsfs: install otolith-dashboard\[gcs\]"):
         fetch("gs://lab-bucket/t.jpg", tmp_path / "g.jpg")
+
+
+def test_a_failure_is_recorded_for_whoever_did_not_fetch_and_forgotten_once_fetched(photo_server, tmp_path):
+    """The dashboard never downloads: it learns from the record why a job could not fetch a photo."""
+    from otolith_core.downloads import recorded_failure
+
+    url = f"{photo_server.url}/later.jpg?{presigned_query('sig1')}"
+    destination = download_path(tmp_path, url)
+    assert recorded_failure(destination) is None
+    fetch_all([Fetch(url, destination)])
+    assert recorded_failure(destination).startswith("HTTP 404")
+    (photo_server.folder / "later.jpg").write_bytes(b"here now")
+    assert fetch(url, destination) and recorded_failure(destination) is None

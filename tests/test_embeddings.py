@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from otolith_core.data import Skipped
-from otolith_core.embeddings import load_npz_embeddings
+from otolith_core.data import Skipped, load_dataset
+from otolith_core.embeddings import extract_embeddings, load_npz_embeddings
 
 
 def reference_load(named_files):
@@ -187,3 +187,27 @@ def test_a_tray_extraction_equals_each_box_decoded_alone_and_reads_each_photo_on
     else:
         np.testing.assert_array_equal(result.features, np.stack(reference))
     assert result.keys == tuple(result.keys) and len(set(result.keys)) == len(expected_rows)
+
+
+def test_a_photo_a_job_could_not_download_is_named_not_waited_for(tmp_path, photo_server):
+    """The dashboard reads the cache without downloading: a photo still to fetch is pending, one whose download
+    failed (in a job) is named with the job's reason, so the other images are compared without it."""
+    from conftest import presigned_query, write_tray_export
+    from otolith_core.data import ManifestColumns, download_missing
+    from otolith_core.encoders import registry
+
+    dead = f"{photo_server.url}/lost.jpg?{presigned_query('s1')}"
+    csv = write_tray_export(photo_server.folder, boxes_per_tray=3, base_url=photo_server.url,
+                            extra_rows=(f'M90,ST9,5.0,40,"[[0, 0], [20, 20]]",{dead}',))
+    columns = ManifestColumns(path="image__content__url", box="bounding_box", id="measurement_id")
+    cache = tmp_path / "cache"
+    spec = registry()["pixels-32"]
+    before = extract_embeddings(load_dataset(csv, columns=columns, cache_dir=cache), spec, cache_dir=cache,
+                                cached_only=True)
+    assert len(before.pending) == 7 and not before.failures
+    extract_embeddings(download_missing(load_dataset(csv, columns=columns, cache_dir=cache)), spec, cache_dir=cache)
+    seen = extract_embeddings(load_dataset(csv, columns=columns, cache_dir=cache), spec, cache_dir=cache,
+                              cached_only=True)
+    assert len(seen.rows) == 6 and not seen.pending
+    (failure,) = seen.failures
+    assert failure.image == "M90" and failure.reason.startswith("download failed: HTTP 404")

@@ -85,7 +85,10 @@ if trays:
                          help="Each box is an image of its own, named by its id; check that the boxes sit on the "
                               "otoliths (they are read in pixels of the upright photo).")
     shown = Path(first_of[photo].name).name
-    boxes = tuple((r.crop, r.id) for r in dataset.records if r.path == photo and r.crop is not None)
+    # labelled by the id column when one is mapped, else by manifest row (an id of path + box is too long to read)
+    by_id = dataset.columns.id is not None
+    boxes = tuple((r.crop, r.id if by_id or r.row is None else f"row {r.row}") for r in dataset.records
+                  if r.path == photo and r.crop is not None)
     url = first_of[photo].url
     if not photo.exists() and url is not None:
         st.info(f"{shown} is behind a URL and not downloaded yet (an extraction downloads it).")
@@ -106,7 +109,8 @@ if trays:
         if drawn is None:
             st.warning(f"{shown} cannot be decoded.")
         else:
-            st.image(drawn, caption=f"{shown}: {len(boxes)} boxes and their ids", width="stretch")
+            st.image(drawn, caption=f"{shown}: {len(boxes)} boxes and their " + (
+                "ids" if by_id else "manifest rows (map an image id column to see ids)"), width="stretch")
 
 st.subheader("Images per age")
 st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")

@@ -67,6 +67,7 @@ def sidebar() -> Settings | None:
                                            "encoders": list(specs), "variants": list(VARIANTS),
                                            "heads": list(HEADS), "scaling": [AUTO_SCALING, *SCALINGS],
                                            "grouping": list(GROUPING)})
+    state.keep_widget_values()
     jobs.status_area(str(default_cache_dir()))  # on top, where it is seen while jobs run
     settings = _draw(specs, known)
     state.set_settings(settings)
@@ -215,9 +216,14 @@ def _column_mapping(data_path: str) -> ManifestColumns | None:
     defaults = {"col_path": guess.path, "col_age": guess.age, "col_fish": guess.fish, "col_box": guess.box or NO_COLUMN,
                 "col_box_format": guess.box_format, "col_id": guess.id or NO_COLUMN}
     optional = [NO_COLUMN, *names]
-    for key, value in defaults.items():  # a value of another file (or none yet) gives way to this file's guess
+    # The pickers hold this file's mapping: another file's (a manifest read before in this session) gives way to
+    # this file's guess as a whole; a mapping from the page's address (a reload: no file recorded yet) is kept
+    # where this file has its columns.
+    other_file = st.session_state.get("col_file", data_path) != data_path
+    st.session_state["col_file"] = data_path
+    for key, value in defaults.items():
         offered = BOX_FORMATS if key == "col_box_format" else optional if key in ("col_box", "col_id", "col_fish") else names
-        if st.session_state.get(key) not in offered:
+        if other_file or st.session_state.get(key) not in offered:
             st.session_state[key] = value if value in offered else (offered[0] if offered else NO_COLUMN)
     with st.sidebar.expander("Manifest columns", expanded=not guess.native):
         st.caption("Which of the manifest's columns hold what (a lab's export is read as it is).")

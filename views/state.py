@@ -144,6 +144,20 @@ def restore_from_url(options: Mapping[str, list]) -> bool:
     return params.get(RUN_PARAM) == "1"
 
 
+def keep_widget_values() -> None:
+    """Before any widget is drawn: hold on to every setting's value across a script run that does not draw its
+    widget (while the data path is blank the sidebar stops early; a page may leave a widget out).
+
+    Streamlit forgets a widget's value after a run that did not draw it, and the browser then shows the widget's
+    own default (a Ridge alpha of 0, no heads) while the settings still hold the old value: the numbers would
+    change with the next click. Writing each value back (Streamlit's documented way to keep widget state) makes
+    it the value the widget is drawn with.
+    """
+    for key in (*URL_FIELDS, *URL_LISTS):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def mirror_to_url(*, run_requested: bool) -> None:
     """Write the widgets' current values into the URL (only when they changed, so history stays short)."""
     wanted: dict[str, str | list[str]] = {}

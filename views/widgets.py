@@ -34,6 +34,9 @@ def show_thumbnail(container, record: ImageRecord, caption: str) -> None:
     try:
         mtime = record.path.stat().st_mtime_ns
     except OSError:
+        if record.url is not None:  # behind a URL: an extraction downloads it
+            container.caption(f"{record.id}: not downloaded yet")
+            return
         mtime = 0
     pixels = cached.thumbnail(str(record.path), record.crop, mtime)
     if pixels is None:
