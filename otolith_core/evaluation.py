@@ -427,8 +427,8 @@ def column_values(dataset: Dataset, rows: np.ndarray, column: str, *, option: st
     the manifest lacks (naming the ones it has).
     """
     if dataset.kind != "manifest":
-        raise ValueError(f"{option} {column!r}: a {dataset.kind} of images has no columns; give a CSV manifest "
-                         f"with that column")
+        what = "a folder of age sub-folders" if dataset.kind == "folder" else f"the data ({dataset.kind})"
+        raise ValueError(f"{option} {column!r}: {what} has no columns; give a CSV manifest with that column")
     mapped = dataset.columns
     if column == mapped.age:
         raise ValueError(f"{option} {column!r} is the age column: folds made from the ages themselves would test "
