@@ -40,8 +40,8 @@ PREDICTION_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "
 PROBABILITY_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "path", "true_age"]  # then p_age_<a>
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
-FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "held_out", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
-                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
+FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "held_out", "n_test", "accuracy", "pm1_accuracy", "rmse",
+                "mae",                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
 SUMMARY_COLUMNS = (["encoder", "head", "scaling", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"]
                    + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")])
@@ -197,7 +197,8 @@ class Comparison:
     @property
     def folds_text(self) -> str:
         """How the folds were made, for captions: ``"leave-one-cruise_id-out: 5 folds, one per value; folds keep
-        each fish together"``, ``"10-fold stratified, folds keep each station_id together (never splitting a fish)"``."""
+        each fish together"``, ``"10-fold stratified, folds keep each station_id together (never splitting a
+        fish)"``."""
         if self.holdout_column is not None:
             scheme = f"leave-one-{self.holdout_column}-out: {self.n_folds} folds, one per value"
         else:

@@ -620,7 +620,8 @@ def test_a_cruise_hold_out_tests_each_cruise_once_and_scores_it(survey_export, t
     assert run["cv"]["holdout_column"] == "cruise_id" and run["cv"]["scheme"] == "LeaveOneGroupOut"
     assert run["cv"]["held_out_values"] == ["C0", "C1", "C2"] and run["cv"]["n_folds"] == 3
     tests = pd.read_csv(tmp_path / "ttests.csv")  # paired over the 3 cruises
-    ridge, svc = (folds[(folds.encoder == "pixels-32") & (folds["head"] == h)].accuracy.to_numpy() for h in ("ridge", "svc"))
+    ridge, svc = (folds[(folds.encoder == "pixels-32") & (folds["head"] == h)].accuracy.to_numpy()
+                  for h in ("ridge", "svc"))
     naive = tests[(tests.test == "paired_t") & (tests.metric == "accuracy")].iloc[0]
     assert naive.mean_diff == pytest.approx(paired_t_test(ridge, svc)[0])
 
