@@ -41,7 +41,7 @@ PROBABILITY_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", 
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
 FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "held_out", "n_test", "accuracy", "pm1_accuracy", "rmse",
-                "mae",                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
+                "mae", "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
 SUMMARY_COLUMNS = (["encoder", "head", "scaling", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"]
                    + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")])
