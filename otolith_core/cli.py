@@ -5,6 +5,7 @@
     otolith extract --data PATH --model NAME [--device ...] [--precision ...] [--batch-size N] [--cache-dir DIR]
                     [--npz FILE]
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
+                [--group-column COL | --no-group-by-fish] [--holdout-column COL]
                 [--combine A,B] [--covariates COL,COL [--impute-covariates]] [--scaling ...] [--bootstrap N]
                 [--learning-curve] [--age-range MIN MAX] [--no-chart | --png] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
@@ -98,13 +99,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--scaling", default="auto", choices=["auto", "none", "l2", "standardize"],
                      help="feature scaling fitted inside each training fold; auto (default): each encoder's own "
                           "(`otolith models`: l2 for learned encoders, none for the built-ins)")
-    run.add_argument("--folds", type=int, default=10)
+    run.add_argument("--folds", type=int, help="k of the stratified k-fold CV (default 10); with --holdout-column the "
+                                               "folds are that column's values")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--repeats", type=int, default=1, help="R x k-fold CV with seeds seed..seed+R-1 (default 1)")
     grouping = run.add_mutually_exclusive_group()
     grouping.add_argument("--group-by-fish", dest="group_by_fish", action="store_true", default=None,
                           help="keep all photos of a fish in one fold (default: on when the data has fish_id repeats)")
     grouping.add_argument("--no-group-by-fish", dest="group_by_fish", action="store_false")
+    run.add_argument("--group-column", metavar="COL",
+                     help="keep every value's images in one fold instead of each fish's: a manifest column such as "
+                          "station_id, or the path column (one tray photo); a blank value is a group of its own, and "
+                          "values that one fish's photos share are merged, so a fish is never split. The bootstrap "
+                          "resamples these groups and the heads' inner CV splits by them. Not with --no-group-by-fish")
+    run.add_argument("--holdout-column", metavar="COL",
+                     help="leave-one-group-out: each value of this manifest column (e.g. cruise_id, year) is the test "
+                          "fold once (folds.csv names it; per_holdout.csv scores each value and all pooled); images "
+                          "with a blank value are skipped; fish (or --group-column groups) must not span two values. "
+                          "Not with --folds or --repeats > 1")
     run.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                      help="draws for the 95%% bootstrap intervals in summary.csv (fish resampled; default 1000; 0: none)")
     run.add_argument("--learning-curve", action="store_true",
@@ -368,6 +380,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.impute_covariates and not args.covariates:
         raise ValueError("--impute-covariates needs --covariates COL,COL")
     covariates = CovariateRequest.parse(args.covariates or "", impute=args.impute_covariates)
+    _check_fold_options(args)
     failed: dict[str, str] = {}
     specs = {}
     if args.embeddings:
@@ -382,6 +395,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.models:
             raise ValueError("give --models A,B (see `otolith models`)")
         dataset = _load_data(args)
+        _check_fold_columns(dataset, args)  # before any extraction
         cache_dir = _cache_dir(args)
         embeddings = {}
         resolved, failed = resolve_encoders([m.strip() for m in args.models.split(",") if m.strip()],
@@ -404,13 +418,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not embeddings:
         print("nothing could be evaluated: every encoder failed (see above)", file=sys.stderr)
         return EXIT_NOTHING_EVALUATED
-    comparison = compare(dataset, embeddings, heads, n_folds=args.folds, seed=args.seed, repeats=args.repeats,
-                         group_by_fish=args.group_by_fish, with_learning_curve=args.learning_curve,
+    comparison = compare(dataset, embeddings, heads, n_folds=10 if args.folds is None else args.folds, seed=args.seed,
+                         repeats=args.repeats, group_by_fish=args.group_by_fish, group_column=args.group_column,
+                         holdout_column=args.holdout_column, with_learning_curve=args.learning_curve,
                          bootstrap_draws=args.bootstrap, scalings={n: s.scaling for n, s in specs.items()},
                          combined=_combined(args.combine, embeddings, failed), covariates=covariates,
                          failed_encoders=failed)
-    if comparison.grouped_by_fish:
-        print("folds keep all photos of a fish together (grouped by fish_id)")
+    print(f"folds: {comparison.folds_text}")
     for note in comparison.warnings:
         print(note, file=sys.stderr)
     second = _second_readings(dataset, cache_dir)  # the manifest's second_age, or readings typed on the Review page
@@ -432,6 +446,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} encoder(s) failed: {', '.join(failed)} (run.json lists why)", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_fold_options(args: argparse.Namespace) -> None:
+    """Refuse fold options that contradict each other, before anything is extracted."""
+    if args.group_column and args.group_by_fish is False:
+        raise ValueError(f"--group-column {args.group_column} keeps each value's images in one fold, which "
+                         f"--no-group-by-fish forbids; drop one of the two")
+    if args.holdout_column and args.folds is not None:
+        raise ValueError(f"--folds does not apply with --holdout-column {args.holdout_column}: the folds are its "
+                         f"values, one each; drop --folds")
+    if args.holdout_column and args.repeats > 1:
+        raise ValueError(f"--holdout-column {args.holdout_column} is one fixed split (leave-one-group-out): repeats "
+                         f"would repeat it identically; drop --repeats")
+
+
+def _check_fold_columns(dataset, args: argparse.Namespace) -> None:
+    """A --group-column or --holdout-column the manifest lacks (or that cannot group) is named before extraction."""
+    import numpy as np
+
+    from .evaluation import column_values
+
+    for option, column in (("--group-column", args.group_column), ("--holdout-column", args.holdout_column)):
+        if column:
+            column_values(dataset, np.arange(len(dataset.records)), column, option=option)
 
 
 def _split_pair(item: str) -> tuple[str, str]:

@@ -1,9 +1,13 @@
 """Cross-validation of every (encoder, head) on the same folds -> :class:`Comparison`.
 
-Folds come from the reader ages, the fish (when photos share a ``fish_id``) and the seed only, and
-are computed once on the images every encoder embedded, so all models are scored on identical splits
-and paired tests between them are meaningful. ``repeats`` R runs R x k-fold with seeds
-seed..seed+R-1. Every image gets one out-of-fold prediction per repeat.
+Folds come from the reader ages, the groups and the seed only, and are computed once on the images every
+encoder embedded, so all models are scored on identical splits and paired tests between them are meaningful.
+``repeats`` R runs R x k-fold with seeds seed..seed+R-1. Every image gets one out-of-fold prediction per repeat.
+
+Groups are what a fold keeps together: the fish (when photos share a ``fish_id``; the default), or the values
+of any manifest column (``group_column``: station, tray photo, ...), merged so that no fish is ever split. The
+bootstrap resamples whole groups and the heads' inner CV splits by them too. ``holdout_column`` replaces
+k-fold with leave-one-group-out: each value of that column (a cruise, a year) is the test fold once.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ PREDICTION_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "
 PROBABILITY_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "path", "true_age"]  # then p_age_<a>
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SEVERITIES = ("error", "warning", "info")
-FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "n_test", "accuracy", "pm1_accuracy", "rmse", "mae",
-                "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
+FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "held_out", "n_test", "accuracy", "pm1_accuracy", "rmse",
+                "mae", "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
 SUMMARY_COLUMNS = (["encoder", "head", "scaling", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"]
                    + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")])
@@ -47,6 +51,8 @@ AGEBIAS_COLUMNS = ["encoder", "head", "true_age", "n", "mean_pred", "ci_low", "c
 PER_AGE_COLUMNS = ["encoder", "head", "age", "n", "recall", "precision", "f1", "mean_error", "pm1_share"]
 SYMMETRY_COLUMNS = ["encoder", "head", "statistic", "df", "p_value", "test"]
 LEARNING_COLUMNS = ["encoder", "head", "train_fraction", "repeat", "fold", "n_train", "accuracy", "pm1_accuracy", "rmse"]
+PER_HOLDOUT_COLUMNS = ["encoder", "head", "scaling", "scope", "held_out", "fold", "n_test", "n_unseen_age", *METRICS]
+HELD_OUT_SCOPE, POOLED_SCOPE = "held-out value", "pooled"  # per_holdout.csv's ``scope``: one value's fold, or all
 
 
 @dataclass(frozen=True)
@@ -94,15 +100,16 @@ class CVResult:
     def n_images(self) -> int:
         return int(np.sum(self.repeat == self.repeat.min())) if self.repeat.size else 0
 
-    def fold_scores(self) -> pd.DataFrame:
-        """One row per (repeat, fold) with every metric, the training size and the ridge alpha used."""
+    def fold_scores(self, held_out: Sequence[str] = ()) -> pd.DataFrame:
+        """One row per (repeat, fold) with every metric, the training size and the ridge alpha used;
+        ``held_out``: the hold-out column's value of each fold (leave-one-group-out), else the column is empty."""
         rows = []
         n_total = self.n_images
         for (r, k), index in self._groups():
             true, pred = self.true_age[index], self.pred_age[index]
             rows.append({
                 "encoder": self.encoder, "head": self.head.label, "scaling": self.head.scaling,
-                "repeat": int(r), "fold": int(k),
+                "repeat": int(r), "fold": int(k), "held_out": held_out[int(k)] if held_out else "",
                 "n_test": int(index.size), **score(true, pred),
                 "rmse_raw": rmse(true, self.pred_raw[index]) if self.head.is_regression else float("nan"),
                 "n_train": n_total - int(index.size), "alpha": self.alpha.get((int(r), int(k)), float("nan")),
@@ -165,18 +172,43 @@ class Comparison:
     n_folds: int
     seed: int
     repeats: int = 1
-    grouped_by_fish: bool = False
+    grouped_by_fish: bool = False  # the folds keep groups together: each fish at least (a group column's values)
     skipped: tuple[Skipped, ...] = ()
     warnings: tuple[Note, ...] = ()
     failed_encoders: Mapping[str, str] = field(default_factory=dict)
     learning_curve: pd.DataFrame | None = None
     precisions: Mapping[str, str] = field(default_factory=dict)  # encoder -> arithmetic its embeddings came from
     baseline: CVResult | None = None  # the no-skill reference on the same folds; in no paired test
-    groups: tuple[str, ...] = ()  # the fish of each image of a repeat (its own id without fish_id): bootstrap units
+    groups: tuple[str, ...] = ()  # the group of each image of a repeat (fish, or group-column value): bootstrap units
     bootstrap_draws: int = BOOTSTRAP_DRAWS  # 0: no intervals
     covariates: Mapping[str, str] = field(default_factory=dict)  # covariate column -> kind (numeric, month, categorical)
     impute_covariates: bool = False  # blanks took the training fold's median instead of skipping the image
     revisions: Mapping[str, str | None] = field(default_factory=dict)  # encoder -> hub commit of its weights, or None
+    group_column: str | None = None  # a column whose values the folds keep together; None: fish (or no groups)
+    holdout_column: str | None = None  # leave-one-group-out over this column's values; None: k-fold
+    held_out: tuple[str, ...] = ()  # the hold-out column's value of each fold, by fold index
+    fish: tuple[str, ...] = ()  # the fish of each image of a repeat (its own id without fish_id)
+
+    @property
+    def group_unit(self) -> str | None:
+        """What the folds keep together, in words: ``"fish"``, the group column's name, or None (images apart)."""
+        return (self.group_column or "fish") if self.grouped_by_fish else None
+
+    @property
+    def folds_text(self) -> str:
+        """How the folds were made, for captions: ``"leave-one-cruise_id-out: 5 folds, one per value; folds keep
+        each fish together"``, ``"10-fold stratified, folds keep each station_id together (never splitting a
+        fish)"``."""
+        if self.holdout_column is not None:
+            scheme = f"leave-one-{self.holdout_column}-out: {self.n_folds} folds, one per value"
+        else:
+            scheme = (f"{self.repeats} × {self.n_folds}-fold" if self.repeats > 1 else f"{self.n_folds}-fold") \
+                     + " stratified"
+        if not self.grouped_by_fish:
+            return f"{scheme}, images treated as independent"
+        if self.group_column is None:
+            return f"{scheme}, folds keep each fish together"
+        return f"{scheme}, folds keep each {self.group_unit} together (never splitting a fish)"
 
     @property
     def scored(self) -> tuple[CVResult, ...]:
@@ -205,8 +237,33 @@ class Comparison:
         return out
 
     def folds_frame(self) -> pd.DataFrame:
-        frames = [r.fold_scores() for r in self.scored]
+        """``folds.csv``: every model's scores per (repeat, fold); ``held_out`` names the value a leave-one-group-out
+        fold tested on (empty for k-fold)."""
+        frames = [r.fold_scores(self.held_out) for r in self.scored]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FOLD_COLUMNS)
+
+    def per_holdout_frame(self) -> pd.DataFrame:
+        """``per_holdout.csv`` (leave-one-group-out only): per model, every metric on each held-out value's images
+        (``scope`` "held-out value") and on all images' out-of-fold predictions pooled (``scope`` "pooled",
+        ``held_out`` empty). ``n_unseen_age``: test images whose reader age no training image had (no model could
+        give it). Empty without a hold-out column."""
+        if self.holdout_column is None:
+            return pd.DataFrame(columns=PER_HOLDOUT_COLUMNS)
+        rows = []
+        for r in self.scored:
+            first = r.repeat == r.repeat.min()
+            true, pred, fold = r.true_age[first], r.pred_age[first], r.fold[first]
+            unseen = ~r.age_in_training()[first]
+            base = {"encoder": r.encoder, "head": r.head.label, "scaling": r.head.scaling}
+            for k, value in enumerate(self.held_out):
+                test = fold == k
+                rows.append({**base, "scope": HELD_OUT_SCOPE, "held_out": value, "fold": k, "n_test": int(test.sum()),
+                             "n_unseen_age": int(unseen[test].sum()), **score(true[test], pred[test])})
+            rows.append({**base, "scope": POOLED_SCOPE, "held_out": "", "fold": pd.NA, "n_test": int(true.size),
+                         "n_unseen_age": int(unseen.sum()), **score(true, pred)})
+        frame = pd.DataFrame(rows, columns=PER_HOLDOUT_COLUMNS)
+        frame["fold"] = frame["fold"].astype("Int64")
+        return frame
 
     def predictions_frame(self) -> pd.DataFrame:
         frames = [r.predictions() for r in self.scored]
@@ -303,15 +360,16 @@ def skipped_frame(skipped: Sequence[Skipped]) -> pd.DataFrame:
 
 
 def make_folds(
-    ages: np.ndarray, *, n_folds: int = 10, seed: int = 0, groups: np.ndarray | None = None
+    ages: np.ndarray, *, n_folds: int = 10, seed: int = 0, groups: np.ndarray | None = None, units: str = "fish"
 ) -> tuple[np.ndarray, list[Note]]:
-    """Stratified fold of every image, from the ages, the groups (fish) and the seed only.
+    """Stratified fold of every image, from the ages, the groups and the seed only.
 
     Parameters
     ----------
     ages : ``(n_images,)`` reader ages.
-    groups : ``(n_images,)`` fish of each image; all photos of one fish land in one fold
-        (``StratifiedGroupKFold``). None: images are independent (``StratifiedKFold``).
+    groups : ``(n_images,)`` group of each image (its fish, or its value of a group column); all images of one
+        group land in one fold (``StratifiedGroupKFold``). None: images are independent (``StratifiedKFold``).
+    units : what a group is, in messages (``"fish"``, ``"station_id values"``).
 
     Returns
     -------
@@ -320,7 +378,7 @@ def make_folds(
     ages = np.asarray(ages)
     if n_folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {n_folds}")
-    units = "fish" if groups is not None else "images"
+    units = units if groups is not None else "images"
     n_units = len(np.unique(groups)) if groups is not None else ages.size
     if n_units < n_folds:
         raise ValueError(f"{n_units} {units} cannot fill {n_folds} folds; use fewer folds or add {units}")
@@ -359,6 +417,115 @@ def _counts_text(counts: Mapping[int, int]) -> str:
 def fish_groups(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     """Group label per image: its ``fish_id``, or its own image id when it has none."""
     return np.array([dataset.records[i].fish_id or f"image:{dataset.records[i].id}" for i in rows])
+
+
+def column_values(dataset: Dataset, rows: np.ndarray, column: str, *, option: str) -> np.ndarray:
+    """``(len(rows),)`` each image's value of a manifest ``column`` as text, stripped ("" where blank).
+
+    Any column a manifest has can be named: its fish column, its path column (the photo: crops of one tray photo
+    share it), its id column, or any other (kept as ``ImageRecord.metadata``). ``option`` names the setting in
+    messages (``--group-column``). Raises ValueError for a folder without columns, the age column, or a column
+    the manifest lacks (naming the ones it has).
+    """
+    if dataset.kind != "manifest":
+        what = "a folder of age sub-folders" if dataset.kind == "folder" else f"the data ({dataset.kind})"
+        raise ValueError(f"{option} {column!r}: {what} has no columns; give a CSV manifest with that column")
+    mapped = dataset.columns
+    if column == mapped.age:
+        raise ValueError(f"{option} {column!r} is the age column: folds made from the ages themselves would test "
+                         f"every age on models that never saw it; choose another column")
+    records = [dataset.records[i] for i in rows]
+    if column == mapped.fish:
+        return np.array([r.fish_id or "" for r in records], dtype=object)
+    if column == mapped.path:
+        return np.array([r.name for r in records], dtype=object)
+    if mapped.id and column == mapped.id:
+        return np.array([r.given_id or "" for r in records], dtype=object)
+    known = list(dict.fromkeys(k for r in dataset.records for k in r.metadata))
+    if column not in known:
+        has = [mapped.path, mapped.age, *([mapped.fish] if dataset.has_fish_ids else []), *known]
+        raise ValueError(f"{option} {column!r} is not a column of the manifest; its columns are {has}")
+    return np.array([str(r.metadata.get(column, "")).strip() for r in records], dtype=object)
+
+
+def column_groups(dataset: Dataset, rows: np.ndarray, column: str) -> tuple[np.ndarray, list[Note]]:
+    """Group label per image from a manifest ``column`` (``--group-column``), never splitting a fish.
+
+    A blank value makes the image a group of its own (as an image without ``fish_id``), with a warning counting
+    them. Photos of one fish that carry different values join those values' groups into one (labelled
+    ``"ST03+ST04"``), with a warning naming the fish, so a fish is never on both sides of a split.
+    """
+    values = column_values(dataset, rows, column, option="--group-column")
+    records = [dataset.records[i] for i in rows]
+    labels = [v if v else f"image:{r.id}" for v, r in zip(values, records)]
+    notes = []
+    blank = int(sum(1 for v in values if not v))
+    if blank:
+        notes.append(Note("warning", f"{blank} images have a blank {column}: each is kept apart as a group of its "
+                                     f"own (fill the column to keep them with their {column})"))
+    parent = {label: label for label in labels}
+
+    def root(label: str) -> str:
+        while parent[label] != label:
+            parent[label] = parent[parent[label]]
+            label = parent[label]
+        return label
+
+    by_fish: dict[str, list[str]] = {}
+    for label, record in zip(labels, records):
+        if record.fish_id:
+            by_fish.setdefault(record.fish_id, []).append(label)
+    split = {fish: sorted(set(found)) for fish, found in by_fish.items() if len(set(found)) > 1}
+    for found in split.values():
+        for other in found[1:]:
+            parent[root(other)] = root(found[0])
+    members: dict[str, list[str]] = {}
+    for label in parent:
+        members.setdefault(root(label), []).append(label)
+    name = {label: "+".join(sorted(members[root(label)])) for label in parent}
+    if split:
+        shown = "; ".join(f"fish {fish} ({', '.join(found)})" for fish, found in sorted(split.items())[:5])
+        more = f" and {len(split) - 5} more" if len(split) > 5 else ""
+        notes.append(Note("warning", f"photos of one fish carry different {column} values: {shown}{more}; those "
+                                     f"values are kept together as one group, so no fish is split between folds"))
+    return np.array([name[label] for label in labels]), notes
+
+
+def holdout_folds(values: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Leave-one-group-out: ``(fold of each image, the value each fold holds out)``; fold k tests the k-th value in
+    sorted order (as scikit-learn's ``LeaveOneGroupOut``)."""
+    held_out, folds = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+    if held_out.size < 2:
+        raise ValueError(f"leave-one-group-out needs at least 2 values of the hold-out column, got "
+                         f"{held_out.tolist()}")
+    return folds.astype(int), tuple(held_out.tolist())
+
+
+def check_nested(groups: np.ndarray, held_out: np.ndarray, *, unit: str, column: str) -> None:
+    """Raise ValueError naming the first groups (fish, or group-column values) whose images carry several values
+    of the hold-out ``column``: leaving one value out would train on part of the group and test on the rest."""
+    frame = pd.DataFrame({"group": groups, "value": held_out})
+    spread = frame.groupby("group")["value"].unique()
+    spanning = spread[spread.map(len) > 1]
+    if len(spanning):
+        named = "; ".join(f"{unit} {group} has images in {column} {', '.join(sorted(values))}"
+                          for group, values in spanning.head(5).items())
+        raise ValueError(f"{named}: leave-one-{column}-out would train on part of it and test on the rest; fix "
+                         f"the manifest, or keep together a column nested in {column} (or none)")
+
+
+def _leaving_out_only_age(ages: np.ndarray, values: np.ndarray, column: str) -> list[Note]:
+    """Info about ages that occur under one hold-out value only: when it is held out no model has seen them."""
+    lonely = []
+    for age in np.unique(ages):
+        where = np.unique(values[ages == age])
+        if where.size == 1:
+            lonely.append(f"age {int(age)} ({column} {where[0]})")
+    if not lonely:
+        return []
+    return [Note("info", f"ages found under one {column} only: {', '.join(lonely)}; when that value is held out no "
+                         f"model has seen the age, so its images cannot be read right (n_unseen_age in "
+                         f"per_holdout.csv)")]
 
 
 @dataclass(frozen=True)
@@ -522,6 +689,8 @@ def compare(
     scalings: Mapping[str, str] | None = None,
     combined: Sequence[Sequence[str]] = (),
     covariates: CovariateRequest | None = None,
+    group_column: str | None = None,
+    holdout_column: str | None = None,
 ) -> Comparison:
     """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
 
@@ -530,6 +699,12 @@ def compare(
     repeats : R x k-fold with seeds ``seed .. seed + R - 1``.
     group_by_fish : keep all photos of a fish in one fold, and on one side of every inner CV that chooses a
         head's parameter; None (default) does so when the data has several photos of any fish.
+    group_column : a manifest column whose values are kept together instead (station, tray photo, ...: see
+        :func:`column_groups`: a blank value is a group of its own; values shared by a fish are merged); the
+        inner CV and the bootstrap use the same groups. Given with ``group_by_fish=False``: ValueError.
+    holdout_column : leave-one-group-out over this manifest column's values (a cruise, a year): each value is the
+        test fold once, ``n_folds`` is ignored (the number of values), ``repeats`` must be 1 (the split is fixed).
+        Images with a blank value are skipped. The groups (fish, or ``group_column``) must nest in its values.
     with_learning_curve : also train on 10 %, 20 %, ... 100 % of each training fold.
     bootstrap_draws : draws for the 95 % intervals in the summary (fish resampled; 0: none), seeded by ``seed``.
     scalings : each encoder's own feature scaling (its registry entry), used by heads whose scaling is
@@ -548,6 +723,12 @@ def compare(
         raise ValueError("no heads chosen; choose from ridge, svc, ridge-cv, logistic, knn")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if group_column and group_by_fish is False:
+        raise ValueError(f"group_column {group_column!r} keeps each value's images in one fold, which "
+                         f"group_by_fish=False (--no-group-by-fish) forbids; drop one of the two")
+    if holdout_column and repeats > 1:
+        raise ValueError(f"leave-one-{holdout_column}-out is one fixed split: repeats ({repeats}) would repeat it "
+                         f"identically; use repeats 1")
     common = _common_rows(embeddings.values())
     skipped = list(dict.fromkeys([*dataset.skipped, *(s for emb in embeddings.values() for s in emb.failures)]))
     named = {s.image for s in skipped}
@@ -564,19 +745,44 @@ def compare(
                              f"{table.problems[lacking[0]]}")
         skipped += [Skipped.of(dataset.records[i], table.problems[i]) for i in lacking]
         common -= set(lacking)
+    if holdout_column:
+        every = column_values(dataset, np.arange(len(dataset.records)), holdout_column, option="--holdout-column")
+        blank = sorted(i for i in common if not every[i])
+        if blank and len(blank) == len(common):
+            raise ValueError(f"every image has a blank {holdout_column} (the hold-out column); choose another")
+        skipped += [Skipped.of(dataset.records[i], f"blank {holdout_column} (the hold-out column)") for i in blank]
+        common -= set(blank)
     rows = np.array(sorted(common), dtype=int)
     if rows.size == 0:
         raise ValueError("no image was embedded by every chosen encoder")
     ages = dataset.ages[rows]
     images = tuple(dataset.records[i].id for i in rows)
     paths = tuple(dataset.records[i].name for i in rows)
-    groups = fish_groups(dataset, rows)
-    if group_by_fish is None:
-        group_by_fish = len(np.unique(groups)) < len(groups)
+    fish = fish_groups(dataset, rows)
+    notes: list[Note] = []
+    if group_column == dataset.columns.fish:
+        group_column, group_by_fish = None, True  # the fish column named: today's grouping by fish
+    if group_column:
+        groups, notes = column_groups(dataset, rows, group_column)
+        group_by_fish, units = True, f"{group_column} values"
+    else:
+        groups, units = fish, "fish"
+        if group_by_fish is None:
+            group_by_fish = len(np.unique(groups)) < len(groups)
     fit_groups = groups if group_by_fish else None  # the heads' inner CV is grouped whenever the folds are
-    fold_sets, notes = [], []
-    for r in range(repeats):
-        folds, fold_notes = make_folds(ages, n_folds=n_folds, seed=seed + r, groups=fit_groups)
+    fold_sets, held_out = [], ()
+    if holdout_column:
+        values = column_values(dataset, rows, holdout_column, option="--holdout-column")
+        if fit_groups is not None:
+            check_nested(fish, values, unit="fish", column=holdout_column)
+            if group_column:
+                check_nested(groups, values, unit=group_column, column=holdout_column)
+        folds, held_out = holdout_folds(values)
+        fold_sets.append(folds)
+        n_folds = len(held_out)
+        notes += _leaving_out_only_age(ages, values.astype(str), holdout_column)
+    for r in range(0 if holdout_column else repeats):
+        folds, fold_notes = make_folds(ages, n_folds=n_folds, seed=seed + r, groups=fit_groups, units=units)
         fold_sets.append(folds)
         notes += [n for n in fold_notes if n not in notes]
     notes += duplicate_warnings(next(iter(embeddings.values())), rows, images, ages, fold_sets)
@@ -623,7 +829,9 @@ def compare(
                       {name: emb.precision for name, emb in embeddings.items()}, baseline, tuple(groups.tolist()),
                       int(bootstrap_draws), dict(zip(table.names, table.encoding.kinds)) if table else {},
                       bool(table and table.encoding.impute),
-                      revisions={name: emb.weights_revision for name, emb in embeddings.items()})
+                      revisions={name: emb.weights_revision for name, emb in embeddings.items()},
+                      group_column=group_column or None, holdout_column=holdout_column or None, held_out=held_out,
+                      fish=tuple(fish.tolist()))
 
 
 def covariate_leaks(results: Sequence[CVResult], names: Sequence[str]) -> list[Note]:

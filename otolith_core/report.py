@@ -33,7 +33,8 @@ from .review import doubtful_ages, probabilistic, with_second_ages
 # Every file a run may write into its results folder: a later run removes those it does not write itself, so
 # a folder never mixes two runs (a stale learning_curve.csv beside an svc run would read as the svc's).
 OUTPUT_FILES = ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
-                "symmetry.csv", "skipped.csv", "learning_curve.csv", "probabilities.csv", "label_review.csv",
+                "symmetry.csv", "skipped.csv", "learning_curve.csv", "per_holdout.csv", "probabilities.csv",
+                "label_review.csv",
                 "run.json", "comparison.svg", "comparison.png")
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -114,10 +115,16 @@ def provenance(
         "failed_encoders": dict(comparison.failed_encoders),
         "heads": [h.as_dict() for h in heads],
         "covariates": {"columns": dict(comparison.covariates), "impute_blanks": comparison.impute_covariates},
-        "cv": {"scheme": "StratifiedGroupKFold" if comparison.grouped_by_fish else "StratifiedKFold",
-               "shuffle": True, "n_folds": comparison.n_folds, "seed": comparison.seed,
+        "cv": {"scheme": ("LeaveOneGroupOut" if comparison.holdout_column else
+                          "StratifiedGroupKFold" if comparison.grouped_by_fish else "StratifiedKFold"),
+               "shuffle": not comparison.holdout_column, "n_folds": comparison.n_folds, "seed": comparison.seed,
                "repeats": comparison.repeats, "repeat_seeds": [comparison.seed + r for r in range(comparison.repeats)],
                "grouped_by_fish": comparison.grouped_by_fish,
+               "group_column": comparison.group_column,  # None: by fish when grouped_by_fish
+               "kept_together": comparison.group_unit,  # "fish", the group column, or None (images apart)
+               "holdout_column": comparison.holdout_column,
+               "held_out_values": list(comparison.held_out),  # by fold index
+               "folds": comparison.folds_text,
                "learning_curve": comparison.learning_curve is not None},
         "warnings": [{"severity": n.severity, "message": n.message} for n in comparison.warnings],
     }
@@ -152,9 +159,11 @@ def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None)
     }
     if comparison.learning_curve is not None:
         tables["learning_curve.csv"] = comparison.learning_curve_frame()
+    if comparison.holdout_column is not None:
+        tables["per_holdout.csv"] = comparison.per_holdout_frame()
     if probabilistic(comparison.results):  # a head with class probabilities (logistic) ran
         tables["probabilities.csv"] = comparison.probabilities_frame()
-        ranking = doubtful_ages(comparison.results, fish=comparison.groups or None)
+        ranking = doubtful_ages(comparison.results, fish=comparison.fish or None)
         tables["label_review.csv"] = with_second_ages(ranking, second)
     return tables
 

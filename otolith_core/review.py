@@ -50,7 +50,7 @@ def doubtful_ages(results: Sequence[CVResult], *, fish: Sequence[str] | None = N
     Parameters
     ----------
     results : models on the same images and folds; those without probabilities are ignored.
-    fish : the fish of each image, in the results' image order (``Comparison.groups``); the reason an image is
+    fish : the fish of each image, in the results' image order (``Comparison.fish``); the reason an image is
         not scored then counts fish, else images.
 
     Returns

@@ -207,23 +207,25 @@ def grid_boxes(n: int, *, size: tuple[int, int] = (1200, 800), columns: int = 5,
 EXPORT_COLUMNS = "measurement_id,station_id,age,length,bounding_box,image__content__url"
 
 
-def write_tray_export(folder: Path, *, boxes_per_tray: int, extra_rows: tuple[str, ...] = (),
-                      base_url: str | None = None, signature: str = "s1") -> Path:
-    """A lab platform's export as it comes (``EXPORT_COLUMNS``): two random tray photos of ``boxes_per_tray``
-    otoliths side by side, one row per otolith with its box column, ages written as 4.0, ids M<tray><box:02d>;
+def write_tray_export(folder: Path, *, boxes_per_tray: int, extra_rows: tuple[str, ...] = (), trays: int = 2,
+                      cruises: int = 0, base_url: str | None = None, signature: str = "s1") -> Path:
+    """A lab platform's export as it comes (``EXPORT_COLUMNS``): ``trays`` random tray photos of ``boxes_per_tray``
+    otoliths side by side, tray t taken at station ST<t>, one row per otolith with its box column, ages written as
+    4.0, ids M<tray><box:02d>; ``cruises`` > 0 adds a last column ``cruise_id``, tray t in cruise C<t % cruises>;
     ``extra_rows`` appended as written. With ``base_url`` (a :class:`PhotoServer`'s), the photos are named by
     presigned-style URLs under it (signature ``signature``) instead of local paths. Returns the CSV."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    rows = [EXPORT_COLUMNS]
-    for t in range(2):
+    rows = [EXPORT_COLUMNS + (",cruise_id" if cruises else "")]
+    for t in range(trays):
         pixels = rng.integers(0, 255, (200, 50 * boxes_per_tray, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"tray{t}.jpg")
         where = f"{base_url}/tray{t}.jpg?{presigned_query(signature)}" if base_url else f"tray{t}.jpg"
         for b in range(boxes_per_tray):
-            rows.append(f'M{t}{b:02d},ST{t},{3 + b % 2}.0,{30 + b},"[[{50 * b}, 10], [{50 * b + 40}, 190]]",{where}')
+            rows.append(f'M{t}{b:02d},ST{t},{3 + b % 2}.0,{30 + b},"[[{50 * b}, 10], [{50 * b + 40}, 190]]",{where}'
+                        + (f",C{t % cruises}" if cruises else ""))
     (folder / "export.csv").write_text("\n".join([*rows, *extra_rows]) + "\n")
     return folder / "export.csv"
 

@@ -579,6 +579,76 @@ def test_a_lab_export_runs_from_the_command_line_with_its_columns_mapped(tmp_pat
     assert "SECRET" not in written and "Signature" not in written
 
 
+TRAY_MAPPING = ["--path-column", "image__content__url", "--box-column", "bounding_box", "--id-column", "measurement_id"]
+
+
+@pytest.fixture(scope="module")
+def survey_export(tmp_path_factory):
+    """A lab export of 6 tray photos (stations ST0..ST5, cruises C0..C2) of 6 otoliths each, and a cache holding
+    its pixels-32 embeddings."""
+    folder = tmp_path_factory.mktemp("survey")
+    export = write_tray_export(folder, boxes_per_tray=6, trays=6, cruises=3)
+    assert main(["extract", "--data", str(export), *TRAY_MAPPING, "--model", "pixels-32",
+                 "--cache-dir", str(folder / "cache")]) == 0
+    return export, folder / "cache"
+
+
+def _survey_run(survey_export, out, *options):
+    export, cache = survey_export
+    return main(["run", "--data", str(export), *TRAY_MAPPING, "--models", "pixels-32", "--heads", "ridge,svc",
+                 "--no-chart", "--bootstrap", "50", "--out", str(out), "--cache-dir", str(cache), *options])
+
+
+def test_station_grouped_folds_keep_each_station_together(survey_export, tmp_path, capsys):
+    assert _survey_run(survey_export, tmp_path, "--group-column", "station_id", "--folds", "3") == 0
+    assert "folds keep each station_id together" in capsys.readouterr().out
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    station = predictions.image.str[1]  # M<tray><box>: tray t was taken at station ST<t>
+    assert predictions.groupby(station)["fold"].nunique().eq(1).all()
+    assert predictions.fold.nunique() == 3
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["cv"]["group_column"] == "station_id" and run["cv"]["kept_together"] == "station_id"
+    assert run["cv"]["scheme"] == "StratifiedGroupKFold" and run["cv"]["holdout_column"] is None
+    assert not (tmp_path / "per_holdout.csv").exists()
+
+
+def test_a_cruise_hold_out_tests_each_cruise_once_and_scores_it(survey_export, tmp_path, capsys):
+    assert _survey_run(survey_export, tmp_path, "--holdout-column", "cruise_id") == 0
+    assert "leave-one-cruise_id-out: 3 folds, one per value" in capsys.readouterr().out
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    cruise = "C" + (predictions.image.str[1].astype(int) % 3).astype(str)
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    fold_value = dict(zip(folds.fold, folds.held_out))
+    assert (predictions.fold.map(fold_value) == cruise).all() and sorted(fold_value.values()) == ["C0", "C1", "C2"]
+    per = pd.read_csv(tmp_path / "per_holdout.csv", keep_default_na=False)
+    for (encoder, head, value), rows in predictions.groupby(["encoder", "head", cruise]):
+        row = per[(per.encoder == encoder) & (per["head"] == head) & (per.held_out == value)].iloc[0]
+        assert row.accuracy == pytest.approx(np.mean(rows.true_age == rows.pred_age))
+        assert row.n_test == len(rows)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["cv"]["holdout_column"] == "cruise_id" and run["cv"]["scheme"] == "LeaveOneGroupOut"
+    assert run["cv"]["held_out_values"] == ["C0", "C1", "C2"] and run["cv"]["n_folds"] == 3
+    tests = pd.read_csv(tmp_path / "ttests.csv")  # paired over the 3 cruises
+    ridge, svc = (folds[(folds.encoder == "pixels-32") & (folds["head"] == h)].accuracy.to_numpy()
+                  for h in ("ridge", "svc"))
+    naive = tests[(tests.test == "paired_t") & (tests.metric == "accuracy")].iloc[0]
+    assert naive.mean_diff == pytest.approx(paired_t_test(ridge, svc)[0])
+
+
+@pytest.mark.parametrize("options, phrase", [
+    (["--group-column", "station"], "'station' is not a column of the manifest; its columns are"),
+    (["--group-column", "station_id", "--no-group-by-fish"], "--no-group-by-fish"),
+    (["--holdout-column", "cruise_id", "--folds", "5"], "--folds"),
+    (["--holdout-column", "cruise_id", "--repeats", "2"], "repeats"),
+    (["--holdout-column", "age"], "age column"),
+], ids=["unknown column", "no-group-by-fish", "folds", "repeats", "age"])
+def test_group_and_holdout_mistakes_are_one_line_errors(survey_export, tmp_path, capsys, options, phrase):
+    assert _survey_run(survey_export, tmp_path, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and phrase in err and "Traceback" not in err
+    assert not (tmp_path / "run.json").exists()
+
+
 def test_run_json_records_the_hub_revision_and_the_store_of_each_encoder(demo_manifest, tiny_model_dir, tmp_path,
                                                                          offline_hub, capsys):
     """refs/main moves to a snapshot with other weights between two runs: each run.json names the revision its

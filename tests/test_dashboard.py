@@ -1,5 +1,6 @@
 """The dashboard driven through streamlit's AppTest: every page, the numbers it shows, its downloads."""
 
+import io
 import json
 import os
 import shutil
@@ -653,3 +654,51 @@ def test_review_says_how_many_images_could_not_be_scored_and_why(demo_manifest, 
     assert not at.exception
     assert any(c.value.startswith(f"{len(ranking) - 2} of {len(ranking) - 2} scored images") for c in at.caption)
     assert not any("nan" in str(c.value) for c in at.caption)
+
+
+def test_station_grouping_and_a_cruise_hold_out_from_the_sidebar_reach_the_comparison(tmp_path, monkeypatch,
+                                                                                      media_stores):
+    """A lab export of 6 trays (stations ST0..ST5 in cruises C0..C2): the sidebar offers its columns to keep together
+    and to hold out (no id, no age); station-grouped folds keep each station in one fold, and a cruise hold-out tests
+    each cruise once, its score beside the pooled one; the URL carries both, and the Results caption says so."""
+    app = _started(write_tray_export(tmp_path, boxes_per_tray=4, trays=6, cruises=3), tmp_path, monkeypatch)
+    grouping, holdout = app.sidebar.selectbox(key="grouping"), app.sidebar.selectbox(key="holdout")
+    assert grouping.value == "auto" and {"each station_id", "each cruise_id", "each image__content__url"} <= set(
+        grouping.options)  # labels; the path column: the tray photo
+    assert not {"each measurement_id", "each age"} & set(grouping.options)  # an id groups nothing; age: the answer
+    assert {"(none: stratified k-fold)", "station_id", "cruise_id"} <= set(holdout.options)
+    assert not {"measurement_id", "age", "image__content__url"} & set(holdout.options)
+    grouping.set_value("column:station_id")
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.sidebar.number_input(key="folds").set_value(3)
+    app.run()
+    app.sidebar.button(key="run").click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert any("3-fold stratified, folds keep each station_id together" in s.value for s in app.subheader)
+    predictions = pd.read_csv(io.BytesIO(_download(app, media_stores, "predictions.csv")))
+    tray = predictions.path.str.extract(r"tray(\d)")[0]  # tray t was taken at station ST<t>
+    assert predictions.groupby(tray)["fold"].nunique().eq(1).all() and predictions.fold.nunique() == 3
+    assert app.query_params["grouping"] == "column:station_id"
+
+    app.sidebar.selectbox(key="holdout").set_value("cruise_id").run()
+    assert app.sidebar.number_input(key="folds").disabled and app.sidebar.number_input(key="repeats").disabled
+    app.sidebar.button(key="run").click().run()
+    assert not app.exception
+    assert any("leave-one-cruise_id-out: 3 folds, one per value" in s.value for s in app.subheader)
+    per_value = next(d.value for d in app.dataframe if "model" in d.value.columns)
+    assert [c.split(" (")[0] for c in per_value.columns] == ["model", "C0", "C1", "C2", "all values pooled"]
+    folds = pd.read_csv(io.BytesIO(_download(app, media_stores, "folds.csv")))
+    assert sorted(folds.held_out.unique()) == ["C0", "C1", "C2"]
+    run = json.loads(_download(app, media_stores, "run.json"))
+    assert run["cv"]["holdout_column"] == "cruise_id" and run["cv"]["group_column"] == "station_id"
+    assert app.query_params["holdout"] == "cruise_id"
+    reloaded = AppTest.from_file(APP, default_timeout=300)  # a reloaded tab: both pickers come back from the URL
+    for key, value in dict(app.query_params).items():
+        reloaded.query_params[key] = value
+    reloaded.run()
+    assert not reloaded.exception
+    assert reloaded.sidebar.selectbox(key="grouping").value == "column:station_id"
+    assert reloaded.sidebar.selectbox(key="holdout").value == "cruise_id"

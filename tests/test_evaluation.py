@@ -326,3 +326,153 @@ def test_with_fish_kept_together_the_inner_search_is_grouped_and_folds_csv_shows
     leaked = {h.name: cross_validate_head(features, ages, folds, h.for_encoder("l2")).params for h in heads}
     assert [p["k"] for p in leaked["knn"].values()] == [1.0] * 5
     assert (ridge.alpha.to_numpy() > [p["alpha"] for p in leaked["ridge-cv"].values()]).all()
+
+
+# ---- groups and transfer: --group-column, --holdout-column ------------------------------------------------------
+
+def _survey(n_fish=60, photos=2, stations=12, cruises=4, seed=0, *, fish_across_stations=()):
+    """A manifest-like study: fish photographed ``photos`` times, each fish caught at one station of one cruise
+    (station s belongs to cruise s % cruises). ``fish_across_stations``: fish whose second photo carries the next
+    station (a data-entry slip or a fish measured twice)."""
+    rng = np.random.default_rng(seed)
+    records, features = [], []
+    fish_age = rng.integers(1, 6, n_fish)
+    for f in range(n_fish):
+        station = f % stations
+        for p in range(photos):
+            s = (station + 1) % stations if (p == 1 and f in fish_across_stations) else station
+            i = len(records)
+            records.append(ImageRecord(Path(f"/x/{i}.png"), f"{i}.png", int(fish_age[f]), fish_id=f"F{f:03d}",
+                                       metadata={"station_id": f"ST{s:02d}", "cruise_id": f"C{station % cruises}",
+                                                 "length": str(20 + i)}))
+            features.append(rng.normal(size=6) + fish_age[f] * 0.5)
+    data = Dataset(Path("/x/survey.csv"), "manifest", tuple(records))
+    x = np.array(features, dtype=np.float32)
+    return data, {"enc": EmbeddingSet("enc", x, np.arange(len(records)))}
+
+
+def test_a_group_column_keeps_each_value_in_one_fold_and_groups_the_bootstrap_and_inner_cv(monkeypatch):
+    from otolith_core import evaluation
+
+    data, sets = _survey()
+    seen = []
+    real = evaluation.cross_validate_head
+    monkeypatch.setattr(evaluation, "cross_validate_head",
+                        lambda *a, **k: seen.append(k.get("groups")) or real(*a, **k))
+    result = compare(data, sets, [HeadSpec("ridge-cv")], n_folds=4, group_column="station_id")
+    stations = np.array([r.metadata["station_id"] for r in data.records])
+    fold = result.results[0].fold
+    for s in np.unique(stations):
+        assert np.unique(fold[stations == s]).size == 1, s
+    assert result.grouped_by_fish and result.group_column == "station_id"
+    np.testing.assert_array_equal(result.groups, stations)  # the bootstrap's units
+    np.testing.assert_array_equal(seen[0], stations)  # the heads' inner CV: the same groups
+    assert list(result.fish) == [r.fish_id for r in data.records]
+    # the same folds as StratifiedGroupKFold on the stations directly
+    from sklearn.model_selection import StratifiedGroupKFold
+    expected = np.empty(len(data), dtype=int)
+    for k, (_, test) in enumerate(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(
+            np.zeros(len(data)), data.ages, stations)):
+        expected[test] = k
+    np.testing.assert_array_equal(fold, expected)
+    assert "folds keep each station_id together" in result.folds_text
+
+
+def test_grouping_by_a_coarser_column_never_splits_a_fish():
+    data, sets = _survey(fish_across_stations=(3,))  # F003's photos say ST03 and ST04
+    result = compare(data, sets, [HeadSpec("ridge")], n_folds=4, group_column="station_id", bootstrap_draws=0)
+    stations = np.array([r.metadata["station_id"] for r in data.records])
+    fold = result.results[0].fold
+    assert np.unique(fold[np.isin(stations, ["ST03", "ST04"])]).size == 1  # the two stations merged into one group
+    assert len(set(result.groups)) == 11
+    assert any("F003" in n.message and "ST03" in n.message and "ST04" in n.message for n in result.warnings)
+
+
+def test_blank_group_values_are_groups_of_their_own_and_said():
+    data, sets = _survey()
+    records = tuple(ImageRecord(r.path, r.name, r.age, fish_id=None,
+                                metadata={**r.metadata, "station_id": "" if i < 4 else r.metadata["station_id"]})
+                    for i, r in enumerate(data.records))
+    data = Dataset(data.source, data.kind, records)
+    result = compare(data, sets, [HeadSpec("ridge")], n_folds=4, group_column="station_id", bootstrap_draws=0)
+    assert len(set(result.groups[:4])) == 4 and not set(result.groups[:4]) & set(result.groups[4:])
+    assert any("4 images have a blank station_id" in n.message for n in result.warnings)
+
+
+def test_group_column_errors_name_the_column_and_what_to_do():
+    data, sets = _survey()
+    with pytest.raises(ValueError, match=r"'station' is not a column .*station_id.*cruise_id"):
+        compare(data, sets, [HeadSpec("ridge")], n_folds=4, group_column="station")
+    with pytest.raises(ValueError, match="group_by_fish=False"):
+        compare(data, sets, [HeadSpec("ridge")], n_folds=4, group_column="station_id", group_by_fish=False)
+    with pytest.raises(ValueError, match="age column"):
+        compare(data, sets, [HeadSpec("ridge")], n_folds=4, group_column="age")
+    with pytest.raises(ValueError, match="4 cruise_id values cannot fill 5 folds"):
+        compare(data, sets, [HeadSpec("ridge")], n_folds=5, group_column="cruise_id")
+    folder, folder_sets = _dataset()
+    with pytest.raises(ValueError, match="CSV manifest"):
+        compare(folder, folder_sets, [HeadSpec("ridge")], n_folds=4, group_column="station_id")
+
+
+def test_a_holdout_column_is_leave_one_group_out_with_per_value_scores():
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    from otolith_core.metrics import score
+
+    data, sets = _survey()
+    result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=10, holdout_column="cruise_id",
+                     bootstrap_draws=0)
+    cruises = np.array([r.metadata["cruise_id"] for r in data.records])
+    r = result.results[0]
+    splits = list(LeaveOneGroupOut().split(np.zeros(len(data)), data.ages, cruises))
+    assert result.n_folds == len(splits) == 4 and result.held_out == ("C0", "C1", "C2", "C3")
+    for k, (_, test) in enumerate(splits):
+        np.testing.assert_array_equal(np.flatnonzero(r.fold == k), test)
+    folds = result.folds_frame()
+    assert list(folds.columns[:6]) == ["encoder", "head", "scaling", "repeat", "fold", "held_out"]
+    ridge = folds[folds["head"] == "ridge"]
+    assert ridge.held_out.tolist() == ["C0", "C1", "C2", "C3"]
+    per = result.per_holdout_frame()
+    mine = per[(per.encoder == "enc") & (per["head"] == "ridge")]
+    for value in ("C0", "C1", "C2", "C3"):  # recomputed by a plain loop over the values
+        test = cruises == value
+        row = mine[mine.held_out == value].iloc[0]
+        assert row.scope == "held-out value" and row.n_test == test.sum()
+        for metric, expected in score(data.ages[test], r.pred_age[test]).items():
+            assert row[metric] == pytest.approx(expected), (value, metric)
+    pooled = mine[mine.scope == "pooled"].iloc[0]
+    assert pooled.n_test == len(data) and pooled.accuracy == pytest.approx(np.mean(r.pred_age == data.ages))
+    assert "leave-one-cruise_id-out: 4 folds, one per value" in result.folds_text
+    # the paired tests run over these folds: naive t on the per-cruise accuracies
+    from otolith_core.stats import paired_t_test
+    svc = folds[folds["head"] == "svc"]
+    naive = next(t for t in result.tests if t.test == "paired_t" and t.metric == "accuracy")
+    assert naive.mean_diff == pytest.approx(paired_t_test(ridge.accuracy.to_numpy(), svc.accuracy.to_numpy())[0])
+
+
+def test_holdout_keeps_fish_and_groups_inside_one_value_or_says_which():
+    data, sets = _survey(fish_across_stations=(3,))  # F003 at ST03 (cruise C3) and ST04 (C0)
+    result = compare(data, sets, [HeadSpec("ridge")], holdout_column="cruise_id", bootstrap_draws=0)
+    assert result.grouped_by_fish  # by fish: F003 (both photos in cruise C3) nests in the cruises
+    with pytest.raises(ValueError, match=r"station_id ST03\+ST04 .*cruise_id C0, C3"):
+        compare(data, sets, [HeadSpec("ridge")], group_column="station_id", holdout_column="cruise_id")
+    split = list(data.records)
+    split[7] = ImageRecord(split[7].path, split[7].name, split[7].age, fish_id=split[6].fish_id,
+                           metadata={**split[7].metadata, "cruise_id": "C9"})
+    with pytest.raises(ValueError, match=r"fish F003 .*cruise_id C3, C9"):
+        compare(Dataset(data.source, data.kind, tuple(split)), sets, [HeadSpec("ridge")], holdout_column="cruise_id")
+    with pytest.raises(ValueError, match="repeats"):
+        compare(data, sets, [HeadSpec("ridge")], holdout_column="cruise_id", repeats=2)
+    with pytest.raises(ValueError, match="'cruise' is not a column"):
+        compare(data, sets, [HeadSpec("ridge")], holdout_column="cruise")
+
+
+def test_blank_holdout_values_are_skipped_and_named():
+    data, sets = _survey()
+    records = list(data.records)
+    records[0] = ImageRecord(records[0].path, records[0].name, records[0].age, fish_id="lonely",
+                             metadata={**records[0].metadata, "cruise_id": " "})
+    result = compare(Dataset(data.source, data.kind, tuple(records)), sets, [HeadSpec("ridge")],
+                     holdout_column="cruise_id", bootstrap_draws=0)
+    assert [(s.path, s.reason) for s in result.skipped] == [("0.png", "blank cruise_id (the hold-out column)")]
+    assert result.results[0].n_images == len(records) - 1

@@ -39,7 +39,7 @@ def _study(folder, *, fish_ids=False, source="field survey") -> Dataset:
         path = folder / f"img {i}.png"
         Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
         records.append(ImageRecord(path, path.name, age, fish_id=f"F{i // 2}" if fish_ids else None,
-                                   metadata={"source": source}))
+                                   metadata={"source": source, "cruise": f"C{(i // 2) % 3}"}))
     return Dataset(folder, "manifest", tuple(records), skipped=(Skipped("gone.jpg", "file not found"),), age_range=(1, 10))
 
 
@@ -98,7 +98,9 @@ def test_run_json_records_data_encoders_heads_cv_and_versions(tmp_path):
     assert record["failed_encoders"] == {"clip-vit-l-14-336": "weights not on this machine"}
     assert record["heads"] == [h.as_dict() for h in HEADS]
     assert record["cv"] == {"scheme": "StratifiedGroupKFold", "shuffle": True, "n_folds": 3, "seed": 5, "repeats": 1,
-                            "repeat_seeds": [5], "grouped_by_fish": True, "learning_curve": False}
+                            "repeat_seeds": [5], "grouped_by_fish": True, "group_column": None, "kept_together": "fish",
+                            "holdout_column": None, "held_out_values": [],
+                            "folds": "3-fold stratified, folds keep each fish together", "learning_curve": False}
     assert record["warnings"] == list(comparison.warnings)
     assert list(record["libraries"]) == list(LIBRARIES)
     assert record["libraries"]["numpy"] == metadata.version("numpy") == np.__version__
@@ -110,6 +112,22 @@ def test_run_json_records_data_encoders_heads_cv_and_versions(tmp_path):
     assert plain["cv"]["scheme"] == "StratifiedKFold" and not plain["cv"]["grouped_by_fish"]
     assert plain["cv"]["repeat_seeds"] == [0, 1] and plain["cv"]["learning_curve"]
     assert "fingerprint" not in plain["encoders"][ENCODER]  # no cache folder, no file hashes
+
+
+def test_a_hold_out_column_is_recorded_and_writes_per_holdout_csv(tmp_path):
+    from otolith_core.evaluation import PER_HOLDOUT_COLUMNS
+
+    data = _study(tmp_path, fish_ids=True)
+    comparison = _compare(data, holdout_column="cruise")
+    record = provenance(comparison, data, {ENCODER: registry()[ENCODER]}, HEADS, cache_dir=None)["cv"]
+    assert record["scheme"] == "LeaveOneGroupOut" and record["holdout_column"] == "cruise" and not record["shuffle"]
+    assert record["held_out_values"] == ["C0", "C1", "C2"] and record["n_folds"] == 3
+    assert record["folds"] == "leave-one-cruise-out: 3 folds, one per value, folds keep each fish together"
+    tables = result_tables(comparison)
+    per = tables["per_holdout.csv"]
+    assert list(per.columns) == PER_HOLDOUT_COLUMNS
+    assert len(per) == (len(HEADS) + 1) * 4  # each model (and no-skill): 3 values and the pooled row
+    assert tables["folds.csv"].held_out.tolist()[:3] == ["C0", "C1", "C2"]
 
 
 def test_repeated_cv_evaluates_and_hashes_the_same_image_set(tmp_path):

@@ -95,7 +95,7 @@ def test_a_rare_age_no_training_fold_held_is_not_scored_and_comes_last():
     sets = {"enc": EmbeddingSet("enc", features.astype(np.float32), np.arange(202))}
     result = compare(data, sets, [HeadSpec("logistic")], n_folds=5, bootstrap_draws=0)
     assert result.grouped_by_fish
-    table = doubtful_ages(result.results, fish=result.groups)
+    table = doubtful_ages(result.results, fish=result.fish)
     unscored = table.tail(2)
     assert set(unscored.image) == {"rare0.png", "rare1.png"}
     assert unscored[["score", "enc / logistic score"]].isna().all().all() and unscored["rank"].isna().all()

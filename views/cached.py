@@ -45,6 +45,36 @@ def covariate_columns(settings: Settings) -> list[str]:
     return [c for c, texts in values.items() if len(set(texts)) > 1 and not id_like(texts)]
 
 
+MAX_HOLDOUT_VALUES = 50  # as many folds as the Folds input allows
+
+
+def fold_columns(settings: Settings) -> tuple[list[str], list[str]]:
+    """``(columns a fold may keep together, columns that may be held out value by value)`` of the settings' manifest.
+
+    Either list leaves out the age column and any holding the age, the fish column (the sidebar offers it by name),
+    ids (``covariates.id_like``: each image its own group) and constant columns; the path column may group (the
+    crops of one tray photo). A hold-out column has 2 to ``MAX_HOLDOUT_VALUES`` values (one fold each). Both are
+    empty for a folder of age sub-folders, which has no columns.
+    """
+    from otolith_core.covariates import answer_columns, id_like
+
+    try:
+        data = dataset(settings)
+    except (ValueError, FileNotFoundError):
+        return [], []
+    if data.kind != "manifest" or not data.records:
+        return [], []
+    records = data.records
+    hidden = answer_columns(records, age_column=data.age_column)
+    values = {data.columns.path: [r.name for r in records]}
+    values.update({c: [str(r.metadata.get(c, "")).strip() for r in records]
+                   for c in dict.fromkeys(k for r in records for k in r.metadata) if c not in hidden})
+    grouping = [c for c, texts in values.items() if len(set(texts)) > 1 and not id_like(texts)]
+    holdout = [c for c in grouping if c != data.columns.path
+               and 2 <= len({t for t in values[c] if t}) <= MAX_HOLDOUT_VALUES]
+    return grouping, holdout
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def covariates_alone_accuracy(data_key: str, covariates: tuple[str, ...], impute: bool, _data: Dataset) -> float:
     """How many ages the chosen covariates alone read exactly (a quick decision tree: a leaked age column shows);
@@ -121,6 +151,7 @@ def comparison_key(settings: Settings, embeddings: dict[str, tuple[EmbeddingSet,
         "scalings": {name: spec.scaling for name, spec in specs.items()},
         "heads": [repr(h) for h in settings.heads],
         "cv": [settings.n_folds, settings.seed, settings.repeats, settings.group_by_fish, settings.learning_curve],
+        "folds": {"group_column": settings.group_column, "holdout_column": settings.holdout_column},
         "combined": [list(group) for group in settings.combined],
         "covariates": [list(settings.covariates), settings.impute_covariates],
     })
@@ -149,6 +180,7 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
     with st.spinner("Cross-validating…"):
         result = compare(data, embeddings, list(settings.heads), n_folds=settings.n_folds, seed=settings.seed,
                          repeats=settings.repeats, group_by_fish=settings.group_by_fish,
+                         group_column=settings.group_column, holdout_column=settings.holdout_column,
                          with_learning_curve=settings.learning_curve, failed_encoders=problems,
                          scalings={name: spec.scaling for name, spec in specs.items()},
                          combined=[g for g in settings.combined if all(part in embeddings for part in g)],

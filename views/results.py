@@ -6,7 +6,7 @@ import streamlit as st
 from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, PER_AGE_VALUES, age_bias_plot, fold_lines,
                                  learning_curve_chart, metric_bars, per_age_heatmap)
 from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR
-from otolith_core.evaluation import skipped_frame
+from otolith_core.evaluation import HELD_OUT_SCOPE, model_label, skipped_frame
 from otolith_core.metrics import METRIC_LABELS
 from views.comparison import current_comparison
 from views.widgets import result_downloads, show_note
@@ -26,9 +26,8 @@ if left_out:
         st.dataframe(skipped_frame(left_out), hide_index=True, width="stretch")
 
 summary = comparison.summary_frame()
-scheme = f"{comparison.repeats} × {comparison.n_folds}-fold" if comparison.repeats > 1 else f"{comparison.n_folds}-fold"
-grouping = ", photos of a fish kept in one fold" if comparison.grouped_by_fish else ""
-st.subheader(f"Summary: {scheme} stratified CV (seed {comparison.seed}{grouping}), mean ± SD over folds")
+seed = "" if comparison.holdout_column else f", seed {comparison.seed}"  # leave-one-group-out draws nothing
+st.subheader(f"Summary: {comparison.folds_text}{seed}; mean ± SD over folds")
 table = pd.DataFrame({"encoder": summary["encoder"], "head": summary["head"], "images": summary["n_images"]})
 for metric in ("accuracy", "pm1_accuracy", "rmse", "mae", "macro_f1"):
     mean, sd = summary[f"{metric}_mean"], summary[f"{metric}_sd"]
@@ -40,9 +39,32 @@ for metric in ("accuracy", "pm1_accuracy", "rmse"):
     table[f"{METRIC_LABELS[metric]} 95 % CI"] = [
         "" if pd.isna(lo) else f"{fmt.format(lo)} – {fmt.format(hi)}" for lo, hi in zip(low, high)]
 st.dataframe(table, hide_index=True, width="stretch")
+unit = comparison.group_unit
 st.caption("± is the SD over folds; the 95 % intervals are a bootstrap of the first repeat's out-of-fold "
-           f"predictions ({comparison.bootstrap_draws} draws, whole fish resampled"
-           f"{'' if comparison.grouped_by_fish else ' (each image its own fish unless fish_id says otherwise)'}).")
+           f"predictions ({comparison.bootstrap_draws} draws, whole {'fish' if unit in (None, 'fish') else unit} "
+           f"groups resampled{'' if unit else ' (each image its own fish unless fish_id says otherwise)'}).")
+POOLED = "all values pooled"
+if comparison.holdout_column:
+    column = comparison.holdout_column
+    st.subheader(f"Per held-out {column}")
+    st.caption(f"Each {column} was the test fold once, the models trained on all the others: the score on each "
+               "value beside the pooled one (all out-of-fold predictions together; the summary above averages the "
+               "folds instead, each value weighing the same). **unseen age**: test images whose age no training "
+               "image had. per_holdout.csv holds every metric.")
+    per = comparison.per_holdout_frame()
+    per["model"] = [model_label(e, h) for e, h in zip(per["encoder"], per["head"])]
+    per["column"] = [v if s == HELD_OUT_SCOPE else POOLED for v, s in zip(per["held_out"], per["scope"])]
+    per_metric = st.radio("Metric", ["accuracy", "pm1_accuracy", "rmse"], horizontal=True,
+                          format_func=METRIC_LABELS.get, key="holdout_metric")
+    wide = per.pivot(index="model", columns="column", values=per_metric)
+    wide = wide[[*comparison.held_out, POOLED]].reindex(list(dict.fromkeys(per["model"])))
+    images = per.pivot(index="model", columns="column", values="n_test").iloc[0]
+    unseen = per.pivot(index="model", columns="column", values="n_unseen_age").iloc[0]
+    wide.columns = [f"{c} ({images[c]} images{f', {unseen[c]} unseen age' if unseen[c] else ''})" for c in wide.columns]
+    fmt = "%.3f" if per_metric == "rmse" else "%.1f%%"
+    shown = wide if per_metric == "rmse" else wide * 100
+    st.dataframe(shown.reset_index(), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format=fmt) for c in shown.columns})
 models = summary[summary["encoder"] != "no-skill"]
 st.caption("Feature scaling, fitted in each training fold: " + ", ".join(dict.fromkeys(
     f"{e} {s}" for e, s in zip(models["encoder"], models["scaling"]))) + " (the `scaling` column of summary.csv, "
@@ -73,7 +95,9 @@ else:
     st.markdown(
         "The **naive** paired t-test treats the folds as independent, but every two training folds share most of "
         "their images, so it is over-confident. The **corrected** test (Nadeau & Bengio 2003) widens the variance "
-        "by the test/train size ratio; quote it, and use repeated CV (sidebar) for more folds.")
+        "by the test/train size ratio; quote it, and use repeated CV (sidebar) for more folds."
+        + (f" Here the folds are the held-out {comparison.holdout_column} values, of unequal sizes: the correction "
+           "uses their mean test/train ratio." if comparison.holdout_column else ""))
     key_cols = ["metric", "encoder_a", "head_a", "encoder_b", "head_b"]
     naive = tests[tests["test"] == "paired_t"].set_index(key_cols)
     corrected = tests[tests["test"] == "corrected_t"].set_index(key_cols)

@@ -39,7 +39,7 @@ def _doubtful_and_second_readings() -> None:
     if not chosen:
         st.caption("Choose at least one model.")
         return
-    table = doubtful_ages([models[m] for m in chosen], fish=comparison.groups or None)
+    table = doubtful_ages([models[m] for m in chosen], fish=comparison.fish or None)
     unscored = table[table["score"].isna()]
     if len(unscored):
         st.info(f"**{len(unscored)} {'image' if len(unscored) == 1 else 'images'} could not be scored**: every model "

@@ -29,8 +29,10 @@ DEMO_ENCODERS = ("otolith-morphometrics", "pixels-32")
 # documented defaults (the CLI's --clahe-clip-limit / --clahe-kernel change them).
 VARIANTS = {"pad": "pad: whole photo on a square of its border colour", "pad+clahe": "pad + CLAHE contrast",
             "crop": "crop: centre square", "squash": "squash: stretched to square", "clahe": "CLAHE contrast only"}
-GROUPING = {"auto": ("kept in one fold when the data has fish_id repeats", None),
-            "fish": ("always kept in one fold", True), "images": ("treated as independent images", False)}
+GROUPING = {"auto": ("each fish, when photos share a fish id", None),
+            "fish": ("each fish, always", True), "images": ("nothing: images are independent", False)}
+COLUMN = "column:"  # + a manifest column: the grouping keeps each of its values in one fold
+NO_HOLDOUT = ""  # the hold-out picker's "none": stratified k-fold
 
 
 def demo_manifest() -> Path:
@@ -65,8 +67,8 @@ def sidebar() -> Settings | None:
     known = presets()
     run_from_url = state.restore_from_url({"data_choice": list(DATA_CHOICES), "preset": ["none", *known],
                                            "encoders": list(specs), "variants": list(VARIANTS),
-                                           "heads": list(HEADS), "scaling": [AUTO_SCALING, *SCALINGS],
-                                           "grouping": list(GROUPING)})
+                                           "heads": list(HEADS), "scaling": [AUTO_SCALING, *SCALINGS]})
+    # "grouping" and "holdout" name manifest columns: checked against the data once it is read (_fold_settings)
     state.keep_widget_values()
     jobs.status_area(str(default_cache_dir()))  # on top, where it is seen while jobs run
     settings = _draw(specs, known)
@@ -189,17 +191,51 @@ def _draw(specs, known) -> Settings | None:
     heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling) for h in head_names)
 
     sb.header("Cross-validation")
-    n_folds = int(sb.number_input("Folds", min_value=2, max_value=50, key=_initial("folds", 10)))
+    group_columns, holdout_columns = cached.fold_columns(probe)
+    grouping_options = [*GROUPING, *(COLUMN + c for c in group_columns)]
+    holdout_options = [NO_HOLDOUT, *holdout_columns]
+    if st.session_state.get("grouping") == COLUMN + columns.fish:
+        st.session_state["grouping"] = "fish"
+    for key, offered, default in (("grouping", grouping_options, "auto"), ("holdout", holdout_options, NO_HOLDOUT)):
+        if st.session_state.get(key, default) not in offered:  # a column of another file (or a stale link)
+            st.session_state[key] = default
+    holding_out = bool(st.session_state.get("holdout"))
+    n_folds = int(sb.number_input("Folds", min_value=2, max_value=50, key=_initial("folds", 10), disabled=holding_out,
+                                  help="With a hold-out column the folds are its values, one each."))
     seed = int(sb.number_input("Seed", min_value=0, key=_initial("seed", 0)))
     repeats = int(sb.number_input("Repeats (R x k-fold, seeds seed..seed+R-1)", min_value=1, max_value=20,
-                                  key=_initial("repeats", 1)))
-    grouping = sb.selectbox("Photos of one fish", list(GROUPING), key=_initial("grouping", "auto"),
-                            format_func=lambda g: GROUPING[g][0],
-                            help="Several photos of one fish in both training and test folds inflate every number.")
+                                  key=_initial("repeats", 1), disabled=holding_out,
+                                  help="A hold-out column is one fixed split: it is not repeated."))
+    grouping = sb.selectbox("Keep together in one fold", grouping_options, key=_initial("grouping", "auto"),
+                            format_func=lambda g: _grouping_label(g, columns.fish),
+                            help="Images that share a value never sit in both a training and a test fold (photos of "
+                                 "one fish would inflate every number). A coarser column (station, tray photo) "
+                                 "never splits a fish: values one fish's photos share are merged; a blank value is a "
+                                 "group of its own. The bootstrap resamples these groups and the heads' inner CV "
+                                 "splits by them too.")
+    holdout = sb.selectbox("Hold out each value of", holdout_options, key=_initial("holdout", NO_HOLDOUT),
+                           format_func=lambda c: c or "(none: stratified k-fold)", disabled=len(holdout_options) < 2,
+                           help="Leave-one-group-out: each value (a cruise, a year) is the test fold once, trained on "
+                                "all the others: does a model transfer to a cruise it never saw? Results shows the "
+                                "score per held-out value beside the pooled one."
+                                if len(holdout_options) > 1 else
+                                "Needs a CSV manifest with a column of 2 to 50 values (a folder of age sub-folders "
+                                "has no columns).")
     curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
+    group_by_fish, group_column = ((None, grouping[len(COLUMN):]) if grouping.startswith(COLUMN)
+                                   else (GROUPING[grouping][1], None))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
-                    str(default_cache_dir()), repeats, GROUPING[grouping][1], curve, combined, covariates,
-                    bool(impute and covariates), columns)
+                    str(default_cache_dir()), 1 if holdout else repeats, group_by_fish, curve, combined, covariates,
+                    bool(impute and covariates), columns, group_column, holdout or None)
+
+
+def _grouping_label(value: str, fish_column: str) -> str:
+    """How a grouping choice reads in its picker: the fish ones name the fish column."""
+    if value.startswith(COLUMN):
+        return f"each {value[len(COLUMN):]}"
+    text = GROUPING[value][0]
+    return text.replace("fish id", fish_column) if value == "auto" else f"{text} ({fish_column})" if value == "fish" \
+        else text
 
 
 NO_COLUMN = ""  # a picker's "none" choice (no box column, no id column)

@@ -45,6 +45,8 @@ class Settings:
     covariates: tuple[str, ...] = ()  # manifest columns added as features (rows "covariates", "A + covariates")
     impute_covariates: bool = False  # blanks take the training fold's median instead of skipping the image
     columns: ManifestColumns = ManifestColumns()  # which manifest columns hold the path, age, fish, box and id
+    group_column: str | None = None  # a manifest column whose values the folds keep together (instead of the fish)
+    holdout_column: str | None = None  # leave-one-group-out over this column's values (then n_folds is not used)
 
     @property
     def data_key(self) -> str:
@@ -111,7 +113,7 @@ _BOOL = (lambda v: "1" if v else "0", lambda s: s == "1")
 URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "data_choice": _TEXT, "data_path": _TEXT, "preset": _TEXT, "clip_ages": _BOOL, "age_min": _INT, "age_max": _INT,
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
-    "repeats": _INT, "grouping": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
+    "repeats": _INT, "grouping": _TEXT, "holdout": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
     "col_path": _TEXT, "col_age": _TEXT, "col_fish": _TEXT, "col_box": _TEXT, "col_box_format": _TEXT, "col_id": _TEXT,
 }
 URL_LISTS = ("encoders", "variants", "combine", "covariates", "heads")  # multiselects: one query parameter per chosen value
