@@ -189,3 +189,38 @@ def _click_on_the_map(page) -> None:
     assert after != before, "a click on the map picked no other image"
     page.get_by_text("Nearest in").first.wait_for(timeout=60_000)
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box after a click on the map"
+
+
+@pytest.mark.slow
+def test_settings_keep_their_values_when_one_switches_to_ones_own_data(server, tmp_path):
+    """Choosing "Folder or CSV manifest" hides the settings until a path is typed; they come back as they were
+    (the browser used to draw them at their defaults: Ridge alpha 0, no heads, while the run used the old ones)."""
+    from playwright.sync_api import sync_playwright
+
+    from conftest import write_tray_export
+
+    export = write_tray_export(tmp_path, boxes_per_tray=3)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.goto(server, timeout=120_000)
+            page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)
+            page.wait_for_timeout(1500)
+            assert page.get_by_label("Ridge α").input_value() == "6.00"
+            page.get_by_text("Folder or CSV manifest").first.click()
+            page.get_by_label("Folder or manifest path").wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)
+            path = page.get_by_label("Folder or manifest path")
+            path.fill(str(export))
+            path.press("Enter")
+            page.get_by_label("Ridge α").wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            assert page.get_by_label("Ridge α").input_value() == "6.00"
+            assert page.get_by_label("SVC C").input_value() != "0.0001"
+            assert page.get_by_role("button", name="Run comparison").is_enabled()  # heads and encoders kept
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
