@@ -37,7 +37,7 @@ DOWNLOAD_FOLDER = "downloads"
 WORKERS = 8  # files fetched at once
 TIMEOUT_SECONDS = 60.0  # to connect, and between two chunks of one file
 ATTEMPTS = 3  # a timeout, a dropped connection or a server error (HTTP 5xx) is tried again, after 1 s, then 2 s
-EXTRAS = {"s3": "s3fs", "gs": "gcsfs"}
+EXTRAS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs")}  # scheme -> (its fsspec back end, our extra holding it)
 _HTTP_HINTS = {
     401: "the link needs credentials",
     403: "access denied: a presigned link that has expired gives this; export the manifest again for fresh links",
@@ -197,9 +197,8 @@ def _fetch_once(url: str, part: Path, timeout: float) -> tuple[int, str]:
     except DownloadFailed:
         raise
     except ImportError as exc:
-        extra = {"s3": "s3", "gs": "gcs"}.get(scheme, scheme)
-        raise DownloadFailed(f"{scheme}:// needs {EXTRAS.get(scheme, 'a file-system back end')}: install "
-                             f"otolith-dashboard[{extra}]") from exc
+        package, extra = EXTRAS.get(scheme, ("a file-system back end", scheme))
+        raise DownloadFailed(f"{scheme}:// needs {package}: install otolith-dashboard[{extra}]") from exc
     except Exception as exc:  # noqa: BLE001 - each back end raises its own; named below, the query never shown
         raise _failure(exc, url, scheme) from exc
     size = part.stat().st_size

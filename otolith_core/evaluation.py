@@ -463,26 +463,24 @@ def column_groups(dataset: Dataset, rows: np.ndarray, column: str) -> tuple[np.n
     if blank:
         notes.append(Note("warning", f"{blank} images have a blank {column}: each is kept apart as a group of its "
                                      f"own (fill the column to keep them with their {column})"))
-    parent = {label: label for label in labels}
-
-    def root(label: str) -> str:
-        while parent[label] != label:
-            parent[label] = parent[parent[label]]
-            label = parent[label]
-        return label
-
     by_fish: dict[str, list[str]] = {}
     for label, record in zip(labels, records):
         if record.fish_id:
             by_fish.setdefault(record.fish_id, []).append(label)
     split = {fish: sorted(set(found)) for fish, found in by_fish.items() if len(set(found)) > 1}
-    for found in split.values():
-        for other in found[1:]:
-            parent[root(other)] = root(found[0])
-    members: dict[str, list[str]] = {}
-    for label in parent:
-        members.setdefault(root(label), []).append(label)
-    name = {label: "+".join(sorted(members[root(label)])) for label in parent}
+    # values shared by a fish are one group: the connected components of "a fish carries both values"
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    pairs = np.array([(nodes[found[0]], nodes[other]) for found in split.values() for other in found[1:]],
+                     dtype=int).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(nodes), len(nodes)))
+    component = connected_components(graph, directed=False)[1]
+    members: dict[int, list[str]] = {}
+    for label, i in nodes.items():
+        members.setdefault(component[i], []).append(label)
+    name = {label: "+".join(sorted(members[component[i]])) for label, i in nodes.items()}
     if split:
         shown = "; ".join(f"fish {fish} ({', '.join(found)})" for fish, found in sorted(split.items())[:5])
         more = f" and {len(split) - 5} more" if len(split) > 5 else ""

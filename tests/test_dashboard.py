@@ -558,6 +558,16 @@ def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch)
     assert set(app.dataframe[0].value["head"]) == {"svc", "most-frequent"}
 
 
+def _run_ridge_on_pixels(app: AppTest, *, folds: int) -> None:
+    """Run ridge on pixels-32 with ``folds`` folds from the sidebar, and wait for its extraction job."""
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.sidebar.number_input(key="folds").set_value(folds)
+    app.run()
+    app.sidebar.button(key="run").click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+
+
 def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
     """The Review page after a Run of the logistic head (5 folds: its inner CV is the slow part) on one built-in
     encoder, for ``manifest``, with the demo's embeddings cached."""
@@ -593,12 +603,7 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     assert not app.exception and photo_server.requests == {"tray0.jpg": 1}
     assert any("tray0.jpg: 12 boxes and their ids" in str(image.proto) for image in app.get("image"))
     assert "measurement_id" not in app.sidebar.multiselect(key="covariates").options  # names rows, not fish
-    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
-    app.sidebar.multiselect(key="heads").set_value(["ridge"])
-    app.sidebar.number_input(key="folds").set_value(2)
-    app.run()
-    app.sidebar.button(key="run").click().run()
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    _run_ridge_on_pixels(app, folds=2)
     (job,) = list_jobs(os.environ["OTOLITH_CACHE_DIR"])
     assert job.state == "finished" and job.request.columns["id"] == "measurement_id"
     assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1}
@@ -669,12 +674,7 @@ def test_station_grouping_and_a_cruise_hold_out_from_the_sidebar_reach_the_compa
     assert {"(none: stratified k-fold)", "station_id", "cruise_id"} <= set(holdout.options)
     assert not {"measurement_id", "age", "image__content__url"} & set(holdout.options)
     grouping.set_value("column:station_id")
-    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
-    app.sidebar.multiselect(key="heads").set_value(["ridge"])
-    app.sidebar.number_input(key="folds").set_value(3)
-    app.run()
-    app.sidebar.button(key="run").click().run()
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    _run_ridge_on_pixels(app, folds=3)
     app.switch_page("views/results.py").run()
     assert not app.exception
     assert any("3-fold stratified, folds keep each station_id together" in s.value for s in app.subheader)
