@@ -349,12 +349,11 @@ def data_signature(path: str | Path, columns: ManifestColumns | None = None,
 
     A folder: every file's path relative to it, size and modification time. A manifest: its bytes (URLs without
     their query strings: a re-export with fresh signatures is the same data), plus the size and modification time
-    of every file it lists (so a file added, replaced or deleted later is noticed; a photo behind a URL: its
-    download in ``cache_dir``), and the column mapping. Reads no image bytes.
+    of every local file it lists (so a file added, replaced or deleted later is noticed), and the column mapping.
+    With ``cache_dir``, also the state of the downloads of its photos behind URLs (:func:`download_signature`).
+    Reads no image bytes.
     """
-    path = Path(path).expanduser()
-    if path.is_dir() and (path / "manifest.csv").is_file():
-        path = path / "manifest.csv"
+    path = _manifest_of(path)
     columns = columns or ManifestColumns()
     digest = hashlib.sha256()
     if not columns.native:  # the native mapping adds nothing, so signatures from before mappings stay valid
@@ -374,20 +373,40 @@ def data_signature(path: str | Path, columns: ManifestColumns | None = None,
             content = _without_queries(content, columns.path)
         digest.update(content)
         for text in dict.fromkeys(texts):
-            if not text:
-                continue
-            if is_url(text):
-                listed = download_path(cache_dir, text) if cache_dir is not None else None
-                if listed is not None:  # a failed download, recorded, is part of what a page shows
-                    digest.update(f"\n{_stat_text(failure_path(listed))}".encode())
-            else:
+            if text and not is_url(text):
                 listed = Path(text).expanduser()
                 listed = listed if listed.is_absolute() else path.parent / listed
-            if listed is not None:
                 digest.update(f"\n{listed}|{_stat_text(listed)}".encode())
+        if cache_dir is not None:
+            digest.update(download_signature(path, columns, cache_dir).encode())
     else:
         digest.update(b"missing")
     return digest.hexdigest()
+
+
+def download_signature(path: str | Path, columns: ManifestColumns | None, cache_dir: str | Path) -> str:
+    """A digest of where the downloads of a manifest's photos behind URLs stand in ``cache_dir``: each one's
+    size and time, and each recorded failure ("" when the manifest lists no URL). It changes as photos arrive,
+    which :func:`data_signature` without ``cache_dir`` does not: a run asked for before its photos were
+    downloaded is still the same run once they are."""
+    path = _manifest_of(path)
+    if not path.is_file():
+        return ""
+    urls = [t for t in dict.fromkeys(_manifest_column(path.read_bytes(), (columns or ManifestColumns()).path))
+            if t and is_url(t)]
+    if not urls:
+        return ""
+    digest = hashlib.sha256()
+    for url in urls:
+        listed = download_path(cache_dir, url)
+        digest.update(f"\n{listed}|{_stat_text(listed)}|{_stat_text(failure_path(listed))}".encode())
+    return digest.hexdigest()
+
+
+def _manifest_of(path: str | Path) -> Path:
+    """A folder holding a manifest.csv means that manifest."""
+    path = Path(path).expanduser()
+    return path / "manifest.csv" if path.is_dir() and (path / "manifest.csv").is_file() else path
 
 
 def _stat_text(file: Path) -> str:

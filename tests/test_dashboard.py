@@ -607,6 +607,9 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     (job,) = list_jobs(os.environ["OTOLITH_CACHE_DIR"])
     assert job.state == "finished" and job.request.columns["id"] == "measurement_id"
     assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1}
+    app.run()  # the job downloaded tray1: the run asked for is still this run (it used to read as an old one)
+    assert any(c.value == "The Results and Errors pages show this run." for c in app.sidebar.caption)
+    assert app.query_params["run"] == "1"
     app.switch_page("views/errors.py").run()
     assert not app.exception
     app.switch_page("views/results.py").run()

@@ -232,7 +232,7 @@ def test_photos_behind_urls_are_downloaded_once_for_all_their_boxes(tmp_path, ph
     pixels the box's; the dead URL is named per row with its HTTP status; a re-export with fresh signatures has
     the same data signature and downloads nothing."""
     from conftest import presigned_query, write_tray_export
-    from otolith_core.data import ManifestColumns, data_signature, download_missing
+    from otolith_core.data import ManifestColumns, data_signature, download_missing, download_signature
 
     served = photo_server.folder
     dead = f"{photo_server.url}/lost.jpg?{presigned_query('s1')}"
@@ -244,6 +244,7 @@ def test_photos_behind_urls_are_downloaded_once_for_all_their_boxes(tmp_path, ph
     data = load_dataset(csv, columns=columns, cache_dir=cache)
     assert len(data) == 10 and len({r.path for r in data.to_download}) == 3
     signature = data_signature(csv, columns, cache)
+    unfetched, downloads = data_signature(csv, columns), download_signature(csv, columns, cache)
     seen = []
     data = download_missing(data, progress=lambda *counts: seen.append(counts))
     assert seen[-1] == (3, 3, 1) and not data.to_download
@@ -255,6 +256,7 @@ def test_photos_behind_urls_are_downloaded_once_for_all_their_boxes(tmp_path, ph
     assert set(reasons) == {10, 11} and reasons[10].startswith("download failed: HTTP 404")
     assert all("Signature" not in f"{s.path} {s.reason}" for s in data.skipped)
     assert data_signature(csv, columns, cache) != signature  # the downloads are part of what was read
+    assert data_signature(csv, columns) == unfetched and download_signature(csv, columns, cache) != downloads
     signature = data_signature(csv, columns, cache)
     csv.write_text(csv.read_text().replace("Signature=s1", "Signature=fresh"))
     assert data_signature(csv, columns, cache) == signature

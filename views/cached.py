@@ -24,8 +24,9 @@ from views.state import Settings
 @st.cache_data(show_spinner="Reading the image list…", max_entries=8)
 def load_data(path: str, age_range: tuple[int, int] | None, signature: str,
               columns: ManifestColumns = ManifestColumns(), cache_dir: str | None = None) -> Dataset:
-    """The data set at ``path`` as of ``signature`` (a changed file gives a new signature and a new read); photos
-    behind URLs are looked for in ``cache_dir`` (downloaded there by extraction jobs, never by the page)."""
+    """The data set at ``path`` as of ``signature`` (a changed file or download gives a new signature and a new
+    read); photos behind URLs are looked for in ``cache_dir`` (downloaded there by extraction jobs, never by the
+    page)."""
     return load_dataset(path, age_range=age_range, columns=columns, cache_dir=cache_dir)
 
 
@@ -87,8 +88,8 @@ def covariates_alone_accuracy(data_key: str, covariates: tuple[str, ...], impute
 
 def dataset(settings: Settings) -> Dataset:
     """The settings' data set; raises ValueError or FileNotFoundError with a readable message."""
-    return load_data(settings.data_path, settings.age_range, settings.data_signature, settings.columns,
-                     settings.cache_dir)
+    return load_data(settings.data_path, settings.age_range, f"{settings.data_signature}|{settings.downloads}",
+                     settings.columns, settings.cache_dir)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -15,7 +15,8 @@ from pathlib import Path
 import streamlit as st
 
 from otolith_core.cache import default_cache_dir
-from otolith_core.data import BOX_FORMATS, ManifestColumns, data_signature, detect_columns, manifest_header
+from otolith_core.data import (BOX_FORMATS, ManifestColumns, data_signature, detect_columns, download_signature,
+                               manifest_header)
 from otolith_core.heads import AUTO_SCALING, HEADS, SCALINGS, HeadSpec
 from otolith_core.encoders import presets, registry
 from otolith_core.encoders.variants import split_variant
@@ -76,6 +77,9 @@ def sidebar() -> Settings | None:
     if settings is not None and run_from_url:
         state.request_run(settings)  # a reloaded tab goes on with the run it had asked for
     requested = state.requested_run()
+    if settings is not None and requested != settings and settings.same_run_as(requested):
+        requested = settings  # only downloads happened since (the run's own jobs fetch its photos): the same run
+        state.request_run(settings)
     if settings is not None:
         st.sidebar.button("Run comparison", type="primary", key="run", on_click=state.press_run,
                           disabled=not (settings.encoders and settings.heads))
@@ -134,13 +138,14 @@ def _draw(specs, known) -> Settings | None:
         if age_range[0] > age_range[1]:
             sb.warning("The minimum age must not exceed the maximum.")
             return None
-    signature = data_signature(data_path, columns, default_cache_dir())
+    signature = data_signature(data_path, columns)
+    downloads = download_signature(data_path, columns, default_cache_dir())
 
     sb.header("Encoders")
     # Labels must not change while the app runs: Streamlit matches a multiselect's values by their labels.
     chosen = sb.multiselect("Encoders", list(specs), key=_initial("encoders", list(DEMO_ENCODERS) if is_demo else []),
                             format_func=lambda name: _encoder_label(specs[name]))
-    cached_text = _cached_text(data_path, age_range, signature, chosen, columns)
+    cached_text = _cached_text(data_path, age_range, signature, downloads, chosen, columns)
     if cached_text:
         sb.caption(cached_text)
     with sb.expander("About these encoders"):
@@ -162,7 +167,8 @@ def _draw(specs, known) -> Settings | None:
                               help="Two or more of the chosen encoders as one more row, 'A + B': each part scaled "
                                    "as its own entry says, then concatenated, on the same folds.")
     combined = (tuple(together),) if len(together) >= 2 else ()
-    probe = Settings(data_path, signature, is_demo, (), (), 2, 0, age_range, str(default_cache_dir()), columns=columns)
+    probe = Settings(data_path, signature, is_demo, (), (), 2, 0, age_range, str(default_cache_dir()), columns=columns,
+                     downloads=downloads)
     offered = cached.covariate_columns(probe)
     st.session_state["covariates"] = [c for c in st.session_state.get("covariates", []) if c in offered]
     covariates = tuple(sb.multiselect(
@@ -226,7 +232,7 @@ def _draw(specs, known) -> Settings | None:
                                    else (GROUPING[grouping][1], None))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
                     str(default_cache_dir()), 1 if holdout else repeats, group_by_fish, curve, combined, covariates,
-                    bool(impute and covariates), columns, group_column, holdout or None)
+                    bool(impute and covariates), columns, group_column, holdout or None, downloads)
 
 
 def _grouping_label(value: str, fish_column: str) -> str:
@@ -296,12 +302,12 @@ def _encoder_label(spec) -> str:
     return f"{spec.name} · {'built in' if spec.loader == 'builtin' else spec.download_size}"
 
 
-def _cached_text(data_path: str, age_range, signature: str, names, columns: ManifestColumns) -> str:
+def _cached_text(data_path: str, age_range, signature: str, downloads: str, names, columns: ManifestColumns) -> str:
     """``"Cached: a 400/400, b 0/400"`` for the chosen encoders (empty when the data cannot be read)."""
     if not names:
         return ""
     probe = Settings(data_path, signature, False, tuple(names), (), 2, 0, age_range, str(default_cache_dir()),
-                     columns=columns)
+                     columns=columns, downloads=downloads)
     try:
         data = cached.dataset(probe)
     except (ValueError, FileNotFoundError):

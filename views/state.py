@@ -8,7 +8,7 @@ names included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import streamlit as st
@@ -47,13 +47,20 @@ class Settings:
     columns: ManifestColumns = ManifestColumns()  # which manifest columns hold the path, age, fish, box and id
     group_column: str | None = None  # a manifest column whose values the folds keep together (instead of the fish)
     holdout_column: str | None = None  # leave-one-group-out over this column's values (then n_folds is not used)
+    downloads: str = ""  # where the downloads of photos behind URLs stand (otolith_core.data.download_signature)
 
     @property
     def data_key(self) -> str:
-        """The data set as read now: path, age clipping, column mapping and the files' signature (which also
-        names the mapping)."""
+        """The data set as read now: path, age clipping, column mapping, the files' signature (which also names
+        the mapping) and the downloads so far (a photo downloaded, or failed, changes what is read)."""
         mapping = "" if self.columns.native else f"|{self.columns}"
-        return f"{self.data_path}|{self.age_range}|{self.data_signature}{mapping}"
+        downloads = f"|{self.downloads}" if self.downloads else ""  # keys of data without URLs stay as they were
+        return f"{self.data_path}|{self.age_range}|{self.data_signature}{mapping}{downloads}"
+
+    def same_run_as(self, other: "Settings | None") -> bool:
+        """Whether ``other`` asks for the same run: equal but for downloads made since (a run's own extraction
+        jobs download its photos; that must not turn the run it was started for into an old one)."""
+        return other is not None and replace(self, downloads="") == replace(other, downloads="")
 
 
 def settings() -> Settings | None:
