@@ -22,7 +22,8 @@ for note in comparison.warnings:
     show_note(note)
 left_out = [s for s in comparison.skipped if s not in shown.dataset.skipped]  # the Data page lists the others
 if left_out:
-    with st.expander(f"{len(left_out)} image{'s' if len(left_out) != 1 else ''} left out of this comparison (in skipped.csv)"):
+    images = "1 image" if len(left_out) == 1 else f"{len(left_out)} images"
+    with st.expander(f"{images} left out of this comparison (in skipped.csv)"):
         st.dataframe(skipped_frame(left_out), hide_index=True, width="stretch")
 
 summary = comparison.summary_frame()
