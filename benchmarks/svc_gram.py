@@ -14,7 +14,8 @@ import numpy as np
 from sklearn.preprocessing import normalize
 from sklearn.svm import SVC
 
-from otolith_core.evaluation import cross_validate_head, fold_workers, make_folds
+from otolith_core.cross_validation import cross_validate_head, fold_workers
+from otolith_core.folds import make_folds
 from otolith_core.heads import HeadSpec
 
 

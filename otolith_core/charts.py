@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from .evaluation import NO_SKILL
+from .comparison import NO_SKILL
 from .metrics import METRIC_LABELS
 
 # Sigurdardottir et al. 2023, Atlantic cod, CLIP ViT-L/14@336 + Ridge, 10-fold CV.

@@ -182,7 +182,7 @@ def _combined(groups: Sequence[str], embeddings: dict, failed: dict) -> list[tup
     as ``@clahe+pad`` runs as ``@pad+clahe``); a group with a part that was not evaluated is skipped, with its
     reason in ``failed`` (and run.json), and the rest of the run goes on."""
     from .encoders import ENCODER_ERRORS, resolve_encoder
-    from .evaluation import combined_label
+    from .comparison import combined_label
 
     out = []
     for group in groups:
@@ -371,7 +371,7 @@ def _second_readings(dataset, cache_dir):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .covariates import CovariateRequest
-    from .evaluation import compare
+    from .comparison import compare
     from .heads import HeadSpec
     from .encoders import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
@@ -465,7 +465,7 @@ def _check_fold_columns(dataset, args: argparse.Namespace) -> None:
     """A --group-column or --holdout-column the manifest lacks (or that cannot group) is named before extraction."""
     import numpy as np
 
-    from .evaluation import column_values
+    from .folds import column_values
 
     for option, column in (("--group-column", args.group_column), ("--holdout-column", args.holdout_column)):
         if column:

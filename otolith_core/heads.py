@@ -205,7 +205,7 @@ class GramSVC(ClassifierMixin, BaseEstimator):
 
 def build_head(spec: HeadSpec) -> Pipeline:
     """A fresh, unfitted pipeline ``scale -> model`` for one training fold. ``auto`` scaling is resolved to the
-    encoder's own by :func:`~otolith_core.evaluation.compare` (:meth:`HeadSpec.for_encoder`); features with no
+    encoder's own by :func:`~otolith_core.comparison.compare` (:meth:`HeadSpec.for_encoder`); features with no
     encoder entry behind them get ``l2``, as there. A combined encoder's parts are scaled one by one."""
     if spec.blocks:
         from sklearn.compose import ColumnTransformer

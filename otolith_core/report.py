@@ -25,7 +25,7 @@ from .cache import FileHashes, store_fingerprint
 from .data import Dataset
 from .demo import is_synthetic_demo
 from .encoders import EncoderSpec, implementation_for
-from .evaluation import Comparison
+from .comparison import Comparison
 from .heads import HeadSpec
 from .readings import SecondReadings
 from .review import doubtful_ages, probabilistic, with_second_ages

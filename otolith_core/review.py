@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .evaluation import CVResult, model_label
+from .cross_validation import CVResult, model_label
 
 REVIEW_COLUMNS = ["rank", "image", "path", "reader_age", "score", "not_scored_because", "n_models", "flagged_by",
                   "models_agree", "consensus_age"]  # then per model: "<model> age", "<model> score"

@@ -158,7 +158,7 @@ def test_learning_curve_chart_shows_mean_and_sd_over_folds():
 
 def test_per_age_heatmap_has_a_cell_per_model_and_age_with_its_value():
     from otolith_core.charts import per_age_heatmap
-    from otolith_core.evaluation import PER_AGE_COLUMNS, per_age_scores
+    from otolith_core.comparison import PER_AGE_COLUMNS, per_age_scores
 
     rows = [{"encoder": "enc-a", "head": "ridge", **r}
             for r in per_age_scores(np.array([1, 1, 2, 2, 3]), np.array([1, 2, 2, 2, 1]))]

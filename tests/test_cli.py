@@ -12,7 +12,8 @@ import pytest
 
 from conftest import write_mixed_manifest, write_tray_export
 from otolith_core.cli import main
-from otolith_core.evaluation import FOLD_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS
+from otolith_core.comparison import SUMMARY_COLUMNS, TEST_COLUMNS
+from otolith_core.cross_validation import FOLD_COLUMNS, PREDICTION_COLUMNS
 from otolith_core.metrics import score
 from otolith_core.stats import corrected_t_test, mcnemar_test, paired_t_test, wilcoxon_test
 
@@ -331,7 +332,7 @@ def _comparison_for_writing():
 
     from otolith_core.data import Dataset, ImageRecord
     from otolith_core.embeddings import EmbeddingSet
-    from otolith_core.evaluation import compare
+    from otolith_core.comparison import compare
     from otolith_core.heads import HeadSpec
 
     ages = np.repeat(np.arange(1, 4), 10)

@@ -9,7 +9,7 @@ from sklearn.preprocessing import normalize
 from otolith_core.covariates import CovariateEncoding, CovariateRequest, month_circle, read_covariates
 from otolith_core.data import Dataset, ImageRecord
 from otolith_core.embeddings import EmbeddingSet
-from otolith_core.evaluation import compare
+from otolith_core.comparison import compare
 from otolith_core.heads import HeadSpec, build_head
 
 

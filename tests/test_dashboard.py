@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import write_tray_export
-from otolith_core import evaluation
+from otolith_core import comparison as core_comparison
 from otolith_core.cli import main as cli
 from otolith_core.jobs import list_jobs
 
@@ -151,8 +151,8 @@ def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputin
     assert len(app.get("image")) > 0
 
     calls = []
-    real = evaluation.compare
-    monkeypatch.setattr(evaluation, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = core_comparison.compare
+    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
     app.number_input(key="gallery_error").set_value(2).run()
     app.toggle(key="cm_normalise").set_value(True).run()
     assert not app.exception and calls == []  # display filters never rerun the cross-validation
@@ -364,8 +364,8 @@ def test_a_reload_restores_every_setting_and_a_restart_shows_stored_results_with
     assert url["seed"] == "4" and url["run"] == "1" and url["extra_model"] == f"local-dir:{tiny_model_dir}"
 
     calls = []
-    real = evaluation.compare
-    monkeypatch.setattr(evaluation, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = core_comparison.compare
+    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
     reloaded = AppTest.from_file(APP, default_timeout=300)  # a new session: a reloaded tab, or a restarted dashboard
     for key, value in url.items():
         reloaded.query_params[key] = value

@@ -119,7 +119,8 @@ def test_l2_applied_once_gives_exactly_the_pipelines_numbers():
     predictions are the same as with the l2 step inside each fold's pipeline (bit for bit), combined parts too."""
     import numpy as np
 
-    from otolith_core.evaluation import _fit_fold, cross_validate_head, make_folds
+    from otolith_core.cross_validation import _fit_fold, cross_validate_head
+    from otolith_core.folds import make_folds
     from otolith_core.heads import HeadSpec, scale_rows_once
 
     rng = np.random.default_rng(0)

@@ -19,10 +19,8 @@ from PIL import Image
 from otolith_core.cache import FileHashes, encoder_fingerprint
 from otolith_core.data import Dataset, ImageRecord, Skipped, file_sha256
 from otolith_core.embeddings import EmbeddingSet
-from otolith_core.evaluation import (
-    AGEBIAS_COLUMNS, PER_AGE_COLUMNS, FOLD_COLUMNS, LEARNING_COLUMNS, PREDICTION_COLUMNS, SUMMARY_COLUMNS, SYMMETRY_COLUMNS,
-    TEST_COLUMNS, compare,
-)
+from otolith_core.comparison import AGEBIAS_COLUMNS, PER_AGE_COLUMNS, SUMMARY_COLUMNS, SYMMETRY_COLUMNS, TEST_COLUMNS, compare
+from otolith_core.cross_validation import FOLD_COLUMNS, LEARNING_COLUMNS, PREDICTION_COLUMNS
 from otolith_core.heads import HeadSpec
 from otolith_core.encoders import registry
 from otolith_core.report import LIBRARIES, csv_bytes, image_set_hash, provenance, result_tables
@@ -115,7 +113,7 @@ def test_run_json_records_data_encoders_heads_cv_and_versions(tmp_path):
 
 
 def test_a_hold_out_column_is_recorded_and_writes_per_holdout_csv(tmp_path):
-    from otolith_core.evaluation import PER_HOLDOUT_COLUMNS
+    from otolith_core.comparison import PER_HOLDOUT_COLUMNS
 
     data = _study(tmp_path, fish_ids=True)
     comparison = _compare(data, holdout_column="cruise")

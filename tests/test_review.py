@@ -7,7 +7,7 @@ import pytest
 from otolith_core.data import Dataset, ImageRecord, load_dataset
 from otolith_core.embeddings import EmbeddingSet, extract_embeddings
 from otolith_core.encoders import registry
-from otolith_core.evaluation import compare
+from otolith_core.comparison import compare
 from otolith_core.heads import HeadSpec
 from otolith_core.review import doubtful_ages, precision_at
 
@@ -122,7 +122,7 @@ def test_a_rare_age_no_training_fold_held_is_not_scored_and_comes_last():
 def _handmade(ages, folds_per_repeat, *, encoder="enc", seed=0):
     """A logistic result on given folds with random probabilities, each row 0 for an age its training fold
     lacked (as ``cross_validate_head`` gives them)."""
-    from otolith_core.evaluation import CVResult
+    from otolith_core.cross_validation import CVResult
 
     rng = np.random.default_rng(seed)
     ages = np.asarray(ages)

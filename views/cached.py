@@ -175,7 +175,7 @@ def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: 
     """Cross-validate, store the result on disk under ``key`` and return it."""
     from otolith_core.cache import ResultStore
     from otolith_core.covariates import CovariateRequest
-    from otolith_core.evaluation import compare
+    from otolith_core.comparison import compare
 
     specs, _ = resolve(tuple(embeddings))
     with st.spinner("Cross-validating…"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from otolith_core.data import Dataset
-from otolith_core.evaluation import Comparison
+from otolith_core.comparison import Comparison
 from views import cached, jobs, state
 from views.state import Settings
 

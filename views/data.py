@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import age_histogram
-from otolith_core.evaluation import duplicate_warnings, skipped_frame
+from otolith_core.comparison import duplicate_warnings, skipped_frame
 from views import cached
 from views.widgets import settings_and_data, show_note, show_thumbnail
 

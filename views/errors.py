@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from otolith_core.charts import confusion_matrix
-from otolith_core.evaluation import NO_SKILL, model_label
+from otolith_core.comparison import NO_SKILL
+from otolith_core.cross_validation import model_label
 from views.comparison import current_comparison
 from views.widgets import show_thumbnail
 

@@ -6,7 +6,8 @@ import streamlit as st
 from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, PER_AGE_VALUES, age_bias_plot, fold_lines,
                                  learning_curve_chart, metric_bars, per_age_heatmap)
 from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR
-from otolith_core.evaluation import HELD_OUT_SCOPE, model_label, skipped_frame
+from otolith_core.comparison import HELD_OUT_SCOPE, skipped_frame
+from otolith_core.cross_validation import model_label
 from otolith_core.metrics import METRIC_LABELS
 from views.comparison import current_comparison
 from views.widgets import result_downloads, show_note

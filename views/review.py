@@ -8,7 +8,7 @@ import streamlit as st
 
 from otolith_core.charts import embedding_map
 from otolith_core.encoders import ENCODER_ERRORS, error_message
-from otolith_core.evaluation import model_label
+from otolith_core.cross_validation import model_label
 from otolith_core.readings import add_reading, agreement, load_readings, manifest_with_readings, second_readings
 from otolith_core.report import csv_bytes
 from otolith_core.review import doubtful_ages, probabilistic, with_second_ages

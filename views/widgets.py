@@ -7,7 +7,8 @@ import json
 import streamlit as st
 
 from otolith_core.data import Dataset, ImageRecord
-from otolith_core.evaluation import Comparison, Note
+from otolith_core.comparison import Comparison
+from otolith_core.notes import Note
 from views import cached, state
 from views.state import Settings
 

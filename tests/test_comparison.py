@@ -10,7 +10,8 @@ from sklearn.svm import SVC
 
 from otolith_core.data import Dataset, ImageRecord
 from otolith_core.embeddings import EmbeddingSet
-from otolith_core.evaluation import compare, make_folds
+from otolith_core.comparison import compare
+from otolith_core.folds import make_folds
 from otolith_core.heads import HeadSpec
 
 
@@ -49,7 +50,7 @@ def test_cv_numbers_equal_a_direct_scikit_learn_loop():
 @pytest.mark.slow
 @pytest.mark.parametrize("head", [HeadSpec("svc"), HeadSpec("ridge-cv", scaling="standardize")], ids=lambda h: h.label)
 def test_folds_in_worker_processes_give_the_same_predictions(head):
-    from otolith_core.evaluation import cross_validate_head
+    from otolith_core.cross_validation import cross_validate_head
 
     data, sets = _dataset(n=300)
     folds, _ = make_folds(data.ages, n_folds=5, seed=1)
@@ -61,19 +62,19 @@ def test_folds_in_worker_processes_give_the_same_predictions(head):
 
 
 def test_only_large_svc_runs_fold_in_processes_as_cores_and_memory_allow(monkeypatch):
-    from otolith_core import evaluation
-    from otolith_core.evaluation import PARALLEL_MIN_IMAGES, fold_workers
+    from otolith_core import cross_validation
+    from otolith_core.cross_validation import PARALLEL_MIN_IMAGES, fold_workers
 
     monkeypatch.setattr("joblib.cpu_count", lambda: 8)
-    monkeypatch.setattr(evaluation, "available_memory", lambda: 64e9)
+    monkeypatch.setattr(cross_validation, "available_memory", lambda: 64e9)
     assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES, 10) == 8
     assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES, 5) == 5
     assert fold_workers(HeadSpec("svc"), PARALLEL_MIN_IMAGES - 1, 10) == 1  # the dashboard's small runs stay instant
     assert fold_workers(HeadSpec("ridge"), 10 * PARALLEL_MIN_IMAGES, 10) == 1  # BLAS already uses every core
     # the cod study's size: each worker's Gram matrix is ~0.5 GB, so an 8 GB laptop with 3 GB free gets 2
-    monkeypatch.setattr(evaluation, "available_memory", lambda: 3e9)
+    monkeypatch.setattr(cross_validation, "available_memory", lambda: 3e9)
     assert fold_workers(HeadSpec("svc"), 8637, 10) == 2
-    monkeypatch.setattr(evaluation, "available_memory", lambda: 0.5e9)
+    monkeypatch.setattr(cross_validation, "available_memory", lambda: 0.5e9)
     assert fold_workers(HeadSpec("svc"), 8637, 10) == 1
 
 
@@ -83,7 +84,7 @@ def test_memory_counts_reclaimable_page_cache_as_available(monkeypatch):
 
     import psutil
 
-    from otolith_core.evaluation import available_memory, fold_workers
+    from otolith_core.cross_validation import available_memory, fold_workers
 
     # after reading many images: 4 MB of pages free, 64 GB available once the page cache is reclaimed
     sysconf = os.sysconf
@@ -102,7 +103,7 @@ def test_memory_counts_reclaimable_page_cache_as_available(monkeypatch):
 
 @pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="Linux only")
 def test_available_memory_is_the_kernels_memavailable():
-    from otolith_core.evaluation import available_memory
+    from otolith_core.cross_validation import available_memory
 
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     expected = int(meminfo["MemAvailable"].split()[0]) * 1024
@@ -180,7 +181,8 @@ def test_ridge_cv_chooses_alpha_on_the_training_fold_only():
 
 
 def test_learning_curve_subsets_are_nested_and_stratified():
-    from otolith_core.evaluation import LEARNING_FRACTIONS, nested_subsets
+    from otolith_core.cross_validation import LEARNING_FRACTIONS
+    from otolith_core.folds import nested_subsets
 
     ages = np.repeat([1, 2, 3, 4], [10, 20, 30, 40])
     subsets = nested_subsets(ages, LEARNING_FRACTIONS, seed=0)
@@ -235,7 +237,7 @@ def test_per_image_table_holds_one_repeats_own_predictions():
 def test_no_skill_baseline_equals_dummy_classifier_fold_by_fold_and_is_in_no_test():
     from sklearn.dummy import DummyClassifier
 
-    from otolith_core.evaluation import make_folds
+    from otolith_core.folds import make_folds
 
     data, sets = _dataset(n=150)
     ages = data.ages.copy()
@@ -320,7 +322,8 @@ def test_with_fish_kept_together_the_inner_search_is_grouped_and_folds_csv_shows
     knn, ridge = (folds_csv[folds_csv["head"] == h] for h in ("knn", "ridge-cv"))
     assert (knn.k > 1).all()
     # the same outer folds with the inner CV splitting fish: the leaked choices
-    from otolith_core.evaluation import cross_validate_head, fish_groups
+    from otolith_core.cross_validation import cross_validate_head
+    from otolith_core.folds import fish_groups
 
     folds, _ = make_folds(ages, n_folds=5, seed=0, groups=fish_groups(data, np.arange(360)))
     leaked = {h.name: cross_validate_head(features, ages, folds, h.for_encoder("l2")).params for h in heads}
@@ -352,12 +355,12 @@ def _survey(n_fish=60, photos=2, stations=12, cruises=4, seed=0, *, fish_across_
 
 
 def test_a_group_column_keeps_each_value_in_one_fold_and_groups_the_bootstrap_and_inner_cv(monkeypatch):
-    from otolith_core import evaluation
+    from otolith_core import comparison
 
     data, sets = _survey()
     seen = []
-    real = evaluation.cross_validate_head
-    monkeypatch.setattr(evaluation, "cross_validate_head",
+    real = comparison.cross_validate_head
+    monkeypatch.setattr(comparison, "cross_validate_head",
                         lambda *a, **k: seen.append(k.get("groups")) or real(*a, **k))
     result = compare(data, sets, [HeadSpec("ridge-cv")], n_folds=4, group_column="station_id")
     stations = np.array([r.metadata["station_id"] for r in data.records])
