@@ -21,6 +21,7 @@ from .cross_validation import (FOLD_COLUMNS, LEARNING_COLUMNS, PREDICTION_COLUMN
                                cross_validate_head, learning_curve, model_label)
 from .data import Dataset, Skipped
 from .embeddings import EmbeddingSet
+from .fish_level import FISH_PREDICTION_COLUMNS, PER_FISH_COLUMNS, fish_predictions, fish_summary, refusal
 from .folds import (leaving_out_only_age, check_nested, column_groups, column_values, fish_groups, holdout_folds,
                     make_folds)
 from .heads import BASELINE_HEAD, HeadSpec
@@ -28,13 +29,15 @@ from .metrics import METRICS, score
 from .notes import Note
 from .stats import (BOOTSTRAP_METRICS, PairedTest, age_bias, bootstrap_intervals, bowker_symmetry, corrected_t_test,
                     holm_adjust, mcnemar_test, paired_t_test, wilcoxon_test)
+from .ties import TIE_LEVEL, TIED_METRICS, tied_column, tied_with_best
 
 TESTED_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 NO_SKILL = "no-skill"  # the baseline's encoder name: no image at all, always the most common training age
 SKIPPED_COLUMNS = ["path", "row", "reason", "image"]
 SUMMARY_COLUMNS = (["encoder", "head", "scaling", "n_images"]
                    + [f"{m}_{s}" for m in (*METRICS, "rmse_raw") for s in ("mean", "sd")] + ["n_folds_total"]
-                   + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")])
+                   + [f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")]
+                   + [tied_column(m) for m in TIED_METRICS])
 BOOTSTRAP_DRAWS = 1000
 TEST_COLUMNS = ["metric", "encoder_a", "head_a", "encoder_b", "head_b", "mean_diff", "t", "p_value", "test", "p_holm"]
 AGEBIAS_COLUMNS = ["encoder", "head", "true_age", "n", "mean_pred", "ci_low", "ci_high"]
@@ -96,14 +99,24 @@ class Comparison:
         """Every result with a row in the score tables: the models, then the no-skill baseline."""
         return self.results + ((self.baseline,) if self.baseline is not None else ())
 
-    def summary_frame(self) -> pd.DataFrame:
-        """Mean and SD over folds of every metric, and bootstrap 95 % intervals of accuracy, ±1 and RMSE."""
+    def summary_frame(self, *, tie_level: float = TIE_LEVEL) -> pd.DataFrame:
+        """Mean and SD over folds of every metric, bootstrap 95 % intervals of accuracy, ±1 and RMSE, and per tested
+        metric whether each model cannot be told apart from the best (:func:`~otolith_core.ties.tied_with_best` at
+        ``tie_level``; NA for the no-skill baseline, which is in no test)."""
         rows = []
         for r in self.scored:
             row = r.summary()
             row.update(self._intervals.get((r.encoder, r.head.label), {}))
             rows.append(row)
-        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        models = [(r.encoder, r.head.label) for r in self.results]
+        keys = list(zip(frame["encoder"], frame["head"]))
+        tests = self.tests_frame()
+        for metric in TIED_METRICS:
+            means = dict(zip(keys[:len(models)], frame[f"{metric}_mean"][:len(models)]))
+            tied = tied_with_best(means, tests, metric, level=tie_level) if models else {}
+            frame[tied_column(metric)] = pd.array([tied.get(k, pd.NA) for k in keys], dtype="boolean")
+        return frame
 
     @functools.cached_property
     def _intervals(self) -> dict:
@@ -145,6 +158,31 @@ class Comparison:
         frame = pd.DataFrame(rows, columns=PER_HOLDOUT_COLUMNS)
         frame["fold"] = frame["fold"].astype("Int64")
         return frame
+
+    @property
+    def fish_scores_refused(self) -> Note | None:
+        """Why this comparison has no fish-level scores (folds not grouped by fish, or no fish with several photos),
+        or None when it has them (:mod:`~otolith_core.fish_level`)."""
+        return refusal(grouped_by_fish=self.grouped_by_fish, fish=self.fish)
+
+    @functools.cached_property
+    def _fish_predictions(self) -> dict:
+        if self.fish_scores_refused is not None:
+            return {}
+        return {(r.encoder, r.head.label): fish_predictions(r, self.fish) for r in self.scored}
+
+    def fish_predictions_frame(self) -> pd.DataFrame:
+        """``fish_predictions.csv``: every model's prediction of each fish from its photos together, per repeat
+        (:mod:`~otolith_core.fish_level` states the rule of each head); empty when :attr:`fish_scores_refused`."""
+        frames = list(self._fish_predictions.values())
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FISH_PREDICTION_COLUMNS)
+
+    def per_fish_frame(self) -> pd.DataFrame:
+        """``per_fish.csv``: per model (and the no-skill baseline), the fish-level scores, mean and SD over the
+        same folds as summary.csv (all repeats); empty when :attr:`fish_scores_refused`."""
+        rows = [fish_summary(r, self.fish, self._fish_predictions[(r.encoder, r.head.label)])
+                for r in self.scored if (r.encoder, r.head.label) in self._fish_predictions]
+        return pd.DataFrame(rows, columns=PER_FISH_COLUMNS)
 
     def predictions_frame(self) -> pd.DataFrame:
         frames = [r.predictions() for r in self.scored]

@@ -479,3 +479,160 @@ def test_blank_holdout_values_are_skipped_and_named():
                      holdout_column="cruise_id", bootstrap_draws=0)
     assert [(s.path, s.reason) for s in result.skipped] == [("0.png", "blank cruise_id (the hold-out column)")]
     assert result.results[0].n_images == len(records) - 1
+
+
+# ---- ties with the best: corrected t against the best, Holm over those comparisons -----------------------------
+
+def _tests_against(rows):
+    """A ttests.csv-like frame of corrected_t rows: (metric, model a, model b, mean_diff, p_value)."""
+    from otolith_core.comparison import TEST_COLUMNS
+
+    return pd.DataFrame([{"metric": m, "encoder_a": a, "head_a": "ridge", "encoder_b": b, "head_b": "ridge",
+                          "mean_diff": d, "t": 1.0, "p_value": p, "test": "corrected_t", "p_holm": np.nan}
+                         for m, a, b, d, p in rows], columns=TEST_COLUMNS)
+
+
+def test_ties_holm_adjust_the_best_models_comparisons_only_as_statsmodels_does():
+    from statsmodels.stats.multitest import multipletests
+
+    from otolith_core.ties import tied_with_best
+
+    means = {("a", "ridge"): 0.50, ("b", "ridge"): 0.48, ("c", "ridge"): 0.40, ("d", "ridge"): 0.30}
+    p_best = {"b": 0.30, "c": 0.02, "d": 0.001}  # corrected t of the best (a) against each
+    tests = _tests_against([("accuracy", "a", "b", 0.02, p_best["b"]), ("accuracy", "c", "a", -0.1, p_best["c"]),
+                            ("accuracy", "a", "d", 0.2, p_best["d"]),
+                            ("accuracy", "b", "c", 0.08, 1e-9),  # not against the best: in no family here
+                            ("rmse", "a", "b", 0.0, 1e-9), ("accuracy", "c", "d", 0.1, 0.5)])
+    reject, _, _, _ = multipletests([p_best[m] for m in "bcd"], alpha=0.05, method="holm")
+    tied = tied_with_best(means, tests, "accuracy")
+    assert tied == {("a", "ridge"): True, **{(m, "ridge"): not r for m, r in zip("bcd", reject)}}
+    assert list(tied.values()) == [True, True, False, False]  # 0.02 x 2 = 0.04 < 0.05 after Holm
+    assert tied_with_best(means, tests, "accuracy", level=0.01)[("c", "ridge")]  # 0.04 > 0.01: tied then
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        tied_with_best(means, tests, "accuracy", level=5)
+
+
+def test_rmse_best_is_the_lowest_and_equal_folds_are_tied_constant_differences_not():
+    from otolith_core.ties import best_model, tied_with_best
+
+    means = {("a", "ridge"): 0.9, ("b", "ridge"): 0.7, ("c", "ridge"): 0.7, ("d", "ridge"): 1.0}
+    assert best_model(means, "rmse") == ("b", "ridge")  # lowest; the first of an exact tie of means
+    tests = _tests_against([("rmse", "a", "b", 0.2, 0.2), ("rmse", "b", "c", 0.0, np.nan),
+                            ("rmse", "d", "b", 0.3, np.nan)])  # c: equal in every fold; d: worse by 0.3 in each
+    assert tied_with_best(means, tests, "rmse") == {("a", "ridge"): True, ("b", "ridge"): True, ("c", "ridge"): True,
+                                                    ("d", "ridge"): False}
+    with pytest.raises(ValueError, match="no corrected_t test of rmse"):
+        tied_with_best({**means, ("e", "ridge"): 2.0}, tests, "rmse")
+
+
+def test_summary_marks_ties_per_metric_leaves_the_baseline_empty_and_one_model_is_tied_with_itself():
+    from otolith_core.ties import TIED_METRICS, tied_column
+
+    data, sets = _dataset(n=100)
+    result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=4, bootstrap_draws=0)
+    summary = result.summary_frame()
+    for metric in TIED_METRICS:
+        column = summary[tied_column(metric)]
+        assert str(column.dtype) == "boolean" and column.isna().tolist() == [False] * 4 + [True]  # no-skill: NA
+        best = summary.iloc[:4][f"{metric}_mean"].idxmax() if metric != "rmse" else \
+            summary.iloc[:4][f"{metric}_mean"].idxmin()
+        assert column[best]
+    strict = result.summary_frame(tie_level=0.999)  # almost every difference is told apart at this level
+    assert strict[tied_column("accuracy")].sum() <= summary[tied_column("accuracy")].sum()
+    alone = compare(data, {"enc-a": sets["enc-a"]}, [HeadSpec("ridge")], n_folds=4, bootstrap_draws=0).summary_frame()
+    assert [alone[tied_column(m)].tolist() for m in TIED_METRICS] == [[True, pd.NA]] * 3
+
+
+# ---- fish-level scores -------------------------------------------------------------------------------------------
+
+def _hand_result(head, *, raw=None, pred=None, proba=None):
+    """A CVResult of 1 repeat, 3 folds, 7 photos of 4 fish (F1 3 photos, F2 2, F3 1, F4 1), ages 2..5."""
+    from otolith_core.cross_validation import CVResult
+
+    true = np.array([3, 3, 3, 4, 4, 2, 5])
+    fold = np.array([0, 0, 0, 1, 1, 2, 2])
+    pred = np.asarray(pred if pred is not None else np.rint(raw)).astype(int)
+    return CVResult("enc", HeadSpec(head), tuple(f"i{k}" for k in range(7)), tuple(f"p{k}" for k in range(7)), true,
+                    pred, np.asarray(raw if raw is not None else pred, dtype=float), fold, np.zeros(7, dtype=int),
+                    proba=proba)
+
+
+FISH = ("F1", "F1", "F1", "F2", "F2", "F3", "F4")
+
+
+def test_a_fish_prediction_follows_its_heads_rule():
+    from otolith_core.fish_level import fish_predictions
+
+    # ridge: mean of the raw outputs, rounded half to even, clipped to the training fold's ages
+    ridge = _hand_result("ridge", raw=[2.0, 2.5, 3.0, 5.5, 5.5, 1.2, 4.4])
+    got = fish_predictions(ridge, FISH).set_index("fish")
+    assert got.loc["F1", "pred_age"] == 2  # mean 2.5 -> 2 (half to even), as numpy.rint rounds one photo
+    assert got.loc["F2", "pred_age"] == 5  # mean 5.5 -> 6, clipped to fold 1's training ages 2..5
+    assert got.loc["F3", "pred_age"] == 3  # 1.2 -> 1, clipped up to fold 2's training ages 3..4
+    assert got.loc["F4", "pred_age"] == 4  # one photo: its own rounded prediction
+    assert list(got["n_photos"]) == [3, 2, 1, 1] and list(got["true_age"]) == [3, 4, 2, 5]
+    # svc (and knn): the median of the photos' ages, rounded half to even
+    svc = _hand_result("svc", pred=[2, 5, 3, 4, 5, 2, 6])
+    assert fish_predictions(svc, FISH).set_index("fish")["pred_age"].to_dict() == {"F1": 3, "F2": 4, "F3": 2, "F4": 6}
+    # logistic: the mean of the class probabilities (columns: ages 2..5), its most probable age
+    proba = np.array([[0, .6, .4, 0], [0, 0, 1, 0], [0, .6, .4, 0], [0, .5, .5, 0], [0, 0, .4, .6],
+                      [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    logistic = _hand_result("logistic", pred=[3, 4, 3, 3, 5, 2, 5], proba=proba)
+    got = fish_predictions(logistic, FISH).set_index("fish")["pred_age"].to_dict()
+    assert got == {"F1": 4, "F2": 4, "F3": 2, "F4": 5}  # F1 (.4, .6): 4 wins though 2 of 3 photos said 3
+    with pytest.raises(ValueError, match="fish 'F1' has photos in 2 test folds"):
+        fish_predictions(_hand_result("svc", pred=[3] * 7), ("F1", "F1", "F1", "F1", "F2", "F3", "F4"))
+
+
+def test_per_fish_scores_equal_a_plain_loop_over_each_fish_on_the_same_grouped_folds():
+    """per_fish.csv recomputed by hand: each fish of each repeat predicted from its photos (ridge: mean of the raw
+    outputs, rounded and clipped to the training fold's ages; svc: median, rounded), scored per fold, mean and SD."""
+    data, sets = _dataset(n=90)
+    photos = np.array([3, 2, 1] * 15)  # fish of 3, 2 and 1 photos, one age each
+    fish_of = np.repeat(np.arange(photos.size), photos)[:90]
+    data = Dataset(data.source, "manifest", tuple(ImageRecord(r.path, r.name, r.age, fish_id=f"F{f}-{r.age}")
+                                                  for r, f in zip(data.records, fish_of)))
+    result = compare(data, {"enc-a": sets["enc-a"]}, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=3, repeats=2,
+                     bootstrap_draws=0)
+    assert result.fish_scores_refused is None
+    per_fish = result.per_fish_frame().set_index(["encoder", "head"])
+    fish = np.array(result.fish)
+    for r in result.scored:
+        expected_folds = []
+        for repeat in range(2):
+            rows = np.flatnonzero(r.repeat == repeat)
+            true, pred, raw, fold = r.true_age[rows], r.pred_age[rows], r.pred_raw[rows], r.fold[rows]
+            by_fold = {}
+            for one in np.unique(fish):
+                mine = fish == one
+                assert len(set(fold[mine])) == 1  # one test fold per fish
+                k = int(fold[mine][0])
+                if r.head.name == "ridge":
+                    training = true[fold != k]
+                    guess = min(max(round(float(np.mean(raw[mine]))), training.min()), training.max())
+                else:
+                    guess = int(np.rint(np.median(pred[mine])))
+                by_fold.setdefault(k, []).append((int(true[mine][0]), guess))
+                if mine.sum() == 1:
+                    assert guess == pred[mine][0]  # one photo: the fish keeps its photo's prediction
+            for k in sorted(by_fold):
+                t, p = np.array(by_fold[k]).T
+                expected_folds.append((np.mean(t == p), np.mean(np.abs(t - p) <= 1), np.sqrt(np.mean((t - p) ** 2))))
+        expected = np.array(expected_folds)
+        row = per_fish.loc[(r.encoder, r.head.label)]
+        assert (row.n_fish, row.n_fish_several, row.n_folds_total, row.n_images) == (45, 30, 6, 90)
+        np.testing.assert_allclose([row.accuracy_mean, row.pm1_accuracy_mean, row.rmse_mean], expected.mean(axis=0))
+        np.testing.assert_allclose([row.accuracy_sd, row.pm1_accuracy_sd, row.rmse_sd], expected.std(axis=0, ddof=1))
+    assert list(per_fish.index.get_level_values("encoder"))[-1] == "no-skill"
+    predictions = result.fish_predictions_frame()
+    assert len(predictions) == 3 * 2 * 45 and set(predictions["repeat"]) == {0, 1}
+
+
+def test_fish_level_scores_are_refused_with_the_reason():
+    data, sets = _dataset(n=60)
+    one = {"enc-a": sets["enc-a"]}
+    alone = compare(data, one, [HeadSpec("ridge")], n_folds=3, bootstrap_draws=0)
+    assert "no fish has more than one photo" in alone.fish_scores_refused.message
+    assert alone.per_fish_frame().empty and alone.fish_predictions_frame().empty
+    split = compare(_with_fish(data), one, [HeadSpec("ridge")], n_folds=3, bootstrap_draws=0, group_by_fish=False)
+    assert "not grouped by fish" in split.fish_scores_refused.message and split.per_fish_frame().empty
