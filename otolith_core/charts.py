@@ -7,17 +7,21 @@ import pandas as pd
 
 from .comparison import NO_SKILL
 from .metrics import METRIC_LABELS
+from .ties import TIE_LEVEL, tied_column
 
 # Sigurdardottir et al. 2023, Atlantic cod, CLIP ViT-L/14@336 + Ridge, 10-fold CV.
 PAPER_COD = {"accuracy": 0.5047, "pm1_accuracy": 0.9410, "rmse": 0.84}
 PAPER_LABEL = "Sigurðardóttir et al. 2023, cod (CLIP + Ridge)"
 BAR_METRICS = ("accuracy", "pm1_accuracy", "rmse")
+TIED, APART = "cannot be told apart from the best", "told apart from the best"  # the bars' opacity legend
 
 
 def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, width: int = 260,
-                height: int = 300) -> alt.Chart:
+                height: int = 300, tie_level: float = TIE_LEVEL) -> alt.Chart:
     """Bars of one metric's mean per encoder (grouped by head), SD error bars, the paper's cod value as a rule,
-    and the no-skill baseline's value (always the most common training age) as a dotted rule.
+    and the no-skill baseline's value (always the most common training age) as a dotted rule. With a
+    ``<metric>_tied_with_best`` column, the bars of models told apart from the best are faded and those that cannot
+    be told apart from it (the best included) are solid, with a legend naming the test and ``tie_level``.
 
     Parameters
     ----------
@@ -25,6 +29,7 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
         ``no-skill`` row becomes the dotted rule, not a bar.
     metric : ``accuracy``, ``pm1_accuracy`` or ``rmse``.
     reference : draw the published cod value, labelled as such.
+    tie_level : the level the summary's ties were marked at (for the legend).
     """
     no_skill = summary[summary["encoder"] == NO_SKILL]
     summary = summary[summary["encoder"] != NO_SKILL]
@@ -33,6 +38,9 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
         low=summary[f"{metric}_mean"] - summary[f"{metric}_sd"].fillna(0),
         high=summary[f"{metric}_mean"] + summary[f"{metric}_sd"].fillna(0),
     )[["encoder", "head", "mean", "low", "high"]]
+    ties = tied_column(metric) in summary.columns
+    if ties:
+        data["tie"] = [TIED if bool(t) else APART for t in summary[tied_column(metric)].fillna(False)]
     title = METRIC_LABELS[metric]
     y_title = f"{title} (mean ± SD over folds)"  # every layer names it, so Vega-Lite shows it once
     base = alt.Chart(data).encode(
@@ -43,8 +51,13 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
         y=alt.Y("mean:Q", title=y_title),
         color=alt.Color("head:N", title="head", sort=None),
         tooltip=["encoder", "head", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
-                 alt.Tooltip("high:Q", format=".3f")],
+                 alt.Tooltip("high:Q", format=".3f"), *(["tie"] if ties else [])],
     )
+    if ties:
+        bars = bars.encode(opacity=alt.Opacity(
+            "tie:N", scale=alt.Scale(domain=[TIED, APART], range=[1.0, 0.3]),
+            legend=alt.Legend(title=f"corrected t vs the best, Holm, level {tie_level:g}", orient="bottom",
+                              direction="vertical")))
     errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y=alt.Y("low:Q", title=y_title), y2="high:Q")
     layers = [bars, errors]
     if reference and metric in PAPER_COD:
@@ -67,10 +80,13 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
     return alt.layer(*layers).properties(title=title, width=width, height=height)
 
 
-def comparison_chart(summary: pd.DataFrame, *, n_folds: int, repeats: int = 1, reference: bool = True) -> alt.HConcatChart:
-    """The three metric bar charts side by side (the CLI's ``comparison.svg``)."""
+def comparison_chart(summary: pd.DataFrame, *, n_folds: int, repeats: int = 1, reference: bool = True,
+                     tie_level: float = TIE_LEVEL) -> alt.HConcatChart:
+    """The three metric bar charts side by side (the CLI's ``comparison.svg``); faded bars: told apart from the best
+    (see :func:`metric_bars`)."""
     scheme = f"{repeats} x {n_folds}-fold" if repeats > 1 else f"{n_folds}-fold"
-    return alt.hconcat(*(metric_bars(summary, m, reference=reference) for m in BAR_METRICS)).properties(
+    return alt.hconcat(*(metric_bars(summary, m, reference=reference, tie_level=tie_level)
+                         for m in BAR_METRICS)).properties(
         title=f"Otolith age from frozen embeddings: {scheme} cross-validation, mean ± SD over folds")
 
 

@@ -7,7 +7,7 @@
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
                 [--group-column COL | --no-group-by-fish] [--holdout-column COL]
                 [--combine A,B] [--covariates COL,COL [--impute-covariates]] [--scaling ...] [--bootstrap N]
-                [--learning-curve] [--age-range MIN MAX] [--no-chart | --png] --out DIR
+                [--learning-curve] [--tie-level 0.05] [--age-range MIN MAX] [--no-chart | --png] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
 
 Problems a user can fix are printed as one clear message (exit code 2), never as a stack trace.
@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                           "Not with --folds or --repeats > 1")
     run.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                      help="draws for the 95%% bootstrap intervals in summary.csv (fish resampled; default 1000; 0: none)")
+    run.add_argument("--tie-level", type=float, default=0.05, metavar="P",
+                     help="level at which summary.csv marks the models that cannot be told apart from the best "
+                          "(corrected paired t-test against the best, Holm-corrected; default 0.05)")
     run.add_argument("--learning-curve", action="store_true",
                      help="also train on 10%%, 20%%, ..., 100%% of each training fold (learning_curve.csv)")
     run.add_argument("--out", required=True, help="results folder")
@@ -375,11 +378,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .heads import HeadSpec
     from .encoders import ENCODER_ERRORS, error_message, resolve_encoders
     from .report import provenance, write_results
+    from .ties import TIE_SENTENCE, check_level
 
     heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
     if args.impute_covariates and not args.covariates:
         raise ValueError("--impute-covariates needs --covariates COL,COL")
     covariates = CovariateRequest.parse(args.covariates or "", impute=args.impute_covariates)
+    check_level(args.tie_level)  # before anything is extracted
     _check_fold_options(args)
     failed: dict[str, str] = {}
     specs = {}
@@ -428,24 +433,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in comparison.warnings:
         print(note, file=sys.stderr)
     second = _second_readings(dataset, cache_dir)  # the manifest's second_age, or readings typed on the Review page
-    run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir, second=second)
+    run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir, second=second,
+                          tie_level=args.tie_level)
     if "second_readings" in run_info:
         readers = run_info["second_readings"]
         print(f"{readers['n_images']} images read twice: between the two readers APE {readers['ape_percent']:.1f} %, "
               f"CV {readers['cv_percent']:.1f} %, {readers['same_age']:.0%} the same age")
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png,
-                            second=second.table)
-    summary = comparison.summary_frame()
+                            second=second.table, tie_level=args.tie_level)
+    summary = comparison.summary_frame(tie_level=args.tie_level)
     print()
     enc_w, head_w = (int(summary[c].str.len().max()) for c in ("encoder", "head"))
     for row in summary.itertuples():
-        print(f"  {row.encoder:<{enc_w}} {row.head:<{head_w}} accuracy {row.accuracy_mean:6.1%} ± {row.accuracy_sd:.1%}   "
-              f"±1 {row.pm1_accuracy_mean:6.1%} ± {row.pm1_accuracy_sd:.1%}   RMSE {row.rmse_mean:.2f} ± {row.rmse_sd:.2f}")
+        print(f"  {row.encoder:<{enc_w}} {row.head:<{head_w}} accuracy {row.accuracy_mean:6.1%} ± {row.accuracy_sd:.1%}"
+              f"{_tie_mark(row.accuracy_tied_with_best)}  ±1 {row.pm1_accuracy_mean:6.1%} ± {row.pm1_accuracy_sd:.1%}"
+              f"{_tie_mark(row.pm1_accuracy_tied_with_best)}  RMSE {row.rmse_mean:.2f} ± {row.rmse_sd:.2f}"
+              f"{_tie_mark(row.rmse_tied_with_best)}")
+    print(f"  = : {TIE_SENTENCE.format(level=args.tie_level)}")
+    _print_fish_level(comparison)
     print(f"\nwrote {len(written)} files to {Path(args.out).resolve()}"
           + (f"; {len(comparison.skipped)} images skipped (skipped.csv)" if comparison.skipped else ""))
     if failed:
         print(f"{len(failed)} encoder(s) failed: {', '.join(failed)} (run.json lists why)", file=sys.stderr)
     return EXIT_OK
+
+
+def _tie_mark(tied) -> str:
+    """`` =`` after a score that cannot be told apart from the best, blank otherwise (and for the baseline)."""
+    import pandas as pd
+
+    return " =" if pd.notna(tied) and bool(tied) else "  "  # NA: the baseline, in no test
+
+
+def _print_fish_level(comparison) -> None:
+    """The fish-level accuracy per model (per_fish.csv), or why there is none."""
+    refused = comparison.fish_scores_refused
+    if refused is not None:
+        print(f"per_fish.csv not written. {refused.message}")
+        return
+    from .fish_level import FISH_RULES_TEXT
+
+    per_fish = comparison.per_fish_frame()
+    print(f"\nper fish ({int(per_fish['n_fish'].iloc[0])} fish, {int(per_fish['n_fish_several'].iloc[0])} with several "
+          f"photos; {FISH_RULES_TEXT}):")
+    enc_w, head_w = (int(per_fish[c].str.len().max()) for c in ("encoder", "head"))
+    for row in per_fish.itertuples():
+        print(f"  {row.encoder:<{enc_w}} {row.head:<{head_w}} accuracy {row.accuracy_mean:6.1%} ± {row.accuracy_sd:.1%}   "
+              f"±1 {row.pm1_accuracy_mean:6.1%} ± {row.pm1_accuracy_sd:.1%}   RMSE {row.rmse_mean:.2f} ± {row.rmse_sd:.2f}")
 
 
 def _check_fold_options(args: argparse.Namespace) -> None:

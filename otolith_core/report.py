@@ -29,12 +29,13 @@ from .comparison import Comparison
 from .heads import HeadSpec
 from .readings import SecondReadings
 from .review import doubtful_ages, probabilistic, with_second_ages
+from .ties import TIE_LEVEL, TIE_SENTENCE, TIE_TEST, TIED_METRICS, check_level, tied_column
 
 # Every file a run may write into its results folder: a later run removes those it does not write itself, so
 # a folder never mixes two runs (a stale learning_curve.csv beside an svc run would read as the svc's).
 OUTPUT_FILES = ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
                 "symmetry.csv", "skipped.csv", "learning_curve.csv", "per_holdout.csv", "probabilities.csv",
-                "label_review.csv",
+                "label_review.csv", "per_fish.csv", "fish_predictions.csv",
                 "run.json", "comparison.svg", "comparison.png")
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -73,10 +74,11 @@ def provenance(
     *,
     cache_dir: str | Path | None,
     second: SecondReadings | None = None,
+    tie_level: float = TIE_LEVEL,
 ) -> dict:
     """Everything needed to trace a figure back to its run (``run.json``); ``second``: second readings
     (``readings.second_readings``), summarised as the agreement between the two readers on the ages as read
-    (unclipped), with the readings that could not count."""
+    (unclipped), with the readings that could not count; ``tie_level``: the level of summary.csv's ties."""
     hashes = FileHashes(cache_dir) if cache_dir is not None else None
     images = tuple(comparison.results[0].first_repeat()[0]) if comparison.results else ()  # each image once
     encoders = {}
@@ -127,6 +129,11 @@ def provenance(
                "folds": comparison.folds_text,
                "learning_curve": comparison.learning_curve is not None},
         "warnings": [{"severity": n.severity, "message": n.message} for n in comparison.warnings],
+        "ties": {"level": check_level(tie_level), "test": TIE_TEST,
+                 "adjustment": "holm, over the comparisons of the best model with each other model, per metric",
+                 "columns": [tied_column(m) for m in TIED_METRICS],
+                 "meaning": TIE_SENTENCE.format(level=check_level(tie_level))},
+        "fish_level": _fish_level_record(comparison),
     }
     if second is not None and (len(second.table) or second.unmatched):
         from .readings import agreement
@@ -142,13 +149,25 @@ def provenance(
     return record
 
 
-def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def _fish_level_record(comparison: Comparison) -> dict:
+    """run.json's ``fish_level``: whether per_fish.csv was written, why not, and each head's rule."""
+    from .fish_level import fish_rule
+
+    refused = comparison.fish_scores_refused
+    return {"written": refused is None, "not_written_because": refused.message if refused is not None else None,
+            "rules": {r.head.label: fish_rule(r) for r in comparison.scored},
+            "scores": "mean and sample SD over all repeats' folds, each fold scored on its fish"}
+
+
+def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None,
+                  tie_level: float = TIE_LEVEL) -> dict[str, pd.DataFrame]:
     """The CSV files of a run by file name; the CLI writes them and the dashboard offers them for download.
 
     ``second``: second readings (``readings.second_readings``), shown beside the ranking in label_review.csv.
+    ``tie_level``: the level at which summary.csv marks the models tied with the best (:mod:`~otolith_core.ties`).
     """
     tables = {
-        "summary.csv": comparison.summary_frame(),
+        "summary.csv": comparison.summary_frame(tie_level=tie_level),
         "folds.csv": comparison.folds_frame(),
         "predictions.csv": comparison.predictions_frame(),
         "ttests.csv": comparison.tests_frame(),
@@ -161,6 +180,9 @@ def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None)
         tables["learning_curve.csv"] = comparison.learning_curve_frame()
     if comparison.holdout_column is not None:
         tables["per_holdout.csv"] = comparison.per_holdout_frame()
+    if comparison.fish_scores_refused is None:  # fish with several photos, on folds that keep each fish together
+        tables["per_fish.csv"] = comparison.per_fish_frame()
+        tables["fish_predictions.csv"] = comparison.fish_predictions_frame()
     if probabilistic(comparison.results):  # a head with class probabilities (logistic) ran
         tables["probabilities.csv"] = comparison.probabilities_frame()
         ranking = doubtful_ages(comparison.results, fish=comparison.fish or None)
@@ -174,9 +196,9 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True,
-                  png: bool = False, second: pd.DataFrame | None = None) -> list[Path]:
+                  png: bool = False, second: pd.DataFrame | None = None, tie_level: float = TIE_LEVEL) -> list[Path]:
     """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``
-    (``second``: see :func:`result_tables`).
+    (``second``, ``tie_level``: see :func:`result_tables`).
 
     The chart is ``comparison.svg``; ``png=True`` also renders ``comparison.png`` (a second
     rendering, so only when asked). The folder then holds this run alone: any file of ``OUTPUT_FILES``
@@ -186,13 +208,14 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
     try:
-        for name, frame in result_tables(comparison, second=second).items():
+        for name, frame in result_tables(comparison, second=second, tie_level=tie_level).items():
             (staging / name).write_bytes(csv_bytes(frame))
         (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
         if chart and comparison.results:
             from .charts import comparison_chart  # altair: imported only when a chart is drawn
 
-            figure = comparison_chart(comparison.summary_frame(), n_folds=comparison.n_folds, repeats=comparison.repeats)
+            figure = comparison_chart(comparison.summary_frame(tie_level=tie_level), n_folds=comparison.n_folds,
+                                      repeats=comparison.repeats, tie_level=tie_level)
             figure.save(str(staging / "comparison.svg"))
             if png:
                 figure.save(str(staging / "comparison.png"), scale_factor=1.5)

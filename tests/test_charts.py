@@ -188,3 +188,17 @@ def test_the_no_skill_row_is_a_dotted_rule_not_a_bar():
     dotted = [layer for layer in layers if layer["mark"].get("strokeDash") == [2, 2]]
     assert len(dotted) == 1 and _rows(spec, dotted[0])[0]["value"] == pytest.approx(0.2)
     assert len(_layers(metric_bars(_summary(), "accuracy").to_dict())) == len(layers) - 2  # no row, no rule
+
+
+def test_metric_bars_fade_the_models_told_apart_from_the_best_and_name_the_test_and_level():
+    from otolith_core.charts import APART, TIED
+
+    summary = _summary()
+    summary["rmse_tied_with_best"] = pd.array([True, False, True], dtype="boolean")
+    spec = metric_bars(summary, "rmse", tie_level=0.01).to_dict()
+    bars = _layers(spec)[0]
+    opacity = bars["encoding"]["opacity"]
+    assert opacity["field"] == "tie" and opacity["scale"] == {"domain": [TIED, APART], "range": [1.0, 0.3]}
+    assert "Holm" in opacity["legend"]["title"] and "0.01" in opacity["legend"]["title"]
+    assert [row["tie"] for row in _rows(spec, bars)] == [TIED, APART, TIED]
+    assert "opacity" not in _layers(metric_bars(summary, "accuracy").to_dict())[0]["encoding"]  # no column: no mark

@@ -132,6 +132,86 @@ def test_per_age_scores_are_recomputable_from_predictions(demo_run):
             assert row.pm1_share == pytest.approx(((read.pred_age - age).abs() <= 1).mean())
 
 
+def test_ties_with_the_best_are_recomputable_from_ttests_csv(demo_run):
+    """summary.csv's ``*_tied_with_best`` from ttests.csv alone: per metric the best mean (highest; RMSE lowest), its
+    corrected_t p-values against each other model, Holm's step-down by hand over those, tied when the adjusted p
+    exceeds run.json's level; the best is tied, the no-skill baseline empty."""
+    out, _ = demo_run
+    summary = pd.read_csv(out / "summary.csv")
+    tests = pd.read_csv(out / "ttests.csv")
+    run = json.loads((out / "run.json").read_text())
+    level = run["ties"]["level"]
+    assert level == 0.05 and run["ties"]["test"] == "corrected_t"
+    models = summary[summary.encoder != "no-skill"]
+    told_apart = 0
+    for metric in ("accuracy", "pm1_accuracy", "rmse"):
+        assert summary.loc[summary.encoder == "no-skill", f"{metric}_tied_with_best"].isna().all()
+        means = models[f"{metric}_mean"]
+        first = means.idxmin() if metric == "rmse" else means.idxmax()
+        best = (models.encoder[first], models["head"][first])
+        against = {}
+        for row in tests[(tests.test == "corrected_t") & (tests.metric == metric)].itertuples():
+            a, b = (row.encoder_a, row.head_a), (row.encoder_b, row.head_b)
+            if best in (a, b):
+                against[b if a == best else a] = (row.p_value, row.mean_diff)
+        assert len(against) == len(models) - 1
+        ranked = sorted((p, model) for model, (p, _) in against.items() if not np.isnan(p))
+        adjusted, running = {}, 0.0
+        for i, (p, model) in enumerate(ranked):
+            running = max(running, min(1.0, (len(ranked) - i) * p))
+            adjusted[model] = running
+        for row in models.itertuples():
+            model = (row.encoder, row.head)
+            expected = True if model == best else adjusted[model] > level if model in adjusted else \
+                against[model][1] == 0  # no p-value: equal in every fold (tied) or a constant difference
+            assert bool(getattr(row, f"{metric}_tied_with_best")) == expected, (metric, model)
+            told_apart += not expected
+    assert told_apart > 0  # the pixel floor is told apart from morphometrics on the demo
+
+
+def test_per_fish_scores_are_recomputable_from_predictions(demo_run, demo_manifest):
+    """per_fish.csv and fish_predictions.csv from predictions.csv and the manifest's fish_id, in a plain loop: each
+    fish in one test fold; ridge: mean of pred_raw, rounded half to even (Python's round), clipped to the training
+    fold's ages; svc and the baseline: the median of pred_age, rounded the same way; scored per fold, mean and SD."""
+    out, _ = demo_run
+    pred = pd.read_csv(out / "predictions.csv")
+    per_fish = pd.read_csv(out / "per_fish.csv").set_index(["encoder", "head"])
+    fish_csv = pd.read_csv(out / "fish_predictions.csv").set_index(["encoder", "head", "repeat", "fish"])
+    manifest = pd.read_csv(demo_manifest)
+    fish_of = dict(zip(manifest.path, manifest.fish_id))
+    run = json.loads((out / "run.json").read_text())
+    assert run["fish_level"]["written"] and run["fish_level"]["rules"]["svc"].startswith("median")
+    for (encoder, head), group in pred.groupby(["encoder", "head"]):
+        group = group.assign(fish=[fish_of[i] for i in group.image])
+        assert group.groupby(["repeat", "fish"]).fold.nunique().max() == 1  # the folds keep each fish together
+        scores = []
+        for (repeat, fold), part in group.groupby(["repeat", "fold"]):
+            pairs = []
+            for fish, photos in part.groupby("fish"):
+                if head == "ridge":
+                    training = group[(group.repeat == repeat) & (group.fold != fold)].true_age
+                    guess = min(max(round(photos.pred_raw.mean()), training.min()), training.max())
+                else:
+                    guess = round(photos.pred_age.median())
+                assert fish_csv.loc[(encoder, head, repeat, fish), "pred_age"] == guess
+                pairs.append((photos.true_age.iloc[0], guess))
+            true, guessed = np.array(pairs).T
+            scores.append([np.mean(true == guessed), np.mean(np.abs(true - guessed) <= 1),
+                           np.sqrt(np.mean((true - guessed) ** 2))])
+        row = per_fish.loc[(encoder, head)]
+        assert (row.n_fish, row.n_fish_several) == (manifest.fish_id.nunique(), (manifest.fish_id.value_counts() > 1).sum())
+        np.testing.assert_allclose([row.accuracy_mean, row.pm1_accuracy_mean, row.rmse_mean], np.mean(scores, axis=0))
+        np.testing.assert_allclose([row.accuracy_sd, row.pm1_accuracy_sd, row.rmse_sd], np.std(scores, axis=0, ddof=1))
+    assert len(per_fish) == 5  # 2 encoders x 2 heads, and the no-skill baseline
+
+
+def test_a_tie_level_outside_zero_to_one_is_a_one_line_error(demo_manifest, tmp_path, capsys):
+    assert main(["run", "--data", str(demo_manifest), "--models", "pixels-32", "--tie-level", "5",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tie level must be between 0 and 1") and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_morphometrics_beats_the_pixel_floor_on_the_demo(demo_run):
     summary = pd.read_csv(demo_run[0] / "summary.csv").set_index(["encoder", "head"])

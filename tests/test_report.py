@@ -128,6 +128,31 @@ def test_a_hold_out_column_is_recorded_and_writes_per_holdout_csv(tmp_path):
     assert tables["folds.csv"].held_out.tolist()[:3] == ["C0", "C1", "C2"]
 
 
+def test_fish_with_several_photos_write_per_fish_csv_and_run_json_records_the_rules_and_the_tie_level(tmp_path):
+    from otolith_core.fish_level import FISH_PREDICTION_COLUMNS, MEDIAN_RULE, PER_FISH_COLUMNS, REGRESSION_RULE
+    from otolith_core.ties import TIED_METRICS, tied_column
+
+    data = _study(tmp_path, fish_ids=True)  # 15 fish of 2 photos (the 31st image, a fish alone, is not embedded)
+    comparison = _compare(data, bootstrap_draws=0)
+    tables = result_tables(comparison, tie_level=0.2)
+    assert list(tables["per_fish.csv"].columns) == PER_FISH_COLUMNS
+    assert list(tables["fish_predictions.csv"].columns) == FISH_PREDICTION_COLUMNS
+    per_fish = tables["per_fish.csv"]
+    assert per_fish[["n_fish", "n_fish_several"]].drop_duplicates().values.tolist() == [[15, 15]]
+    assert per_fish["rule"].tolist() == [REGRESSION_RULE, MEDIAN_RULE, MEDIAN_RULE]  # ridge, svc, no-skill
+    assert [c for c in tables["summary.csv"].columns if c.endswith("tied_with_best")] == \
+        [tied_column(m) for m in TIED_METRICS]
+    pd.testing.assert_frame_equal(tables["summary.csv"], comparison.summary_frame(tie_level=0.2))
+    record = provenance(comparison, data, {ENCODER: registry()[ENCODER]}, HEADS, cache_dir=None, tie_level=0.2)
+    assert record["ties"]["level"] == 0.2 and record["ties"]["columns"] == [tied_column(m) for m in TIED_METRICS]
+    assert "level 0.2" in record["ties"]["meaning"] and "Holm" in record["ties"]["meaning"]
+    assert record["fish_level"]["written"] and record["fish_level"]["rules"]["ridge"] == REGRESSION_RULE
+    apart = _compare(data, group_by_fish=False)
+    assert "per_fish.csv" not in result_tables(apart)
+    fish = provenance(apart, data, {ENCODER: registry()[ENCODER]}, HEADS, cache_dir=None)["fish_level"]
+    assert not fish["written"] and "not grouped by fish" in fish["not_written_because"]
+
+
 def test_repeated_cv_evaluates_and_hashes_the_same_image_set(tmp_path):
     data = _study(tmp_path)
     spec = {ENCODER: registry()[ENCODER]}
