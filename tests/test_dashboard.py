@@ -114,16 +114,20 @@ def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, de
     summary = pd.read_csv(out / "summary.csv")
     for row, expected in zip(shown.itertuples(), summary.itertuples()):
         assert (row.encoder, row.head) == (expected.encoder, expected.head)
-        assert row.Accuracy == f"{expected.accuracy_mean:.2%} ± {expected.accuracy_sd:.2%}"
-        assert row[6] == f"{expected.rmse_mean:.3f} ± {expected.rmse_sd:.3f}"
+        tied = expected.accuracy_tied_with_best is True  # read back: True, False or NaN (no-skill)
+        assert row.Accuracy.removesuffix(" ★") == f"{expected.accuracy_mean:.2%} ± {expected.accuracy_sd:.2%}" \
+            + (" ●" if tied and not row.Accuracy.endswith(" ★") else "")
+        assert row[6].removesuffix(" ★").removesuffix(" ●") == f"{expected.rmse_mean:.3f} ± {expected.rmse_sd:.3f}"
+        assert row[6].endswith((" ★", " ●")) == (expected.rmse_tied_with_best is True)
+    assert sum(row.Accuracy.endswith(" ★") for row in shown.itertuples()) == 1
     for name in ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
-                 "symmetry.csv", "skipped.csv"):
+                 "symmetry.csv", "skipped.csv", "per_fish.csv", "fish_predictions.csv"):
         assert _download(app, media_stores, name) == (out / name).read_bytes(), name
     run = json.loads(_download(app, media_stores, "run.json"))
     assert run["cv"] == json.loads((out / "run.json").read_text())["cv"]
     assert run["data"]["image_set_sha256"] == json.loads((out / "run.json").read_text())["data"]["image_set_sha256"]
     assert len(app.get("vega_lite_chart")) == 6  # three metric bars, per-fold lines, age bias, per-age heat table
-    side_by_side = app.dataframe[1].value
+    side_by_side = next(d.value for d in app.dataframe if "naive p" in d.value.columns)
     assert len(side_by_side) == 6 * 3 and {"naive p", "corrected p"} <= set(side_by_side.columns)
     assert any("over-confident" in m.value for m in app.markdown)
     assert any(c.value.startswith("Embeddings computed in: otolith-morphometrics fp32, pixels-32 fp32") for c in app.caption)
@@ -705,3 +709,43 @@ def test_station_grouping_and_a_cruise_hold_out_from_the_sidebar_reach_the_compa
     assert not reloaded.exception
     assert reloaded.sidebar.selectbox(key="grouping").value == "column:station_id"
     assert reloaded.sidebar.selectbox(key="holdout").value == "cruise_id"
+
+
+@pytest.mark.slow
+def test_tie_level_marks_results_without_recomputing_and_fish_scores_follow_the_grouping(app, media_stores,
+                                                                                        monkeypatch):
+    """The demo photographs some fish twice: Results shows a score per fish beside the one per photo. The sidebar's
+    tie level marks the table, the charts and summary.csv again without computing the comparison, follows the run
+    (no new Run press) and is in the URL and run.json; with the photos treated as independent, the fish-level scores
+    are refused with the reason."""
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.sidebar.multiselect(key="heads").set_value(["ridge", "svc"])
+    app.sidebar.number_input(key="folds").set_value(3)
+    app.run().sidebar.button(key="run").click().run()
+    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    per_fish = next(d.value for d in app.dataframe if "Accuracy per fish" in d.value.columns)
+    assert list(per_fish["head"]) == ["ridge", "svc", "most-frequent"] and "Accuracy per photo" in per_fish.columns
+    assert any("median of the photos' predicted ages" in c.value for c in app.caption)
+    assert any("level 0.05" in c.value and "Holm" in c.value for c in app.caption)
+
+    calls = []
+    real = core_comparison.compare
+    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    app.sidebar.number_input(key="tie_level").set_value(0.5).run()
+    assert not app.exception and calls == []  # the marks change, the numbers are not computed again
+    assert app.query_params["tie_level"] == "0.5" and app.query_params["run"] == "1"
+    assert any("level 0.5" in c.value for c in app.caption)
+    summary = pd.read_csv(io.BytesIO(_download(app, media_stores, "summary.csv")))
+    run = json.loads(_download(app, media_stores, "run.json"))
+    assert run["ties"]["level"] == 0.5 and run["fish_level"]["written"]
+    shown = app.dataframe[0].value
+    for row, expected in zip(shown.itertuples(), summary.itertuples()):
+        assert row.Accuracy.endswith((" ★", " ●")) == (expected.accuracy_tied_with_best is True)
+
+    app.sidebar.selectbox(key="grouping").set_value("images").run()
+    app.sidebar.button(key="run").click().run()
+    assert not app.exception
+    assert any("not grouped by fish" in i.value for i in app.info)
+    assert not any("Accuracy per fish" in d.value.columns for d in app.dataframe)

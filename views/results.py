@@ -6,9 +6,11 @@ import streamlit as st
 from otolith_core.charts import (BAR_METRICS, PAPER_COD, PAPER_LABEL, PER_AGE_VALUES, age_bias_plot, fold_lines,
                                  learning_curve_chart, metric_bars, per_age_heatmap)
 from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR
-from otolith_core.comparison import HELD_OUT_SCOPE, skipped_frame
+from otolith_core.comparison import HELD_OUT_SCOPE, NO_SKILL, skipped_frame
 from otolith_core.cross_validation import model_label
+from otolith_core.fish_level import MEDIAN_RULE, PROBABILITY_RULE, REGRESSION_RULE
 from otolith_core.metrics import METRIC_LABELS
+from otolith_core.ties import TIE_SENTENCE, TIED_METRICS, best_model, tied_column
 from views.comparison import current_comparison
 from views.widgets import result_downloads, show_note
 
@@ -27,7 +29,8 @@ if left_out:
     with st.expander(f"{images} left out of this comparison (in skipped.csv)"):
         st.dataframe(skipped_frame(left_out), hide_index=True, width="stretch")
 
-summary = comparison.summary_frame()
+BEST, TIED = " ★", " ●"  # marks in the table: the best model of a column, one that cannot be told apart from it
+summary = comparison.summary_frame(tie_level=settings.tie_level)
 seed = "" if comparison.holdout_column else f", seed {comparison.seed}"  # leave-one-group-out draws nothing
 st.subheader(f"Summary: {comparison.folds_text}{seed}; mean ± SD over folds")
 table = pd.DataFrame({"encoder": summary["encoder"], "head": summary["head"], "images": summary["n_images"]})
@@ -35,16 +38,50 @@ for metric in ("accuracy", "pm1_accuracy", "rmse", "mae", "macro_f1"):
     mean, sd = summary[f"{metric}_mean"], summary[f"{metric}_sd"]
     percent = metric in ("accuracy", "pm1_accuracy", "macro_f1")
     table[METRIC_LABELS[metric]] = [f"{m:.2%} ± {s:.2%}" if percent else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
+    if metric in TIED_METRICS and comparison.results:
+        models = summary["encoder"] != NO_SKILL
+        best = best_model(dict(zip(zip(summary["encoder"][models], summary["head"][models]),
+                                   summary[f"{metric}_mean"][models])), metric)
+        marks = [BEST if (e, h) == best else TIED if pd.notna(t) and t else ""
+                 for e, h, t in zip(summary["encoder"], summary["head"], summary[tied_column(metric)])]
+        table[METRIC_LABELS[metric]] = table[METRIC_LABELS[metric]] + marks
 for metric in ("accuracy", "pm1_accuracy", "rmse"):
     low, high = summary[f"{metric}_ci_low"], summary[f"{metric}_ci_high"]
     fmt = "{:.1%}" if metric != "rmse" else "{:.3f}"
     table[f"{METRIC_LABELS[metric]} 95 % CI"] = [
         "" if pd.isna(lo) else f"{fmt.format(lo)} – {fmt.format(hi)}" for lo, hi in zip(low, high)]
 st.dataframe(table, hide_index=True, width="stretch")
+if comparison.results:
+    st.caption(f"**{BEST.strip()}** the best model of a column; **{TIED.strip()}** a model that "
+               f"{TIE_SENTENCE.format(level=settings.tie_level)}. Unmarked: told apart from the best (worse). The "
+               "level is set in the sidebar; summary.csv's `*_tied_with_best` columns hold the marks (the best is "
+               "tied with itself; no-skill is in no test).")
 unit = comparison.group_unit
 st.caption("± is the SD over folds; the 95 % intervals are a bootstrap of the first repeat's out-of-fold "
            f"predictions ({comparison.bootstrap_draws} draws, whole {'fish' if unit in (None, 'fish') else unit} "
            f"groups resampled{'' if unit else ' (each image its own fish unless fish_id says otherwise)'}).")
+st.subheader("Per fish")
+refused = comparison.fish_scores_refused
+if refused is not None:
+    show_note(refused)
+else:
+    per_fish = comparison.per_fish_frame()
+    photo = summary.set_index(["encoder", "head"])
+    fish_table = pd.DataFrame({"encoder": per_fish["encoder"], "head": per_fish["head"], "fish": per_fish["n_fish"]})
+    for metric in ("accuracy", "pm1_accuracy", "rmse"):
+        percent = metric != "rmse"
+        for level, frame in (("per photo", photo.loc[list(zip(per_fish["encoder"], per_fish["head"]))].reset_index()),
+                             ("per fish", per_fish)):
+            mean, sd = frame[f"{metric}_mean"], frame[f"{metric}_sd"]
+            fish_table[f"{METRIC_LABELS[metric]} {level}"] = [
+                f"{m:.2%} ± {s:.2%}" if percent else f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd)]
+    st.dataframe(fish_table, hide_index=True, width="stretch")
+    several = int(per_fish["n_fish_several"].iloc[0])
+    st.caption(f"{several} of {int(per_fish['n_fish'].iloc[0])} fish have several photos. A fish's prediction from "
+               f"its photos together: ridge and ridge-cv, the {REGRESSION_RULE}; logistic, the {PROBABILITY_RULE}; "
+               f"svc, knn and no-skill, the {MEDIAN_RULE} (4 and 5 give 4, 5 and 6 give 6). Mean ± SD over the same "
+               "folds as the summary (every repeat), each fold scored on its fish; a fish's photos are all in one "
+               "test fold. per_fish.csv holds every metric, fish_predictions.csv every fish's prediction.")
 POOLED = "all values pooled"
 if comparison.holdout_column:
     column = comparison.holdout_column
@@ -82,7 +119,10 @@ if comparison.precisions:
                  "see the README).")
 
 for column, metric in zip(st.columns(3), BAR_METRICS):
-    column.altair_chart(metric_bars(summary, metric, height=380), width="stretch")
+    column.altair_chart(metric_bars(summary, metric, height=380, tie_level=settings.tie_level), width="stretch")
+if comparison.results:
+    st.caption(f"Faded bars: told apart from the best at level {settings.tie_level:g} (corrected t against the best, "
+               "Holm); solid bars cannot be told apart from it.")
 
 st.subheader("Per fold")
 folds = comparison.folds_frame()

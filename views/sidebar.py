@@ -20,6 +20,7 @@ from otolith_core.data import (BOX_FORMATS, ManifestColumns, data_signature, det
 from otolith_core.heads import AUTO_SCALING, HEADS, SCALINGS, HeadSpec
 from otolith_core.encoders import presets, registry
 from otolith_core.encoders.variants import split_variant
+from otolith_core.ties import TIE_LEVEL
 from views import cached, jobs, state
 from views.state import Settings
 
@@ -228,11 +229,17 @@ def _draw(specs, known) -> Settings | None:
                                 "Needs a CSV manifest with a column of 2 to 50 values (a folder of age sub-folders "
                                 "has no columns).")
     curve = sb.checkbox("Learning curve (10 %, 20 %, … of each training fold)", key=_initial("learning_curve", False))
+    tie_level = float(sb.number_input(
+        "Tie level (corrected t against the best, Holm)", min_value=0.001, max_value=0.5, step=0.01, format="%.3f",
+        key=_initial("tie_level", TIE_LEVEL),
+        help="Results marks, per metric, the models that cannot be told apart from the best at this level: the "
+             "corrected paired t-test of the best against each other model, Holm-corrected over those comparisons. "
+             "Changing it recomputes nothing."))
     group_by_fish, group_column = ((None, grouping[len(COLUMN):]) if grouping.startswith(COLUMN)
                                    else (GROUPING[grouping][1], None))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
                     str(default_cache_dir()), 1 if holdout else repeats, group_by_fish, curve, combined, covariates,
-                    bool(impute and covariates), columns, group_column, holdout or None, downloads)
+                    bool(impute and covariates), columns, group_column, holdout or None, downloads, tie_level)
 
 
 def _grouping_label(value: str, fish_column: str) -> str:

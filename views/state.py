@@ -15,6 +15,7 @@ import streamlit as st
 
 from otolith_core.data import ManifestColumns
 from otolith_core.heads import HeadSpec
+from otolith_core.ties import TIE_LEVEL
 
 _SETTINGS = "settings"
 _REQUESTED = "requested_run"
@@ -48,6 +49,7 @@ class Settings:
     group_column: str | None = None  # a manifest column whose values the folds keep together (instead of the fish)
     holdout_column: str | None = None  # leave-one-group-out over this column's values (then n_folds is not used)
     downloads: str = ""  # where the downloads of photos behind URLs stand (otolith_core.data.download_signature)
+    tie_level: float = TIE_LEVEL  # Results marks the models tied with the best at this level (changes no number)
 
     @property
     def data_key(self) -> str:
@@ -59,8 +61,11 @@ class Settings:
 
     def same_run_as(self, other: "Settings | None") -> bool:
         """Whether ``other`` asks for the same run: equal but for downloads made since (a run's own extraction
-        jobs download its photos; that must not turn the run it was started for into an old one)."""
-        return other is not None and replace(self, downloads="") == replace(other, downloads="")
+        jobs download its photos; that must not turn the run it was started for into an old one) and for the tie
+        level (it only marks the results: the run follows it without being computed again)."""
+        if other is None:
+            return False
+        return replace(self, downloads="", tie_level=TIE_LEVEL) == replace(other, downloads="", tie_level=TIE_LEVEL)
 
 
 def settings() -> Settings | None:
@@ -121,6 +126,7 @@ URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "data_choice": _TEXT, "data_path": _TEXT, "preset": _TEXT, "clip_ages": _BOOL, "age_min": _INT, "age_max": _INT,
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "holdout": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
+    "tie_level": _FLOAT,
     "col_path": _TEXT, "col_age": _TEXT, "col_fish": _TEXT, "col_box": _TEXT, "col_box_format": _TEXT, "col_id": _TEXT,
 }
 URL_LISTS = ("encoders", "variants", "combine", "covariates", "heads")  # multiselects: one query parameter per chosen value

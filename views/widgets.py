@@ -53,13 +53,13 @@ def result_downloads(comparison: Comparison, settings: Settings) -> None:
 
     data = cached.dataset(settings)  # second readings: beside the ranking in label_review.csv, summarised in run.json
     second = second_readings(data, load_readings(settings.cache_dir), cache_dir=settings.cache_dir)
-    tables = result_tables(comparison, second=second.table)
+    tables = result_tables(comparison, second=second.table, tie_level=settings.tie_level)
     columns = st.columns(4)
     for i, (name, frame) in enumerate(tables.items()):
         columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
     specs, _ = cached.resolve(settings.encoders)
     record = provenance(comparison, data, {spec.name: spec for spec in specs.values()}, list(settings.heads),
-                        cache_dir=settings.cache_dir, second=second)
+                        cache_dir=settings.cache_dir, second=second, tie_level=settings.tie_level)
     record["command"] = "streamlit run app.py (dashboard)"
     columns[len(tables) % 4].download_button("run.json", json.dumps(record, indent=2, default=str).encode("utf-8"),
                                              file_name="run.json", mime="application/json", key="download-run.json")
