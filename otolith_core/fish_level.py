@@ -64,10 +64,6 @@ def refusal(*, grouped_by_fish: bool, fish: Sequence[str]) -> Note | None:
     return None
 
 
-def _rint_median(values: pd.Series) -> int:
-    return int(np.rint(np.median(values.to_numpy(dtype=float))))
-
-
 def fish_predictions(result: CVResult, fish: Sequence[str]) -> pd.DataFrame:
     """One row per (repeat, fish): its test fold, photos, reader age and combined prediction (module rules).
 
@@ -94,7 +90,7 @@ def fish_predictions(result: CVResult, fish: Sequence[str]) -> pd.DataFrame:
                          f"fish-level scores need folds that keep each fish together")
     groups = rows.groupby(["repeat", "fish"], sort=True)
     out = groups.agg(fold=("fold", "first"), n_photos=("fold", "size"))
-    out["true_age"] = groups["true_age"].agg(_rint_median).astype(int)
+    out["true_age"] = np.rint(groups["true_age"].median()).astype(int)  # numpy.rint: a half goes to the even age
     if result.head.is_regression:
         low, high = _training_ranges(rows)
         folds = list(zip(out.index.get_level_values("repeat"), out["fold"]))
@@ -105,7 +101,7 @@ def fish_predictions(result: CVResult, fish: Sequence[str]) -> pd.DataFrame:
         mean = proba.groupby(level=["repeat", "fish"], sort=True).mean().loc[out.index].to_numpy()
         out["pred_age"] = result.ages[np.argmax(mean, axis=1)].astype(int)
     else:
-        out["pred_age"] = groups["pred_age"].agg(_rint_median).astype(int)
+        out["pred_age"] = np.rint(groups["pred_age"].median()).astype(int)
     out = out.reset_index()
     out.insert(0, "scaling", result.head.scaling)
     out.insert(0, "head", result.head.label)
