@@ -57,7 +57,7 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
         bars = bars.encode(opacity=alt.Opacity(
             "tie:N", scale=alt.Scale(domain=[TIED, APART], range=[1.0, 0.3]),
             legend=alt.Legend(title=f"corrected t vs the best, Holm, level {tie_level:g}", orient="bottom",
-                              direction="vertical")))
+                              direction="vertical", titleLimit=400)))
     errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y=alt.Y("low:Q", title=y_title), y2="high:Q")
     layers = [bars, errors]
     if reference and metric in PAPER_COD:
