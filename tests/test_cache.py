@@ -347,6 +347,23 @@ def test_the_dashboards_comparison_key_names_each_encoders_resolved_scaling(monk
     assert cached.comparison_key(settings, embeddings) != before
 
 
+def test_the_tie_level_only_marks_results_it_neither_keys_the_comparison_nor_makes_a_run_old(monkeypatch):
+    from dataclasses import replace
+
+    from otolith_core.encoders import registry
+    from otolith_core.heads import HeadSpec
+    from views import cached
+    from views.state import Settings
+
+    settings = Settings("demo.csv", "sig", False, ("pixels-32",), (HeadSpec("ridge"),), 10, 0, None, "cache")
+    embeddings = {"pixels-32": (EmbeddingSet("pixels-32", np.zeros((3, 2), np.float32), np.arange(3)), "digest")}
+    monkeypatch.setattr(cached, "resolve", lambda names: ({"pixels-32": registry()["pixels-32"]}, {}))
+    marked = replace(settings, tie_level=0.01)
+    assert cached.comparison_key(marked, embeddings) == cached.comparison_key(settings, embeddings)
+    assert marked != settings and marked.same_run_as(settings)
+    assert not replace(settings, seed=1).same_run_as(settings)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Hub weights: every store records the revision (the snapshot's commit) its embeddings were computed from.
 
