@@ -72,11 +72,11 @@ def test_knn_given_the_fish_chooses_k_on_inner_splits_that_never_split_a_fish():
 
     X, y, fish = _photos_of_fish()
     leaked = fit_head(HeadSpec("knn", scaling="l2"), X, y).named_steps["model"]
-    assert leaked.best_ == {"n_neighbors": 1} and leaked.search_.best_score_ > 0.95
+    assert leaked.best_ == {"n_neighbors": 1} and leaked.best_score_ > 0.95
     assert not _fish_on_one_side(leaked.splits_, fish)
     grouped = fit_head(HeadSpec("knn", scaling="l2"), X, y, groups=fish).named_steps["model"]
     assert len(grouped.splits_) == 5 and _fish_on_one_side(grouped.splits_, fish)
-    assert grouped.best_["n_neighbors"] > 1 and grouped.search_.best_score_ < 0.5
+    assert grouped.best_["n_neighbors"] > 1 and grouped.best_score_ < 0.5
 
 
 @pytest.mark.parametrize("n_fish,dim", [(120, 16), (20, 100)])  # fewer and more features than images
