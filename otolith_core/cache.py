@@ -34,8 +34,8 @@ from .data import ImageRecord, file_sha256
 from .encoders import REVISION_PIN, EncoderSpec, cache_identity
 
 SCHEMA_VERSION = 1
-RESULTS_SCHEMA = 5  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k; 3 covariates;
-# 4 the hub revision of each encoder's weights; 5 group and hold-out columns
+RESULTS_SCHEMA = 6  # stored comparisons: 2 added the no-skill baseline and the heads' chosen C and k; 3 covariates;
+# 4 the hub revision of each encoder's weights; 5 group and hold-out columns; 6 class weights (HeadSpec, folds.csv)
 DEFAULT_CACHE_DIR = "cache"
 _META_KEY = "__encoder__"
 _REVISION = "weights_revision"  # in a store's metadata: the hub commit its embeddings were computed from

@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--scaling", default="auto", choices=["auto", "none", "l2", "standardize"],
                      help="feature scaling fitted inside each training fold; auto (default): each encoder's own "
                           "(`otolith models`: l2 for learned encoders, none for the built-ins)")
+    run.add_argument("--class-weight", default="none", choices=["none", "balanced"],
+                     help="balanced: each image weighs n / (n_ages x images of its age) in the training fold, so rare "
+                          "(old) ages count as much as common ones: ridge and ridge-cv through sample weights, svc and "
+                          "logistic through class_weight, their inner searches scored with the same weights. knn has "
+                          "no class weights: it stays unweighted, with a warning (default none)")
     run.add_argument("--folds", type=int, help="k of the stratified k-fold CV (default 10); with --holdout-column the "
                                                "folds are that column's values")
     run.add_argument("--seed", type=int, default=0)
@@ -380,7 +385,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import provenance, write_results
     from .ties import TIE_SENTENCE, check_level
 
-    heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling) for h in args.heads.split(",") if h.strip()]
+    heads = [HeadSpec(h.strip(), alpha=args.alpha, C=args.C, scaling=args.scaling, class_weight=args.class_weight)
+             for h in args.heads.split(",") if h.strip()]
     if args.impute_covariates and not args.covariates:
         raise ValueError("--impute-covariates needs --covariates COL,COL")
     covariates = CovariateRequest.parse(args.covariates or "", impute=args.impute_covariates)

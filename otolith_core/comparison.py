@@ -24,7 +24,7 @@ from .embeddings import EmbeddingSet
 from .fish_level import FISH_PREDICTION_COLUMNS, PER_FISH_COLUMNS, fish_predictions, fish_summary, refusal
 from .folds import (leaving_out_only_age, check_nested, column_groups, column_values, fish_groups, holdout_folds,
                     make_folds)
-from .heads import BASELINE_HEAD, HeadSpec
+from .heads import BASELINE_HEAD, HeadSpec, class_weight_notes
 from .metrics import METRICS, score
 from .notes import Note
 from .stats import (BOOTSTRAP_METRICS, PairedTest, age_bias, bootstrap_intervals, bowker_symmetry, corrected_t_test,
@@ -360,7 +360,7 @@ def compare(
     images = tuple(dataset.records[i].id for i in rows)
     paths = tuple(dataset.records[i].name for i in rows)
     fish = fish_groups(dataset, rows)
-    notes: list[Note] = []
+    notes: list[Note] = class_weight_notes(heads)
     if group_column == dataset.columns.fish:
         group_column, group_by_fish = None, True  # the fish column named: today's grouping by fish
     if group_column:

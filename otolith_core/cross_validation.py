@@ -22,7 +22,7 @@ PREDICTION_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "
                       "pred_raw"]
 PROBABILITY_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "image", "path", "true_age"]  # then p_age_<a>
 FOLD_COLUMNS = ["encoder", "head", "scaling", "repeat", "fold", "held_out", "n_test", "accuracy", "pm1_accuracy", "rmse",
-                "mae", "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k"]
+                "mae", "ape", "cv", "macro_f1", "rmse_raw", "n_train", "alpha", "C", "k", "class_weight"]
 LEARNING_COLUMNS = ["encoder", "head", "train_fraction", "repeat", "fold", "n_train", "accuracy", "pm1_accuracy", "rmse"]
 
 
@@ -71,6 +71,7 @@ class CVResult:
                 "n_train": n_total - int(index.size), "alpha": self.alpha.get((int(r), int(k)), float("nan")),
                 "C": self.chosen.get((int(r), int(k)), {}).get("C", float("nan")),
                 "k": self.chosen.get((int(r), int(k)), {}).get("k", float("nan")),
+                "class_weight": self.head.fitted_class_weight,
             })
         return pd.DataFrame(rows, columns=FOLD_COLUMNS)
 

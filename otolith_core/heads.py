@@ -11,6 +11,11 @@ over ``KNN_KS``. Feature scaling is part of the head, so it is fitted inside eac
 ``l2`` (each embedding to unit length) or ``standardize``; ``auto`` (the default) takes the scaling the
 encoder's registry entry states (``HeadSpec.for_encoder``). It never renames a head.
 
+``class_weight="balanced"`` weighs each image by ``n / (n_ages * images of its age)`` in the training fold, so that rare
+(old) ages count as much as common ones: ridge and ridge-cv through sample weights (ridge-cv's inner search scores by
+the weighted squared error), svc and logistic through ``class_weight="balanced"`` (logistic's inner search scores by
+balanced accuracy); knn has no class weights (its rows are unweighted, and a Note says so: :func:`class_weight_notes`).
+
 When the outer folds keep a fish's photos together, so does every inner search (:func:`fit_head` with
 ``groups``, :func:`inner_splits`): otherwise a photo is validated against its own fish's other photos, and the
 search rewards memorising fish (k = 1, the weakest penalty).
@@ -22,19 +27,20 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from joblib import cpu_count
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
-from sklearn.model_selection import (GridSearchCV, GroupKFold, KFold, LeaveOneGroupOut, LeaveOneOut,
-                                     StratifiedGroupKFold, StratifiedKFold)
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.model_selection import (GroupKFold, KFold, LeaveOneGroupOut, LeaveOneOut, StratifiedGroupKFold,
+                                     StratifiedKFold)
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
-from threadpoolctl import threadpool_limits
+from sklearn.utils.class_weight import compute_sample_weight
 
 from .covariates import COVARIATE_SCALING, CovariateEncoding
 from .encoders.spec import SCALINGS  # the scalings an encoder's registry entry may state
+from .notes import Note
+from .searches import first_best, knn_search, logistic_search
 
 HEADS = ("ridge", "svc", "ridge-cv", "logistic", "knn")
 PROBABILISTIC_HEADS = ("logistic",)  # their out-of-fold class probabilities are kept (probabilities.csv, Review page)
@@ -45,6 +51,8 @@ KNN_KS = (1, 3, 5, 7, 11, 15, 21)
 INNER_FOLDS = 5  # the inner CV choosing C or k inside one training fold (stratified, seed 0; grouped: see inner_splits)
 SEARCHED_HEADS = ("ridge-cv", "logistic", "knn")  # heads whose parameter an inner CV chooses: they take ``groups``
 AUTO_SCALING = "auto"  # each encoder's own scaling (its registry entry; l2 for embeddings from files)
+CLASS_WEIGHTS = ("none", "balanced")
+WEIGHTED_HEADS = ("ridge", "svc", "ridge-cv", "logistic")  # heads that take class weights (knn has none)
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,11 @@ class HeadSpec:
     scaling: str = AUTO_SCALING  # auto: the encoder's own; none | l2 | standardize: the same for every encoder
     blocks: tuple[int, ...] = ()  # a combined encoder: each part's width; ``scaling`` then names one per part, "l2+none"
     covariates: CovariateEncoding | None = None  # how a part scaled ``covariates`` is encoded (set by for_encoder)
+    class_weight: str = "none"  # "balanced": rare ages weigh as much as common ones (a head without weights: none)
 
     def __post_init__(self) -> None:
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"unknown class weight {self.class_weight!r}; choose from {list(CLASS_WEIGHTS)}")
         if self.name not in HEADS and self.name != BASELINE_HEAD:
             raise ValueError(f"unknown head {self.name!r}; choose from {list(HEADS)}")
         parts = self.scaling.split("+") if self.blocks else [self.scaling]
@@ -72,6 +83,16 @@ class HeadSpec:
             raise ValueError(f"ridge alpha must be > 0, got {self.alpha!r}")
         if not self.C > 0:
             raise ValueError(f"svc C must be > 0, got {self.C!r}")
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the head is fitted with balanced class weights (asked for, and a head that has them)."""
+        return self.class_weight == "balanced" and self.name in WEIGHTED_HEADS
+
+    @property
+    def fitted_class_weight(self) -> str:
+        """The class weighting the head was fitted with, as folds.csv and run.json name it."""
+        return "balanced" if self.balanced else "none"
 
     @property
     def is_regression(self) -> bool:
@@ -115,7 +136,22 @@ class HeadSpec:
                        covariates=covariates if COVARIATE_SCALING in own else None)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "label": self.label, **self.params, "scaling": self.scaling}
+        return {"name": self.name, "label": self.label, **self.params, "scaling": self.scaling,
+                "class_weight": self.fitted_class_weight}
+
+
+def class_weight_notes(heads: "list[HeadSpec] | tuple[HeadSpec, ...]") -> list[Note]:
+    """A warning for each head asked for class weights that has none (knn), so no run is unweighted silently."""
+    unweighted = sorted({h.name for h in heads if h.class_weight != "none" and h.name not in WEIGHTED_HEADS
+                         and h.name != BASELINE_HEAD})
+    return [Note("warning", f"{name} has no class weights: its rows are fitted unweighted although "
+                            f"class weight balanced was asked for (it applies to {', '.join(WEIGHTED_HEADS)})")
+            for name in unweighted]
+
+
+def balanced_sample_weights(ages: np.ndarray, balanced: bool) -> np.ndarray | None:
+    """``compute_sample_weight("balanced", ages)`` when ``balanced``, else None (every image weighs 1)."""
+    return compute_sample_weight("balanced", np.asarray(ages)) if balanced else None
 
 
 class RoundedRidge(RegressorMixin, BaseEstimator):
@@ -124,26 +160,30 @@ class RoundedRidge(RegressorMixin, BaseEstimator):
     ``predict_continuous`` gives the unrounded value. With ``alphas`` the penalty is chosen on the
     training data and kept in ``alpha_``: by efficient leave-one-out CV (``RidgeCV``), or, given ``groups`` to
     ``fit``, by the squared error over :func:`inner_splits` (``splits_``), so no fish is on both sides.
+    ``class_weight="balanced"``: every fit and every inner error weighted by :func:`balanced_sample_weights` of the
+    training data given to ``fit``.
     """
 
-    def __init__(self, alpha: float = 6.0, alphas: tuple[float, ...] | None = None) -> None:
+    def __init__(self, alpha: float = 6.0, alphas: tuple[float, ...] | None = None, class_weight: str = "none") -> None:
         self.alpha = alpha
         self.alphas = alphas
+        self.class_weight = class_weight
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "RoundedRidge":
         y = np.asarray(y, dtype=float)
+        weights = balanced_sample_weights(y, self.class_weight == "balanced")
         self.splits_ = None
         if self.alphas and groups is not None:
             # Leave-one-photo-out would validate a photo against its own fish's other photos; leave-one-fish-out
             # costs one solve per fish, so the same grouped k-fold as the classifiers' search.
             self.splits_ = inner_splits(y, groups)
-            self.alpha_ = least_squares_alpha(X, y, self.splits_, self.alphas)
-            self.ridge_ = Ridge(alpha=self.alpha_).fit(X, y)
+            self.alpha_ = least_squares_alpha(X, y, self.splits_, self.alphas, sample_weight=weights)
+            self.ridge_ = Ridge(alpha=self.alpha_).fit(X, y, sample_weight=weights)
         elif self.alphas:
-            self.ridge_ = RidgeCV(alphas=self.alphas).fit(X, y)
+            self.ridge_ = RidgeCV(alphas=self.alphas).fit(X, y, sample_weight=weights)
             self.alpha_ = float(self.ridge_.alpha_)
         else:
-            self.ridge_ = Ridge(alpha=self.alpha).fit(X, y)
+            self.ridge_ = Ridge(alpha=self.alpha).fit(X, y, sample_weight=weights)
             self.alpha_ = float(self.alpha)
         self.age_min_, self.age_max_ = float(y.min()), float(y.max())
         return self
@@ -160,42 +200,50 @@ class RoundedRidge(RegressorMixin, BaseEstimator):
 
 
 def least_squares_alpha(X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
-                        alphas: tuple[float, ...]) -> float:
+                        alphas: tuple[float, ...], *, sample_weight: np.ndarray | None = None) -> float:
     """The ridge penalty (of ``alphas``) with the least mean squared validation error over ``splits``.
 
     The same choice as ``RidgeCV(alphas, cv=splits, scoring="neg_mean_squared_error")`` (the first alpha on a
     tie), but one eigendecomposition per split serves every alpha, where that fits a ridge per alpha and split
-    (3,000 x 768 on one core: 1.4 s against 7.6 s; the leave-one-out search takes 2.4 s).
+    (3,000 x 768 on one core: 1.4 s against 7.6 s; the leave-one-out search takes 2.4 s). With ``sample_weight``
+    each split's ridge is fitted with its rows' weights (as ``Ridge.fit(sample_weight=...)``) and its validation
+    error is the weighted mean.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    weights = np.ones(y.size) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     errors = np.zeros(len(alphas))
     for train, validation in splits:
-        x_mean, y_mean = X[train].mean(axis=0), y[train].mean()  # the intercept, as Ridge fits it
-        centred, target, shifted = X[train] - x_mean, y[train] - y_mean, X[validation] - x_mean
+        w = weights[train]
+        x_mean, y_mean = w @ X[train] / w.sum(), w @ y[train] / w.sum()  # the intercept, as Ridge fits it
+        root = np.sqrt(w)[:, None]  # weighted least squares: rows scaled by the root of their weight
+        centred, target, shifted = root * (X[train] - x_mean), root[:, 0] * (y[train] - y_mean), X[validation] - x_mean
         if centred.shape[0] >= centred.shape[1]:  # decompose the smaller Gram matrix: features x features ...
             eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
-            weights, rotated = vectors.T @ (centred.T @ target), shifted @ vectors
+            projected, rotated = vectors.T @ (centred.T @ target), shifted @ vectors
         else:  # ... or images x images (the kernel form)
             eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)
-            weights, rotated = vectors.T @ target, shifted @ centred.T @ vectors
+            projected, rotated = vectors.T @ target, shifted @ centred.T @ vectors
         for i, alpha in enumerate(alphas):
-            errors[i] += np.mean((y[validation] - y_mean - rotated @ (weights / (eigenvalues + alpha))) ** 2)
+            residual = y[validation] - y_mean - rotated @ (projected / (eigenvalues + alpha))
+            errors[i] += np.average(residual ** 2, weights=weights[validation])
     return float(alphas[int(np.argmin(errors))])
 
 
 class GramSVC(ClassifierMixin, BaseEstimator):
-    """``SVC(kernel="linear", C)`` solved on a precomputed Gram matrix: the same model and predictions.
+    """``SVC(kernel="linear", C, class_weight)`` solved on a precomputed Gram matrix: the same model and predictions.
 
     libsvm evaluates a linear kernel one dot product at a time; one BLAS product ``X @ X.T`` is far
     faster for embedding-sized inputs (10-fold CV on 8,637 x 1,152: minutes -> seconds).
     """
 
-    def __init__(self, C: float = 0.1) -> None:
+    def __init__(self, C: float = 0.1, class_weight: str = "none") -> None:
         self.C = C
+        self.class_weight = class_weight
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "GramSVC":
         self.train_ = np.ascontiguousarray(X, dtype=np.float64)
-        self.svc_ = SVC(kernel="precomputed", C=self.C).fit(self.train_ @ self.train_.T, y)
+        weight = "balanced" if self.class_weight == "balanced" else None
+        self.svc_ = SVC(kernel="precomputed", C=self.C, class_weight=weight).fit(self.train_ @ self.train_.T, y)
         self.classes_ = self.svc_.classes_
         return self
 
@@ -220,16 +268,17 @@ def build_head(spec: HeadSpec) -> Pipeline:
         from sklearn.dummy import DummyClassifier
 
         return Pipeline([("scale", FunctionTransformer()), ("model", DummyClassifier(strategy="most_frequent"))])
+    weight = spec.fitted_class_weight
     if spec.name == "ridge":
-        model = RoundedRidge(alpha=spec.alpha)
+        model = RoundedRidge(alpha=spec.alpha, class_weight=weight)
     elif spec.name == "ridge-cv":
-        model = RoundedRidge(alphas=RIDGE_CV_ALPHAS)
+        model = RoundedRidge(alphas=RIDGE_CV_ALPHAS, class_weight=weight)
     elif spec.name == "logistic":
-        model = InnerCV(LogisticRegression(max_iter=5000), {"C": LOGISTIC_CS})
+        model = LogisticCV(LOGISTIC_CS, class_weight=weight)
     elif spec.name == "knn":
-        model = InnerCV(KNeighborsClassifier(metric="cosine", algorithm="brute"), {"n_neighbors": KNN_KS})
+        model = KnnCV(KNN_KS)
     else:
-        model = GramSVC(C=spec.C)
+        model = GramSVC(C=spec.C, class_weight=weight)
     return Pipeline([("scale", scaler), ("model", model)])
 
 
@@ -317,38 +366,63 @@ def inner_splits(ages: np.ndarray, groups: np.ndarray | None = None) -> list[tup
         return list(cv.split(np.zeros((ages.size, 1)), ages, groups))
 
 
-class InnerCV(ClassifierMixin, BaseEstimator):
-    """A classifier whose parameter is chosen by ``GridSearchCV`` (accuracy) over :func:`inner_splits` on the
-    training data it is fitted on (grouped when ``fit`` is given ``groups``); ``best_`` holds the choice and
-    ``splits_`` the inner splits. Values the training data cannot support (k larger than the smallest inner
-    training split) are left out of the grid."""
+class LogisticCV(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression (scikit-learn's ``LogisticRegression`` model: L2 penalty, free intercept)
+    whose C is chosen by accuracy over :func:`inner_splits` of the training data it is fitted on (grouped when
+    ``fit`` is given ``groups``), as ``GridSearchCV`` would, then refitted on all of it.
 
-    def __init__(self, estimator, grid: dict) -> None:
-        self.estimator = estimator
-        self.grid = grid
+    The whole grid is solved in one pass (:func:`~otolith_core.searches.logistic_search`). ``class_weight=
+    "balanced"``: as ``LogisticRegression(class_weight="balanced")`` in every fit, scored by balanced accuracy.
+    ``best_``, ``best_score_``, ``scores_`` (split x C) and ``splits_`` say how C was chosen.
+    """
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "InnerCV":
-        grid = dict(self.grid)
+    def __init__(self, Cs: tuple[float, ...] = LOGISTIC_CS, class_weight: str = "none") -> None:
+        self.Cs = Cs
+        self.class_weight = class_weight
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "LogisticCV":
         self.splits_ = inner_splits(y, groups)
-        if "n_neighbors" in grid:
-            smallest_train = min(train.size for train, _ in self.splits_)
-            grid["n_neighbors"] = [k for k in grid["n_neighbors"] if k <= smallest_train] or [1]
-        # Logistic fits are many small BLAS calls, which threads only slow down (measured 6x slower on 2 cores
-        # than one thread): one thread per fit, the grid's fits spread over the cores instead.
-        workers = cpu_count() if "C" in grid else 1
-        with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
-            warnings.simplefilter("ignore", UserWarning)  # ages with fewer images than inner folds
-            self.search_ = GridSearchCV(self.estimator, {k: list(v) for k, v in grid.items()}, cv=self.splits_,
-                                        scoring="accuracy", n_jobs=workers).fit(X, y)
-        self.best_ = dict(self.search_.best_params_)
-        self.classes_ = self.search_.classes_
+        search = logistic_search(X, y, self.splits_, self.Cs, balanced=self.class_weight == "balanced")
+        self.scores_ = search.scores
+        self.best_ = {"C": float(self.Cs[search.best])}
+        self.best_score_ = float(search.scores.mean(axis=0)[search.best])
+        self.classes_, self.coef_, self.intercept_ = search.classes, search.coef, search.intercept
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(n, n_classes)`` class probabilities, columns in ``classes_`` order."""
+        logits = np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
+        logits -= logits.max(axis=1, keepdims=True)
+        proba = np.exp(logits)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_, axis=1)]
+
+
+class KnnCV(ClassifierMixin, BaseEstimator):
+    """Cosine k-nearest neighbours whose k is chosen by accuracy over :func:`inner_splits` (grouped when ``fit`` is
+    given ``groups``), as ``GridSearchCV`` would: each split's distances computed once, every k read from them
+    (:func:`~otolith_core.searches.knn_search`). A k larger than the smallest inner training split is left out.
+    ``best_``, ``best_score_``, ``scores_`` and ``splits_`` say how k was chosen."""
+
+    def __init__(self, ks: tuple[int, ...] = KNN_KS) -> None:
+        self.ks = ks
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "KnnCV":
+        self.splits_ = inner_splits(y, groups)
+        smallest_train = min(train.size for train, _ in self.splits_)
+        ks = [k for k in self.ks if k <= smallest_train] or [1]
+        self.scores_ = knn_search(X, y, self.splits_, ks)
+        best = first_best(self.scores_)
+        self.best_ = {"n_neighbors": int(ks[best])}
+        self.best_score_ = float(self.scores_.mean(axis=0)[best])
+        self.model_ = KNeighborsClassifier(n_neighbors=ks[best], metric="cosine", algorithm="brute").fit(X, y)
+        self.classes_ = self.model_.classes_
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.search_.predict(X)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.search_.predict_proba(X)
+        return self.model_.predict(X)
 
 
 def chosen_params(spec: HeadSpec, head: Pipeline) -> dict[str, float]:
@@ -360,9 +434,10 @@ def chosen_params(spec: HeadSpec, head: Pipeline) -> dict[str, float]:
         params["alpha"] = model.alpha_
     elif isinstance(model, GramSVC):
         params["C"] = float(model.C)
-    elif isinstance(model, InnerCV):
-        params["C"] = float(model.best_.get("C", float("nan")))
-        params["k"] = float(model.best_.get("n_neighbors", float("nan")))
+    elif isinstance(model, LogisticCV):
+        params["C"] = model.best_["C"]
+    elif isinstance(model, KnnCV):
+        params["k"] = float(model.best_["n_neighbors"])
     return params
 
 

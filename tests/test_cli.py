@@ -757,3 +757,25 @@ def test_run_json_records_the_hub_revision_and_the_store_of_each_encoder(demo_ma
     stores = sorted(p.name for p in (cache / "embeddings").iterdir())
     assert len(stores) == 2 and entries[HUB_COMMIT]["fingerprint"] != entries[NEWER_COMMIT]["fingerprint"]
     assert all(any(s.endswith(e["fingerprint"][:16]) for s in stores) for e in entries.values())
+
+
+def test_class_weight_balanced_is_recorded_in_folds_csv_and_run_json_and_knn_says_it_has_none(tmp_path, capsys):
+    """``--class-weight balanced``: folds.csv and run.json name each head's weighting; knn stays unweighted and a
+    warning says so (on stderr and in run.json), never silently."""
+    ages = np.repeat(np.arange(1, 4), [30, 12, 6])  # uneven ages, where the weights matter
+    features = np.random.default_rng(0).normal(size=(ages.size, 6)).astype(np.float32) + ages[:, None] * 0.3
+    np.savez(tmp_path / "e.npz", features=features, labels=ages)
+    out = tmp_path / "out"
+    assert main(["run", "--embeddings", f"e={tmp_path / 'e.npz'}", "--heads", "ridge,svc,knn", "--folds", "3",
+                 "--class-weight", "balanced", "--bootstrap", "0", "--no-chart", "--out", str(out)]) == 0
+    assert "knn has no class weights" in capsys.readouterr().err
+    folds = pd.read_csv(out / "folds.csv")
+    weights = folds.groupby("head").class_weight.unique().to_dict()
+    assert {h: list(w) for h, w in weights.items()} == {"ridge": ["balanced"], "svc": ["balanced"], "knn": ["none"],
+                                                        "most-frequent": ["none"]}
+    run = json.loads((out / "run.json").read_text())
+    assert {h["name"]: h["class_weight"] for h in run["heads"]} == {"ridge": "balanced", "svc": "balanced", "knn": "none"}
+    assert any("knn has no class weights" in w["message"] for w in run["warnings"])
+    assert main(["run", "--embeddings", f"e={tmp_path / 'e.npz'}", "--heads", "ridge", "--folds", "3",
+                 "--bootstrap", "0", "--no-chart", "--out", str(tmp_path / "plain")]) == 0
+    assert set(pd.read_csv(tmp_path / "plain" / "folds.csv").class_weight) == {"none"}  # the default

@@ -72,11 +72,11 @@ def test_knn_given_the_fish_chooses_k_on_inner_splits_that_never_split_a_fish():
 
     X, y, fish = _photos_of_fish()
     leaked = fit_head(HeadSpec("knn", scaling="l2"), X, y).named_steps["model"]
-    assert leaked.best_ == {"n_neighbors": 1} and leaked.search_.best_score_ > 0.95
+    assert leaked.best_ == {"n_neighbors": 1} and leaked.best_score_ > 0.95
     assert not _fish_on_one_side(leaked.splits_, fish)
     grouped = fit_head(HeadSpec("knn", scaling="l2"), X, y, groups=fish).named_steps["model"]
     assert len(grouped.splits_) == 5 and _fish_on_one_side(grouped.splits_, fish)
-    assert grouped.best_["n_neighbors"] > 1 and grouped.search_.best_score_ < 0.5
+    assert grouped.best_["n_neighbors"] > 1 and grouped.best_score_ < 0.5
 
 
 @pytest.mark.parametrize("n_fish,dim", [(120, 16), (20, 100)])  # fewer and more features than images
@@ -160,3 +160,129 @@ def test_the_inner_cv_runs_on_training_sets_too_small_to_stratify():
         for name in ("ridge-cv", "logistic", "knn"):
             fit_head(HeadSpec(name), features, ages, groups=groups).predict(features)
     assert len(inner_splits(ages[:4])) == 4  # fewer images than folds: leave one out
+
+
+# ---- the inner searches against scikit-learn's exhaustive grid, and class weights --------------------------------
+
+def _ages_and_features(n=150, dim=12, n_ages=5, seed=0, uneven=False):
+    rng = np.random.default_rng(seed)
+    ages = rng.choice(np.arange(1, n_ages + 1), n, p=np.linspace(3, 1, n_ages) / np.linspace(3, 1, n_ages).sum()
+                      if uneven else None)
+    return normalize(rng.normal(size=(n, dim)) + 0.4 * ages[:, None] * rng.normal(size=dim)), ages
+
+
+def _exhaustive_logistic(X, y, splits, balanced):
+    """scikit-learn's exhaustive grid, each fit to full precision (its default tolerance leaves near ties to chance)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    from otolith_core.heads import LOGISTIC_CS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GridSearchCV(LogisticRegression(max_iter=100_000, tol=1e-10, class_weight="balanced" if balanced else None),
+                            {"C": list(LOGISTIC_CS)}, cv=splits,
+                            scoring="balanced_accuracy" if balanced else "accuracy").fit(X, y)
+
+
+@pytest.mark.parametrize("grouped,balanced", [(False, False), (True, False), (False, True)],
+                         ids=["plain", "fish", "balanced"])
+def test_logistic_search_chooses_as_the_exhaustive_grid_and_fits_the_same_model(grouped, balanced):
+    """Every split's validation score, the chosen C and the refitted model's probabilities equal scikit-learn's
+    GridSearchCV over LogisticRegression (grouped by fish: the same grouped inner splits; balanced: class_weight
+    "balanced" scored by balanced accuracy)."""
+    from otolith_core.heads import fit_head
+
+    X, y = _ages_and_features(uneven=balanced)
+    fish = np.arange(y.size) // 2 if grouped else None
+    model = fit_head(HeadSpec("logistic", scaling="none", class_weight="balanced" if balanced else "none"), X, y,
+                     groups=fish).named_steps["model"]
+    if grouped:
+        assert _fish_on_one_side(model.splits_, fish)
+    search = _exhaustive_logistic(X, y, model.splits_, balanced)
+    reference = np.array([search.cv_results_[f"split{s}_test_score"] for s in range(len(model.splits_))])
+    np.testing.assert_allclose(model.scores_, reference)
+    assert model.best_["C"] == search.best_params_["C"]
+    assert len(set(reference.mean(axis=0).round(6))) > 2  # the grid's scores differ: a real choice
+    np.testing.assert_array_equal(model.classes_, search.classes_)
+    np.testing.assert_allclose(model.predict_proba(X), search.predict_proba(X), atol=1e-3)  # searches.PRECISION
+
+
+def test_logistic_on_two_ages_is_scikit_learns_binomial_model():
+    """scikit-learn fits two classes as one binomial model (not a two-column multinomial one): the same numbers."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from otolith_core.searches import logistic_search
+
+    X, y = _ages_and_features(n=80, n_ages=2)
+    search = logistic_search(X, y, [(np.arange(40, 80), np.arange(40))], [1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = LogisticRegression(C=1.0, max_iter=100_000, tol=1e-10).fit(X, y)
+    logits = X @ search.coef + search.intercept
+    np.testing.assert_allclose(np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1), reference.predict_proba(X)[:, 1],
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "fish"])
+def test_knn_search_scores_every_k_as_the_exhaustive_grid(grouped):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from otolith_core.heads import fit_head
+
+    X, y = _ages_and_features(n=200, dim=8)
+    fish = np.arange(y.size) // 2 if grouped else None
+    model = fit_head(HeadSpec("knn", scaling="none"), X, y, groups=fish).named_steps["model"]
+    search = GridSearchCV(KNeighborsClassifier(metric="cosine", algorithm="brute"), {"n_neighbors": [1, 3, 5, 7, 11, 15, 21]},
+                          cv=model.splits_).fit(X, y)
+    reference = np.array([search.cv_results_[f"split{s}_test_score"] for s in range(len(model.splits_))])
+    np.testing.assert_array_equal(model.scores_, reference)
+    assert model.best_ == search.best_params_
+    np.testing.assert_array_equal(model.predict(X[:50] + 0.01), search.predict(X[:50] + 0.01))
+
+
+def test_balanced_ridge_ridge_cv_and_svc_equal_scikit_learn_fitted_with_the_same_weights():
+    """ridge and ridge-cv: sample weights compute_sample_weight("balanced") (ridge-cv's leave-one-out search weighted
+    as RidgeCV weighs it; grouped, each split fitted and scored with its rows' weights); svc: class_weight."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from otolith_core.heads import RIDGE_CV_ALPHAS, fit_head, predict
+
+    X, y = _ages_and_features(n=160, uneven=True)
+    weights = compute_sample_weight("balanced", y)
+    head = fit_head(HeadSpec("ridge", scaling="none", class_weight="balanced"), X, y)
+    np.testing.assert_allclose(predict(head, X)[1], Ridge(alpha=6.0).fit(X, y, sample_weight=weights).predict(X))
+    assert not np.allclose(predict(head, X)[1], Ridge(alpha=6.0).fit(X, y).predict(X))  # the weights change the fit
+    ungrouped = fit_head(HeadSpec("ridge-cv", scaling="none", class_weight="balanced"), X, y).named_steps["model"]
+    assert ungrouped.alpha_ == RidgeCV(alphas=RIDGE_CV_ALPHAS).fit(X, y.astype(float), sample_weight=weights).alpha_
+    fish = np.arange(y.size) // 2
+    grouped = fit_head(HeadSpec("ridge-cv", scaling="none", class_weight="balanced"), X, y, groups=fish)
+    errors = [np.mean([np.average((y[v] - Ridge(alpha=a).fit(X[t], y[t], sample_weight=weights[t]).predict(X[v])) ** 2,
+                                  weights=weights[v]) for t, v in grouped.named_steps["model"].splits_])
+              for a in RIDGE_CV_ALPHAS]
+    assert grouped.named_steps["model"].alpha_ == RIDGE_CV_ALPHAS[int(np.argmin(errors))]
+    svc = fit_head(HeadSpec("svc", C=1.0, scaling="none", class_weight="balanced"), X, y)
+    reference = SVC(kernel="linear", C=1.0, class_weight="balanced").fit(X, y)
+    np.testing.assert_array_equal(predict(svc, X)[0], reference.predict(X))
+
+
+def test_knn_has_no_class_weights_and_a_note_says_so():
+    from otolith_core.heads import class_weight_notes, fit_head
+
+    X, y = _ages_and_features()
+    weighted = fit_head(HeadSpec("knn", scaling="none", class_weight="balanced"), X, y)
+    plain = fit_head(HeadSpec("knn", scaling="none"), X, y)
+    np.testing.assert_array_equal(weighted.predict(X), plain.predict(X))
+    assert HeadSpec("knn", class_weight="balanced").fitted_class_weight == "none"
+    heads = [HeadSpec("ridge", class_weight="balanced"), HeadSpec("knn", class_weight="balanced")]
+    notes = class_weight_notes(heads)
+    assert len(notes) == 1 and notes[0].severity == "warning" and "knn has no class weights" in notes[0].message
+    assert class_weight_notes([HeadSpec("knn")]) == []
+    with pytest.raises(ValueError, match="unknown class weight"):
+        HeadSpec("ridge", class_weight="inverse")

@@ -17,7 +17,7 @@ import streamlit as st
 from otolith_core.cache import default_cache_dir
 from otolith_core.data import (BOX_FORMATS, ManifestColumns, data_signature, detect_columns, download_signature,
                                manifest_header)
-from otolith_core.heads import AUTO_SCALING, HEADS, SCALINGS, HeadSpec
+from otolith_core.heads import AUTO_SCALING, CLASS_WEIGHTS, HEADS, SCALINGS, WEIGHTED_HEADS, HeadSpec
 from otolith_core.encoders import presets, registry
 from otolith_core.encoders.variants import split_variant
 from otolith_core.ties import TIE_LEVEL
@@ -69,7 +69,8 @@ def sidebar() -> Settings | None:
     known = presets()
     run_from_url = state.restore_from_url({"data_choice": list(DATA_CHOICES), "preset": ["none", *known],
                                            "encoders": list(specs), "variants": list(VARIANTS),
-                                           "heads": list(HEADS), "scaling": [AUTO_SCALING, *SCALINGS]})
+                                           "heads": list(HEADS), "scaling": [AUTO_SCALING, *SCALINGS],
+                                           "class_weight": list(CLASS_WEIGHTS)})
     # "grouping" and "holdout" name manifest columns: checked against the data once it is read (_fold_settings)
     state.keep_widget_values()
     jobs.status_area(str(default_cache_dir()))  # on top, where it is seen while jobs run
@@ -195,7 +196,15 @@ def _draw(specs, known) -> Settings | None:
                            format_func=lambda v: "each encoder's own" if v == AUTO_SCALING else f"{v}, for every encoder",
                            help="Each encoder's registry entry states the scaling that suits it (l2 for learned "
                                 "encoders, none for the built-ins); the caption under the Results table says which ran.")
-    heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling) for h in head_names)
+    class_weight = sb.selectbox("Class weights", list(CLASS_WEIGHTS), key=_initial("class_weight", "none"),
+                                help="balanced: each image weighs n / (n_ages x images of its age) in the training "
+                                     "fold, so rare (old) ages count as much as common ones; ridge and ridge-cv "
+                                     "through sample weights, svc and logistic through class_weight, the inner "
+                                     "searches scored the same way. knn has no class weights: it stays unweighted.")
+    if class_weight != "none" and any(h not in WEIGHTED_HEADS for h in head_names):
+        sb.caption(":orange[knn has no class weights: it is fitted unweighted (the Results page says so too).]")
+    heads = tuple(HeadSpec(h, alpha=float(alpha), C=float(c_value), scaling=scaling, class_weight=class_weight)
+                  for h in head_names)
 
     sb.header("Cross-validation")
     group_columns, holdout_columns = cached.fold_columns(probe)

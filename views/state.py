@@ -34,7 +34,7 @@ class Settings:
     data_signature: str  # changes whenever the images or the manifest change (otolith_core.data.data_signature)
     is_demo: bool
     encoders: tuple[str, ...]
-    heads: tuple[HeadSpec, ...]
+    heads: tuple[HeadSpec, ...]  # each with its parameters, scaling and class weight: a run is keyed by them
     n_folds: int
     seed: int
     age_range: tuple[int, int] | None
@@ -124,7 +124,8 @@ _FLOAT = (lambda v: f"{v:g}", float)
 _BOOL = (lambda v: "1" if v else "0", lambda s: s == "1")
 URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "data_choice": _TEXT, "data_path": _TEXT, "preset": _TEXT, "clip_ages": _BOOL, "age_min": _INT, "age_max": _INT,
-    "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "folds": _INT, "seed": _INT,
+    "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "class_weight": _TEXT, "folds": _INT,
+    "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "holdout": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
     "tie_level": _FLOAT,
     "col_path": _TEXT, "col_age": _TEXT, "col_fish": _TEXT, "col_box": _TEXT, "col_box_format": _TEXT, "col_id": _TEXT,
