@@ -638,3 +638,28 @@ def test_fish_level_scores_are_refused_with_the_reason():
     assert alone.per_fish_frame().empty and alone.fish_predictions_frame().empty
     split = compare(_with_fish(data), one, [HeadSpec("ridge")], n_folds=3, bootstrap_draws=0, group_by_fish=False)
     assert "not grouped by fish" in split.fish_scores_refused.message and split.per_fish_frame().empty
+
+
+def test_the_fast_stratified_group_kfold_gives_scikit_learns_folds():
+    """The same test folds as scikit-learn's StratifiedGroupKFold, shuffled or not, on fish of 1 to 4 photos with
+    ages skewed as in a survey (many young, few old), for every fold count the tool uses."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from otolith_core.folds import FastStratifiedGroupKFold
+
+    rng = np.random.default_rng(0)
+    for case in range(15):
+        n_fish = int(rng.integers(30, 150))
+        fish_age = rng.choice(np.arange(1, 9), size=n_fish, p=[0.25, 0.25, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02])
+        photos = rng.integers(1, 5, size=n_fish)
+        groups = np.repeat(np.arange(n_fish), photos)
+        ages = np.repeat(fish_age, photos)
+        for n_splits, shuffle in ((5, True), (10, True), (3, False)):
+            seed = int(case) if shuffle else None
+            expected = [test for _, test in StratifiedGroupKFold(n_splits, shuffle=shuffle, random_state=seed).split(
+                ages, ages, groups)]
+            got = [test for _, test in FastStratifiedGroupKFold(n_splits, shuffle=shuffle, random_state=seed).split(
+                ages, ages, groups)]
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)

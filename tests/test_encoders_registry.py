@@ -1,4 +1,6 @@
+import contextlib
 import json
+from unittest import mock
 
 import pytest
 
@@ -122,16 +124,22 @@ def test_existing_stores_keep_their_keys(tmp_path):
 
 def _random_full_size_model(spec):
     """(module computing the embedding in the encoder's fp32 implementation, transform, twin or None) with random
-    weights; for a plain OpenCLIP ViT the twin is timm's ViT holding the same weights (its bf16 implementation)."""
+    weights; for a plain OpenCLIP ViT the twin is timm's ViT holding the same weights (its bf16 implementation).
+
+    A model whose tower type another entry already builds at full size (``SAME_TOWER_AS_CHECKED``) is built with
+    2 blocks: its width, patch grid, pooling and input size (what is checked) do not depend on the depth, and the
+    suite stays within its time budget."""
     import torch
 
     from otolith_core.encoders import open_clip_models, timm_models
 
     torch.manual_seed(0)
+    shallow = spec.name in SAME_TOWER_AS_CHECKED
     if spec.family == "timm":
         import timm
 
-        model = timm.create_model(spec.model_id, pretrained=False, **({} if spec.keep_head else {"num_classes": 0}))
+        model = timm.create_model(spec.model_id, pretrained=False, **({} if spec.keep_head else {"num_classes": 0}),
+                                  **({"depth": 2} if shallow else {}))
         own = timm_models.preprocessing_from_pretrained_cfg(
             dict(model.pretrained_cfg, **timm.data.resolve_model_data_config(model)))
         assert own == spec.preprocessing, f"{spec.name}: stated {spec.preprocessing}, timm's own {own}"
@@ -141,11 +149,27 @@ def _random_full_size_model(spec):
     import open_clip
 
     cfg = open_clip.get_model_config(spec.model_id if spec.loader == "openclip" else spec.architecture)
-    tower = open_clip_models.open_clip_tower(cfg).eval()
+    if shallow:
+        cfg = {**cfg, "vision_cfg": {**cfg["vision_cfg"], "layers": 2}}
+    with _timm_depth(2 if shallow else None):  # a timm trunk (SigLIP) takes no depth from open_clip's config
+        tower = open_clip_models.open_clip_tower(cfg).eval()
     twin = None
     if spec.bf16_via_timm:
         twin = open_clip_models.timm_tower(cfg, tower.state_dict(), encoder=spec.name).eval()
     return tower, open_clip_models.build_transform(spec.preprocessing), twin
+
+
+@contextlib.contextmanager
+def _timm_depth(depth: int | None):
+    """Within: every ``timm.create_model`` builds ``depth`` blocks (None: as the model name says)."""
+    import timm
+
+    if depth is None:
+        yield
+        return
+    create = timm.create_model
+    with mock.patch.object(timm, "create_model", lambda *a, **k: create(*a, **{**k, "depth": depth})):
+        yield
 
 
 def _cosine(a, b):
