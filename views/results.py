@@ -60,6 +60,25 @@ unit = comparison.group_unit
 st.caption("± is the SD over folds; the 95 % intervals are a bootstrap of the first repeat's out-of-fold "
            f"predictions ({comparison.bootstrap_draws} draws, whole {'fish' if unit in (None, 'fish') else unit} "
            f"groups resampled{'' if unit else ' (each image its own fish unless fish_id says otherwise)'}).")
+models = summary[summary["encoder"] != "no-skill"]
+st.caption("Feature scaling, fitted in each training fold: " + ", ".join(dict.fromkeys(
+    f"{e} {s}" for e, s in zip(models["encoder"], models["scaling"]))) + " (the `scaling` column of summary.csv, "
+           "folds.csv and predictions.csv; the sidebar can set one for every encoder).")
+st.caption("**no-skill / most-frequent** predicts every fish as the most common age of its training fold, on the "
+           "same folds: a model at that value (dotted lines in the charts) learned nothing from the images. It is in "
+           "no paired test.")
+st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy {PAPER_COD['accuracy']:.2%}, ±1 accuracy "
+           f"{PAPER_COD['pm1_accuracy']:.2%}, RMSE {PAPER_COD['rmse']:g} (published values, not computed here).")
+if comparison.precisions:
+    st.caption("Embeddings computed in: " + ", ".join(f"{name} {p}" for name, p in comparison.precisions.items())
+               + f" (bf16/fp16: reduced-precision autocast, within cosine {REDUCED_PRECISION_COSINE_FLOOR:g} of fp32; "
+                 "see the README).")
+for column, metric in zip(st.columns(3), BAR_METRICS):
+    column.altair_chart(metric_bars(summary, metric, height=380, tie_level=settings.tie_level), width="stretch")
+if comparison.results:
+    st.caption(f"Faded bars: told apart from the best at level {settings.tie_level:g} (corrected t against the best, "
+               "Holm); solid bars cannot be told apart from it.")
+
 st.subheader("Per fish")
 refused = comparison.fish_scores_refused
 if refused is not None:
@@ -104,25 +123,6 @@ if comparison.holdout_column:
     shown = wide if per_metric == "rmse" else wide * 100
     st.dataframe(shown.reset_index(), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format=fmt) for c in shown.columns})
-models = summary[summary["encoder"] != "no-skill"]
-st.caption("Feature scaling, fitted in each training fold: " + ", ".join(dict.fromkeys(
-    f"{e} {s}" for e, s in zip(models["encoder"], models["scaling"]))) + " (the `scaling` column of summary.csv, "
-           "folds.csv and predictions.csv; the sidebar can set one for every encoder).")
-st.caption("**no-skill / most-frequent** predicts every fish as the most common age of its training fold, on the "
-           "same folds: a model at that value (dotted lines in the charts) learned nothing from the images. It is in "
-           "no paired test.")
-st.caption(f"Dashed lines: {PAPER_LABEL}: accuracy {PAPER_COD['accuracy']:.2%}, ±1 accuracy "
-           f"{PAPER_COD['pm1_accuracy']:.2%}, RMSE {PAPER_COD['rmse']:g} (published values, not computed here).")
-if comparison.precisions:
-    st.caption("Embeddings computed in: " + ", ".join(f"{name} {p}" for name, p in comparison.precisions.items())
-               + f" (bf16/fp16: reduced-precision autocast, within cosine {REDUCED_PRECISION_COSINE_FLOOR:g} of fp32; "
-                 "see the README).")
-
-for column, metric in zip(st.columns(3), BAR_METRICS):
-    column.altair_chart(metric_bars(summary, metric, height=380, tie_level=settings.tie_level), width="stretch")
-if comparison.results:
-    st.caption(f"Faded bars: told apart from the best at level {settings.tie_level:g} (corrected t against the best, "
-               "Holm); solid bars cannot be told apart from it.")
 
 st.subheader("Per fold")
 folds = comparison.folds_frame()
