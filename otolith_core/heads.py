@@ -342,10 +342,10 @@ def inner_cv() -> StratifiedKFold:
 def inner_splits(ages: np.ndarray, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (inner-train, validation) positions of the inner CV on one training fold.
 
-    Without ``groups``: :func:`inner_cv`. With ``groups`` (the fish of each image): ``StratifiedGroupKFold`` (its fast twin) on
-    the ages (``INNER_FOLDS``, seed 0), so a fish's photos are on one side of every split; with fewer fish than
-    ``INNER_FOLDS``, one split per fish (leave one fish out); a single fish cannot be split by fish, so its
-    photos are split as without groups.
+    Without ``groups``: :func:`inner_cv`. With ``groups`` (the fish of each image): ``StratifiedGroupKFold`` (its
+    fast twin) on the ages (``INNER_FOLDS``, seed 0), so a fish's photos are on one side of every split; with fewer
+    fish than ``INNER_FOLDS``, one split per fish (leave one fish out); a single fish cannot be split by fish, so
+    its photos are split as without groups.
     """
     ages = np.asarray(ages)
     if groups is None or len(np.unique(groups)) < 2:

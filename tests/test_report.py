@@ -19,7 +19,8 @@ from PIL import Image
 from otolith_core.cache import FileHashes, encoder_fingerprint
 from otolith_core.data import Dataset, ImageRecord, Skipped, file_sha256
 from otolith_core.embeddings import EmbeddingSet
-from otolith_core.comparison import AGEBIAS_COLUMNS, PER_AGE_COLUMNS, SUMMARY_COLUMNS, SYMMETRY_COLUMNS, TEST_COLUMNS, compare
+from otolith_core.comparison import (AGEBIAS_COLUMNS, PER_AGE_COLUMNS, SUMMARY_COLUMNS, SYMMETRY_COLUMNS, TEST_COLUMNS,
+                                     compare)
 from otolith_core.cross_validation import FOLD_COLUMNS, LEARNING_COLUMNS, PREDICTION_COLUMNS
 from otolith_core.heads import HeadSpec
 from otolith_core.encoders import registry
