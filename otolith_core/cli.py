@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     _extraction_arguments(extract)
     extract.set_defaults(handler=_cmd_extract)
 
+    job = sub.add_parser("compare-job", help="run a comparison the dashboard recorded as a job (the dashboard starts "
+                                             "these itself)")
+    job.add_argument("--cache-dir", required=True, help="the cache folder holding the job's record")
+    job.add_argument("--job-id", required=True)
+    job.set_defaults(handler=_cmd_compare_job)
+
     run = sub.add_parser("run", help="cross-validate heads on several encoders and write the results")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="folder of age sub-folders, or a CSV manifest")
@@ -344,11 +350,11 @@ def _extract_one(dataset, spec, args, job=None):
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .embeddings import save_npz
-    from .jobs import JobRecorder, JobRequest
+    from .jobs import ExtractionRequest, JobRecorder
     from .encoders import resolve_encoder
 
     columns = _columns(args)
-    request = JobRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
+    request = ExtractionRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
                          args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns))
     with JobRecorder(_cache_dir(args), request, args.job_id) as job:  # shows on the dashboard, can be cancelled there
         dataset = _load_data(args, job)
@@ -363,6 +369,24 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if args.npz:
         print(f"wrote {save_npz(args.npz, dataset, emb)}")
     return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
+
+
+def _cmd_compare_job(args: argparse.Namespace) -> int:
+    from .comparison_job import run_comparison_job
+    from .jobs import ComparisonRequest, JobRecorder, read_job
+
+    recorded = read_job(args.cache_dir, args.job_id)
+    if recorded is None or not isinstance(recorded.request, ComparisonRequest):
+        print(f"error: no comparison job {args.job_id} is recorded in {args.cache_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with JobRecorder(args.cache_dir, recorded.request, args.job_id) as job:  # records the failure's reason too
+            result = run_comparison_job(recorded.request, args.cache_dir, job)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_EVALUATED
+    print(f"stored the comparison of {len(result.results)} models under {recorded.request.key}")
+    return EXIT_OK
 
 
 def _second_readings(dataset, cache_dir):

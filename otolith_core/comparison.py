@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -292,6 +292,7 @@ def compare(
     covariates: CovariateRequest | None = None,
     group_column: str | None = None,
     holdout_column: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Comparison:
     """Cross-validate every head on every encoder's embeddings with one shared set of folds per repeat.
 
@@ -314,6 +315,9 @@ def compare(
         ``"A + B"``: each part scaled as its own entry says (or as the heads' one scaling), then concatenated.
     covariates : manifest columns added as features (:mod:`~otolith_core.covariates`): one more row
         ``covariates`` (them alone) and, for every encoder row ``A``, a row ``A + covariates``.
+    progress : called as ``progress(done, total, model)`` before the first fold and after every fold fitted
+        (the learning curve's folds count too), ``model`` naming the encoder and head at work; it may raise to
+        stop the comparison (a cancelled job).
 
     Only images embedded by every encoder (and, with covariates, having all of them) are used, so every
     model sees the same images and folds; the others are listed in ``Comparison.skipped`` with the reason.
@@ -404,12 +408,16 @@ def compare(
                         "+".join(scalings.get(p, "l2") for p in parts), tuple(matrices[p].shape[1] for p in parts)))
     if table is not None:
         entries = with_covariates(entries, table.values[rows])
+    per_model = sum(np.unique(folds).size for folds in fold_sets) * (2 if with_learning_curve else 1)
+    counter = _FoldCounter(progress, per_model * len(entries) * len(heads))
     for name, features, own_scaling, blocks in entries:
         for head in (h.for_encoder(own_scaling, blocks, table.encoding if table else None) for h in heads):
+            counter.model = model_label(name, head.label)
+            counter.step(0)
             parts, alphas, chosen = [], {}, {}
             probas = []
             for r, folds in enumerate(fold_sets):
-                out = cross_validate_head(features, ages, folds, head, groups=fit_groups)
+                out = cross_validate_head(features, ages, folds, head, groups=fit_groups, on_fold=counter.step)
                 parts.append((out.pred, out.raw, folds, np.full(ages.size, r)))
                 probas.append(out.proba)
                 alphas.update({(r, k): p["alpha"] for k, p in out.params.items()})
@@ -417,7 +425,7 @@ def compare(
                 if with_learning_curve:
                     curve += [{"encoder": name, "head": head.label, "repeat": r, **row}
                               for row in learning_curve(features, ages, folds, head, seed=seed + r,
-                                                        groups=fit_groups)]
+                                                        groups=fit_groups, on_fold=counter.step)]
             pred, raw, fold, repeat = (np.concatenate(p) for p in zip(*parts))
             proba = np.vstack(probas) if probas[0] is not None else None
             results.append(CVResult(name, head, images * repeats, paths * repeats, np.tile(ages, repeats), pred, raw,
@@ -433,6 +441,18 @@ def compare(
                       revisions={name: emb.weights_revision for name, emb in embeddings.items()},
                       group_column=group_column or None, holdout_column=holdout_column or None, held_out=held_out,
                       fish=tuple(fish.tolist()))
+
+
+class _FoldCounter:
+    """Counts the folds a comparison has fitted and tells ``progress`` (when given) after each."""
+
+    def __init__(self, progress: Callable[[int, int, str], None] | None, total: int) -> None:
+        self.progress, self.total, self.done, self.model = progress, total, 0, ""
+
+    def step(self, folds: int = 1) -> None:
+        self.done += folds
+        if self.progress is not None:
+            self.progress(self.done, self.total, self.model)
 
 
 def covariate_leaks(results: Sequence[CVResult], names: Sequence[str]) -> list[Note]:

@@ -7,7 +7,7 @@ image gets one out-of-fold prediction per repeat, and every score derives from t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -139,7 +139,7 @@ class OutOfFold:
 
 def cross_validate_head(
     features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, n_jobs: int | None = None,
-    groups: np.ndarray | None = None,
+    groups: np.ndarray | None = None, on_fold: Callable[[], None] | None = None,
 ) -> OutOfFold:
     """Out-of-fold predictions of one head.
 
@@ -153,6 +153,7 @@ def cross_validate_head(
         The predictions are the same whatever the number.
     groups : ``(n_images,)`` the fish of each image when ``folds`` keep a fish's photos together: the inner CV
         choosing a head's parameter (ridge-cv, logistic, knn) then keeps them together too. None: ungrouped.
+    on_fold : called after each fold is fitted and predicted (progress; it may raise to stop).
 
     Returns
     -------
@@ -172,10 +173,18 @@ def cross_validate_head(
     if workers > 1:
         from joblib import Parallel, delayed
 
-        outcomes = Parallel(n_jobs=workers)(delayed(_fit_fold)(features, ages, folds == k, fitted, groups)
-                                            for k in fold_ids)
+        outcomes = []
+        for outcome in Parallel(n_jobs=workers, return_as="generator")(
+                delayed(_fit_fold)(features, ages, folds == k, fitted, groups) for k in fold_ids):
+            outcomes.append(outcome)
+            if on_fold is not None:
+                on_fold()
     else:
-        outcomes = [_fit_fold(features, ages, folds == k, fitted, groups) for k in fold_ids]
+        outcomes = []
+        for k in fold_ids:
+            outcomes.append(_fit_fold(features, ages, folds == k, fitted, groups))
+            if on_fold is not None:
+                on_fold()
     classes = np.unique(ages)
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
@@ -240,10 +249,11 @@ def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: He
 def learning_curve(
     features: np.ndarray, ages: np.ndarray, folds: np.ndarray, head: HeadSpec, *, seed: int,
     fractions: Sequence[float] = LEARNING_FRACTIONS, groups: np.ndarray | None = None,
+    on_fold: Callable[[], None] | None = None,
 ) -> list[dict]:
     """Scores on each test fold when training on growing, nested fractions of its training fold; ``groups`` (the
     fish of each image, when ``folds`` keep them together) group the heads' inner CV as in
-    :func:`cross_validate_head`."""
+    :func:`cross_validate_head`; ``on_fold`` is called after each fold's fractions."""
     features, head = scale_rows_once(head, np.asarray(features, dtype=np.float64))
     rows = []
     for k in np.unique(folds):
@@ -258,6 +268,8 @@ def learning_curve(
             s = score(ages[test], pred)
             rows.append({"train_fraction": fraction, "fold": int(k), "n_train": int(chosen.size),
                          "accuracy": s["accuracy"], "pm1_accuracy": s["pm1_accuracy"], "rmse": s["rmse"]})
+        if on_fold is not None:
+            on_fold()
     return rows
 
 

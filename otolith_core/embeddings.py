@@ -7,6 +7,7 @@ are read from and written to the store of the revision its weights come from (``
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -50,6 +51,13 @@ class EmbeddingSet:
     @property
     def dim(self) -> int:
         return int(self.features.shape[1])
+
+    @property
+    def digest(self) -> str:
+        """A digest of the features and the rows they belong to: equal digests, the same embeddings."""
+        digest = hashlib.blake2b(self.features.tobytes(), digest_size=16)
+        digest.update(np.asarray(self.rows, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
 
 def cached_count(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto",

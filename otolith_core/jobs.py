@@ -1,20 +1,23 @@
-"""Extraction as a background job: work that outlives a page, a closed tab and a restarted dashboard.
+"""Long work as background jobs: work that outlives a page, a closed tab and a restarted dashboard.
 
-A job is one ``otolith extract`` process. The dashboard starts it detached (its own session, output to
-a log file), so widget changes, page switches and dashboard restarts never reach it. Every extraction,
-whether started by the dashboard or typed in a terminal, records itself under the cache folder::
+Two kinds of job, each defined once below by its request: an **extraction** (one ``otolith extract``
+process: one encoder's embeddings of a data set into the cache) and a **comparison** (one ``otolith
+compare-job`` process: every chosen encoder and head cross-validated on shared folds, the result stored
+in the cache's result store under its key). The dashboard starts them detached (their own session,
+output to a log file), so widget changes, page switches and dashboard restarts never reach them; an
+extraction typed in a terminal records itself too. Every job lives under the cache folder::
 
-    jobs/<job id>/job.json        what it extracts (data, encoder, precision), its pid, who started it
-                  progress.json   images done and to do, failures so far, rate, ETA (rewritten per batch)
+    jobs/<job id>/job.json        its kind and request, its pid, who started it
+                  progress.json   phase, things done and to do (images, photos, folds), rate, ETA (rewritten often)
                   outcome.json    how it ended: finished, failed (with the reason) or cancelled
                   cancel          present when a cancel was asked for
                   log.txt         what it printed
 
-One job per (data, encoder, precision): starting a job that is running joins it. Cancelling ends it
-between two batches; finished batches stay in the cache, as they do when a job is killed. A job whose
+One job per request: starting a job that is running joins it. Cancelling ends it at its next step (a
+batch, a fold); finished batches stay in the cache, as they do when a job is killed. A job whose
 process is gone without an outcome (killed, out of memory) reads as failed, with its log tail.
 
-Nothing here imports torch, and reading job states reads a few small files.
+Nothing here imports torch or scikit-learn, and reading job states reads a few small files.
 """
 
 from __future__ import annotations
@@ -28,16 +31,18 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 STATES = ("starting", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("starting", "running")
 START_GRACE_SECONDS = 60.0  # a launched process that has not written its own record yet is still starting
 LOG_TAIL_LINES = 20
 LOG_EVERY_SECONDS = 10.0
-COUNTED_PHASES = {"downloading": "photos", "extracting": "images"}  # phases with a count of things done, their unit
+# phases with a count of things done: their unit, and how a running job's line starts
+COUNTED_PHASES = {"downloading": ("photos", "downloading photos: "), "extracting": ("images", ""),
+                  "cross-validating": ("folds", "cross-validating: ")}
 
 
 class Cancelled(BaseException):
@@ -45,9 +50,16 @@ class Cancelled(BaseException):
     ``except Exception`` on the way turns it into an ordinary error)."""
 
 
+def _python_cli(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "otolith_core.cli", *arguments]
+
+
 @dataclass(frozen=True)
-class JobRequest:
-    """What a job extracts. Its ``id`` names the job: the same request is the same job."""
+class ExtractionRequest:
+    """What an extraction job extracts. Its ``id`` names the job: the same request is the same job."""
+
+    kind: ClassVar[str] = "extraction"
+    preparing: ClassVar[str] = "preparing (reading files, loading the encoder)…"
 
     data: str  # folder or manifest, as an absolute path
     encoder: str  # encoder name as given (registry name, ad hoc model)
@@ -72,11 +84,20 @@ class JobRequest:
                 fields[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
+    @property
+    def title(self) -> str:
+        """What the job does, as its card and log name it."""
+        return f"extracting {self.encoder} for {self.data}"
+
+    def label(self) -> str:
+        """The job's name on a card (markdown)."""
+        return f"**{self.encoder}** ({Path(self.data).name})"
+
     def command(self, cache_dir: str | Path) -> list[str]:
         """The ``otolith extract`` command line that does this job."""
-        command = [sys.executable, "-m", "otolith_core.cli", "extract", "--data", self.data, "--model", self.encoder,
-                   "--cache-dir", str(Path(cache_dir).resolve()), "--precision", self.precision,
-                   "--device", self.device, "--job-id", self.id]
+        command = _python_cli("extract", "--data", self.data, "--model", self.encoder,
+                              "--cache-dir", str(Path(cache_dir).resolve()), "--precision", self.precision,
+                              "--device", self.device, "--job-id", self.id)
         if self.batch_size:
             command += ["--batch-size", str(self.batch_size)]
         if self.weights_dir:
@@ -85,10 +106,94 @@ class JobRequest:
             command += ["--clahe-clip-limit", repr(float(self.clahe_clip_limit))]
         if self.clahe_kernel is not None:
             command += ["--clahe-kernel", repr(float(self.clahe_kernel))]
-        for field, value in (self.columns or {}).items():
+        for field_name, value in (self.columns or {}).items():
             if value is not None:
-                command += [f"--{field.replace('_', '-')}-column" if field != "box_format" else "--box-format", value]
+                command += [f"--{field_name.replace('_', '-')}-column" if field_name != "box_format" else "--box-format",
+                            value]
         return command
+
+    def finished_text(self, outcome: dict) -> str:
+        unusable = f", {outcome['failed']} could not be used" if outcome.get("failed") else ""
+        embedded, extracted = outcome.get("embedded"), outcome.get("extracted")
+        if embedded is not None and not extracted:
+            return f"finished: all {embedded} images already cached, nothing to extract" + unusable
+        if embedded is not None:
+            return f"finished: {embedded} images ({extracted} extracted now, {embedded - extracted} from the cache)" \
+                + unusable
+        return f"finished: {outcome.get('done')}/{outcome.get('total')} images" + unusable
+
+    def cancelled_text(self, done: int) -> str:
+        return f"cancelled after {done} images (finished batches are kept)"
+
+
+@dataclass(frozen=True)
+class ComparisonRequest:
+    """What a comparison job cross-validates: the dashboard's settings of a run, as plain values, and ``key``, the
+    result store's key naming all of them and the embeddings' digests (the job's ``id`` derives from it: the same
+    run asked for twice, in two tabs, is one job). The job refuses to run when the data or an encoder's cached
+    embeddings no longer match what the key was made from."""
+
+    kind: ClassVar[str] = "comparison"
+    preparing: ClassVar[str] = "preparing (reading the data and the cached embeddings)…"
+
+    data: str  # folder or manifest, as an absolute path
+    key: str  # cache.results_key: where the result is stored
+    data_signature: str  # data.data_signature(data, columns) when the run was asked for
+    encoders: tuple[str, ...]  # those whose embeddings are complete
+    digests: dict[str, str]  # encoder -> embeddings.features_digest of its cached embeddings
+    heads: tuple[dict, ...]  # heads.HeadSpec fields, one dict per head
+    n_folds: int = 10
+    seed: int = 0
+    repeats: int = 1
+    group_by_fish: bool | None = None
+    learning_curve: bool = False
+    combined: tuple[tuple[str, ...], ...] = ()
+    covariates: tuple[str, ...] = ()
+    impute_covariates: bool = False
+    group_column: str | None = None
+    holdout_column: str | None = None
+    age_range: tuple[int, int] | None = None
+    columns: dict[str, str | None] | None = None  # data.ManifestColumns fields; None: native
+    failed_encoders: dict[str, str] = field(default_factory=dict)  # chosen encoders left out, and why
+
+    def __post_init__(self) -> None:  # JSON gives lists: back to the tuples the fields hold
+        object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
+        object.__setattr__(self, "encoders", tuple(self.encoders))
+        object.__setattr__(self, "heads", tuple(dict(h, blocks=tuple(h.get("blocks", ()))) for h in self.heads))
+        object.__setattr__(self, "combined", tuple(tuple(g) for g in self.combined))
+        object.__setattr__(self, "covariates", tuple(self.covariates))
+        if self.age_range is not None:
+            object.__setattr__(self, "age_range", tuple(self.age_range))
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"comparison|{self.key}".encode()).hexdigest()[:16]
+
+    @property
+    def title(self) -> str:
+        return f"comparing {_count(len(self.encoders), 'encoder')} x {_count(len(self.heads), 'head')} on {self.data}"
+
+    def label(self) -> str:
+        return (f"**Comparison** of {_count(len(self.encoders), 'encoder')} x {_count(len(self.heads), 'head')} "
+                f"({Path(self.data).name})")
+
+    def command(self, cache_dir: str | Path) -> list[str]:
+        """The ``otolith compare-job`` command line that does this job (it reads the request from the job's record)."""
+        return _python_cli("compare-job", "--cache-dir", str(Path(cache_dir).resolve()), "--job-id", self.id)
+
+    def finished_text(self, outcome: dict) -> str:
+        return f"finished: {_count(outcome.get('models', 0), 'model')}, {_count(outcome.get('folds', 0), 'fold')} fitted"
+
+    def cancelled_text(self, done: int) -> str:
+        return f"cancelled after {_count(done, 'fold')} (nothing was stored)"
+
+
+JOB_KINDS: dict[str, type] = {request.kind: request for request in (ExtractionRequest, ComparisonRequest)}
+JobRequest = ExtractionRequest | ComparisonRequest
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -103,16 +208,20 @@ class JobStatus:
     pid: int | None
     started: float  # seconds since the epoch
     updated: float
-    phase: str = ""  # what it is doing: preparing (reading the data), downloading (photos behind URLs), extracting
+    phase: str = ""  # preparing (reading the data), downloading (photos behind URLs), extracting, cross-validating
     done: int = 0
     total: int | None = None
     failed: int = 0
-    rate: float | None = None  # images per second in this run
+    rate: float | None = None  # things done per second in this phase (images, photos, folds)
     eta_seconds: float | None = None
+    detail: str = ""  # what it works on now (a comparison: the model being fitted)
     reason: str | None = None  # why it failed
     log_tail: str = ""
-    embedded: int | None = None  # when it finished: images the cache now holds for this encoder (None: not recorded)
-    extracted: int | None = None  # ... of which this job extracted (0: every image was cached already)
+    outcome: dict = field(default_factory=dict)  # what it recorded when it finished (extraction: images embedded)
+
+    @property
+    def kind(self) -> str:
+        return self.request.kind
 
     @property
     def active(self) -> bool:
@@ -126,26 +235,22 @@ class JobStatus:
     def describe(self) -> str:
         """One line a person reads: what, how far, how fast."""
         if self.state == "running" and self.phase in COUNTED_PHASES and self.total is not None:
-            unit = COUNTED_PHASES[self.phase]
-            text = (f"downloading photos: {self.done}/{self.total}" if self.phase == "downloading"
-                    else f"{self.done}/{self.total} images")
+            unit, start = COUNTED_PHASES[self.phase]
+            text = f"{start}{self.done}/{self.total}" + ("" if self.phase == "downloading" else f" {unit}")
+            if self.detail:
+                text += f" ({self.detail})"
             if self.rate:
                 text += f", {self.rate:.1f} {'img' if unit == 'images' else unit}/s"
             if self.eta_seconds is not None and self.done < self.total:
                 text += f", about {_duration(self.eta_seconds)} left"
             return text + (f", {self.failed} failed" if self.failed else "")
         if self.state in ACTIVE_STATES:
-            return "preparing (reading files, loading the encoder)…"
+            return self.request.preparing
         if self.state == "finished":
-            unusable = f", {self.failed} could not be used" if self.failed else ""
-            if self.embedded is not None and not self.extracted:
-                return f"finished: all {self.embedded} images already cached, nothing to extract" + unusable
-            if self.embedded is not None:
-                return (f"finished: {self.embedded} images ({self.extracted} extracted now, "
-                        f"{self.embedded - self.extracted} from the cache)" + unusable)
-            return f"finished: {self.done}/{self.total} images" + unusable
+            return self.request.finished_text({"done": self.done, "total": self.total, "failed": self.failed,
+                                               **self.outcome})
         if self.state == "cancelled":
-            return f"cancelled after {self.done} images (finished batches are kept)"
+            return self.request.cancelled_text(self.done)
         return f"failed: {self.reason}"
 
 
@@ -177,8 +282,8 @@ def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
         current = read_job(cache_dir, request.id)
         if current is not None and current.active:
             return current
-        record = {"request": asdict(request), "origin": "dashboard", "pid": None, "create_time": None,
-                  "started": time.time()}
+        record = {"kind": request.kind, "request": asdict(request), "origin": "dashboard", "pid": None,
+                  "create_time": None, "started": time.time()}
         _write_json(folder / "job.json", record)  # reads as "starting" until the process exists
         for name in ("progress.json", "outcome.json", "cancel"):
             (folder / name).unlink(missing_ok=True)
@@ -206,9 +311,9 @@ def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
     if record is None:
         return None
     try:
-        request = JobRequest(**record["request"])
+        request = JOB_KINDS[record.get("kind", ExtractionRequest.kind)](**record["request"])
     except (KeyError, TypeError):
-        return None
+        return None  # a record of a kind or fields this version does not know
     progress = _read_json(folder / "progress.json") or {}
     outcome = _read_json(folder / "outcome.json")
     started = float(record.get("started", 0.0))
@@ -224,12 +329,13 @@ def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
     else:
         state, reason = "failed", "the process ended without finishing (killed, or out of memory?); see the log"
     return JobStatus(
-        id=job_id, request=request, cache_dir=str(cache_dir), state=state, origin=record.get("origin", "terminal"), pid=record.get("pid"),
-        started=started, updated=updated, phase=progress.get("phase", ""), done=int(progress.get("done", 0)),
-        total=progress.get("total"), failed=int(progress.get("failed", 0)), rate=progress.get("rate"),
-        eta_seconds=progress.get("eta_seconds"), reason=reason,
-        log_tail=_tail(folder / "log.txt") if state != "finished" else "",
-        embedded=(outcome or {}).get("embedded"), extracted=(outcome or {}).get("extracted"),
+        id=job_id, request=request, cache_dir=str(cache_dir), state=state, origin=record.get("origin", "terminal"),
+        pid=record.get("pid"), started=started, updated=updated, phase=progress.get("phase", ""),
+        done=int(progress.get("done", 0)), total=progress.get("total"), failed=int(progress.get("failed", 0)),
+        rate=progress.get("rate"), eta_seconds=progress.get("eta_seconds"), detail=progress.get("detail", ""),
+        reason=reason, log_tail=_tail(folder / "log.txt") if state != "finished" else "",
+        outcome={k: v for k, v in outcome.items() if k not in ("state", "reason", "ended")} if state == "finished"
+        else {},
     )
 
 
@@ -257,11 +363,11 @@ def cancel_job(cache_dir: str | Path, job_id: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Recording a job from inside its process (``otolith extract``).
+# Recording a job from inside its process (``otolith extract``, ``otolith compare-job``).
 
 
 class JobRecorder:
-    """Writes a running extraction's record, progress and outcome; turns a cancel into :class:`Cancelled`.
+    """Writes a running job's record, progress and outcome; turns a cancel into :class:`Cancelled`.
 
     Use as ``with JobRecorder(cache_dir, request, job_id) as job: ... job.progress(done, total, failed)``.
     """
@@ -288,12 +394,12 @@ class JobRecorder:
                 (self.folder / name).unlink(missing_ok=True)
         record = _read_json(self.folder / "job.json") or {}
         _write_json(self.folder / "job.json", {
-            "request": asdict(self.request), "origin": self.origin, "pid": os.getpid(),
+            "kind": self.request.kind, "request": asdict(self.request), "origin": self.origin, "pid": os.getpid(),
             "create_time": _create_time(os.getpid()), "started": record.get("started", time.time()),
         })
         self._write_progress("preparing", 0, None, 0)
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_term)
-        self.log(f"extracting {self.request.encoder} for {self.request.data} (pid {os.getpid()})")
+        self.log(f"{self.request.title} (pid {os.getpid()})")
         if (self.folder / "cancel").exists():  # cancelled while it was starting
             self.__exit__(Cancelled, Cancelled(), None)
             raise Cancelled()
@@ -312,9 +418,10 @@ class JobRecorder:
         self.log(state + (f": {reason}" if reason else ""))
         return False
 
-    def finished_with(self, *, embedded: int, extracted: int) -> None:
-        """What the job achieved, recorded when it ends: images the cache holds for it, how many it extracted."""
-        self._counts = {"embedded": int(embedded), "extracted": int(extracted)}
+    def finished_with(self, **counts: int) -> None:
+        """What the job achieved, recorded when it ends (an extraction: ``embedded``, the images the cache holds
+        for it, and ``extracted``, how many it extracted; a comparison: ``models`` and ``folds`` fitted)."""
+        self._counts = {name: int(value) for name, value in counts.items()}
 
     def _on_term(self, signum, frame) -> None:
         raise Cancelled()
@@ -327,12 +434,17 @@ class JobRecorder:
         """Record photos downloaded so far (before extracting); raises :class:`Cancelled` when a cancel was asked for."""
         self._step("downloading", done, total, failed)
 
-    def _step(self, phase: str, done: int, total: int, failed: int) -> None:
+    def cross_validating(self, done: int, total: int, detail: str = "") -> None:
+        """Record folds fitted so far and the model being fitted; raises :class:`Cancelled` when a cancel was asked
+        for."""
+        self._step("cross-validating", done, total, 0, detail)
+
+    def _step(self, phase: str, done: int, total: int, failed: int, detail: str = "") -> None:
         if (self.folder / "cancel").exists():
             raise Cancelled()
-        self._write_progress(phase, done, total, failed)
+        self._write_progress(phase, done, total, failed, detail)
 
-    def _write_progress(self, phase: str, done: int, total: int | None, failed: int) -> None:
+    def _write_progress(self, phase: str, done: int, total: int | None, failed: int, detail: str = "") -> None:
         now = time.time()
         rate = eta = None
         if phase in COUNTED_PHASES:
@@ -343,12 +455,12 @@ class JobRecorder:
                 rate = gained / elapsed
                 eta = (total - done) / rate if total is not None else None
         _write_json(self.folder / "progress.json", {"phase": phase, "done": done, "total": total, "failed": failed,
-                                                    "rate": rate, "eta_seconds": eta, "updated": now})
+                                                    "rate": rate, "eta_seconds": eta, "detail": detail, "updated": now})
         if phase in COUNTED_PHASES and (now - self._last_log >= LOG_EVERY_SECONDS or done == total):
             self._last_log = now
-            unit = COUNTED_PHASES[phase]
-            self.log(f"{phase} {done}/{total} {unit}" + (f", {rate:.2f} {unit}/s" if rate else "")
-                     + (f", {failed} failed" if failed else ""))
+            unit = COUNTED_PHASES[phase][0]
+            self.log(f"{phase} {done}/{total} {unit}" + (f" ({detail})" if detail else "")
+                     + (f", {rate:.2f} {unit}/s" if rate else "") + (f", {failed} failed" if failed else ""))
 
     def log(self, line: str) -> None:
         if self.origin == "terminal":  # a launched job's output already goes to the log

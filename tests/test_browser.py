@@ -1,4 +1,5 @@
-"""`streamlit run app.py` in a real headless Chromium: extraction jobs survive what a user does, every page opens.
+"""`streamlit run app.py` in a real headless Chromium: extraction and comparison jobs survive what a user does,
+every page opens.
 
 Needs Debian's `chromium` (CI installs it). Screenshots go to the test's temporary folder, or to
 ``$OTOLITH_SCREENSHOTS`` when set (that is how README's pictures are made).
@@ -77,7 +78,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
             page.wait_for_timeout(1500)  # let the first script run finish before pressing Run
             _press_run(page)
             sidebar = page.locator('[data-testid="stSidebar"]')
-            sidebar.get_by_text("Extraction jobs").wait_for(timeout=120_000)
+            sidebar.get_by_role("heading", name="Jobs").wait_for(timeout=120_000)
             page.get_by_role("link", name="Results").first.click()
             page.get_by_text("Waiting for extraction").first.wait_for(timeout=120_000)
             page.screenshot(path=str(shots / "waiting.png"), full_page=True)
@@ -126,9 +127,10 @@ def _press_run(page) -> None:
 
 def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Path) -> None:
     """The Review page from a shared link asking for the logistic head on a built-in and a tiny random-weight
-    timm ViT typed as "Other model" (5 folds, to keep it short): Run extracts the ViT; the ranking shows, Read
-    again opens the blind view, a typed reading is saved to second_readings.csv, the map and the picked image's
-    neighbours are drawn, and the ViT's heat map is laid over the photo."""
+    timm ViT typed as "Other model" (5 folds, to keep it short): Run extracts the ViT, then starts the comparison
+    job; a reload and a page change while it runs join it (no second job); the ranking shows, Read again opens the
+    blind view, a typed reading is saved to second_readings.csv, the map and the picked image's neighbours are
+    drawn, and the ViT's heat map is laid over the photo."""
     from urllib.parse import parse_qsl, urlencode, urlsplit
 
     params = [(k, v) for k, v in parse_qsl(urlsplit(page.url).query, keep_blank_values=True)
@@ -138,8 +140,16 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
     page.goto(f"{server}/review?{urlencode(params)}", timeout=120_000)
     page.get_by_role("button", name="Run comparison").wait_for(timeout=120_000)
     page.wait_for_timeout(1500)
-    _press_run(page)  # starts the ViT's extraction; the page computes the comparison when it ends
+    _press_run(page)  # starts the ViT's extraction, then the comparison job when it ends
+    page.get_by_text("Cross-validating in the background").first.wait_for(timeout=300_000)
+    started = _comparison_jobs(cache)
+    page.reload()  # the job goes on without the tab; the reloaded tab (a new session) joins it
+    page.get_by_role("button", name="Run comparison").wait_for(timeout=120_000)
+    page.get_by_role("link", name="Data").first.click()
+    page.get_by_role("heading", name="Data").first.wait_for(timeout=60_000)
+    page.get_by_role("link", name="Review").first.click()
     page.get_by_role("heading", name="Doubtful reader ages").first.wait_for(timeout=300_000)
+    assert _comparison_jobs(cache) == started, "the reload or the page change started the comparison again"
     page.get_by_role("button", name="Read again").first.click()
     page.get_by_label("Your name or initials").wait_for(timeout=60_000)
     assert page.get_by_text("The reader's age was").count() == 0  # blind until a reading is entered
@@ -165,6 +175,13 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
     _click_on_the_map(page)
     saved = list(cache.glob("readings/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading
+
+
+def _comparison_jobs(cache: Path) -> dict[str, float]:
+    """The comparison jobs recorded in ``cache``: id -> when it was started."""
+    from otolith_core.jobs import list_jobs
+
+    return {j.id: j.started for j in list_jobs(cache) if j.kind == "comparison"}
 
 
 def _click_on_the_map(page) -> None:

@@ -68,16 +68,14 @@ def app(demo_manifest, demo_cache, tmp_path, monkeypatch, media_stores):
 
 
 def _run(at, encoders=ENCODERS):
-    """Choose encoders and heads, press Run, and wait for the extraction jobs it started."""
+    """Choose encoders and heads, press Run, and wait for the jobs it started (extractions, then the comparison)."""
     at.sidebar.multiselect(key="encoders").set_value(encoders)
     at.sidebar.multiselect(key="heads").set_value(["ridge", "svc"])
     at.run()
     at.sidebar.button(key="run").click()
     at.run()
     assert not at.exception
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
-    at.run()
-    return at
+    return _settle(at)
 
 
 def wait_for_jobs(cache_dir, timeout=300):
@@ -85,6 +83,23 @@ def wait_for_jobs(cache_dir, timeout=300):
     while any(job.active for job in list_jobs(cache_dir)):
         assert time.time() < deadline, list_jobs(cache_dir)
         time.sleep(0.2)
+
+
+def _settle(at):
+    """Wait for the running jobs and rerun the page (as the status area does when a job ends), until a rerun starts
+    no new job: the extractions a Run press started, then the comparison job started when they have ended."""
+    cache = os.environ["OTOLITH_CACHE_DIR"]
+    while True:
+        wait_for_jobs(cache)
+        at.run()
+        assert not at.exception
+        if not any(job.active for job in list_jobs(cache)):
+            return at
+
+
+def _comparison_jobs() -> dict[str, float]:
+    """The comparison jobs recorded in the test's cache: id -> when it was (last) started."""
+    return {j.id: j.started for j in list_jobs(os.environ["OTOLITH_CACHE_DIR"]) if j.kind == "comparison"}
 
 
 def _download(at, stores, label):
@@ -154,12 +169,10 @@ def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputin
     assert [s.value for s in app.subheader] == ["Confusion matrices", "Misclassified images", "Where two models disagree"]
     assert len(app.get("image")) > 0
 
-    calls = []
-    real = core_comparison.compare
-    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    jobs_before = _comparison_jobs()
     app.number_input(key="gallery_error").set_value(2).run()
     app.toggle(key="cm_normalise").set_value(True).run()
-    assert not app.exception and calls == []  # display filters never rerun the cross-validation
+    assert not app.exception and _comparison_jobs() == jobs_before  # display filters never rerun the cross-validation
     assert any("wrong by ≥ 2" in c.value for c in app.caption)
 
 
@@ -310,7 +323,8 @@ def test_errors_page_with_repeats_shows_one_repeats_real_predictions(app, demo_m
 @pytest.mark.slow
 def test_results_wait_for_the_extraction_jobs_and_the_status_area_follows_them(app, tiny_model_dir, monkeypatch):
     """Run starts jobs instead of extracting inline; Results says it is waiting and shows their progress;
-    when they end, the comparison appears."""
+    when they end, the comparison job starts (the page fits no head) and its progress shows; when it ends, the
+    comparison appears."""
     from otolith_core import embeddings
 
     def no_inline_extraction(*args, **kwargs):
@@ -319,6 +333,7 @@ def test_results_wait_for_the_extraction_jobs_and_the_status_area_follows_them(a
 
     real_extract = embeddings.extract_embeddings
     monkeypatch.setattr(embeddings, "extract_embeddings", no_inline_extraction)
+    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: pytest.fail("the dashboard cross-validated"))
     app.sidebar.text_input(key="extra_model").set_value(f"local-dir:{tiny_model_dir}")
     app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
     app.run()
@@ -326,13 +341,19 @@ def test_results_wait_for_the_extraction_jobs_and_the_status_area_follows_them(a
     app.switch_page("views/results.py").run()  # the tiny model's job is still importing torch
     assert not app.exception
     assert any("Waiting for extraction" in i.value for i in app.info)
-    assert any(s.value == "Extraction jobs" for s in app.sidebar.header)
+    assert any(s.value == "Jobs" for s in app.sidebar.header)
     assert any(b.label == "Cancel" for b in app.sidebar.button)
     wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
-    app.run()
+    app.run()  # as the status area reruns the page when the jobs end: the comparison job starts
     assert not app.exception
+    assert any("Cross-validating in the background" in i.value for i in app.info)
+    assert len(_comparison_jobs()) == 1
+    _settle(app)
     assert set(app.dataframe[0].value.encoder) == {"pixels-32", f"local-dir:{tiny_model_dir}", "no-skill"}
     assert any("finished" in s.value for s in app.sidebar.success)  # the status area keeps the ended jobs
+    heads = len(app.sidebar.multiselect(key="heads").value)
+    assert any(s.value.startswith("**Comparison** of 2 encoders") and f"finished: {2 * heads} models" in s.value
+               for s in app.sidebar.success)
 
 
 @pytest.mark.slow
@@ -347,9 +368,37 @@ def test_cancel_in_the_status_area_stops_the_job_and_restart_goes_on(app, tiny_m
     assert any("cancelled" in w.value for w in app.warning)
     restart = next(b for b in app.sidebar.button if b.label == "Restart")
     restart.click().run()
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
-    app.run()
+    _settle(app)
     assert not app.exception and set(app.dataframe[0].value.encoder) == {f"local-dir:{tiny_model_dir}", "no-skill"}
+
+
+@pytest.mark.slow
+def test_a_comparison_job_is_cancelled_from_results_and_only_a_run_press_starts_it_again(app):
+    """Results shows the comparison job's card while it runs; its Cancel stops the job, the page says so and
+    offers Restart; reruns without a press leave it cancelled; a Run press starts it again."""
+    from otolith_core.jobs import read_job
+
+    cache = os.environ["OTOLITH_CACHE_DIR"]
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.sidebar.number_input(key="folds").set_value(3)
+    app.run()
+    app.switch_page("views/results.py").run()
+    app.sidebar.button(key="run").click().run()
+    assert any("Cross-validating in the background" in i.value for i in app.info)
+    (job_id,) = _comparison_jobs()
+    app.button(key=f"cancel-comparing-{job_id}").click().run()  # while the job is still starting
+    wait_for_jobs(cache)
+    app.run()
+    assert not app.exception
+    assert any("Comparison" in w.value and "cancelled" in w.value for w in app.warning)
+    assert app.button(key=f"restart-comparison-{job_id}")
+    app.run()
+    assert read_job(cache, job_id).state == "cancelled"  # never started again by itself
+    app.sidebar.button(key="run").click().run()
+    _settle(app)
+    assert read_job(cache, job_id).state == "finished" and list(_comparison_jobs()) == [job_id]
+    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "no-skill"}
 
 
 @pytest.mark.slow
@@ -361,15 +410,14 @@ def test_a_reload_restores_every_setting_and_a_restart_shows_stored_results_with
     app.sidebar.number_input(key="folds").set_value(5)
     app.sidebar.multiselect(key="heads").set_value(["ridge"])
     app.run().sidebar.button(key="run").click().run()
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    _settle(app)
     app.switch_page("views/results.py").run()
     shown = app.dataframe[0].value
     url = dict(app.query_params)
     assert url["seed"] == "4" and url["run"] == "1" and url["extra_model"] == f"local-dir:{tiny_model_dir}"
 
-    calls = []
-    real = core_comparison.compare
-    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    jobs_before = _comparison_jobs()
+    assert len(jobs_before) == 1
     reloaded = AppTest.from_file(APP, default_timeout=300)  # a new session: a reloaded tab, or a restarted dashboard
     for key, value in url.items():
         reloaded.query_params[key] = value
@@ -381,7 +429,7 @@ def test_a_reload_restores_every_setting_and_a_restart_shows_stored_results_with
     assert sidebar.multiselect(key="heads").value == ["ridge"]
     assert sidebar.text_input(key="extra_model").value == f"local-dir:{tiny_model_dir}"
     reloaded.switch_page("views/results.py").run()
-    assert not reloaded.exception and calls == []  # read back from disk, not computed again
+    assert not reloaded.exception and _comparison_jobs() == jobs_before  # read back from disk, not computed again
     pd.testing.assert_frame_equal(reloaded.dataframe[0].value, shown)
 
 
@@ -434,27 +482,28 @@ def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
     app.switch_page("views/review.py").run()
     assert not app.exception
     app.sidebar.button(key="run").click().run()
+    _settle(app)
     assert any("add the **logistic** head" in i.value for i in app.info)  # ridge gives no probabilities
     app.sidebar.multiselect(key="heads").set_value(["logistic"]).run()
     app.sidebar.button(key="run").click().run()
-    assert not app.exception
+    _settle(app)
     ranking = app.dataframe[0].value
     assert ranking["score"].is_monotonic_decreasing and ranking["rank"].iloc[0] == 1
     first = ranking["image"].iloc[0]
     app.toggle(key="review_blind").set_value(True).run()
     assert all("reader" not in str(c.value) for c in app.caption if "score" in str(c.value))
     app.button(key=f"reread-{first}").click().run()
-    assert not app.exception and not app.success  # nothing about the first age before a reading is entered
+    assert not app.exception and not app.main.success  # nothing about the first age before a reading is entered
     app.text_input(key="reader_name").input("GS")
     app.number_input(key=f"second_age-{first}").set_value(4)
     next(b for b in app.button if b.label == "Save reading").click().run()
     assert not app.exception
-    assert "The reader's age was" in app.success[0].value
+    assert "The reader's age was" in app.main.success[0].value
     readings = load_readings(os.environ["OTOLITH_CACHE_DIR"])
     assert readings[["image", "second_age", "reader"]].values.tolist() == [[first, 4, "GS"]]
     assert any("1 image read twice" in m.value for m in app.markdown)
     app.button(key="review_next").click().run()  # on to the next most doubtful image, blind again
-    assert not app.exception and not app.success
+    assert not app.exception and not app.main.success
     shown = ranking[ranking["score"] >= 0.5]["image"].tolist()
     assert app.session_state["review_image"] == shown[1]
     assert app.number_input(key=f"second_age-{shown[1]}").value is None
@@ -542,7 +591,7 @@ def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch)
     app.sidebar.button(key="run").click().run()
     assert not app.exception
     app.switch_page("views/results.py").run()
-    assert not app.exception
+    _settle(app)
     assert not [i.value for i in app.info if "Press **Run comparison**" in i.value]
     assert set(app.dataframe[0].value.encoder) == {*ENCODERS, "no-skill"}
 
@@ -559,6 +608,7 @@ def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch)
     app.run()  # the next script run (the rerun that cut the first short)
     assert not app.exception and not cut
     assert not [i.value for i in app.info if "Press **Run comparison**" in i.value]
+    _settle(app)
     assert set(app.dataframe[0].value["head"]) == {"svc", "most-frequent"}
 
 
@@ -569,7 +619,7 @@ def _run_ridge_on_pixels(app: AppTest, *, folds: int) -> None:
     app.sidebar.number_input(key="folds").set_value(folds)
     app.run()
     app.sidebar.button(key="run").click().run()
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    _settle(app)
 
 
 def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
@@ -583,8 +633,7 @@ def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
     at.run()
     at.switch_page("views/review.py").run()
     at.sidebar.button(key="run").click().run()
-    assert not at.exception
-    return at
+    return _settle(at)
 
 
 def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_path, monkeypatch, media_stores,
@@ -608,7 +657,7 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     assert any("tray0.jpg: 12 boxes and their ids" in str(image.proto) for image in app.get("image"))
     assert "measurement_id" not in app.sidebar.multiselect(key="covariates").options  # names rows, not fish
     _run_ridge_on_pixels(app, folds=2)
-    (job,) = list_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    (job,) = [j for j in list_jobs(os.environ["OTOLITH_CACHE_DIR"]) if j.kind == "extraction"]
     assert job.state == "finished" and job.request.columns["id"] == "measurement_id"
     assert photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1}
     app.run()  # the job downloaded tray1: the run asked for is still this run (it used to read as an old one)
@@ -693,7 +742,7 @@ def test_station_grouping_and_a_cruise_hold_out_from_the_sidebar_reach_the_compa
     app.sidebar.selectbox(key="holdout").set_value("cruise_id").run()
     assert app.sidebar.number_input(key="folds").disabled and app.sidebar.number_input(key="repeats").disabled
     app.sidebar.button(key="run").click().run()
-    assert not app.exception
+    _settle(app)
     assert any("leave-one-cruise_id-out: 3 folds, one per value" in s.value for s in app.subheader)
     per_value = next(d.value for d in app.dataframe if "model" in d.value.columns)
     assert [c.split(" (")[0] for c in per_value.columns] == ["model", "C0", "C1", "C2", "all values pooled"]
@@ -722,7 +771,7 @@ def test_tie_level_marks_results_without_recomputing_and_fish_scores_follow_the_
     app.sidebar.multiselect(key="heads").set_value(["ridge", "svc"])
     app.sidebar.number_input(key="folds").set_value(3)
     app.run().sidebar.button(key="run").click().run()
-    wait_for_jobs(os.environ["OTOLITH_CACHE_DIR"])
+    _settle(app)
     app.switch_page("views/results.py").run()
     assert not app.exception
     per_fish = next(d.value for d in app.dataframe if "Accuracy per fish" in d.value.columns)
@@ -730,11 +779,9 @@ def test_tie_level_marks_results_without_recomputing_and_fish_scores_follow_the_
     assert any("median of the photos' predicted ages" in c.value for c in app.caption)
     assert any("level 0.05" in c.value and "Holm" in c.value for c in app.caption)
 
-    calls = []
-    real = core_comparison.compare
-    monkeypatch.setattr(core_comparison, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    jobs_before = _comparison_jobs()
     app.sidebar.number_input(key="tie_level").set_value(0.5).run()
-    assert not app.exception and calls == []  # the marks change, the numbers are not computed again
+    assert not app.exception and _comparison_jobs() == jobs_before  # the marks change, nothing is computed again
     assert app.query_params["tie_level"] == "0.5" and app.query_params["run"] == "1"
     assert any("level 0.5" in c.value for c in app.caption)
     summary = pd.read_csv(io.BytesIO(_download(app, media_stores, "summary.csv")))
@@ -746,6 +793,6 @@ def test_tie_level_marks_results_without_recomputing_and_fish_scores_follow_the_
 
     app.sidebar.selectbox(key="grouping").set_value("images").run()
     app.sidebar.button(key="run").click().run()
-    assert not app.exception
+    _settle(app)
     assert any("not grouped by fish" in i.value for i in app.info)
     assert not any("Accuracy per fish" in d.value.columns for d in app.dataframe)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from otolith_core.cli import main
 from otolith_core.data import load_dataset
 from otolith_core.embeddings import cached_count, extract_embeddings
-from otolith_core.jobs import Cancelled, JobRecorder, JobRequest, cancel_job, list_jobs, read_job, start_job
+from otolith_core.jobs import Cancelled, ExtractionRequest, JobRecorder, cancel_job, list_jobs, read_job, start_job
 from otolith_core.encoders import registry, resolve_encoder
 
 pytestmark = pytest.mark.slow
@@ -31,11 +32,11 @@ def _wait(cache, job_id, states=("finished", "failed", "cancelled"), timeout=240
 
 def test_a_job_outlives_the_process_that_started_it(demo_manifest, tiny_model_dir, tmp_path):
     cache = tmp_path / "cache"
-    request = JobRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=4)
+    request = ExtractionRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=4)
     starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from otolith_core.jobs import JobRequest, start_job
-        start_job(JobRequest({str(demo_manifest)!r}, {f"local-dir:{tiny_model_dir}"!r}, batch_size=4), {str(cache)!r})
+        from otolith_core.jobs import ExtractionRequest, start_job
+        start_job(ExtractionRequest({str(demo_manifest)!r}, {f"local-dir:{tiny_model_dir}"!r}, batch_size=4), {str(cache)!r})
         print("started", flush=True)
         time.sleep(600)
         """)], stdout=subprocess.PIPE, text=True)
@@ -51,9 +52,9 @@ def test_a_job_outlives_the_process_that_started_it(demo_manifest, tiny_model_di
 
 def test_starting_a_running_job_again_joins_it(demo_manifest, tiny_model_dir, tmp_path):
     cache = tmp_path / "cache"
-    request = JobRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=2)
+    request = ExtractionRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=2)
     first = start_job(request, cache)
-    second = start_job(JobRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=2), cache)
+    second = start_job(ExtractionRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=2), cache)
     assert first.active and second.pid == first.pid
     assert [j.id for j in list_jobs(cache)] == [request.id]
     cancel_job(cache, request.id)
@@ -64,7 +65,7 @@ def test_cancel_stops_between_batches_and_leaves_a_readable_cache(demo_manifest,
     cache = tmp_path / "cache"
     data = load_dataset(demo_manifest)
     spec = registry()["pixels-32"]
-    request = JobRequest(str(demo_manifest), "pixels-32")
+    request = ExtractionRequest(str(demo_manifest), "pixels-32")
     with pytest.raises(Cancelled):
         with JobRecorder(cache, request) as job:
             def progress(done, total, failed):
@@ -83,7 +84,7 @@ def test_cancel_stops_between_batches_and_leaves_a_readable_cache(demo_manifest,
 
 def test_a_killed_job_reads_as_failed_with_its_log_and_can_be_restarted(demo_manifest, tiny_model_dir, tmp_path):
     cache = tmp_path / "cache"
-    request = JobRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=1)
+    request = ExtractionRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}", batch_size=1)
     job = start_job(request, cache)
     job = _wait(cache, request.id, states=("running",))
     os.kill(job.pid, signal.SIGKILL)  # out of memory, or a killed process
@@ -108,7 +109,7 @@ def test_an_extraction_typed_in_a_terminal_shows_up_as_a_job(demo_manifest, tmp_
 
 def test_a_job_that_cannot_run_fails_with_the_reason(demo_manifest, tmp_path, offline_hub):
     cache = tmp_path / "cache"
-    request = JobRequest(str(demo_manifest), "clip-vit-l-14-336", weights_dir=str(tmp_path / "hf"))
+    request = ExtractionRequest(str(demo_manifest), "clip-vit-l-14-336", weights_dir=str(tmp_path / "hf"))
     start_job(request, cache)
     job = _wait(cache, request.id)
     assert job.state == "failed" and "not on this machine" in job.reason and "error:" in job.log_tail
@@ -116,7 +117,7 @@ def test_a_job_that_cannot_run_fails_with_the_reason(demo_manifest, tmp_path, of
 
 def test_a_cancel_before_the_process_has_started_is_honoured(demo_manifest, tiny_model_dir, tmp_path):
     cache = tmp_path / "cache"
-    request = JobRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}")
+    request = ExtractionRequest(str(demo_manifest), f"local-dir:{tiny_model_dir}")
     start_job(request, cache)
     cancel_job(cache, request.id)  # while it is still importing torch
     assert _wait(cache, request.id).state == "cancelled"
@@ -133,7 +134,7 @@ def test_a_job_shows_its_downloads_and_a_cancel_stops_them(tmp_path, photo_serve
     csv = write_tray_export(photo_server.folder, boxes_per_tray=3, base_url=photo_server.url)
     columns = ManifestColumns(path="image__content__url", box="bounding_box", id="measurement_id")
     cache = tmp_path / "cache"
-    request = JobRequest(str(csv), "pixels-32")
+    request = ExtractionRequest(str(csv), "pixels-32")
     seen = []
     with pytest.raises(Cancelled):
         with JobRecorder(cache, request) as job:
@@ -148,3 +149,89 @@ def test_a_job_shows_its_downloads_and_a_cancel_stops_them(tmp_path, photo_serve
     assert read_job(cache, request.id).state == "cancelled"
     data = download_missing(load_dataset(csv, columns=columns, cache_dir=cache))
     assert len(data) == 6 and photo_server.requests == {"tray0.jpg": 1, "tray1.jpg": 1}
+
+
+def _comparison_request(manifest, cache, heads=("ridge",), *, n_folds=5, key="a key"):
+    """A comparison job's request as the dashboard writes it, on the encoders cached in ``cache``."""
+    from dataclasses import asdict
+
+    from otolith_core.data import data_signature
+    from otolith_core.heads import HeadSpec
+    from otolith_core.jobs import ComparisonRequest
+
+    data = load_dataset(manifest)
+    ready = {name: extract_embeddings(data, registry()[name], cache_dir=cache, cached_only=True)
+             for name in ("otolith-morphometrics", "pixels-32")}
+    return ComparisonRequest(data=str(manifest), key=key, data_signature=data_signature(manifest),
+                             encoders=tuple(ready), digests={n: e.digest for n, e in ready.items()},
+                             heads=tuple(asdict(HeadSpec(h)) for h in heads), n_folds=n_folds, seed=2,
+                             failed_encoders={"clip-vit-l-14-336": "weights not here"})
+
+
+def test_a_comparison_job_cross_validates_in_its_own_process_and_stores_what_compare_gives(
+        demo_manifest, demo_cache, tmp_path, monkeypatch):
+    """The job (``otolith compare-job``, started detached) stores under the request's key exactly what ``compare``
+    gives in-process; its progress names folds and the model at work; the starting process fits nothing."""
+    import shutil
+
+    from otolith_core import comparison
+    from otolith_core.cache import ResultStore
+    from otolith_core.heads import HeadSpec
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    request = _comparison_request(demo_manifest, cache, ("ridge", "svc"))
+    real_compare = comparison.compare
+    monkeypatch.setattr(comparison, "compare", lambda *a, **k: pytest.fail("the starting process cross-validated"))
+    job = start_job(request, cache)
+    assert start_job(request, cache).pid == job.pid  # asked for again (a second tab): joined
+    seen = set()
+    while (status := read_job(cache, request.id)).active:
+        seen.add(status.describe())
+        time.sleep(0.05)
+    assert status.state == "finished", status.log_tail
+    assert status.describe() == "finished: 4 models, 20 folds fitted"
+    assert any(s.startswith("cross-validating: ") and " folds (" in s for s in seen), seen
+    stored = ResultStore(cache).get(request.key)
+    data = load_dataset(demo_manifest)
+    embeddings = {n: extract_embeddings(data, registry()[n], cache_dir=cache, cached_only=True)
+                  for n in request.encoders}
+    expected = real_compare(data, embeddings, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=5, seed=2,
+                            scalings={n: registry()[n].scaling for n in request.encoders},
+                            failed_encoders={"clip-vit-l-14-336": "weights not here"})
+    pd.testing.assert_frame_equal(stored.summary_frame(), expected.summary_frame())
+    pd.testing.assert_frame_equal(stored.predictions_frame(), expected.predictions_frame())
+    assert stored.failed_encoders == {"clip-vit-l-14-336": "weights not here"}
+
+
+def test_a_comparison_job_reports_each_fold_and_a_cancel_stores_nothing(demo_manifest, demo_cache, tmp_path):
+    import shutil
+
+    from otolith_core.cache import ResultStore
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    request = _comparison_request(demo_manifest, cache, ("logistic",), n_folds=10)  # 20 folds, inner CV each
+    start_job(request, cache)
+    running = _wait(cache, request.id, states=("running",))
+    while running.phase != "cross-validating" or running.done < 1:
+        assert running.active, running
+        time.sleep(0.05)
+        running = read_job(cache, request.id)
+    assert running.total == 20 and running.detail == "otolith-morphometrics / logistic"
+    cancel_job(cache, request.id)
+    job = _wait(cache, request.id)
+    assert job.state == "cancelled" and job.done < 20 and "(nothing was stored)" in job.describe()
+    assert ResultStore(cache).get(request.key) is None
+
+
+def test_a_comparison_job_refuses_embeddings_that_changed_since_run_was_pressed(demo_manifest, demo_cache, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    request = _comparison_request(demo_manifest, cache)
+    changed = replace(request, digests={**request.digests, "pixels-32": "the digest of older embeddings"})
+    job = _wait(cache, start_job(changed, cache).id)
+    assert job.state == "failed" and "cached embeddings of pixels-32 changed since Run was pressed" in job.reason
+    assert "Traceback" not in job.log_tail

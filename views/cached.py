@@ -122,8 +122,7 @@ def _cached_read(data_key: str, name: str, stamp: str, _dataset: Dataset, cache_
     from otolith_core.embeddings import extract_embeddings
 
     embedding = extract_embeddings(_dataset, encoder_spec(name), cache_dir=cache_dir, cached_only=True)
-    digest = hashlib.blake2b(embedding.features.tobytes(), digest_size=16).hexdigest()
-    return embedding, digest
+    return embedding, embedding.digest
 
 
 def cached_embeddings(settings: Settings, data: Dataset, names) -> dict[str, tuple[EmbeddingSet, str]]:
@@ -158,41 +157,34 @@ def comparison_key(settings: Settings, embeddings: dict[str, tuple[EmbeddingSet,
     })
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False)
+def _stored_comparisons() -> dict:
+    """Comparisons read from the result store in this dashboard process, by key (a few: each holds its predictions)."""
+    return {}
+
+
+STORED_IN_MEMORY = 8
+
+
 def stored_comparison(key: str, cache_dir: str):
-    """The comparison stored on disk under ``key`` (by an earlier session or dashboard), or None."""
+    """The comparison stored on disk under ``key`` (by a comparison job, this or an earlier dashboard), or None
+    while there is none. Read from disk once; a None is not remembered, so a job's result is seen as soon as it
+    is stored."""
     from otolith_core.cache import ResultStore
 
+    memory = _stored_comparisons()
+    if (cache_dir, key) in memory:
+        return memory[cache_dir, key]
     store = ResultStore(cache_dir)
     try:
-        return store.get(key)
+        comparison = store.get(key)
     finally:
         store.close()
-
-
-def compute_comparison(key: str, settings: Settings, data: Dataset, embeddings: dict[str, EmbeddingSet],
-                       problems: dict[str, str]):
-    """Cross-validate, store the result on disk under ``key`` and return it."""
-    from otolith_core.cache import ResultStore
-    from otolith_core.covariates import CovariateRequest
-    from otolith_core.comparison import compare
-
-    specs, _ = resolve(tuple(embeddings))
-    with st.spinner("Cross-validating…"):
-        result = compare(data, embeddings, list(settings.heads), n_folds=settings.n_folds, seed=settings.seed,
-                         repeats=settings.repeats, group_by_fish=settings.group_by_fish,
-                         group_column=settings.group_column, holdout_column=settings.holdout_column,
-                         with_learning_curve=settings.learning_curve, failed_encoders=problems,
-                         scalings={name: spec.scaling for name, spec in specs.items()},
-                         combined=[g for g in settings.combined if all(part in embeddings for part in g)],
-                         covariates=CovariateRequest(settings.covariates, settings.impute_covariates))
-    store = ResultStore(settings.cache_dir)
-    try:
-        store.put(key, result)
-    finally:
-        store.close()
-    stored_comparison.clear()
-    return result
+    if comparison is not None:
+        while len(memory) >= STORED_IN_MEMORY:
+            memory.pop(next(iter(memory)))
+        memory[cache_dir, key] = comparison
+    return comparison
 
 
 def _decode(path: str, crop: tuple[int, int, int, int] | None, min_side: int):

@@ -1,19 +1,21 @@
-"""Extraction from the dashboard: start (with download consent), show and stop background jobs.
+"""Background jobs from the dashboard: start extractions (with download consent) and comparisons, show and stop them.
 
-The work itself runs in ``otolith extract`` processes (otolith_core.jobs), so it goes on through
-widget changes, page switches, a closed tab and a restarted dashboard. This module only starts them,
-draws their progress and offers Cancel / Restart. The status area in the sidebar refreshes itself
-while a job runs and reruns the page when one ends, so a waiting Results page goes on by itself.
+The work itself runs in ``otolith extract`` and ``otolith compare-job`` processes (otolith_core.jobs), so
+it goes on through widget changes, page switches, a closed tab and a restarted dashboard. This module
+only starts them, draws their progress and offers Cancel / Restart. The status area in the sidebar
+refreshes itself while a job runs and reruns the page when one ends, so a waiting Results page goes on
+by itself.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import asdict
 
 import streamlit as st
 
-from otolith_core.jobs import JobRequest, JobStatus, cancel_job, list_jobs, read_job, start_job
+from otolith_core.embeddings import EmbeddingSet
+from otolith_core.jobs import ComparisonRequest, ExtractionRequest, JobStatus, cancel_job, list_jobs, read_job, start_job
 from views import cached
 from views import state
 from views.state import Settings, allow_download, download_allowed
@@ -22,10 +24,31 @@ REFRESH_SECONDS = 2
 RECENT_SECONDS = 15 * 60  # ended jobs stay listed this long
 
 
-def request_for(settings: Settings, encoder: str) -> JobRequest:
-    from dataclasses import asdict
+def request_for(settings: Settings, encoder: str) -> ExtractionRequest:
+    return ExtractionRequest(settings.data_path, encoder,
+                             columns=None if settings.columns.native else asdict(settings.columns))
 
-    return JobRequest(settings.data_path, encoder, columns=None if settings.columns.native else asdict(settings.columns))
+
+def comparison_request(settings: Settings, key: str, ready: dict[str, EmbeddingSet],
+                       problems: dict[str, str]) -> ComparisonRequest:
+    """The comparison job of the settings' run on the ``ready`` encoders' cached embeddings, stored under ``key``
+    (``cached.comparison_key``); ``problems`` names the chosen encoders left out and why."""
+    return ComparisonRequest(
+        data=settings.data_path, key=key, data_signature=settings.data_signature, encoders=tuple(ready),
+        digests={name: e.digest for name, e in ready.items()}, heads=tuple(asdict(h) for h in settings.heads),
+        n_folds=settings.n_folds, seed=settings.seed, repeats=settings.repeats, group_by_fish=settings.group_by_fish,
+        learning_curve=settings.learning_curve,
+        combined=tuple(g for g in settings.combined if all(part in ready for part in g)),
+        covariates=settings.covariates, impute_covariates=settings.impute_covariates,
+        group_column=settings.group_column, holdout_column=settings.holdout_column, age_range=settings.age_range,
+        columns=None if settings.columns.native else asdict(settings.columns), failed_encoders=dict(problems))
+
+
+def start_comparison(request: ComparisonRequest, cache_dir: str) -> JobStatus:
+    """Start (or join) a comparison job; this session then notices when it ends."""
+    job = start_job(request, cache_dir)
+    state.set_jobs_seen_running(state.jobs_seen_running() | {job.id})
+    return job
 
 
 def job_for(settings: Settings, encoder: str) -> JobStatus | None:
@@ -60,11 +83,13 @@ def start_button(settings: Settings, encoder: str, n_missing: int, *, container=
 
 def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
     """Progress, state and the buttons that fit it (Cancel while it runs, Restart after a failure or cancel)."""
-    name = f"**{job.request.encoder}** ({Path(job.request.data).name})"
+    name = job.request.label()
     origin = "" if job.origin == "dashboard" else f" (started in a terminal, pid {job.pid})"
     if job.active:
         container.progress(job.fraction, text=f"{name}: {job.describe()}{origin}")
-        if container.button("Cancel", key=f"cancel-{key}{job.id}", help="Finished batches stay in the cache."):
+        if container.button("Cancel", key=f"cancel-{key}{job.id}",
+                            help="Finished batches stay in the cache." if job.kind == "extraction" else
+                            "Nothing is stored; Run starts it again from the first fold."):
             cancel_job(job.cache_dir, job.id)
             st.rerun()
         return
@@ -77,7 +102,8 @@ def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
         with container.expander("Log (last lines)"):
             st.code(job.log_tail, language=None)
     if container.button("Restart", key=f"restart-{key}{job.id}",
-                        help="Goes on from what is cached; only missing images are extracted."):
+                        help="Goes on from what is cached; only missing images are extracted."
+                        if job.kind == "extraction" else "Cross-validates again from the first fold."):
         start_job(job.request, job.cache_dir)
         state.set_jobs_seen_running(state.jobs_seen_running() | {job.id})
         st.rerun()
@@ -98,7 +124,7 @@ def _draw_status(cache_dir: str) -> None:
     state.set_jobs_seen_running(active)
     if not jobs:
         return
-    st.header("Extraction jobs")
+    st.header("Jobs")
     for job in jobs:
         job_card(job, key="sidebar-")
     st.divider()

@@ -2,8 +2,8 @@
 
 Its widget values are restored from the URL on a new session (a reload) and mirrored back into it
 (views/state.py). Pressing **Run comparison** records the request and starts (or joins) an extraction
-job for every chosen encoder whose embeddings are not all cached yet; the Results page then waits for
-them.
+job for every chosen encoder whose embeddings are not all cached yet, then, once they are, the comparison
+job (views/comparison.py); the Results page shows their progress meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from otolith_core.heads import AUTO_SCALING, CLASS_WEIGHTS, HEADS, SCALINGS, WEI
 from otolith_core.encoders import presets, registry
 from otolith_core.encoders.variants import split_variant
 from otolith_core.ties import TIE_LEVEL
-from views import cached, jobs, state
+from views import cached, comparison, jobs, state
 from views.state import Settings
 
 DEMO, PATH = "demo", "path"
@@ -86,11 +86,14 @@ def sidebar() -> Settings | None:
         st.sidebar.button("Run comparison", type="primary", key="run", on_click=state.press_run,
                           disabled=not (settings.encoders and settings.heads))
     pressed = state.take_run_press()  # recorded by the button's callback, so a run cut short cannot drop it
-    if pressed and settings is not None and settings.encoders and settings.heads:
+    pressed = pressed and settings is not None and bool(settings.encoders and settings.heads)
+    if pressed:
         requested = settings
         state.request_run(settings)
         if _start_missing(settings):
             st.rerun()  # draw the status area (above) again, now with the jobs that were started
+    if requested is not None and comparison.keep_going(requested, pressed):
+        st.rerun()  # the comparison job started: the status area (above) follows it
     if requested is not None:
         st.sidebar.caption("Settings changed since the last run: press Run again." if requested != settings else
                            "The Results and Errors pages show this run.")
