@@ -322,6 +322,22 @@ def test_cosine_neighbours_read_the_exact_nearest_of_any_subset_even_where_float
         restricted.nearest(121)
 
 
+def test_cosine_neighbours_trust_no_list_whose_end_float32_cannot_place():
+    """A query with twelve candidates at cosine 0.9 +- 1e-9 (float32 rounds them alike) and lists of 5: which ones the
+    float32 search leaves out is chance, so the rounding bound trusts no list there and the query is computed in
+    float64 (with no allowance for float32's rounding, this list would be read as complete, and be wrong)."""
+    from otolith_core.searches import cosine_neighbours
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 24))
+    q, side = normalize(rng.normal(size=(2, 24)))
+    side = normalize([side - (side @ q) * q])[0]
+    ring = 0.9 * q + np.sqrt(1 - 0.81) * side + 1e-9 * rng.normal(size=(12, 1)) * q
+    Y = np.vstack([X, q, ring])
+    np.testing.assert_array_equal(cosine_neighbours(Y, depth=5).nearest(4, queries=[100]),
+                                  _brute_nearest(Y, [100], np.arange(len(Y)), 4))
+
+
 def test_knn_votes_break_ties_for_the_smallest_class_as_scikit_learn():
     """With many ages, three neighbours often hold three ages: the smallest wins, as scikit-learn's mode gives it."""
     from scipy.stats import mode
