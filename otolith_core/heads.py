@@ -408,11 +408,11 @@ class LogisticCV(ClassifierMixin, BaseEstimator):
 class KnnCV(ClassifierMixin, BaseEstimator):
     """Cosine k-nearest neighbours whose k is chosen by accuracy over :func:`inner_splits` (grouped when ``fit`` is
     given ``groups``), as ``GridSearchCV`` would, then predicting as ``KNeighborsClassifier(k, metric="cosine",
-    algorithm="brute")`` fitted on all of the training data. Every split and every k reads the same neighbour lists
-    (:func:`~otolith_core.searches.knn_search`): computed on the training rows in ``fit``, or given to it, restricted
-    from a table of every image (:func:`shared_neighbours`), and likewise for ``predict``. A k larger than the
-    smallest inner training split is left out. ``best_``, ``best_score_``, ``scores_`` and ``splits_`` say how k was
-    chosen."""
+    algorithm="brute")`` fitted on all of the training data. Every split and every k read the same neighbour lists
+    (:func:`~otolith_core.searches.knn_search`), and so do the predictions: ``fit`` and ``predict`` list their rows'
+    neighbours themselves, or are given the lists, restricted from one table of every image (:func:`shared_neighbours`).
+    A k larger than the smallest inner training split is left out. ``best_``, ``best_score_``, ``scores_`` and
+    ``splits_`` say how k was chosen."""
 
     def __init__(self, ks: tuple[int, ...] = KNN_KS) -> None:
         self.ks = ks
