@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .folds import nested_subsets
-from .heads import PROBABILISTIC_HEADS, HeadSpec, chosen_params, fit_head, predict, scale_rows_once
+from .heads import (PROBABILISTIC_HEADS, HeadSpec, chosen_params, fit_head, predict, scale_rows_once,
+                    shared_neighbours)
+from .searches import CosineNeighbours
 from .metrics import METRICS, mean_sd, rmse, score
 
 LEARNING_FRACTIONS = tuple(round(f, 1) for f in np.arange(0.1, 1.01, 0.1))
@@ -170,21 +172,19 @@ def cross_validate_head(
     fold_ids = [int(k) for k in np.unique(folds)]
     workers = fold_workers(head, features.shape[0], len(fold_ids)) if n_jobs is None else max(1, int(n_jobs))
     features, fitted = scale_rows_once(head, features)  # l2 fits nothing: once here, not in every fold's pipeline
+    neighbours = shared_neighbours(fitted, features)  # knn: every image's nearest, once for all folds
     if workers > 1:
         from joblib import Parallel, delayed
 
-        outcomes = []
-        for outcome in Parallel(n_jobs=workers, return_as="generator")(
-                delayed(_fit_fold)(features, ages, folds == k, fitted, groups) for k in fold_ids):
-            outcomes.append(outcome)
-            if on_fold is not None:
-                on_fold()
+        fitted_folds = Parallel(n_jobs=workers, return_as="generator")(
+            delayed(_fit_fold)(features, ages, folds == k, fitted, groups, neighbours) for k in fold_ids)
     else:
-        outcomes = []
-        for k in fold_ids:
-            outcomes.append(_fit_fold(features, ages, folds == k, fitted, groups))
-            if on_fold is not None:
-                on_fold()
+        fitted_folds = (_fit_fold(features, ages, folds == k, fitted, groups, neighbours) for k in fold_ids)
+    outcomes = []
+    for outcome in fitted_folds:  # in fold order, each as soon as it is fitted
+        outcomes.append(outcome)
+        if on_fold is not None:
+            on_fold()
     classes = np.unique(ages)
     pred = np.empty(ages.size, dtype=int)
     raw = np.empty(ages.size, dtype=float)
@@ -235,12 +235,17 @@ def available_memory() -> float:
         return float("inf")
 
 
-def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec, groups: np.ndarray | None):
+def _fit_fold(features: np.ndarray, ages: np.ndarray, test: np.ndarray, head: HeadSpec, groups: np.ndarray | None,
+              neighbours: CosineNeighbours | None = None):
     """Fit a fresh head on the training rows (its inner CV grouped by ``groups`` unless None), predict the test
     rows: (whole ages, continuous, parameters used, (the training fold's ages, class probabilities) or None for a
-    head without probabilities)."""
-    model = fit_head(head, features[~test], ages[~test], groups=None if groups is None else groups[~test])
-    pred, raw = predict(model, features[test])
+    head without probabilities). ``neighbours``: knn's lists of every image (:func:`shared_neighbours`), read for
+    this fold's rows."""
+    train, held_out = np.flatnonzero(~test), np.flatnonzero(test)
+    model = fit_head(head, features[train], ages[train], groups=None if groups is None else groups[train],
+                     neighbours=None if neighbours is None else neighbours.restrict(train, train))
+    pred, raw = predict(model, features[held_out],
+                        neighbours=None if neighbours is None else neighbours.restrict(held_out, train))
     proba = (model.classes_, model.predict_proba(features[test])) if head.name in PROBABILISTIC_HEADS else None
     return pred, raw, chosen_params(head, model), proba
 

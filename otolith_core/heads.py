@@ -30,7 +30,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut, LeaveOneOut, StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
@@ -40,7 +39,8 @@ from .covariates import COVARIATE_SCALING, CovariateEncoding
 from .encoders.spec import SCALINGS  # the scalings an encoder's registry entry may state
 from .folds import FastStratifiedGroupKFold
 from .notes import Note
-from .searches import first_best, knn_search, logistic_search
+from .searches import (CosineNeighbours, cosine_neighbours, first_best, knn_search, logistic_search,
+                       majority_votes, neighbour_depth)
 
 HEADS = ("ridge", "svc", "ridge-cv", "logistic", "knn")
 PROBABILISTIC_HEADS = ("logistic",)  # their out-of-fold class probabilities are kept (probabilities.csv, Review page)
@@ -317,7 +317,7 @@ def scale_rows_once(spec: HeadSpec, features: np.ndarray) -> tuple[np.ndarray, H
 
 
 def fit_head(spec: HeadSpec, features: np.ndarray, ages: np.ndarray, *,
-             groups: np.ndarray | None = None) -> Pipeline:
+             groups: np.ndarray | None = None, neighbours: CosineNeighbours | None = None) -> Pipeline:
     """A fresh head (:func:`build_head`) fitted on one training fold.
 
     Parameters
@@ -327,11 +327,16 @@ def fit_head(spec: HeadSpec, features: np.ndarray, ages: np.ndarray, *,
     groups : ``(n_train,)`` the fish of each image, given when the outer folds keep a fish's photos together: a
         head with an inner search (``SEARCHED_HEADS``) then keeps them on one side of each inner split too.
         None: images are independent (the search is as it always was).
+    neighbours : a knn head's neighbour lists of these rows among themselves, restricted from
+        :func:`shared_neighbours` (read instead of computed); None: the head computes them.
     """
     head = build_head(spec)
-    if groups is None or spec.name not in SEARCHED_HEADS:
-        return head.fit(features, ages)
-    return head.fit(features, ages, model__groups=np.asarray(groups))
+    params = {}
+    if groups is not None and spec.name in SEARCHED_HEADS:
+        params["model__groups"] = np.asarray(groups)
+    if neighbours is not None and spec.name == "knn":
+        params["model__neighbours"] = neighbours
+    return head.fit(features, ages, **params)
 
 
 def inner_cv() -> StratifiedKFold:
@@ -402,27 +407,62 @@ class LogisticCV(ClassifierMixin, BaseEstimator):
 
 class KnnCV(ClassifierMixin, BaseEstimator):
     """Cosine k-nearest neighbours whose k is chosen by accuracy over :func:`inner_splits` (grouped when ``fit`` is
-    given ``groups``), as ``GridSearchCV`` would: each split's distances computed once, every k read from them
-    (:func:`~otolith_core.searches.knn_search`). A k larger than the smallest inner training split is left out.
-    ``best_``, ``best_score_``, ``scores_`` and ``splits_`` say how k was chosen."""
+    given ``groups``), as ``GridSearchCV`` would, then predicting as ``KNeighborsClassifier(k, metric="cosine",
+    algorithm="brute")`` fitted on all of the training data. Every split and every k read the same neighbour lists
+    (:func:`~otolith_core.searches.knn_search`), and so do the predictions: ``fit`` and ``predict`` list their rows'
+    neighbours themselves, or are given the lists, restricted from one table of every image (:func:`shared_neighbours`).
+    A k larger than the smallest inner training split is left out. ``best_``, ``best_score_``, ``scores_`` and
+    ``splits_`` say how k was chosen."""
 
     def __init__(self, ks: tuple[int, ...] = KNN_KS) -> None:
         self.ks = ks
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "KnnCV":
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
+            neighbours: CosineNeighbours | None = None) -> "KnnCV":
+        """``neighbours``: the rows of ``X`` among themselves (:meth:`CosineNeighbours.restrict` of a shared table),
+        read instead of computed."""
         self.splits_ = inner_splits(y, groups)
         smallest_train = min(train.size for train, _ in self.splits_)
         ks = [k for k in self.ks if k <= smallest_train] or [1]
-        self.scores_ = knn_search(X, y, self.splits_, ks)
+        if neighbours is None:
+            neighbours = cosine_neighbours(X, depth=neighbour_depth(max(ks)))
+        self.scores_ = knn_search(neighbours, y, self.splits_, ks)
         best = first_best(self.scores_)
         self.best_ = {"n_neighbors": int(ks[best])}
         self.best_score_ = float(self.scores_.mean(axis=0)[best])
-        self.model_ = KNeighborsClassifier(n_neighbors=ks[best], metric="cosine", algorithm="brute").fit(X, y)
-        self.classes_ = self.model_.classes_
+        self.classes_, self.codes_ = np.unique(np.asarray(y), return_inverse=True)
+        self.train_ = np.asarray(X, dtype=np.float64)
         return self
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.model_.predict(X)
+    def predict(self, X: np.ndarray, neighbours: CosineNeighbours | None = None) -> np.ndarray:
+        """``neighbours``: the rows of ``X`` among the training rows (:meth:`CosineNeighbours.restrict` of the table
+        that ``fit`` was given), read instead of computed."""
+        k = self.best_["n_neighbors"]
+        if neighbours is None:
+            X = np.asarray(X, dtype=np.float64)
+            both = np.concatenate([X, self.train_])
+            neighbours = cosine_neighbours(both, depth=neighbour_depth(k), queries=np.arange(X.shape[0]),
+                                           candidates=np.arange(X.shape[0], both.shape[0]))
+        elif neighbours.queries.size != np.shape(X)[0] or neighbours.candidates.size != self.codes_.size:
+            raise ValueError(f"neighbour lists of {neighbours.queries.size} x {neighbours.candidates.size} rows do not "
+                             f"line up with {np.shape(X)[0]} queries and {self.codes_.size} training rows")
+        votes = majority_votes(self.codes_[neighbours.nearest(k)], [k], self.classes_.size)
+        return self.classes_[votes[:, 0]]
+
+
+def shared_neighbours(spec: HeadSpec, features: np.ndarray) -> CosineNeighbours | None:
+    """Every image's nearest images, for a knn head to read in every fold, or None where each fold must compute its
+    own (another head, or a scaling fitted on the training fold, which changes the distances from fold to fold).
+
+    ``features`` are scaled as :func:`scale_rows_once` leaves them and ``spec`` is the spec it returns: with every
+    part's scaling ``none``, a fold's pipeline hands the head these very rows. The table holds the unit rows (8 bytes
+    per number, 80 MB for the cod study's 8,637 x 1,152) and ``neighbour_depth`` entries per image; it is computed in
+    blocks of rows, never as the whole 8,637 x 8,637 matrix.
+    """
+    parts = spec.scaling.split("+") if spec.blocks else [spec.scaling]
+    if spec.name != "knn" or any(part != "none" for part in parts):
+        return None
+    return cosine_neighbours(features, depth=neighbour_depth(max(KNN_KS)))
 
 
 def chosen_params(spec: HeadSpec, head: Pipeline) -> dict[str, float]:
@@ -441,15 +481,18 @@ def chosen_params(spec: HeadSpec, head: Pipeline) -> dict[str, float]:
     return params
 
 
-def predict(head: Pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict(head: Pipeline, X: np.ndarray, *,
+            neighbours: CosineNeighbours | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(whole-age predictions, continuous predictions) of a fitted head.
 
-    For a classifier the continuous prediction is the predicted class itself.
+    For a classifier the continuous prediction is the predicted class itself. ``neighbours``: a knn head's lists of
+    the rows of ``X`` among its training rows, restricted from the table it was fitted with (read, not computed).
     """
     model = head.named_steps["model"]
     if isinstance(model, RoundedRidge):
         scaled = head[:-1].transform(X)
         raw = model.predict_continuous(scaled)
         return model.round_ages(raw), raw
-    pred = head.predict(X).astype(int)
+    params = {"neighbours": neighbours} if neighbours is not None and isinstance(model, KnnCV) else {}
+    pred = head.predict(X, **params).astype(int)
     return pred, pred.astype(float)

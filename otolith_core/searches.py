@@ -2,9 +2,10 @@
 
 ``logistic_search``: multinomial logistic regression (scikit-learn's ``LogisticRegression`` objective, L2 penalty,
 unpenalised intercept) solved along the grid of C, every inner split and the whole training set in the same matrix
-products, each C warm-started from the one before. ``knn_search``: cosine distances computed once per inner split,
-every k read from the sorted neighbour lists. Both choose as ``GridSearchCV`` does (the first best mean score over
-the splits, in grid order) and are checked against it in the tests.
+products, each C warm-started from the one before. ``knn_search``: each row's nearest neighbours listed once
+(:class:`CosineNeighbours`: found by float32 products, ordered by float64 distances, for a whole data set at once when
+the scaling fits nothing), every inner split and every k read from those lists. Both choose as ``GridSearchCV`` does
+(the first best mean score over the splits, in grid order) and are checked against it in the tests.
 
 Why the logistic search is fast: the features are centred and rotated onto their principal axes (an exact change
 of variables: the penalty is invariant under rotation and the intercept absorbs the centre), and L-BFGS runs on
@@ -263,28 +264,177 @@ def _two_loop(g: np.ndarray, S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamm
     return q
 
 
-def knn_search(features: np.ndarray, labels: np.ndarray, splits: SPLITS, ks: Sequence[int]) -> np.ndarray:
+def knn_search(neighbours: "CosineNeighbours", labels: np.ndarray, splits: SPLITS, ks: Sequence[int]) -> np.ndarray:
     """Validation accuracy ``(n_splits, n_ks)`` of cosine k-nearest-neighbour majority votes, for every k at once.
 
     The same votes as ``KNeighborsClassifier(k, metric="cosine", algorithm="brute")``: distances ``1 - cosine``
     (clipped at 0), the k nearest of the split's training rows, the most common class among them (a tie: the
-    smallest class). Each split's distances are computed once and sorted up to the largest k.
+    smallest class). Every split and every k reads the same neighbour lists.
+
+    Parameters
+    ----------
+    neighbours : the rows' nearest among themselves (queries and candidates: the ``labels``' rows, in order), from
+        :func:`cosine_neighbours` or a restriction of a larger table.
+    labels : ``(n,)`` class of each row.
+    splits : the inner (train, validation) positions.
+    ks : the neighbour counts to score.
     """
     classes, codes = np.unique(np.asarray(labels), return_inverse=True)
-    X = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    X = X / np.where(norms == 0, 1.0, norms)
-    largest = max(ks)
+    if neighbours.queries.size != codes.size or neighbours.candidates.size != codes.size:
+        raise ValueError(f"neighbour lists of {neighbours.queries.size} x {neighbours.candidates.size} rows do not "
+                         f"line up with {codes.size} labels")
     scores = np.zeros((len(splits), len(ks)))
     for s, (train, validation) in enumerate(splits):
-        distance = np.clip(1.0 - X[validation] @ X[train].T, 0.0, 2.0)
-        m = min(largest, train.size)
-        nearest = np.argpartition(distance, m - 1, axis=1)[:, :m] if m < train.size else \
-            np.tile(np.arange(train.size), (validation.size, 1))
-        order = np.argsort(np.take_along_axis(distance, nearest, axis=1), axis=1, kind="stable")
-        neighbour_codes = codes[train][np.take_along_axis(nearest, order, axis=1)]  # (n_val, m), nearest first
-        votes = np.cumsum(np.eye(classes.size, dtype=np.int32)[neighbour_codes], axis=1)  # (n_val, m, n_classes)
-        for j, k in enumerate(ks):
-            predicted = np.argmax(votes[:, min(k, m) - 1], axis=1)  # first of the most votes: the smallest class
-            scores[s, j] = np.mean(predicted == codes[validation])
+        allowed = np.zeros(codes.size, dtype=bool)
+        allowed[train] = True
+        m = min(max(ks), train.size)
+        nearest = neighbours.nearest(m, queries=validation, allowed=allowed)  # (n_val, m), nearest first
+        votes = majority_votes(codes[nearest], [min(k, m) for k in ks], classes.size)
+        scores[s] = np.mean(votes == codes[validation][:, None], axis=0)
     return scores
+
+
+def majority_votes(neighbour_codes: np.ndarray, ks: Sequence[int], n_classes: int) -> np.ndarray:
+    """``(n_queries, n_ks)`` the most common class among each query's ``k`` nearest, for each k (a tie: the smallest
+    class, as scikit-learn's ``KNeighborsClassifier`` breaks it), from ``(n_queries, >= max(ks))`` class codes of
+    the neighbours, nearest first."""
+    counts = np.cumsum(np.eye(n_classes, dtype=np.int32)[neighbour_codes], axis=1)  # (n_queries, m, n_classes)
+    return np.stack([np.argmax(counts[:, k - 1], axis=1) for k in ks], axis=1)
+
+
+def neighbour_depth(largest_k: int) -> int:
+    """How many neighbours :func:`cosine_neighbours` lists per row for searches up to ``largest_k``: twice as many,
+    so that the k nearest allowed ones are still listed when up to about half of a row's nearest are excluded (an
+    inner validation split, the outer test fold, the row's own fish), plus a few for the completeness margin."""
+    return 2 * int(largest_k) + 8
+
+
+@dataclass(frozen=True)
+class CosineNeighbours:
+    """Each query row's nearest candidate rows by cosine distance, nearest first, as scikit-learn's ``"cosine"``
+    metric measures it (``1 - cosine``, clipped at 0); :meth:`nearest` reads the k nearest among any subset of the
+    candidates from them, exactly.
+
+    The lists are found with float32 products and their distances recomputed in float64; ``complete_below`` bounds
+    what the lists leave out, allowing for float32's rounding, so that a list's entries nearer than it are known to be
+    the nearest of all candidates. Where a row's allowed entries run short of that, :meth:`nearest` computes the
+    row in float64 (exact either way). :meth:`restrict` gives the same lists for a subset of the rows (an outer
+    training fold), so one table computed on every image serves each fold and each inner split.
+    """
+
+    unit: np.ndarray  # (n_rows, dim) float64 rows scaled to unit length (zero rows stay zero); queries and candidates
+    queries: np.ndarray  # (n_queries,) positions in ``unit``
+    candidates: np.ndarray  # (n_candidates,) positions in ``unit``
+    lists: np.ndarray  # (n_queries, depth) positions in ``candidates``, nearest first; -1: not a candidate (restricted)
+    distances: np.ndarray  # (n_queries, depth) their float64 distances
+    complete_below: np.ndarray  # (n_queries,) every candidate nearer than this is in the query's list
+
+    def restrict(self, queries: np.ndarray, candidates: np.ndarray) -> "CosineNeighbours":
+        """The table for a subset: ``queries`` (positions in this table's queries) among ``candidates`` (positions
+        in this table's candidates); entries of other candidates become -1 gaps and the bounds stay."""
+        queries, candidates = np.asarray(queries), np.asarray(candidates)
+        renumber = np.full(self.candidates.size + 1, -1)  # the last slot maps -1 gaps to -1
+        renumber[candidates] = np.arange(candidates.size)
+        return CosineNeighbours(self.unit, self.queries[queries], self.candidates[candidates],
+                                renumber[self.lists[queries]], self.distances[queries], self.complete_below[queries])
+
+    def nearest(self, k: int, *, queries: np.ndarray | None = None, allowed: np.ndarray | None = None) -> np.ndarray:
+        """``(n, k)`` the ``k`` nearest allowed candidates (positions in ``candidates``) of each query, nearest first.
+
+        Parameters
+        ----------
+        k : how many; at most the number of allowed candidates.
+        queries : positions in this table's queries (default: all of them, in order).
+        allowed : ``(n_candidates,)`` bool, the candidates a query may take (default: all).
+        """
+        rows = np.arange(self.queries.size) if queries is None else np.asarray(queries)
+        allowed = np.ones(self.candidates.size, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
+        if not 1 <= k <= np.count_nonzero(allowed):
+            raise ValueError(f"k = {k} neighbours asked of {np.count_nonzero(allowed)} allowed candidates")
+        nearest = np.empty((rows.size, k), dtype=np.intp)
+        certain = np.zeros(rows.size, dtype=bool)
+        if k <= self.lists.shape[1]:
+            lists, distances = self.lists[rows], self.distances[rows]
+            usable = (lists >= 0) & allowed[lists]  # a gap (-1) reads the last candidate: masked by lists >= 0
+            order = np.argsort(~usable, axis=1, kind="stable")[:, :k]  # usable entries first, in list order
+            nearest[:] = np.take_along_axis(lists, order, axis=1)
+            certain = (np.take_along_axis(usable, order, axis=1).all(axis=1)
+                       & (np.take_along_axis(distances, order, axis=1)[:, -1] < self.complete_below[rows]))
+        if not certain.all():  # lists too short for this subset: those rows computed in full
+            uncertain = np.flatnonzero(~certain)
+            nearest[uncertain] = _exact_nearest(self.unit, self.queries[rows[uncertain]],
+                                                np.where(allowed, self.candidates, -1), k)
+        return nearest
+
+
+def cosine_neighbours(features: np.ndarray, *, depth: int, queries: np.ndarray | None = None,
+                      candidates: np.ndarray | None = None, block: int = 1024) -> CosineNeighbours:
+    """The ``depth`` nearest candidates of every query by cosine distance (:class:`CosineNeighbours`).
+
+    Parameters
+    ----------
+    features : ``(n_rows, dim)``; the queries and candidates are its rows (any scale: cosine ignores it).
+    depth : entries listed per query (:func:`neighbour_depth`); a self-table lists each row itself first.
+    queries, candidates : positions in ``features`` (default: every row).
+    block : query rows per float32 product (its similarities take ``4 * block * n_candidates`` bytes).
+    """
+    X = np.asarray(features, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
+    unit = X / np.where(norms == 0, 1.0, norms)
+    queries = np.arange(unit.shape[0]) if queries is None else np.asarray(queries)
+    candidates = np.arange(unit.shape[0]) if candidates is None else np.asarray(candidates)
+    n_c = candidates.size
+    depth = min(int(depth), n_c)
+    lists = np.empty((queries.size, depth), dtype=np.intp)
+    distances = np.empty((queries.size, depth))
+    complete_below = np.full(queries.size, np.inf)  # a list of every candidate leaves nothing out
+    pool32 = unit[candidates].astype(np.float32)
+    pool = unit[candidates]
+    rounding = _similarity_rounding(unit.shape[1])
+    for start in range(0, queries.size, block):
+        rows = unit[queries[start:start + block]]
+        similarity = rows.astype(np.float32) @ pool32.T  # (b, n_c)
+        if depth < n_c:  # the top ``depth``, and the largest similarity left out in front of them
+            part = np.argpartition(similarity, n_c - depth - 1, axis=1)[:, n_c - depth - 1:]
+            left_out = np.take_along_axis(similarity, part[:, :1], axis=1)[:, 0].astype(np.float64)
+            top = part[:, 1:]
+            complete_below[start:start + block] = np.clip(1.0 - (left_out + rounding), 0.0, 2.0)
+        else:
+            top = np.broadcast_to(np.arange(n_c), (rows.shape[0], n_c))
+        exact = np.empty(top.shape)
+        for j in range(top.shape[1]):  # float64 similarity of each listed pair (a column at a time: contiguous rows)
+            exact[:, j] = np.einsum("ij,ij->i", rows, pool[top[:, j]])
+        distance = np.clip(1.0 - exact, 0.0, 2.0)
+        order = np.lexsort((top, distance), axis=1)  # nearest first; equal distances: the earlier candidate
+        lists[start:start + block] = np.take_along_axis(top, order, axis=1)
+        distances[start:start + block] = np.take_along_axis(distance, order, axis=1)
+    return CosineNeighbours(unit, queries, candidates, lists, distances, complete_below)
+
+
+def _similarity_rounding(dim: int) -> float:
+    """A bound on ``|float32 cosine - exact cosine|`` of two unit rows of ``dim`` (and the float64 one's error).
+
+    Rounding the rows to float32 moves a product by at most ``2u`` and a float32 dot product of ``dim`` terms errs
+    by at most ``gamma_dim * sum|x_i y_i| <= dim * u / (1 - dim * u)`` in any order of summation (Higham, *Accuracy
+    and Stability of Numerical Algorithms*, 3.1), ``sum|x_i y_i| <= 1`` for unit rows; ``u = 2**-24``.
+    """
+    u32, u64 = 2.0 ** -24, 2.0 ** -53
+    return 1.01 * ((dim + 3) * u32 + (dim + 3) * u64)
+
+
+def _exact_nearest(unit: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int,
+                   block: int = 256) -> np.ndarray:
+    """``(n_queries, k)`` the ``k`` nearest ``candidates`` (positions in it) of each query by float64 cosine
+    distance, nearest first (equal distances: the earlier candidate). ``queries`` and ``candidates`` are positions of
+    unit rows in ``unit``; a candidate of -1 is skipped. Each block of queries is multiplied with all of ``unit`` (one
+    pass over it, no copy of the candidates' rows), the candidates' columns then read from the product."""
+    usable = np.flatnonzero(candidates >= 0)
+    nearest = np.empty((queries.size, k), dtype=np.intp)
+    for start in range(0, queries.size, block):
+        similarity = unit[queries[start:start + block]] @ unit.T
+        distance = np.clip(1.0 - similarity[:, candidates[usable]], 0.0, 2.0)
+        top = (np.argpartition(distance, k - 1, axis=1)[:, :k] if k < usable.size
+               else np.broadcast_to(np.arange(usable.size), distance.shape))
+        order = np.lexsort((top, np.take_along_axis(distance, top, axis=1)), axis=1)
+        nearest[start:start + block] = usable[np.take_along_axis(top, order, axis=1)]
+    return nearest

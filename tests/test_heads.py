@@ -286,3 +286,92 @@ def test_knn_has_no_class_weights_and_a_note_says_so():
     assert class_weight_notes([HeadSpec("knn")]) == []
     with pytest.raises(ValueError, match="unknown class weight"):
         HeadSpec("ridge", class_weight="inverse")
+
+
+# ---- knn's neighbour lists: float32 search, float64 order, any subset read exactly ------------------------------
+
+def _brute_nearest(X, queries, candidates, k):
+    """The k nearest candidates (positions in ``candidates``) by float64 cosine distance, as scikit-learn finds them."""
+    from sklearn.metrics.pairwise import cosine_distances
+
+    distance = cosine_distances(X[queries], X[candidates])
+    return np.argsort(distance, axis=1, kind="stable")[:, :k]
+
+
+def test_cosine_neighbours_read_the_exact_nearest_of_any_subset_even_where_float32_cannot_tell_them_apart():
+    """Each query's lists are found in float32 but ordered in float64: two candidates whose cosines differ by 1e-9 (far
+    below float32's resolution) come out in scikit-learn's order. A subset (restrict, allowed) reads the same answer
+    as a search of that subset alone, from the lists where they hold enough and computed in full where not."""
+    from otolith_core.searches import cosine_neighbours
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 24))
+    direction = rng.normal(size=24)
+    X[150:] = direction + 1e-4 * rng.normal(size=(10, 24))  # ten near-twins: cosines within ~1e-8 of each other
+    table = cosine_neighbours(X, depth=12)
+    np.testing.assert_array_equal(table.nearest(10, queries=np.arange(150, 160)),
+                                  _brute_nearest(X, np.arange(150, 160), np.arange(160), 10))
+    allowed = rng.random(160) < 0.4  # most lists hold fewer than k allowed entries: those rows computed in full
+    queries = np.flatnonzero(~allowed)
+    np.testing.assert_array_equal(table.nearest(7, queries=queries, allowed=allowed),
+                                  np.flatnonzero(allowed)[_brute_nearest(X, queries, np.flatnonzero(allowed), 7)])
+    train, test = np.arange(40, 160), np.arange(40)
+    restricted = table.restrict(test, train)
+    np.testing.assert_array_equal(restricted.nearest(5), _brute_nearest(X, test, train, 5))
+    with pytest.raises(ValueError, match="k = 121 neighbours asked of 120 allowed"):
+        restricted.nearest(121)
+
+
+def test_cosine_neighbours_trust_no_list_whose_end_float32_cannot_place():
+    """A query with twelve candidates at cosine 0.9 +- 1e-9 (float32 rounds them alike) and lists of 5: which ones the
+    float32 search leaves out is chance, so the rounding bound trusts no list there and the query is computed in
+    float64 (with no allowance for float32's rounding, this list would be read as complete, and be wrong)."""
+    from otolith_core.searches import cosine_neighbours
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 24))
+    q, side = normalize(rng.normal(size=(2, 24)))
+    side = normalize([side - (side @ q) * q])[0]
+    ring = 0.9 * q + np.sqrt(1 - 0.81) * side + 1e-9 * rng.normal(size=(12, 1)) * q
+    Y = np.vstack([X, q, ring])
+    np.testing.assert_array_equal(cosine_neighbours(Y, depth=5).nearest(4, queries=[100]),
+                                  _brute_nearest(Y, [100], np.arange(len(Y)), 4))
+
+
+def test_knn_votes_break_ties_for_the_smallest_class_as_scikit_learn():
+    """With many ages, three neighbours often hold three ages: the smallest wins, as scikit-learn's mode gives it."""
+    from scipy.stats import mode
+
+    from otolith_core.searches import majority_votes
+
+    codes = np.random.default_rng(0).integers(0, 6, (500, 7))
+    votes = majority_votes(codes, [1, 2, 3, 5, 7], 6)
+    for j, k in enumerate([1, 2, 3, 5, 7]):
+        np.testing.assert_array_equal(votes[:, j], mode(codes[:, :k], axis=1).mode.ravel())
+
+
+@pytest.mark.parametrize("lists", ["own", "shared", "shared-short"])
+def test_knn_fold_chooses_k_and_predicts_as_grid_search_and_scikit_learn(lists):
+    """One outer fold of the knn head: its own lists, a table of every image restricted to the fold (as
+    cross_validate_head shares it), or one so short that most rows are computed in full. Every inner split's score,
+    the chosen k and the test fold's predictions equal GridSearchCV's over KNeighborsClassifier."""
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from otolith_core.cross_validation import _fit_fold
+    from otolith_core.heads import KNN_KS, fit_head, shared_neighbours
+    from otolith_core.searches import cosine_neighbours
+
+    X, y = _ages_and_features(n=240, dim=8, n_ages=7)
+    test = np.arange(y.size) % 4 == 0
+    spec = HeadSpec("knn", scaling="none")
+    table = {"own": None, "shared": shared_neighbours(spec, X), "shared-short": cosine_neighbours(X, depth=6)}[lists]
+    pred, _, chosen, _ = _fit_fold(X, y, test, spec, None, table)
+    model = fit_head(spec, X[~test], y[~test]).named_steps["model"]  # the same inner splits
+    search = GridSearchCV(KNeighborsClassifier(metric="cosine", algorithm="brute"), {"n_neighbors": list(KNN_KS)},
+                          cv=model.splits_).fit(X[~test], y[~test])
+    np.testing.assert_array_equal(model.scores_, np.array([search.cv_results_[f"split{s}_test_score"]
+                                                           for s in range(len(model.splits_))]))
+    assert chosen["k"] == search.best_params_["n_neighbors"]
+    assert len(set(search.cv_results_["mean_test_score"].round(6))) > 2  # the ks score differently: a real choice
+    np.testing.assert_array_equal(pred, search.predict(X[test]))
