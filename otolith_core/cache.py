@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -42,6 +43,7 @@ _REVISION = "weights_revision"  # in a store's metadata: the hub commit its embe
 _MATRIX_KEY = "__matrix__"  # the last complete dataset matrix read from this store
 _FAILED_PREFIX = "failed:"  # + image key -> why it could not be embedded
 _CACHE_SETTINGS = {"eviction_policy": "none", "size_limit": 2**50, "cull_limit": 0}
+WRITTEN = "written"  # in an embedding store's folder: the time of its last write (store_stamp reads it)
 
 
 def default_cache_dir() -> Path:
@@ -132,8 +134,8 @@ def store_path(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, pre
 
 def store_stamp(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, precisions: Sequence[str],
                 revision: str | None = None) -> str:
-    """Changes whenever any of ``spec``'s stores in these precisions that may serve ``revision`` is written (sizes
-    and times of their files), and whenever the revision does."""
+    """Changes whenever any of ``spec``'s stores in these precisions that may serve ``revision`` is written (each
+    store's ``written`` mark, rewritten by every write), and whenever the revision does."""
     parts = [f"revision:{revision}"]
     for precision in precisions:
         fingerprints = [encoder_fingerprint(spec, hashes, precision)]
@@ -141,12 +143,10 @@ def store_stamp(cache_dir: str | Path, spec: EncoderSpec, hashes: FileHashes, pr
             fingerprints.append(encoder_fingerprint(spec, hashes, precision, revision))
         for fingerprint in fingerprints:
             folder = _folder(cache_dir, spec, fingerprint)
-            for name in ("cache.db", "cache.db-wal"):
-                try:
-                    stat = (folder / name).stat()
-                    parts.append(f"{precision}/{fingerprint[:16]}/{name}:{stat.st_size}:{stat.st_mtime_ns}")
-                except OSError:
-                    continue
+            try:
+                parts.append(f"{precision}/{fingerprint[:16]}:{(folder / WRITTEN).read_text()}")
+            except OSError:
+                continue  # nothing written yet (or by a version before the mark: the same until a write)
     return "|".join(parts)
 
 
@@ -277,6 +277,7 @@ class EmbeddingStore:
             if row is None or (self.spec.embed_dim and row.size != self.spec.embed_dim) or not np.isfinite(row).all() \
                     or (rows and row.size != rows[0].size):
                 self._cache.delete(key)  # a damaged entry is recomputed, never read
+                self._mark_written()
                 continue
             rows.append(row)
             found.append(i)
@@ -295,12 +296,19 @@ class EmbeddingStore:
         with self._cache.transact():
             for key, row in zip(keys, features):
                 self._cache.set(key, row.tobytes())
+        self._mark_written()
 
     def record_failures(self, reasons: dict[str, str]) -> None:
         """Remember why images could not be embedded (shown again without retrying them)."""
         with self._cache.transact():
             for key, reason in reasons.items():
                 self._cache.set(_FAILED_PREFIX + key, reason)
+        self._mark_written()
+
+    def _mark_written(self) -> None:
+        """Touch the store's ``written`` file after a change of what it holds, for :func:`store_stamp`. (The SQLite
+        files themselves change at every opening, reads included, so their times cannot tell a write.)"""
+        (self.path / WRITTEN).write_text(str(time.time_ns()))
 
     def failure(self, key: str) -> str | None:
         """Why this image could not be embedded last time, if it failed."""

@@ -450,3 +450,29 @@ def test_a_store_from_before_revisions_were_recorded_adopts_the_current_one(pinn
     adopted = EmbeddingStore(cache, spec)
     assert adopted.path == folder and adopted.revision == HUB_COMMIT
     adopted.close()
+
+
+def test_the_stamp_changes_with_every_write_and_never_with_a_read(demo_manifest, tmp_path):
+    """The dashboard keeps its read of an encoder's embeddings until the stamp changes. Opening a store (its SQLite
+    files change then, a read included) used to change it, so every rerun read 8,637 embeddings again; a batch
+    extracted, a failure recorded or a damaged entry dropped must change it."""
+    from otolith_core.embeddings import embedding_stamp
+
+    cache = tmp_path / "cache"
+    spec = registry()["pixels-32"]
+    data = load_dataset(demo_manifest)
+    empty = embedding_stamp(spec, cache_dir=cache)
+    extract_embeddings(data.subset(range(8)), spec, cache_dir=cache)
+    written = embedding_stamp(spec, cache_dir=cache)
+    assert written != empty
+    for _ in range(2):
+        extract_embeddings(data, spec, cache_dir=cache, cached_only=True)  # what a dashboard rerun does
+        cached_count(data, spec, cache_dir=cache)
+        assert embedding_stamp(spec, cache_dir=cache) == written
+    extract_embeddings(data.subset(range(12)), spec, cache_dir=cache)
+    assert embedding_stamp(spec, cache_dir=cache) != written
+    again = embedding_stamp(spec, cache_dir=cache)
+    store = EmbeddingStore(cache, spec)
+    store.record_failures({"some image key": "cannot be decoded"})
+    store.close()
+    assert embedding_stamp(spec, cache_dir=cache) != again

@@ -663,3 +663,30 @@ def test_the_fast_stratified_group_kfold_gives_scikit_learns_folds():
             assert len(got) == len(expected)
             for a, b in zip(got, expected):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_progress_counts_every_fold_of_every_model_and_names_the_model_at_work():
+    """What a comparison job shows: ``progress(done, total, model)`` before each model's first fold and after every
+    fold (the learning curve's too), ``done`` rising by one to ``total``; an exception raised in it (a cancel) stops
+    the comparison."""
+    data, sets = _dataset()
+    calls = []
+    compare(data, sets, [HeadSpec("ridge"), HeadSpec("svc")], n_folds=5, repeats=2, with_learning_curve=True,
+            progress=lambda done, total, model: calls.append((done, total, model)))
+    total = 2 * 2 * (2 * 5) * 2  # encoders x heads x (repeats x folds) x (cross-validation + learning curve)
+    assert {t for _, t, _ in calls} == {total} and calls[-1][0] == total
+    assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
+    steps = np.diff([0] + [d for d, _, _ in calls])
+    assert set(steps) == {0, 1} and (steps == 0).sum() == 4  # one announcement per model
+    assert list(dict.fromkeys(m for _, _, m in calls)) == ["enc-a / ridge", "enc-a / svc", "enc-b / ridge",
+                                                           "enc-b / svc"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third(done, total, model):
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        compare(data, sets, [HeadSpec("ridge")], n_folds=5, progress=stop_at_third)

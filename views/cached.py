@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import streamlit as st
@@ -21,7 +22,8 @@ from otolith_core.encoders import ENCODER_ERRORS, EncoderSpec, error_message, re
 from views.state import Settings
 
 
-@st.cache_data(show_spinner="Reading the image list…", max_entries=8)
+@st.cache_resource(show_spinner="Reading the image list…", max_entries=8)  # a resource: 8,637 records are not
+# copied at every call (a Dataset is frozen)
 def load_data(path: str, age_range: tuple[int, int] | None, signature: str,
               columns: ManifestColumns = ManifestColumns(), cache_dir: str | None = None) -> Dataset:
     """The data set at ``path`` as of ``signature`` (a changed file or download gives a new signature and a new
@@ -33,12 +35,18 @@ def load_data(path: str, age_range: tuple[int, int] | None, signature: str,
 def covariate_columns(settings: Settings) -> list[str]:
     """The manifest's extra columns a user may add as covariates: not constant, no id (nearly every value different:
     ``covariates.id_like``), and none that holds the age itself (``covariates.answer_columns``)."""
-    from otolith_core.covariates import answer_columns, id_like
-
     try:
         data = dataset(settings)
     except (ValueError, FileNotFoundError):
         return []
+    return _covariate_columns(settings.data_key, data)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _covariate_columns(data_key: str, _data: Dataset) -> list[str]:
+    from otolith_core.covariates import answer_columns, id_like
+
+    data = _data
     records = data.records
     columns = dict.fromkeys(k for r in records for k in r.metadata)
     hidden = answer_columns(records, age_column=data.age_column)
@@ -57,12 +65,18 @@ def fold_columns(settings: Settings) -> tuple[list[str], list[str]]:
     crops of one tray photo). A hold-out column has 2 to ``MAX_HOLDOUT_VALUES`` values (one fold each). Both are
     empty for a folder of age sub-folders, which has no columns.
     """
-    from otolith_core.covariates import answer_columns, id_like
-
     try:
         data = dataset(settings)
     except (ValueError, FileNotFoundError):
         return [], []
+    return _fold_columns(settings.data_key, data)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _fold_columns(data_key: str, _data: Dataset) -> tuple[list[str], list[str]]:
+    from otolith_core.covariates import answer_columns, id_like
+
+    data = _data
     if data.kind != "manifest" or not data.records:
         return [], []
     records = data.records
@@ -185,6 +199,15 @@ def stored_comparison(key: str, cache_dir: str):
             memory.pop(next(iter(memory)))
         memory[cache_dir, key] = comparison
     return comparison
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def derived(key: tuple, _make: Callable[[], Any]) -> Any:
+    """What a page derives from a stored comparison (a chart, a table, the download files), made once per ``key``
+    (the comparison's result key, then what else it depends on: a metric, the tie level, ...) and handed out as
+    it is, never copied: a caller must not change it. A rerun after a widget change that changes none of these
+    (a chart's metric chosen before, a gallery filter) then redraws without computing."""
+    return _make()
 
 
 def _decode(path: str, crop: tuple[int, int, int, int] | None, min_side: int):

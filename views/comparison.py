@@ -30,6 +30,7 @@ class Shown:
     settings: Settings
     dataset: Dataset
     comparison: Comparison
+    key: str  # its result key: names everything it was computed from (cached.derived keys start with it)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def current_comparison() -> Shown | None:
         return None
     comparison = cached.stored_comparison(run.key, settings.cache_dir)
     if comparison is not None:
-        return Shown(settings, run.data, comparison)
+        return Shown(settings, run.data, comparison, run.key)
     if requested is None:
         st.info("Press **Run comparison** in the sidebar to cross-validate these settings.")
         return None

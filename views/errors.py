@@ -6,17 +6,25 @@ import streamlit as st
 from otolith_core.charts import confusion_matrix
 from otolith_core.comparison import NO_SKILL
 from otolith_core.cross_validation import model_label
+from views import cached
 from views.comparison import current_comparison
-from views.widgets import show_thumbnail
+from views.widgets import chart, show_thumbnail
 
 st.title("Errors")
 shown = current_comparison()
 if shown is None:
     st.stop()
-comparison, dataset = shown.comparison, shown.dataset
-predictions = comparison.predictions_frame()
-predictions = predictions[predictions["encoder"] != NO_SKILL].copy()  # the baseline's errors are every fish's
-predictions["model"] = [model_label(e, h) for e, h in zip(predictions["encoder"], predictions["head"])]
+comparison, dataset, key = shown.comparison, shown.dataset, shown.key
+
+
+def _model_predictions() -> pd.DataFrame:
+    predictions = comparison.predictions_frame()
+    predictions = predictions[predictions["encoder"] != NO_SKILL].copy()  # the baseline's errors are every fish's
+    predictions["model"] = [model_label(e, h) for e, h in zip(predictions["encoder"], predictions["head"])]
+    return predictions
+
+
+predictions = cached.derived((key, "model predictions"), _model_predictions)  # shared: never changed here
 models = list(dict.fromkeys(predictions["model"]))
 records = {r.id: r for r in dataset.records}
 
@@ -35,11 +43,11 @@ st.caption("Rows: reader age; columns: predicted age. Outlined cells are within 
 normalise = st.toggle("Row-normalised (share of each reader age)", key="cm_normalise")
 for start in range(0, len(models), 3):
     for column, model in zip(st.columns(3), models[start:start + 3]):
-        column.altair_chart(confusion_matrix(once[once["model"] == model], normalise=normalise, title=model),
-                            width="stretch")
+        chart(column, (key, "confusion", repeat, model, normalise),
+              lambda model=model: confusion_matrix(once[once["model"] == model], normalise=normalise, title=model))
 
 st.subheader("Misclassified images")
-wide = comparison.per_image(repeat)
+wide = cached.derived((key, "per image", repeat), lambda: comparison.per_image(repeat))
 f1, f2, f3 = st.columns(3)
 shown_models = f1.multiselect("Models", models, default=models[:1], key="gallery_models")
 ages = sorted(predictions["true_age"].unique())

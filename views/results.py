@@ -12,13 +12,14 @@ from otolith_core.fish_level import MEDIAN_RULE, PROBABILITY_RULE, REGRESSION_RU
 from otolith_core.metrics import METRIC_LABELS
 from otolith_core.ties import TIE_SENTENCE, TIED_METRICS, best_model, tied_column
 from views.comparison import current_comparison
-from views.widgets import result_downloads, show_note
+from views import cached
+from views.widgets import chart, result_downloads, show_note
 
 st.title("Results")
 shown = current_comparison()
 if shown is None:
     st.stop()
-settings, comparison = shown.settings, shown.comparison
+settings, comparison, key = shown.settings, shown.comparison, shown.key
 if settings.is_demo:
     st.warning("**Synthetic demo**: numbers from drawn images, not otoliths.")
 for note in comparison.warnings:
@@ -30,7 +31,8 @@ if left_out:
         st.dataframe(skipped_frame(left_out), hide_index=True, width="stretch")
 
 BEST, TIED = " ★", " ●"  # marks in the table: the best model of a column, one that cannot be told apart from it
-summary = comparison.summary_frame(tie_level=settings.tie_level)
+summary = cached.derived((key, "summary", settings.tie_level),
+                         lambda: comparison.summary_frame(tie_level=settings.tie_level))
 seed = "" if comparison.holdout_column else f", seed {comparison.seed}"  # leave-one-group-out draws nothing
 st.subheader(f"Summary: {comparison.folds_text}{seed}; mean ± SD over folds")
 table = pd.DataFrame({"encoder": summary["encoder"], "head": summary["head"], "images": summary["n_images"]})
@@ -74,7 +76,8 @@ if comparison.precisions:
                + f" (bf16/fp16: reduced-precision autocast, within cosine {REDUCED_PRECISION_COSINE_FLOOR:g} of fp32; "
                  "see the README).")
 for column, metric in zip(st.columns(3), BAR_METRICS):
-    column.altair_chart(metric_bars(summary, metric, height=380, tie_level=settings.tie_level), width="stretch")
+    chart(column, (key, "bars", metric, settings.tie_level),
+          lambda metric=metric: metric_bars(summary, metric, height=380, tie_level=settings.tie_level))
 if comparison.results:
     st.caption(f"Faded bars: told apart from the best at level {settings.tie_level:g} (corrected t against the best, "
                "Holm); solid bars cannot be told apart from it.")
@@ -84,7 +87,7 @@ refused = comparison.fish_scores_refused
 if refused is not None:
     show_note(refused)
 else:
-    per_fish = comparison.per_fish_frame()
+    per_fish = cached.derived((key, "per fish"), comparison.per_fish_frame)
     photo = summary.set_index(["encoder", "head"])
     fish_table = pd.DataFrame({"encoder": per_fish["encoder"], "head": per_fish["head"], "fish": per_fish["n_fish"]})
     for metric in ("accuracy", "pm1_accuracy", "rmse"):
@@ -125,12 +128,11 @@ if comparison.holdout_column:
                  column_config={c: st.column_config.NumberColumn(format=fmt) for c in shown.columns})
 
 st.subheader("Per fold")
-folds = comparison.folds_frame()
 metric = st.radio("Metric", list(BAR_METRICS), horizontal=True, format_func=METRIC_LABELS.get, key="fold_metric")
-st.altair_chart(fold_lines(folds, metric), width="stretch")
+chart(st, (key, "per fold", metric), lambda: fold_lines(comparison.folds_frame(), metric))
 
 st.subheader("Is one model better than another?")
-tests = comparison.tests_frame()
+tests = cached.derived((key, "tests"), comparison.tests_frame)
 if tests.empty:
     st.caption("Choose at least two encoder/head combinations to compare them.")
 else:
@@ -158,24 +160,26 @@ precision = summary[["encoder", "head", "ape_mean", "ape_sd", "cv_mean", "cv_sd"
     "rmse_raw_mean": "RMSE of unrounded ridge"})
 st.dataframe(precision, hide_index=True, width="stretch")
 left, right = st.columns([3, 2])
-left.altair_chart(age_bias_plot(comparison.agebias_frame()), width="stretch")
+chart(left, (key, "age bias"), lambda: age_bias_plot(comparison.agebias_frame()))
 right.caption("Bowker's test of symmetry of the reader-vs-model age table (first repeat): a small p means the "
               "model systematically reads older or younger than the reader for some ages.")
-right.dataframe(comparison.symmetry_frame().drop(columns="test"), hide_index=True, width="stretch")
+right.dataframe(cached.derived((key, "symmetry"), lambda: comparison.symmetry_frame().drop(columns="test")),
+                hide_index=True, width="stretch")
 
 st.subheader("Per reader age")
 st.caption("Old fish are rare and hard: a model can score well overall and still never read them right. "
            "Hover a cell for every number; per_age.csv holds them all.")
 per_age_value = st.radio("Value", list(PER_AGE_VALUES), horizontal=True, format_func=PER_AGE_VALUES.get,
                          key="per_age_value")
-st.altair_chart(per_age_heatmap(comparison.per_age_frame(), per_age_value), width="stretch")
+chart(st, (key, "per age", per_age_value), lambda: per_age_heatmap(comparison.per_age_frame(), per_age_value))
 
 if comparison.learning_curve is not None:
     st.subheader("Learning curve")
     curve_metric = st.radio("Metric", list(BAR_METRICS), horizontal=True, format_func=METRIC_LABELS.get,
                             key="curve_metric")
-    st.altair_chart(learning_curve_chart(comparison.learning_curve_frame(), curve_metric), width="stretch")
+    chart(st, (key, "learning curve", curve_metric),
+          lambda: learning_curve_chart(comparison.learning_curve_frame(), curve_metric))
 
 st.subheader("Downloads")
 st.caption("The same files `otolith run` writes for these settings; run.json records how they were made.")
-result_downloads(comparison, settings)
+result_downloads(comparison, settings, key)

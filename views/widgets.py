@@ -26,6 +26,13 @@ def settings_and_data() -> tuple[Settings, Dataset]:
         st.stop()
 
 
+def chart(container, key: tuple, make) -> None:
+    """Draw the Altair chart ``make()`` builds, built and turned into its Vega-Lite spec once per ``key`` (a stored
+    comparison's key, then the chart's name and parameters: ``cached.derived``): building a layered Altair chart
+    costs a few hundred milliseconds, so a rerun that changes nothing it shows must not build it again."""
+    container.vega_lite_chart(spec=cached.derived(key, lambda: make().to_dict()), width="stretch")
+
+
 def show_note(note: Note, container=st) -> None:
     """A note in the colour of its severity."""
     {"error": container.error, "warning": container.warning, "info": container.info}[note.severity](note.message)
@@ -46,20 +53,35 @@ def show_thumbnail(container, record: ImageRecord, caption: str) -> None:
         container.image(pixels, caption=caption, width="stretch")
 
 
-def result_downloads(comparison: Comparison, settings: Settings) -> None:
-    """A download button per result file: the same bytes ``otolith run`` writes, plus run.json."""
+def result_downloads(comparison: Comparison, settings: Settings, key: str) -> None:
+    """A download button per result file: the same bytes ``otolith run`` writes, plus run.json; made once per
+    comparison (``key``), tie level and state of the second readings."""
+    from otolith_core.readings import readings_file
+
+    try:
+        stat = readings_file(settings.cache_dir).stat()
+        readings = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        readings = None
+    files = cached.derived((key, "downloads", settings.tie_level, readings),
+                           lambda: _result_files(comparison, settings))
+    columns = st.columns(4)
+    for i, (name, content) in enumerate(files.items()):
+        columns[i % 4].download_button(name, content, file_name=name, key=f"download-{name}",
+                                       mime="application/json" if name.endswith(".json") else "text/csv")
+
+
+def _result_files(comparison: Comparison, settings: Settings) -> dict[str, bytes]:
     from otolith_core.readings import load_readings, second_readings
     from otolith_core.report import csv_bytes, provenance, result_tables
 
     data = cached.dataset(settings)  # second readings: beside the ranking in label_review.csv, summarised in run.json
     second = second_readings(data, load_readings(settings.cache_dir), cache_dir=settings.cache_dir)
     tables = result_tables(comparison, second=second.table, tie_level=settings.tie_level)
-    columns = st.columns(4)
-    for i, (name, frame) in enumerate(tables.items()):
-        columns[i % 4].download_button(name, csv_bytes(frame), file_name=name, mime="text/csv", key=f"download-{name}")
+    files = {name: csv_bytes(frame) for name, frame in tables.items()}
     specs, _ = cached.resolve(settings.encoders)
     record = provenance(comparison, data, {spec.name: spec for spec in specs.values()}, list(settings.heads),
                         cache_dir=settings.cache_dir, second=second, tie_level=settings.tie_level)
     record["command"] = "streamlit run app.py (dashboard)"
-    columns[len(tables) % 4].download_button("run.json", json.dumps(record, indent=2, default=str).encode("utf-8"),
-                                             file_name="run.json", mime="application/json", key="download-run.json")
+    files["run.json"] = json.dumps(record, indent=2, default=str).encode("utf-8")
+    return files
