@@ -11,9 +11,9 @@ REQUIRED = {"clip-vit-l-14-336", "siglip-so400m-14-384", "siglip2-so400m-14-378"
 UNVERIFIABLE_OFFLINE = {"bioclip-2"}  # its config lives only on its hub repo (README: "what was verified")
 OPENCLIP_ENTRIES = [s for s in registry().values() if s.family == "open_clip" and s.name not in UNVERIFIABLE_OFFLINE]
 TORCH_ENTRIES = [s for s in registry().values() if s.family != "builtin"]
-# bf16 without bf16 instructions (this CI machine) is emulated and takes up to a minute per forward pass, so the
-# bf16 check runs once per tower type. The SigLIP entries share siglip2-so400m-14-378's tower code, depth and
-# width; DINOv2 and BioCLIP 2 run bf16 as timm's VisionTransformer ViT-L, as CLIP's twin does (checked).
+# bf16 without bf16 instructions (this CI machine) is emulated and many times slower than fp32, so the bf16 check
+# (and the heat map's grid) runs once per tower type. The SigLIP entries share siglip2-so400m-14-378's tower code
+# and width; DINOv2 and BioCLIP 2 run bf16 as timm's VisionTransformer ViT-L, as CLIP's twin does (checked).
 # benchmarks/precision.py checked every entry on a machine with bf16 instructions (benchmarks/README.md).
 SAME_TOWER_AS_CHECKED = {"siglip-so400m-14-384", "siglip2-so400m-16-384", "siglip2-so400m-16-512",
                          "dinov2-vitl14-reg", "bioclip-2"}
@@ -122,24 +122,22 @@ def test_existing_stores_keep_their_keys(tmp_path):
     assert encoder_fingerprint(specs["clip-vit-l-14-336"], hashes, "bf16")[:16] != "a7558e114b10ea16"
 
 
-def _random_full_size_model(spec):
+def _random_model(spec, *, depth: int | None = None, device: str = "cpu"):
     """(module computing the embedding in the encoder's fp32 implementation, transform, twin or None) with random
-    weights; for a plain OpenCLIP ViT the twin is timm's ViT holding the same weights (its bf16 implementation).
-
-    A model whose tower type another entry already builds at full size (``SAME_TOWER_AS_CHECKED``) is built with
-    2 blocks: its width, patch grid, pooling and input size (what is checked) do not depend on the depth, and the
-    suite stays within its time budget."""
+    weights, built by the code that loads the encoder; for a plain OpenCLIP ViT the twin is timm's ViT holding the
+    same weights (its bf16 implementation). ``depth``: that many blocks (None: as the model name says); ``device``
+    "meta": every module and shape, no weights."""
     import torch
 
     from otolith_core.encoders import open_clip_models, timm_models
 
     torch.manual_seed(0)
-    shallow = spec.name in SAME_TOWER_AS_CHECKED
     if spec.family == "timm":
         import timm
 
-        model = timm.create_model(spec.model_id, pretrained=False, **({} if spec.keep_head else {"num_classes": 0}),
-                                  **({"depth": 2} if shallow else {}))
+        with torch.device(device):
+            model = timm.create_model(spec.model_id, pretrained=False, **({} if spec.keep_head else {"num_classes": 0}),
+                                      **({"depth": depth} if depth else {}))
         own = timm_models.preprocessing_from_pretrained_cfg(
             dict(model.pretrained_cfg, **timm.data.resolve_model_data_config(model)))
         assert own == spec.preprocessing, f"{spec.name}: stated {spec.preprocessing}, timm's own {own}"
@@ -149,13 +147,13 @@ def _random_full_size_model(spec):
     import open_clip
 
     cfg = open_clip.get_model_config(spec.model_id if spec.loader == "openclip" else spec.architecture)
-    if shallow:
-        cfg = {**cfg, "vision_cfg": {**cfg["vision_cfg"], "layers": 2}}
-    with _timm_depth(2 if shallow else None):  # a timm trunk (SigLIP) takes no depth from open_clip's config
+    if depth:
+        cfg = {**cfg, "vision_cfg": {**cfg["vision_cfg"], "layers": depth}}
+    with torch.device(device), _timm_depth(depth):  # a timm trunk (SigLIP, PE) takes no depth from open_clip's config
         tower = open_clip_models.open_clip_tower(cfg).eval()
-    twin = None
-    if spec.bf16_via_timm:
-        twin = open_clip_models.timm_tower(cfg, tower.state_dict(), encoder=spec.name).eval()
+        twin = None
+        if spec.bf16_via_timm:
+            twin = open_clip_models.timm_tower(cfg, tower.state_dict(), encoder=spec.name).eval()
     return tower, open_clip_models.build_transform(spec.preprocessing), twin
 
 
@@ -181,24 +179,41 @@ def _cosine(a, b):
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", TORCH_ENTRIES, ids=lambda s: s.name)
 def test_real_architecture_with_random_weights_has_the_stated_shape_and_precision(spec):
-    """Build each registered model at full size (random weights) once: dim, input size, and the stated CPU
-    precision, run by the implementation the encoder picks for it, stays within the cosine floor of fp32."""
+    """Each registered model built at full size on torch's meta device (every module and shape, no arithmetic):
+    input size and dim, through the implementation the encoder picks for fp32 and its timm twin. Then the same
+    tower with 2 blocks and random weights, computed on the CPU: twin and tower agree, the heat map covers the
+    patch grid, and the stated CPU precision stays within the cosine floor of fp32.
+
+    Full-size arithmetic with random weights took 50-130 s a model on this CI machine (bf16 is emulated without
+    bf16 instructions) and checks nothing a shape does not: width, patch grid, pooling and input size do not
+    depend on the depth. The precision margin was measured at both depths (CLIP, 1 - cosine: 1.4e-5 at 24 blocks,
+    4.6e-6 at 2; the floor allows 1e-3); benchmarks/precision.py checks every entry at full size with real weights
+    on a machine with bf16 instructions (benchmarks/README.md)."""
     import numpy as np
+    import torch
     from PIL import Image
 
     from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, TorchEncoder, implementation_for
 
-    module, transform, twin = _random_full_size_model(spec)
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((300, 400, 3)) * 255).astype(np.uint8))
-    assert tuple(transform(image).shape) == (3, spec.preprocessing.size, spec.preprocessing.size)
-    run = dict(device="cpu", batch_size=1, implementation=spec.family)
-    plain = TorchEncoder(spec, module, transform, precision="fp32", **run).embed([image])
-    assert plain.shape == (1, spec.embed_dim)
+    module, transform, twin = _random_model(spec, device="meta")
+    tensor = transform(image)
+    assert tuple(tensor.shape) == (3, spec.preprocessing.size, spec.preprocessing.size)
+    with torch.device("meta"), torch.inference_mode():
+        batch = tensor[None].to("meta")
+        for implementation in (module, twin):
+            if implementation is not None:
+                assert tuple(implementation(batch).shape) == (1, spec.embed_dim)
     if spec.name == "clip-vit-l-14-336":
         from open_clip.transformer import QuickGELU
 
         assert any(isinstance(m, QuickGELU) for m in module.modules()), "OpenAI weights need QuickGELU"
+
+    module, transform, twin = _random_model(spec, depth=2)
+    run = dict(device="cpu", batch_size=1, implementation=spec.family)
+    plain = TorchEncoder(spec, module, transform, precision="fp32", **run).embed([image])
+    assert plain.shape == (1, spec.embed_dim) and np.isfinite(plain).all()
     if twin is not None:  # the same weights in timm's ViT: the same embedding
         same = TorchEncoder(spec, twin, transform, precision="fp32", **run).embed([image])
         assert _cosine(plain[0], same[0]) >= 0.9999
