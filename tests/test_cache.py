@@ -226,7 +226,8 @@ def _extract_command(manifest, cache, model="otolith-morphometrics"):
 
 
 @pytest.mark.slow
-def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(demo_manifest, tmp_path):
+def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(demo_manifest, demo_cache, tmp_path):
+    import shutil
     import subprocess
     import time
 
@@ -245,7 +246,9 @@ def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(dem
     assert 12 <= kept < len(data), kept
     resumed = extract_embeddings(data, spec, cache_dir=tmp_path / "cache")
     assert resumed.n_extracted == len(data) - kept  # nothing finished was redone
+    shutil.copytree(demo_cache, tmp_path / "clean")  # a clean extraction of the same demo, made once per session
     clean = extract_embeddings(data, spec, cache_dir=tmp_path / "clean")
+    assert clean.n_extracted == 0
     np.testing.assert_array_equal(resumed.features, clean.features)
     np.testing.assert_array_equal(resumed.rows, clean.rows)
 
