@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist (pyproject's addopts): one worker per core, so one thread per worker. Set before torch and
+    # numpy's BLAS are loaded; two workers of two threads each on 2 cores were slower than no workers at all.
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
 
 TINY_MODEL_CFG = {
     "embed_dim": 16,
@@ -15,12 +22,27 @@ TINY_MODEL_CFG = {
 TINY_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
 
 
+def _once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` -> a path, made once per test run in a new ``folder``. Under pytest-xdist the workers
+    share it: the first to ask builds it in the run's common temporary folder, the others wait and read it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' folders lie side by side in it
+    with FileLock(str(shared / f"{name}.lock")):
+        made = shared / f"{name}.path"
+        if not made.exists():
+            made.write_text(str(build(shared / name)))
+        return Path(made.read_text())
+
+
 @pytest.fixture(scope="session")
 def demo_manifest(tmp_path_factory) -> Path:
     """The synthetic demo at its smallest size (n_images=120: 149 images, at least 12 per reader age)."""
     from otolith_core.demo import write_demo_dataset
 
-    return write_demo_dataset(tmp_path_factory.mktemp("demo"), n_images=120, seed=3)
+    return _once_per_run(tmp_path_factory, "demo", lambda folder: write_demo_dataset(folder, n_images=120, seed=3))
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +52,13 @@ def demo_cache(demo_manifest, tmp_path_factory) -> Path:
     from otolith_core.embeddings import extract_embeddings
     from otolith_core.encoders import registry
 
-    cache = tmp_path_factory.mktemp("demo-cache")
-    data = load_dataset(demo_manifest)
-    for name in ("otolith-morphometrics", "pixels-32"):
-        extract_embeddings(data, registry()[name], cache_dir=cache)
-    return cache
+    def extract(cache: Path) -> Path:
+        data = load_dataset(demo_manifest)
+        for name in ("otolith-morphometrics", "pixels-32"):
+            extract_embeddings(data, registry()[name], cache_dir=cache)
+        return cache
+
+    return _once_per_run(tmp_path_factory, "demo-cache", extract)
 
 
 def save_tiny_open_clip(folder: Path, *, preprocess: dict | None = None, seed: int = 0,
