@@ -227,13 +227,18 @@ def _extract_command(manifest, cache, model="otolith-morphometrics"):
 
 @pytest.mark.slow
 def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(demo_manifest, demo_cache, tmp_path):
-    import shutil
     import subprocess
     import time
 
-    data = load_dataset(demo_manifest)
+    import pandas as pd
+
+    rows = pd.read_csv(demo_manifest).head(40)  # enough to be killed halfway: the subprocess writes 4 at a time
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    manifest = tmp_path / "first40.csv"
+    rows.to_csv(manifest, index=False)
+    data = load_dataset(manifest)
     spec = registry()["otolith-morphometrics"]
-    process = subprocess.Popen(_extract_command(demo_manifest, tmp_path / "cache"), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_extract_command(manifest, tmp_path / "cache"), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -246,7 +251,7 @@ def test_an_extraction_killed_with_sigkill_resumes_with_identical_embeddings(dem
     assert 12 <= kept < len(data), kept
     resumed = extract_embeddings(data, spec, cache_dir=tmp_path / "cache")
     assert resumed.n_extracted == len(data) - kept  # nothing finished was redone
-    shutil.copytree(demo_cache, tmp_path / "clean")  # a clean extraction of the same demo, made once per session
+    shutil.copytree(demo_cache, tmp_path / "clean")  # a clean extraction of the same images, made once per session
     clean = extract_embeddings(data, spec, cache_dir=tmp_path / "clean")
     assert clean.n_extracted == 0
     np.testing.assert_array_equal(resumed.features, clean.features)
