@@ -213,6 +213,12 @@ def test_a_mistyped_path_is_explained(app):
 
 @pytest.mark.slow
 def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
+    from functools import partial
+
+    from otolith_core import demo
+
+    # the demo's own size is test_demo's; here what counts is that the first start writes it: 120 images, not 400
+    monkeypatch.setattr(demo, "write_demo_dataset", partial(demo.write_demo_dataset, n_images=120))
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("OTOLITH_DATA", raising=False)
     at = AppTest.from_file(APP, default_timeout=300).run()
