@@ -116,7 +116,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
                     assert page.get_by_text("seed 3").count() > 0
                 if name == "Errors":
                     page.get_by_text("Where two models disagree").first.wait_for(timeout=300_000)
-                page.wait_for_timeout(1500)  # let charts draw
+                _settle(page)
                 assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
                 page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
             _review_and_read_again(page, server, tmp_path / "cache", shots, tiny_timm_dir)
@@ -124,6 +124,13 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
             raise
         browser.close()
+
+
+def _settle(page) -> None:
+    """Wait until the page's script run has ended (an exception box would be drawn by then); for README's
+    pictures (``$OTOLITH_SCREENSHOTS``) a further 1.5 s, so charts finish drawing."""
+    page.wait_for_selector('[data-test-script-state="notRunning"]', state="attached", timeout=120_000)
+    page.wait_for_timeout(1500 if os.environ.get("OTOLITH_SCREENSHOTS") else 200)
 
 
 def _press_run(page) -> None:
@@ -168,15 +175,15 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
     page.get_by_text("Nearest in").first.wait_for(timeout=120_000)  # the image read again is the map's pick
     page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for(
         timeout=60_000)  # the embedding map is drawn
-    page.wait_for_timeout(1500)
+    _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box on Review"
     page.screenshot(path=str(shots / "review.png"), full_page=True)
     page.get_by_text("Nearest in").first.scroll_into_view_if_needed()  # the map sits just above
-    page.wait_for_timeout(1000)
+    _settle(page)
     page.screenshot(path=str(shots / "review_map.png"), full_page=True)
     page.get_by_role("button", name="Show the heat map").click()
     page.get_by_text("patches)").first.wait_for(timeout=120_000)  # the overlay's caption: "(4 x 4 patches)"
-    page.wait_for_timeout(1000)
+    _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box after the heat map"
     page.get_by_text("patches)").first.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "review_heat_map.png"), full_page=True)
