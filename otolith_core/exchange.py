@@ -295,7 +295,9 @@ def exchange_report(per_reader: pd.DataFrame, model_ages: pd.DataFrame | None = 
     pairs = [_pair_row(a, b, images[a], images[b]) for a, b in combinations(kinds, 2)
              if "human" in (kinds[a], kinds[b]) and (images[a].notna() & images[b].notna()).any()]
     bias = [row for reader, kind in kinds.items() for row in _bias_rows(reader, kind, images[reader], mode)]
-    return ExchangeReport(pd.DataFrame(rows, columns=REPORT_COLUMNS), pd.DataFrame(pairs, columns=PAIR_COLUMNS),
+    whole = {"bowker_df": "Int64", "evans_hoenig_df": "Int64"}  # blank, not 0.0, on the all-readers row
+    return ExchangeReport(pd.DataFrame(rows, columns=REPORT_COLUMNS).astype(whole),
+                          pd.DataFrame(pairs, columns=PAIR_COLUMNS).astype(whole),
                           pd.DataFrame(bias, columns=BIAS_COLUMNS), images)
 
 
@@ -340,7 +342,7 @@ def _all_readers_row(images: pd.DataFrame, humans: list[str]) -> dict:
     return {"reader": ALL_READERS, "kind": "all", "n_images": len(images), "n_no_mode": int(np.isnan(mode).sum()),
             "agreement_with_mode_pct": 100 * _mean(deviation == 0), "ape_pct": _mean(images["ape_pct"].dropna()),
             "cv_pct": _mean(images["cv_pct"].dropna()), "bias_mean": _mean(deviation),
-            **{c: float("nan") for c in REPORT_COLUMNS[8:]}}
+            **{c: None for c in REPORT_COLUMNS[8:]}}
 
 
 def _pair_row(a: str, b: str, ages_a: pd.Series, ages_b: pd.Series) -> dict:
