@@ -110,7 +110,8 @@ def readers_by_image(per_reader: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     ``image``, one column per reader (:func:`human_readers`; NA where that reader has no age of the image), then
-    ``n_readers`` (readers with an age), ``modal_age`` (NA when ages tie: no agreement), ``ape_pct`` and
+    ``n_readers`` (readers with an age), ``modal_age`` (NA when ages tie: no agreement; an image read once has
+    its one age), ``ape_pct`` and
     ``cv_pct`` (Beamish & Fournier's APE and Chang's CV over the image's readers, see :func:`image_precision`;
     NA with fewer than two ages), ``unusable`` (anyone flagged it), ``unusable_by`` and ``uncertain_by`` (those
     readers, ``;``-joined). Images in the order of ``per_reader``.
@@ -222,8 +223,9 @@ class ExchangeReport:
       :func:`~otolith_core.stats.evans_hoenig_symmetry`); NaN for the all row.
 
     ``pairs`` (``exchange_tests.csv``, ``PAIR_COLUMNS``): every two readers of which at least one is human, on
-    the exchange images both gave an age (modes play no part; a pair with no such image has no row): ``agreement_pct`` (% the same age), ``bias_mean``
-    (mean of b - a), ``ape_pct`` (two-reading APE), and the two symmetry tests of a (rows) against b (columns).
+    the exchange images both gave an age (modes play no part; a pair with no such image has no row):
+    ``agreement_pct`` (% the same age), ``bias_mean`` (mean of b - a), ``ape_pct`` (two-reading APE), and the two
+    symmetry tests of a (rows) against b (columns).
 
     ``bias`` (``exchange_bias.csv``, ``BIAS_COLUMNS``): per reader and modal age, for an age-bias plot: ``n``,
     ``mean_age`` with its 95 % t interval (:func:`~otolith_core.stats.age_bias`), ``bias`` (mean age - modal

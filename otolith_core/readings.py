@@ -2,19 +2,20 @@
 
 One file per cache folder (``<cache>/readings/second_readings.csv``). Each reading is appended as one row
 under a file lock the moment it is entered, so a reload, a restart or a second person writing at the same
-time loses nothing. Rows are never rewritten: a new reading of the same image by the same reader is a new
+time loses nothing. A reading is never changed: a new reading of the same image by the same reader is a new
 row, and the latest wins; each reader keeps their own latest reading.
 
 A reading names the photo by its content (SHA-256 of the file) and the crop box, so it follows the image
 wherever the manifest or the photos move; a reading of a photo whose bytes have changed since (an edit, an
-EXIF rewrite) cannot count and is named. Until several readers are modelled, *the* second reading of an
-image is the latest reading by anyone. A manifest may carry a second reader's ages in a ``second_age``
-column (as :func:`manifest_with_readings` writes it): they count as second readings too, under any typed here.
+EXIF rewrite) cannot count and is named. *The* second reading of an image is the latest reading with an age
+by anyone (:mod:`~otolith_core.exchange` keeps every reader apart). A manifest may carry a second reader's
+ages in a ``second_age`` column (as :func:`manifest_with_readings` writes it): they count as second readings
+too, under any typed here.
 
 A reading may carry flags (:data:`FLAGS`: ``uncertain``, ``unusable``) and a comment. An image flagged
 ``unusable`` (broken, unreadable, the wrong structure) may be saved without an age; such a reading is no second
-age. Files written before flags existed load with blank flags and comments, and the first reading appended to
-one rewrites its header (and its rows, unchanged) with the new columns, under the same lock.
+age. Files written before flags existed load with blank flags and comments; the first reading appended to one
+rewrites it once, under the same lock, with the new header and every old row's values as they were.
 
 Agreement between readers is always computed on the ages as read: the first age is the manifest's own (never
 clipped; clipping is a choice of the heads only), taken from the data set as it is now, never from the file.
