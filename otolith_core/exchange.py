@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ def human_readers(per_reader: pd.DataFrame) -> list[str]:
     return [r for r in RESERVED_READERS if r in present] + sorted(r for r in present if r not in RESERVED_READERS)
 
 
-def modal_age(ages) -> int | None:
+def modal_age(ages: Iterable[int | None]) -> int | None:
     """The most frequent of ``ages`` (NA left out); None when there is none or when two or more ages tie."""
     values = pd.Series(ages, dtype="Int64").dropna()
     if values.empty:
