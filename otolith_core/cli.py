@@ -7,7 +7,8 @@
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
                 [--group-column COL | --no-group-by-fish] [--holdout-column COL]
                 [--combine A,B] [--covariates COL,COL [--impute-covariates]] [--scaling ...] [--bootstrap N]
-                [--learning-curve] [--tie-level 0.05] [--age-range MIN MAX] [--no-chart | --png] --out DIR
+                [--learning-curve] [--tie-level 0.05] [--age-range MIN MAX] [--exclude-unusable]
+                [--no-chart | --png] --out DIR
     otolith run --embeddings NAME=FILE.npz[,NAME2=FILE2.npz] --heads ridge,svc --out DIR
 
 Problems a user can fix are printed as one clear message (exit code 2), never as a stack trace.
@@ -135,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(corrected paired t-test against the best, Holm-corrected; default 0.05)")
     run.add_argument("--learning-curve", action="store_true",
                      help="also train on 10%%, 20%%, ..., 100%% of each training fold (learning_curve.csv)")
+    run.add_argument("--exclude-unusable", action="store_true",
+                     help="leave out the images a reader flagged unusable on the Review page (readings in the cache "
+                          "folder); each is named, and listed in skipped.csv")
     run.add_argument("--out", required=True, help="results folder")
     charts = run.add_mutually_exclusive_group()
     charts.add_argument("--no-chart", action="store_true", help="skip the chart (comparison.svg)")
@@ -401,6 +405,45 @@ def _second_readings(dataset, cache_dir):
     return found
 
 
+def _without_unusable(dataset, cache_dir):
+    """(``dataset`` without the images a reader flagged unusable, those images as ``Skipped``), each one named
+    (``--exclude-unusable``)."""
+    from .exchange import collect_readings, exclude_unusable
+    from .readings import load_readings, second_readings
+
+    found = second_readings(dataset, load_readings(cache_dir), cache_dir=cache_dir)  # problems: named later, once
+    kept, excluded = exclude_unusable(dataset, collect_readings(dataset, found))
+    print(f"--exclude-unusable: {len(excluded)} image(s) flagged unusable left out"
+          + (" (none is flagged)" if not excluded else ":"))
+    for skipped in excluded[:20]:
+        print(f"  {skipped.image}: {skipped.reason}")
+    if len(excluded) > 20:
+        print(f"  ... and {len(excluded) - 20} more (skipped.csv lists them all)")
+    return kept, excluded
+
+
+def _exchange(dataset, second, comparison):
+    """The age-reading exchange of ``dataset``'s human readers with the models of ``comparison`` (first repeat),
+    summarised on stdout; None when no image has ages by two human readers."""
+    from .exchange import ALL_READERS, collect_readings, exchange_report, has_exchange, unusable_images
+
+    per_reader = collect_readings(dataset, second)
+    unusable = unusable_images(per_reader)
+    if unusable:
+        print(f"note: {len(unusable)} image(s) in this run are flagged unusable by a reader (e.g. {unusable[0]}); "
+              f"--exclude-unusable leaves them out")
+    if not has_exchange(per_reader):
+        return None
+    report = exchange_report(per_reader, comparison.per_image(0))
+    everyone = report.readers.set_index("reader").loc[ALL_READERS]
+    humans = report.readers.loc[report.readers["kind"] == "human", "reader"]
+    print(f"exchange: {report.n_images} images read by two or more of {len(humans)} readers ({', '.join(humans)}), "
+          f"{report.n_no_mode} with no modal age (a tie: no agreement); between the readers APE "
+          f"{everyone.ape_pct:.1f} %, CV {everyone.cv_pct:.1f} % (exchange_report.csv, exchange_tests.csv, "
+          f"exchange_bias.csv)")
+    return report
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .covariates import CovariateRequest
     from .comparison import compare
@@ -418,6 +461,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_fold_options(args)
     failed: dict[str, str] = {}
     specs = {}
+    excluded = ()  # images left out by --exclude-unusable
     if args.embeddings:
         from .embeddings import load_npz_embeddings
 
@@ -425,6 +469,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dataset, embeddings = load_npz_embeddings(named)
         if args.age_range or args.preset:
             raise ValueError("--age-range/--preset apply to --data; clip the labels in your .npz files instead")
+        if args.exclude_unusable:
+            raise ValueError("--exclude-unusable applies to --data: readings are matched to the photos; drop the "
+                             "images from your .npz files instead")
         cache_dir = None
     else:
         if not args.models:
@@ -432,6 +479,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dataset = _load_data(args)
         _check_fold_columns(dataset, args)  # before any extraction
         cache_dir = _cache_dir(args)
+        if args.exclude_unusable:
+            dataset, excluded = _without_unusable(dataset, cache_dir)
         embeddings = {}
         resolved, failed = resolve_encoders([m.strip() for m in args.models.split(",") if m.strip()],
                                             weights_dir=args.weights_dir, **_variant_options(args))
@@ -465,12 +514,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     second = _second_readings(dataset, cache_dir)  # the manifest's second_age, or readings typed on the Review page
     run_info = provenance(comparison, dataset, specs, heads, cache_dir=cache_dir, second=second,
                           tie_level=args.tie_level)
+    if args.exclude_unusable:
+        run_info["excluded_unusable"] = [{"image": s.image, "reason": s.reason} for s in excluded]
     if "second_readings" in run_info:
         readers = run_info["second_readings"]
         print(f"{readers['n_images']} images read twice: between the two readers APE {readers['ape_percent']:.1f} %, "
               f"CV {readers['cv_percent']:.1f} %, {readers['same_age']:.0%} the same age")
+    exchange = _exchange(dataset, second, comparison)
     written = write_results(comparison, args.out, run_info=run_info, chart=not args.no_chart, png=args.png,
-                            second=second.table, tie_level=args.tie_level)
+                            second=second.table, tie_level=args.tie_level, exchange=exchange)
     summary = comparison.summary_frame(tie_level=args.tie_level)
     print()
     enc_w, head_w = (int(summary[c].str.len().max()) for c in ("encoder", "head"))

@@ -2,14 +2,20 @@
 
 One file per cache folder (``<cache>/readings/second_readings.csv``). Each reading is appended as one row
 under a file lock the moment it is entered, so a reload, a restart or a second person writing at the same
-time loses nothing. Rows are never rewritten: a new reading of the same image by the same reader is a new
+time loses nothing. A reading is never changed: a new reading of the same image by the same reader is a new
 row, and the latest wins; each reader keeps their own latest reading.
 
 A reading names the photo by its content (SHA-256 of the file) and the crop box, so it follows the image
 wherever the manifest or the photos move; a reading of a photo whose bytes have changed since (an edit, an
-EXIF rewrite) cannot count and is named. Until several readers are modelled, *the* second reading of an
-image is the latest reading by anyone. A manifest may carry a second reader's ages in a ``second_age``
-column (as :func:`manifest_with_readings` writes it): they count as second readings too, under any typed here.
+EXIF rewrite) cannot count and is named. *The* second reading of an image is the latest reading with an age
+by anyone (:mod:`~otolith_core.exchange` keeps every reader apart). A manifest may carry a second reader's
+ages in a ``second_age`` column (as :func:`manifest_with_readings` writes it): they count as second readings
+too, under any typed here.
+
+A reading may carry flags (:data:`FLAGS`: ``uncertain``, ``unusable``) and a comment. An image flagged
+``unusable`` (broken, unreadable, the wrong structure) may be saved without an age; such a reading is no second
+age. Files written before flags existed load with blank flags and comments; the first reading appended to one
+rewrites it once, under the same lock, with the new header and every old row's values as they were.
 
 Agreement between readers is always computed on the ages as read: the first age is the manifest's own (never
 clipped; clipping is a choice of the heads only), taken from the data set as it is now, never from the file.
@@ -18,6 +24,7 @@ clipped; clipping is a choice of the heads only), taken from the data set as it 
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +38,13 @@ from .cache import FileHashes
 from .data import Dataset, ImageRecord, file_sha256
 from .metrics import average_percent_error, coefficient_of_variation
 
-READING_COLUMNS = ["image", "path", "content_sha256", "crop", "first_age", "second_age", "reader", "time"]
+READING_COLUMNS = ["image", "path", "content_sha256", "crop", "first_age", "second_age", "reader", "time", "flags",
+                   "comment"]
+FLAGS = ("uncertain", "unusable")  # a reading's flags, written in this order joined by ";" (blank: none)
+UNUSABLE = "unusable"
+FIRST_READER = "first reader"  # the reader of the manifest's own ages
+MANIFEST_READER = "manifest second_age"  # the reader of a manifest's second_age column
+RESERVED_READERS = (FIRST_READER, MANIFEST_READER)
 FILE_NAME = "second_readings.csv"
 SECOND_AGE = "second_age"  # the manifest column a second reader's ages are loaded back from
 SECOND_COLUMNS = ["image", "first_age", "second_age", "reader", "source"]
@@ -91,13 +104,47 @@ def crop_text(crop: tuple[int, int, int, int] | None) -> str:
     return "" if crop is None else ",".join(map(str, crop))
 
 
-def add_reading(cache_dir: str | Path, record: ImageRecord, second_age: int, *, reader: str) -> dict:
-    """Append one second reading of ``record`` at once (under a lock) and return the row written."""
+def parse_flags(flags: str | Sequence[str]) -> tuple[str, ...]:
+    """Flags as a tuple in :data:`FLAGS` order; ``flags`` is a sequence of names or the file's text
+    (``"uncertain;unusable"``, blank for none). An unknown name raises a ValueError naming it."""
+    names = flags.split(";") if isinstance(flags, str) else list(flags)
+    names = {str(n).strip() for n in names} - {""}
+    unknown = sorted(names - set(FLAGS))
+    if unknown:
+        raise ValueError(f"unknown reading flag(s) {unknown}; choose from {list(FLAGS)}")
+    return tuple(f for f in FLAGS if f in names)
+
+
+def add_reading(cache_dir: str | Path, record: ImageRecord, second_age: int | None, *, reader: str,
+                flags: str | Sequence[str] = (), comment: str = "") -> dict:
+    """Append one reading of ``record`` at once (under a lock) and return the row written.
+
+    Parameters
+    ----------
+    cache_dir : the cache folder; the reading goes to :func:`readings_file` there.
+    record : the image read.
+    second_age : the age read, a whole number of years >= 0; None only with the ``unusable`` flag.
+    reader : the reader's name or initials.
+    flags : a subset of :data:`FLAGS` (``uncertain``: the reader is unsure; ``unusable``: the image cannot be
+        read: broken, unreadable or the wrong structure).
+    comment : free text kept with the reading.
+
+    Returns
+    -------
+    The row as written (``READING_COLUMNS``; ``second_age`` None when no age was given).
+    """
     from filelock import FileLock
 
     if not reader.strip():
         raise ValueError("a second reading needs the reader's name (or initials)")
-    if int(second_age) != second_age or second_age < 0:
+    if reader.strip() in RESERVED_READERS:
+        raise ValueError(f"{reader.strip()!r} names the manifest's own ages; give your own name or initials")
+    chosen = parse_flags(flags)
+    if second_age is None:
+        if UNUSABLE not in chosen:
+            raise ValueError(f"a reading of {record.id} without an age must be flagged {UNUSABLE!r}; give an age "
+                             f"or the flag")
+    elif int(second_age) != second_age or second_age < 0:
         raise ValueError(f"a second age must be a whole number of years >= 0, got {second_age!r}")
     hashes = FileHashes(cache_dir)  # extraction has usually hashed the photo already: no bytes read again
     try:
@@ -105,12 +152,15 @@ def add_reading(cache_dir: str | Path, record: ImageRecord, second_age: int, *, 
     finally:
         hashes.close()
     row = {"image": record.id, "path": record.name, "content_sha256": content, "crop": crop_text(record.crop),
-           "first_age": record.read_age, "second_age": int(second_age), "reader": reader.strip(),
-           "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+           "first_age": record.read_age, "second_age": None if second_age is None else int(second_age),
+           "reader": reader.strip(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "flags": ";".join(chosen), "comment": str(comment).strip()}
     file = readings_file(cache_dir)
     file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(file) + ".lock", timeout=30):
         new = not file.exists() or file.stat().st_size == 0
+        if not new:
+            _upgrade_header(file)
         with open(file, "a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=READING_COLUMNS)
             if new:
@@ -120,21 +170,50 @@ def add_reading(cache_dir: str | Path, record: ImageRecord, second_age: int, *, 
     return row
 
 
+def _upgrade_header(file: Path) -> None:
+    """Rewrite a readings file of an earlier version (fewer columns) with ``READING_COLUMNS``, every row's values
+    kept and the new columns blank, replacing it in one step; call only under the file's lock. A file with a
+    column this version does not know (a newer version wrote it) is refused rather than rewritten."""
+    with open(file, newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    if header == READING_COLUMNS:
+        return
+    unknown = [c for c in header if c not in READING_COLUMNS]
+    if unknown:
+        raise ValueError(f"{file} has columns {unknown} that this version does not know (a newer version wrote "
+                         f"it?); update the dashboard before adding readings to it")
+    with open(file, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    temporary = file.with_name(file.name + ".upgrading")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=READING_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, file)  # a reader sees the old file or the new one, never half of one
+
+
 def load_readings(cache_dir: str | Path) -> pd.DataFrame:
     """Every reading typed into ``cache_dir``, oldest first (an empty table when there is none).
 
     Files of earlier versions (one per data set, ``readings/<key>/second_readings.csv``, without a ``crop``
-    column) are read too, their crop box taken from the image id.
+    column) are read too, their crop box taken from the image id; rows without ``flags`` or ``comment`` (files
+    written before those columns) have them blank. ``second_age`` is a nullable integer (blank: a reading of an
+    image flagged unusable, without an age).
     """
     folder = Path(cache_dir) / "readings"
     files = [readings_file(cache_dir), *sorted(folder.glob(f"*/{FILE_NAME}"))]
-    text = {"image": str, "path": str, "reader": str, "content_sha256": str, "crop": str, "time": str}
+    text = {"image": str, "path": str, "reader": str, "content_sha256": str, "crop": str, "time": str, "flags": str,
+            "comment": str, "second_age": str}
     frames = [pd.read_csv(f, dtype=text, keep_default_na=False) for f in files if f.is_file() and f.stat().st_size]
     if not frames:
         return pd.DataFrame(columns=READING_COLUMNS)
     table = pd.concat(frames, ignore_index=True)
     if "crop" not in table:
         table["crop"] = pd.NA
+    for column in ("flags", "comment"):
+        table[column] = table[column].fillna("") if column in table else ""
+    ages = table["second_age"]
+    table["second_age"] = pd.to_numeric(ages.where(ages != "")).astype("Int64")
     from_id = table["image"].map(lambda image: ",".join(m.groups()) if (m := _CROP_IN_ID.search(image)) else "")
     table["crop"] = table["crop"].where(table["crop"].notna(), from_id)
     table = table.sort_values("time", kind="stable").reset_index(drop=True)
@@ -210,13 +289,15 @@ def second_readings(dataset: Dataset, readings: pd.DataFrame | None, *, cache_di
                     ) -> SecondReadings:
     """Each image's second reading: the newest typed in the dashboard by anyone (``readings``, as
     :func:`load_readings` gives them, matched by :func:`match_readings`; None: none), else the manifest's
-    ``second_age`` column. The first age is always the data set's age as read now (unclipped)."""
+    ``second_age`` column. The first age is always the data set's age as read now (unclipped). A reading without
+    an age (an image flagged unusable) is no second age; ``per_reader`` keeps it, flags and comment included."""
     from_manifest, bad = manifest_second_ages(dataset)
     from_manifest = from_manifest.assign(reader="", source="manifest")
     readings = readings if readings is not None else pd.DataFrame(columns=READING_COLUMNS)
     per_reader, unmatched, n_other = match_readings(readings, dataset, cache_dir=cache_dir)
     read_age = {r.id: r.read_age for r in dataset.records}
-    typed = per_reader.drop_duplicates("image", keep="last")  # sorted by time: the latest by anyone
+    aged = per_reader[per_reader["second_age"].notna()]
+    typed = aged.drop_duplicates("image", keep="last")  # sorted by time: the latest age by anyone
     typed = typed.assign(first_age=typed["image"].map(read_age), source="dashboard")[SECOND_COLUMNS]
     both = pd.concat([t for t in (from_manifest, typed) if len(t)] or [typed])
     both = both.drop_duplicates("image", keep="last")  # a reading typed here wins over the manifest's

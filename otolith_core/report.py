@@ -24,6 +24,7 @@ import pandas as pd
 from .cache import FileHashes, store_fingerprint
 from .data import Dataset
 from .demo import is_synthetic_demo
+from .exchange import ExchangeReport
 from .encoders import EncoderSpec, implementation_for
 from .comparison import Comparison
 from .heads import HeadSpec
@@ -36,6 +37,7 @@ from .ties import TIE_LEVEL, TIE_SENTENCE, TIE_TEST, TIED_METRICS, check_level, 
 OUTPUT_FILES = ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
                 "symmetry.csv", "skipped.csv", "learning_curve.csv", "per_holdout.csv", "probabilities.csv",
                 "label_review.csv", "per_fish.csv", "fish_predictions.csv",
+                "exchange_report.csv", "exchange_tests.csv", "exchange_bias.csv",
                 "run.json", "comparison.svg", "comparison.png")
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -160,11 +162,13 @@ def _fish_level_record(comparison: Comparison) -> dict:
 
 
 def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None,
-                  tie_level: float = TIE_LEVEL) -> dict[str, pd.DataFrame]:
+                  tie_level: float = TIE_LEVEL, exchange: ExchangeReport | None = None) -> dict[str, pd.DataFrame]:
     """The CSV files of a run by file name; the CLI writes them and the dashboard offers them for download.
 
     ``second``: second readings (``readings.second_readings``), shown beside the ranking in label_review.csv.
     ``tie_level``: the level at which summary.csv marks the models tied with the best (:mod:`~otolith_core.ties`).
+    ``exchange``: the age-reading exchange (``exchange.exchange_report``), written as its three CSV files when it
+    holds any image.
     """
     tables = {
         "summary.csv": comparison.summary_frame(tie_level=tie_level),
@@ -187,6 +191,8 @@ def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None,
         tables["probabilities.csv"] = comparison.probabilities_frame()
         ranking = doubtful_ages(comparison.results, fish=comparison.fish or None)
         tables["label_review.csv"] = with_second_ages(ranking, second)
+    if exchange is not None and exchange.n_images:
+        tables.update(exchange.tables())
     return tables
 
 
@@ -196,9 +202,10 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict, chart: bool = True,
-                  png: bool = False, second: pd.DataFrame | None = None, tie_level: float = TIE_LEVEL) -> list[Path]:
+                  png: bool = False, second: pd.DataFrame | None = None, tie_level: float = TIE_LEVEL,
+                  exchange: ExchangeReport | None = None) -> list[Path]:
     """Write predictions, folds, summary, ttests, skipped CSVs, ``run.json`` and the chart to ``out_dir``
-    (``second``, ``tie_level``: see :func:`result_tables`).
+    (``second``, ``tie_level``, ``exchange``: see :func:`result_tables`).
 
     The chart is ``comparison.svg``; ``png=True`` also renders ``comparison.png`` (a second
     rendering, so only when asked). The folder then holds this run alone: any file of ``OUTPUT_FILES``
@@ -208,7 +215,7 @@ def write_results(comparison: Comparison, out_dir: str | Path, *, run_info: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out_dir))
     try:
-        for name, frame in result_tables(comparison, second=second, tie_level=tie_level).items():
+        for name, frame in result_tables(comparison, second=second, tie_level=tie_level, exchange=exchange).items():
             (staging / name).write_bytes(csv_bytes(frame))
         (staging / "run.json").write_text(json.dumps(run_info, indent=2, default=str), encoding="utf-8")
         if chart and comparison.results:

@@ -146,6 +146,37 @@ def bowker_symmetry(true: np.ndarray, pred: np.ndarray) -> tuple[float, int, flo
     return statistic, df, float(scipy_stats.chi2.sf(statistic, df))
 
 
+def evans_hoenig_symmetry(first: np.ndarray, second: np.ndarray) -> tuple[float, int, float]:
+    """Evans & Hoenig's (1998) test that two readers' age table is symmetric, its off-diagonals pooled by distance.
+
+    In the table of ``first`` (rows) against ``second`` (columns), the cells ``k`` years above the diagonal
+    (``second - first == k``) are pooled into ``above_k`` and those ``k`` years below into ``below_k``;
+    ``X2 = sum_k (above_k - below_k)^2 / (above_k + below_k)`` over the distances ``k >= 1`` with any image,
+    chi-square with that many degrees of freedom. Pooling by distance makes it sensitive to one reader ageing
+    systematically older or younger, which Bowker's cell-by-cell test (:func:`bowker_symmetry`) spreads thin.
+
+    Parameters
+    ----------
+    first, second : ``(n_images,)`` whole ages of the same images by two readers (or a reader and a model).
+
+    Returns
+    -------
+    (chi-square statistic, degrees of freedom, p value); (0, 0, NaN) when the two always agree.
+    """
+    first, second = np.asarray(first, dtype=int), np.asarray(second, dtype=int)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(f"two readings of the same images need equal 1-d shapes, got {first.shape} and {second.shape}")
+    difference = second - first
+    distances = np.unique(np.abs(difference[difference != 0]))
+    if not distances.size:
+        return 0.0, 0, float("nan")
+    above = np.array([np.sum(difference == k) for k in distances], dtype=float)
+    below = np.array([np.sum(difference == -k) for k in distances], dtype=float)
+    statistic = float(np.sum((above - below) ** 2 / (above + below)))
+    df = int(distances.size)
+    return statistic, df, float(scipy_stats.chi2.sf(statistic, df))
+
+
 def holm_adjust(p_values: np.ndarray) -> np.ndarray:
     """Holm's step-down adjusted p-values; NaN entries stay NaN and are not counted.
 

@@ -779,3 +779,63 @@ def test_class_weight_balanced_is_recorded_in_folds_csv_and_run_json_and_knn_say
     assert main(["run", "--embeddings", f"e={tmp_path / 'e.npz'}", "--heads", "ridge", "--folds", "3",
                  "--bootstrap", "0", "--no-chart", "--out", str(tmp_path / "plain")]) == 0
     assert set(pd.read_csv(tmp_path / "plain" / "folds.csv").class_weight) == {"none"}  # the default
+
+
+def test_run_writes_the_exchange_report_from_several_readings_and_can_exclude_unusable_ones(tmp_path, capsys):
+    """18 tiny photos, a manifest with a second_age for six of them, and readings typed by A (and B flagging one
+    photo unusable) in the cache: run writes exchange_report.csv with every human reader and the model, its
+    numbers recomputable from predictions.csv and the readings; --exclude-unusable names the flagged photo,
+    lists it in skipped.csv and run.json, and evaluates the others."""
+    from PIL import Image
+
+    from otolith_core.data import load_dataset
+    from otolith_core.readings import add_reading
+
+    rng = np.random.default_rng(11)
+    ages = np.repeat([2, 3, 4], 6)
+    second = {0: 2, 1: 3, 6: 3, 7: 4, 12: 4, 13: 4}  # manifest second_age: 1, 7 and 13 read differently
+    lines = ["path,age,second_age"]
+    for i, age in enumerate(ages):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f"o{i}.png")
+        lines.append(f"o{i}.png,{age},{second.get(i, '')}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    cache = tmp_path / "cache"
+    records = load_dataset(tmp_path / "m.csv").records
+    typed = {2: 2, 3: 4, 8: 3, 9: 3, 14: 5}  # A
+    for i, age in typed.items():
+        add_reading(cache, records[i], age, reader="A")
+    add_reading(cache, records[5], None, reader="B", flags=["unusable"], comment="cracked")
+    run = ["run", "--data", str(tmp_path / "m.csv"), "--models", "pixels-32", "--heads", "ridge", "--folds", "3",
+           "--bootstrap", "0", "--no-chart", "--cache-dir", str(cache)]
+    assert main([*run, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "exchange: 11 images read by two or more of 3 readers (first reader, manifest second_age, A)" in printed
+    assert "1 image(s) in this run are flagged unusable by a reader (e.g. o5.png)" in printed
+    report = pd.read_csv(tmp_path / "out" / "exchange_report.csv").set_index("reader")
+    assert list(report.index) == ["all human readers", "first reader", "manifest second_age", "A", "pixels-32 / ridge"]
+    assert report.kind.tolist() == ["all", "human", "human", "human", "model"]
+    # recomputed from the readings and predictions.csv: two readers per image, so a mode only where they agree
+    pairs = {i: (int(ages[i]), second.get(i, typed.get(i))) for i in [*second, *typed]}
+    agreed = {f"o{i}.png": a for i, (a, b) in pairs.items() if a == b}
+    assert report.loc["all human readers", "n_no_mode"] == len(pairs) - len(agreed) == 4
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    model = predictions[(predictions.encoder == "pixels-32") & (predictions.repeat == 0)].set_index("image").pred_age
+    assert report.loc["pixels-32 / ridge", "n_images"] == 11
+    assert report.loc["pixels-32 / ridge", "bias_mean"] == pytest.approx(
+        np.mean([model[i] - a for i, a in agreed.items()]))
+    assert report.loc["pixels-32 / ridge", "agreement_with_mode_pct"] == pytest.approx(
+        100 * np.mean([model[i] == a for i, a in agreed.items()]))
+    tests = pd.read_csv(tmp_path / "out" / "exchange_tests.csv")
+    first_vs_a = tests[(tests.reader_a == "first reader") & (tests.reader_b == "A")].iloc[0]
+    assert first_vs_a.n_images == 5 and first_vs_a.agreement_pct == pytest.approx(100 * 3 / 5)
+    assert set(pd.read_csv(tmp_path / "out" / "exchange_bias.csv").reader) == {"first reader", "manifest second_age",
+                                                                                "A", "pixels-32 / ridge"}
+
+    assert main([*run, "--exclude-unusable", "--out", str(tmp_path / "kept")]) == 0
+    printed = capsys.readouterr().out
+    assert "--exclude-unusable: 1 image(s) flagged unusable left out:\n  o5.png: flagged unusable by B (cracked)" in printed
+    assert "o5.png" not in set(pd.read_csv(tmp_path / "kept" / "predictions.csv").image)
+    skipped = pd.read_csv(tmp_path / "kept" / "skipped.csv")
+    assert skipped.image.tolist() == ["o5.png"] and skipped.reason.tolist() == ["flagged unusable by B (cracked)"]
+    excluded = json.loads((tmp_path / "kept" / "run.json").read_text())["excluded_unusable"]
+    assert excluded == [{"image": "o5.png", "reason": "flagged unusable by B (cracked)"}]

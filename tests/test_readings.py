@@ -8,7 +8,7 @@ import pytest
 
 from otolith_core.data import load_dataset
 from otolith_core.readings import (READING_COLUMNS, add_reading, agreement, load_readings, manifest_with_readings,
-                                   match_readings, readings_file, second_readings)
+                                   match_readings, parse_flags, readings_file, second_readings)
 
 
 @pytest.fixture
@@ -239,3 +239,76 @@ def test_a_manifest_loaded_back_brings_its_second_ages(data, tmp_path):
     assert again.second_age.tolist()[3:] == [""] * (len(again) - 3)
     # the first cache's readings follow the same photos into the loaded-back manifest: typed wins, same ages
     assert second_readings(loaded, load_readings(tmp_path / "cache")).table.source.tolist() == ["dashboard"] * 2
+
+
+@pytest.fixture
+def three(tmp_path):
+    """Three tiny photos in a manifest (ages 4, 6, 0) and a cache folder beside them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"o{i}.png")
+    (tmp_path / "m.csv").write_text("path,age\no0.png,4\no1.png,6\no2.png,0\n")
+    return load_dataset(tmp_path / "m.csv"), tmp_path / "cache"
+
+
+def test_a_reading_carries_flags_and_a_comment_and_an_unusable_image_needs_no_age(three):
+    data, cache = three
+    a, b, _ = data.records
+    add_reading(cache, a, 5, reader="A", flags=["uncertain"], comment="edge, hard to see")
+    row = add_reading(cache, b, None, reader="A", flags=("unusable", "uncertain"), comment="broken")
+    assert row["flags"] == "uncertain;unusable" and row["second_age"] is None  # FLAGS order, whatever was given
+    table = load_readings(cache)
+    assert list(table.columns) == READING_COLUMNS
+    assert table["flags"].tolist() == ["uncertain", "uncertain;unusable"]
+    assert table.comment.tolist() == ["edge, hard to see", "broken"]
+    assert table.second_age.iloc[0] == 5 and pd.isna(table.second_age.iloc[1])
+    # a reading without an age is kept per reader, but is no second age
+    found = second_readings(data, table)
+    assert found.table.image.tolist() == [a.id] and found.table.second_age.tolist() == [5]
+    assert sorted(found.per_reader.image) == sorted([a.id, b.id])
+
+
+def test_flags_are_checked_and_only_unusable_may_go_without_an_age(three):
+    data, cache = three
+    with pytest.raises(ValueError, match=r"unknown reading flag\(s\) \['blurry'\]; choose from"):
+        add_reading(cache, data.records[0], 3, reader="A", flags=["blurry"])
+    with pytest.raises(ValueError, match="without an age must be flagged 'unusable'"):
+        add_reading(cache, data.records[0], None, reader="A", flags="uncertain")
+    with pytest.raises(ValueError, match="names the manifest's own ages"):
+        add_reading(cache, data.records[0], 3, reader="first reader")
+    assert load_readings(cache).empty
+    assert parse_flags("unusable; uncertain") == ("uncertain", "unusable") and parse_flags("") == ()
+
+
+def test_a_file_of_the_version_before_flags_loads_and_takes_new_readings(three):
+    """The header lacks flags and comment: it loads with them blank, and the first new reading rewrites the
+    header (every old row kept as it was) instead of appending ten fields under eight names."""
+    data, cache = three
+    a, b, _ = data.records
+    from otolith_core.data import file_sha256
+
+    old_header = "image,path,content_sha256,crop,first_age,second_age,reader,time\n"
+    old_row = f"{a.id},{a.name},{file_sha256(a.path)},,4,5,old,2026-01-01T00:00:00+00:00\n"
+    file = readings_file(cache)
+    file.parent.mkdir(parents=True)
+    file.write_text(old_header + old_row)
+    before = load_readings(cache)
+    assert before[["reader", "second_age", "flags", "comment"]].values.tolist() == [["old", 5, "", ""]]
+    add_reading(cache, b, None, reader="new", flags=["unusable"], comment="cracked")
+    lines = file.read_text().splitlines()
+    assert lines[0] == ",".join(READING_COLUMNS) and lines[1] == old_row.strip() + ",,"
+    after = load_readings(cache)
+    assert after[["reader", "flags", "comment"]].values.tolist() == [["old", "", ""], ["new", "unusable", "cracked"]]
+    assert not list(file.parent.glob("*.upgrading"))
+
+
+def test_a_file_with_columns_this_version_does_not_know_is_not_rewritten(three):
+    data, cache = three
+    file = readings_file(cache)
+    file.parent.mkdir(parents=True)
+    file.write_text(",".join(READING_COLUMNS) + ",confidence\n")
+    with pytest.raises(ValueError, match=r"\['confidence'\] that this version does not know"):
+        add_reading(cache, data.records[0], 3, reader="A")
+    assert file.read_text() == ",".join(READING_COLUMNS) + ",confidence\n"

@@ -72,6 +72,23 @@ def test_bowker_by_hand_and_against_statsmodels():
     assert statistic == pytest.approx(reference.statistic) and p == pytest.approx(reference.pvalue)
 
 
+def test_evans_hoenig_pools_the_off_diagonals_by_distance_by_hand():
+    """The Bowker table above: 1 year apart, above the diagonal 2 + 2, below 3 + 4; 2 years apart, 1 above and 0
+    below: X2 = (4 - 7)^2 / 11 + (1 - 0)^2 / 1 = 20/11 on 2 df, whose chi-square tail is exp(-X2 / 2)."""
+    from otolith_core.stats import evans_hoenig_symmetry
+
+    table = np.array([[5, 2, 1], [3, 6, 2], [0, 4, 7]])
+    first = np.repeat(np.repeat([1, 2, 3], 3), table.ravel())
+    second = np.repeat(np.tile([1, 2, 3], 3), table.ravel())
+    statistic, df, p = evans_hoenig_symmetry(first, second)
+    assert statistic == pytest.approx(20 / 11) and df == 2 and p == pytest.approx(np.exp(-10 / 11))
+    assert evans_hoenig_symmetry(second, first)[0] == pytest.approx(20 / 11)  # symmetric in the two readers
+    statistic, df, p = evans_hoenig_symmetry([3, 4, 5], [3, 4, 5])
+    assert (statistic, df) == (0.0, 0) and np.isnan(p)
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        evans_hoenig_symmetry([1, 2], [1, 2, 3])
+
+
 def test_holm_matches_statsmodels_and_keeps_nan():
     from statsmodels.stats.multitest import multipletests
 
