@@ -144,14 +144,27 @@ def confusion_matrix(predictions: pd.DataFrame, *, normalise: bool = False, titl
 def age_bias_plot(agebias: pd.DataFrame) -> alt.Chart:
     """Campana's age-bias plot: mean model age ± 95 % CI per reader age against the 1:1 line."""
     data = agebias.assign(model=agebias["encoder"] + " / " + agebias["head"])
-    ages = pd.DataFrame({"age": sorted(set(data["true_age"]))})
+    return _bias_plot(data, x="true_age", who="model", x_title="reader age (years)", who_title="encoder / head",
+                      y_title="mean model age ± 95 % CI (years)")
+
+
+def reader_bias_plot(bias: pd.DataFrame) -> alt.Chart:
+    """The exchange's age-bias plot (``exchange.ExchangeReport.bias``): each reader's and model's mean age ± 95 %
+    CI per modal age of the human readers, against the 1:1 line."""
+    data = bias.rename(columns={"mean_age": "mean_pred"})
+    return _bias_plot(data, x="modal_age", who="reader", x_title="modal age of the human readers (years)",
+                      who_title="reader", y_title="mean age ± 95 % CI (years)")
+
+
+def _bias_plot(data: pd.DataFrame, *, x: str, who: str, x_title: str, who_title: str, y_title: str) -> alt.Chart:
+    ages = pd.DataFrame({"age": sorted(set(data[x]))})
     identity = alt.Chart(ages).mark_line(color="grey", strokeDash=[4, 4]).encode(x="age:Q", y="age:Q")
     base = alt.Chart(data).encode(
-        x=alt.X("true_age:Q", title="reader age (years)", scale=alt.Scale(zero=False)),
-        color=alt.Color("model:N", title="encoder / head"))
+        x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
+        color=alt.Color(f"{who}:N", title=who_title))
     points = base.mark_point(filled=True, size=50).encode(
-        y=alt.Y("mean_pred:Q", title="mean model age ± 95 % CI (years)", scale=alt.Scale(zero=False)),
-        tooltip=["model", "true_age", "n", alt.Tooltip("mean_pred:Q", format=".2f"),
+        y=alt.Y("mean_pred:Q", title=y_title, scale=alt.Scale(zero=False)),
+        tooltip=[who, x, "n", alt.Tooltip("mean_pred:Q", format=".2f"),
                  alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f")])
     bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q")
     return alt.layer(identity, bars, points).properties(title="Age bias (dashed: 1:1)", height=320)

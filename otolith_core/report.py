@@ -189,7 +189,7 @@ def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None,
         tables["fish_predictions.csv"] = comparison.fish_predictions_frame()
     if probabilistic(comparison.results):  # a head with class probabilities (logistic) ran
         tables["probabilities.csv"] = comparison.probabilities_frame()
-        ranking = doubtful_ages(comparison.results, fish=comparison.fish or None)
+        ranking = doubtful_ages(comparison.results, fish=comparison.fish or None, tie_seed=comparison.seed)
         tables["label_review.csv"] = with_second_ages(ranking, second)
     if exchange is not None and exchange.n_images:
         tables.update(exchange.tables())

@@ -44,7 +44,16 @@ def mean_probabilities(result: CVResult, images: np.ndarray, *, rows: np.ndarray
     return frame.groupby("image", sort=False).mean().reindex(images).to_numpy()
 
 
-def doubtful_ages(results: Sequence[CVResult], *, fish: Sequence[str] | None = None) -> pd.DataFrame:
+def seeded_order(images: Sequence[str], seed: int) -> list[str]:
+    """``images`` in an order every reader sees alike: by a hash of ``seed`` and the image id, so it does not
+    depend on the manifest's row order and an image keeps its place when others are added or removed."""
+    import hashlib
+
+    return sorted(images, key=lambda image: hashlib.sha256(f"{seed}:{image}".encode()).hexdigest())
+
+
+def doubtful_ages(results: Sequence[CVResult], *, fish: Sequence[str] | None = None, tie_seed: int | None = None
+                  ) -> pd.DataFrame:
     """``label_review.csv``: every image, most doubtful reader age first, then the images no model could score.
 
     Parameters
@@ -62,6 +71,8 @@ def doubtful_ages(results: Sequence[CVResult], *, fish: Sequence[str] | None = N
     common age), then each model's age (the age of its highest probability, averaged over the repeats that
     scored the image, or over all its repeats where none did) and score (blank where it could not score the
     image). ``rank`` numbers the scored images; the unscored follow, unranked, in the results' order.
+    Images with the same score and flags are in :func:`seeded_order` of ``tie_seed`` (None: the results' order),
+    so every reader reading down the ranking sees the same sequence.
     A model scores an image from the repeats whose training fold held the image's reader age
     (:meth:`CVResult.age_in_training`): elsewhere it gave that age probability 0, whatever the photo shows.
     Raises ``ValueError`` when no result has probabilities.
@@ -110,6 +121,9 @@ def doubtful_ages(results: Sequence[CVResult], *, fish: Sequence[str] | None = N
     table["models_agree"] = [len(set(votes[c])) == 1 and votes[c][0] != age
                              for votes, c, age in zip(ages.T, counted.T, reader)]
     table["consensus_age"] = [int(np.bincount(column).argmax()) for column in ages.T]
+    if tie_seed is not None:
+        place = {image: i for i, image in enumerate(seeded_order(list(table["image"]), tie_seed))}
+        table = table.iloc[np.argsort([place[image] for image in table["image"]], kind="stable")]
     table = table.sort_values(["score", "flagged_by"], ascending=False, na_position="last",
                               kind="stable").reset_index(drop=True)
     n_scored = int(np.sum(n_models > 0))

@@ -802,3 +802,78 @@ def test_tie_level_marks_results_without_recomputing_and_fish_scores_follow_the_
     _settle(app)
     assert any("not grouped by fish" in i.value for i in app.info)
     assert not any("Accuracy per fish" in d.value.columns for d in app.dataframe)
+
+
+def _review_with_ridge(at):
+    """Review on the morphometrics with ridge (no class probabilities: no ranking), 5 folds."""
+    at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
+    at.sidebar.multiselect(key="heads").set_value(["ridge"])
+    at.sidebar.number_input(key="folds").set_value(5)
+    at.run()
+    at.switch_page("views/review.py").run()
+    return at
+
+
+@pytest.mark.slow
+def test_two_readers_read_blind_in_a_seeded_order_with_flags_and_the_exchange_report_follows(app, demo_manifest):
+    """Without a logistic run the images are read in the seeded order; an age button saves the reading with its
+    flags and comment at once; a second reader in another tab resumes at their own first unread image and sees no
+    age of the first reader's until having read the image; the exchange report puts both beside the model."""
+    from otolith_core.readings import load_readings
+    from otolith_core.review import seeded_order
+    from views.reading import NEW_READER
+
+    first_tab = _review_with_ridge(app)
+    first_tab.sidebar.button(key="run").click().run()
+    _settle(first_tab)
+    n = len(pd.read_csv(demo_manifest))
+    assert any("read in a seeded order" in i.value for i in first_tab.info)
+    assert f"{n} images to read; choose a reader" in [c.value for c in first_tab.caption]
+    first_tab.text_input(key="reader_name").input("A").run()
+    order = seeded_order(_images(demo_manifest), 0)
+    assert first_tab.session_state["review_image"] == order[0] and f"0 of {n} read by you" in _captions(first_tab)
+    assert not first_tab.main.success
+    age = 1 if _ages(demo_manifest)[order[0]] != 1 else 2
+    first_tab.checkbox(key=f"flag_uncertain-{order[0]}").check()
+    first_tab.text_input(key=f"comment-{order[0]}").input("faint rings")
+    first_tab.button(key=f"age_button-{age}").click().run()
+    assert not first_tab.exception and "The reader's age was" in first_tab.main.success[0].value
+    assert f"1 of {n} read by you" in _captions(first_tab)
+    first_tab.button(key="review_next").click().run()
+    assert first_tab.session_state["review_image"] == order[1]
+    first_tab.button(key=f"save_unusable-{order[1]}").click().run()
+    saved = load_readings(os.environ["OTOLITH_CACHE_DIR"])
+    assert saved[["image", "reader", "flags", "comment"]].values.tolist() == [
+        [order[0], "A", "uncertain", "faint rings"], [order[1], "A", "unusable", ""]]
+    assert saved["second_age"].tolist()[0] == age and pd.isna(saved["second_age"].tolist()[1])
+
+    second_tab = _review_with_ridge(AppTest.from_file(APP, default_timeout=300).run())  # a new session: no job
+    assert second_tab.selectbox(key="reader_pick").options == ["A", NEW_READER]
+    second_tab.text_input(key="reader_name").input("B").run()
+    assert second_tab.session_state["review_image"] == order[0] and f"0 of {n} read by you" in _captions(second_tab)
+    assert not any("A" in d.value.columns for d in second_tab.dataframe if "reader" not in d.value.columns)
+    second_tab.number_input(key=f"second_age-{order[0]}").set_value(age + 1)
+    next(b for b in second_tab.button if b.label == "Save reading").click().run()
+    assert not second_tab.exception
+    assert "other readers: A: " + str(age) in second_tab.main.success[0].value  # seen once B has read it
+    readers = next(d.value for d in second_tab.dataframe if "modal_age" in d.value.columns)
+    row = readers.set_index("image").loc[order[0]]
+    assert (row["A"], row["B"]) == (age, age + 1) and list(readers["image"]) == [order[0]]
+    report = next(d.value for d in second_tab.dataframe if "agreement_with_mode_pct" in d.value.columns)
+    assert {"A", "B", "otolith-morphometrics / ridge"} <= set(report["reader"])
+
+
+def _images(manifest) -> list[str]:
+    from otolith_core.data import load_dataset
+
+    return [r.id for r in load_dataset(manifest).records]
+
+
+def _ages(manifest) -> dict[str, int]:
+    from otolith_core.data import load_dataset
+
+    return {r.id: r.read_age for r in load_dataset(manifest).records}
+
+
+def _captions(at) -> list[str]:
+    return [c.value for c in at.caption]

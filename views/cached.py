@@ -239,6 +239,15 @@ def _decoded(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, s
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
+def _equalised(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, size: int):
+    from otolith_core.encoders.spec import DEFAULT_CLAHE_CLIP_LIMIT, DEFAULT_CLAHE_KERNEL
+    from otolith_core.encoders.variants import clahe
+
+    image = _decoded(path, crop, mtime_ns, size)
+    return None if image is None else clahe(image, clip_limit=DEFAULT_CLAHE_CLIP_LIMIT, kernel=DEFAULT_CLAHE_KERNEL)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
 def boxes_drawn(path: str, mtime_ns: int, boxes: tuple[tuple[tuple[int, int, int, int], str], ...],
                 width: int = 1400):
     """The photo at ``path``, about ``width`` px wide, with each ``(box, image id)`` drawn on it (boxes in pixels of
@@ -264,16 +273,17 @@ def boxes_drawn(path: str, mtime_ns: int, boxes: tuple[tuple[tuple[int, int, int
     return photo
 
 
-def large_image(record, brightness: float, contrast: float, size: int = 900):
+def large_image(record, brightness: float, contrast: float, size: int = 900, *, clahe: bool = False):
     """One photo for re-reading, about ``size`` px on its shorter side, with brightness and contrast applied
-    (the decoding is cached; the sliders only re-enhance); None when it cannot be decoded."""
+    (the decoding is cached; the sliders only re-enhance), after CLAHE as the encoders' ``@clahe`` variant does
+    it when ``clahe``; None when it cannot be decoded."""
     from PIL import ImageEnhance
 
     try:
         mtime = record.path.stat().st_mtime_ns
     except OSError:
         return None
-    image = _decoded(str(record.path), record.crop, mtime, size)
+    image = (_equalised if clahe else _decoded)(str(record.path), record.crop, mtime, size)
     if image is None:
         return None
     return ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(contrast)

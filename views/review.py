@@ -9,12 +9,12 @@ import streamlit as st
 from otolith_core.charts import embedding_map
 from otolith_core.encoders import ENCODER_ERRORS, error_message
 from otolith_core.cross_validation import model_label
-from otolith_core.readings import add_reading, agreement, load_readings, manifest_with_readings, second_readings
+from otolith_core.readings import agreement, manifest_with_readings
 from otolith_core.report import csv_bytes
-from otolith_core.review import doubtful_ages, probabilistic, with_second_ages
+from otolith_core.review import doubtful_ages, probabilistic, seeded_order, with_second_ages
 from otolith_core.saliency import overlay
 from otolith_core.space import MAP_METHODS, nearest, umap_available
-from views import cached
+from views import cached, reading
 from views.comparison import current_comparison
 from views.widgets import show_thumbnail
 
@@ -27,7 +27,9 @@ models = {model_label(r.encoder, r.head.label): r for r in probabilistic(compari
 records = {r.id: r for r in dataset.records}
 
 
-def _doubtful_and_second_readings() -> None:
+def _doubtful_ages(reader: str, readings: reading.Readings) -> list[str]:
+    """The ranking of doubtful reader ages, its filters and gallery; returns the images the filters choose, most
+    doubtful first (ties in the seeded order), for the reading view to go through."""
     st.subheader("Doubtful reader ages")
     st.markdown(
         "Each image was scored by models that never saw it in training. An image's **score** is the mean over the "
@@ -38,8 +40,8 @@ def _doubtful_and_second_readings() -> None:
     chosen = st.multiselect("Models that rank", list(models), default=list(models), key="review_models")
     if not chosen:
         st.caption("Choose at least one model.")
-        return
-    table = doubtful_ages([models[m] for m in chosen], fish=comparison.fish or None)
+        return []
+    table = doubtful_ages([models[m] for m in chosen], fish=comparison.fish or None, tie_seed=comparison.seed)
     unscored = table[table["score"].isna()]
     if len(unscored):
         st.info(f"**{len(unscored)} {'image' if len(unscored) == 1 else 'images'} could not be scored**: every model "
@@ -53,7 +55,8 @@ def _doubtful_and_second_readings() -> None:
     picked_ages = f1.multiselect("Reader age", ages, default=[], key="review_ages", placeholder="all ages")
     min_score = f2.slider("Score of at least", 0.0, 1.0, 0.5, 0.05, key="review_min_score")
     blind = f3.toggle("Hide ages (blind re-reading)", key="review_blind",
-                      help="Hide the reader's and the models' ages in the gallery, so a second reading is not anchored.")
+                      help="Hide the reader's and the models' ages in the gallery and the ranking, so a second "
+                           "reading is not anchored.")
     # an unscored image (NaN score) is never at least min_score: not in the gallery, nor next to read
     selected = table[(table["score"] >= min_score) & (table["reader_age"].isin(picked_ages) if picked_ages else True)]
     limit = st.slider("Images shown at most", 6, 60, 18, step=6, key="review_limit")
@@ -66,61 +69,35 @@ def _doubtful_and_second_readings() -> None:
                                       + ", ".join(str(row[f"{m} age"]) for m in chosen))
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
         column.button("Read again", key=f"reread-{row['image']}", on_click=_pick, args=(row["image"],))
-    readings = load_readings(settings.cache_dir)  # read each run: another tab or person may have added one
-    found = second_readings(dataset, readings, cache_dir=settings.cache_dir)
-    second = found.table
-    ranking = with_second_ages(table, second)
+    ranking = _as_the_reader_may_see(with_second_ages(table, readings.second.table), reader, readings, blind)
     with st.expander("The whole ranking (label_review.csv)"):
         st.dataframe(ranking, hide_index=True, width="stretch", height=300)
     st.download_button("label_review.csv", csv_bytes(ranking), file_name="label_review.csv", mime="text/csv",
                        key="download-label_review")
+    return list(selected["image"])
 
-    st.subheader("Second reading")
-    image = st.session_state.get("review_image")
-    if image not in records:
-        st.caption("Press **Read again** under an image to read it blind: its ages stay hidden until you have "
-                   "entered yours.")
-    else:
-        record = records[image]
-        left, right = st.columns([3, 2])
-        with right:
-            brightness = st.slider("Brightness", 0.3, 3.0, 1.0, 0.05, key="review_brightness")
-            contrast = st.slider("Contrast", 0.3, 3.0, 1.0, 0.05, key="review_contrast")
-        picture = cached.large_image(record, brightness, contrast)
-        if picture is None:
-            left.error(f"{record.id} cannot be decoded.")
-        else:
-            left.image(picture, caption=record.id, width="stretch")
-        saved = st.session_state.get("review_saved", {})
-        with right.form("second_reading", clear_on_submit=False):
-            reader = st.text_input("Your name or initials", key="reader_name")
-            age = st.number_input("Your age reading (years)", min_value=0, max_value=100, step=1, value=None,
-                                  key=f"second_age-{image}")
-            submitted = st.form_submit_button("Save reading", type="primary")
-        if submitted:
-            if age is None or not reader.strip():
-                right.warning("Enter your name and an age, then save.")
-            else:
-                add_reading(settings.cache_dir, record, int(age), reader=reader)
-                saved[image] = int(age)
-                st.session_state["review_saved"] = saved
-                readings = load_readings(settings.cache_dir)
-                found = second_readings(dataset, readings, cache_dir=settings.cache_dir)
-                second = found.table
-        if image in saved:
-            row = table.set_index("image").loc[image]
-            right.success(f"Saved: you read **{saved[image]}**. The reader's age was **{record.read_age}**; the models said "
-                          + ", ".join(f"{m}: {int(row[f'{m} age'])}" for m in chosen) + ".")
-            read = set(saved) | set(found.per_reader["image"])
-            if "second_age" in ranking:  # read twice in the manifest already
-                read |= set(ranking.loc[ranking["second_age"].notna(), "image"])
-            unread = [i for i in selected["image"] if i not in read]
-            if unread:
-                right.button("Next image to read", key="review_next", on_click=_pick, args=(unread[0],),
-                             help="The most doubtful image (as the filters above choose) without a second reading.")
-            else:
-                right.caption("Every image the filters above choose has a second reading.")
 
+def _as_the_reader_may_see(ranking: pd.DataFrame, reader: str, readings: reading.Readings, blind: bool
+                           ) -> pd.DataFrame:
+    """The ranking without the ages ``reader`` may not see: the second readings of images they have not read
+    (all of them while no reader is chosen), and with ``blind`` every age of those images."""
+    read = set(readings.per_reader.loc[readings.per_reader["reader"] == reader, "image"]) if reader else set()
+    unread = ~ranking["image"].isin(read)
+    ranking = ranking.copy()
+    ages = ["second_age"] if "second_age" in ranking else []
+    if blind:
+        ages += ["reader_age", "consensus_age", *[c for c in ranking.columns if c.endswith(" age")]]
+    for column in ages:
+        ranking[column] = ranking[column].astype(object).where(~unread, None)
+    return ranking
+
+
+def _reading_again(reader: str, readings: reading.Readings, queue: list[str]) -> None:
+    st.subheader("Reading again")
+    wide = comparison.per_image(0)
+    model_ages = {m: dict(zip(wide["image"], wide[m])) for m in wide.columns if " / " in m}
+    reading.reading_view(settings, dataset, queue, readings, reader, model_ages=model_ages)
+    second, found = readings.second.table, readings.second
     if found.bad_values:
         st.warning(f"{len(found.bad_values)} `second_age` value(s) in the manifest are not whole years and do not "
                    "count: " + "; ".join(found.bad_values[:5]) + (" …" if len(found.bad_values) > 5 else ""))
@@ -129,33 +106,37 @@ def _doubtful_and_second_readings() -> None:
                    "(its bytes differ: an edit or an EXIF rewrite); read them again: "
                    + ", ".join(f"{u.image} (by {u.reader})" for u in found.unmatched[:5])
                    + (" …" if len(found.unmatched) > 5 else ""))
-    if len(second):
-        readers = agreement(second["first_age"], second["second_age"])
-        compared = second[second["image"].isin(table["image"])]  # an image outside this comparison has no model age
-        consensus = table.set_index("image").loc[compared["image"], "consensus_age"]
-        model = agreement(compared["first_age"], consensus)
-        sources = second["source"].value_counts()
-        where = " and ".join(f"{n} {'typed here' if source == 'dashboard' else 'from the manifest’s second_age'}"
-                             for source, n in sources.items())
-        st.markdown(f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice** ({where}). Between the "
-                    f"two readers: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, {readers.exact:.0%} the same age. "
-                    f"Models (their most common age) against the first reader on the same {model.n} images: "
-                    f"APE {model.ape:.1f} %, CV {model.cv:.1f} %, {model.exact:.0%} the same. Ages as read: "
-                    f"an age range clips only what the heads learn.")
-        st.dataframe(second, hide_index=True, width="stretch", height=200)
-        left, right = st.columns(2)
-        left.download_button("second_readings.csv", csv_bytes(readings), file_name="second_readings.csv",
-                             mime="text/csv", key="download-second_readings", disabled=readings.empty,
-                             help="Every reading typed here, in the order typed (the file in the cache folder).")
-        right.download_button("manifest with second_age",
-                              csv_bytes(manifest_with_readings(dataset, found)),
-                              file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
-                              help="Your manifest as it is, every row and column, with a second_age column (blank "
-                                   "where not re-read). Save it beside the photos and load it as the data set: its "
-                                   "second_age counts as the second reader.")
-    else:
+    if not len(second):
         st.caption("No second readings yet for this data set; they are saved at once to "
                    "`second_readings.csv` in the cache folder. A manifest with a `second_age` column brings its own.")
+        return
+    readers = agreement(second["first_age"], second["second_age"])
+    sources = second["source"].value_counts()
+    where = " and ".join(f"{n} {'typed here' if source == 'dashboard' else 'from the manifest’s second_age'}"
+                         for source, n in sources.items())
+    text = (f"**{readers.n} {'image' if readers.n == 1 else 'images'} read twice** ({where}). Between the first "
+            f"reader and the latest second reading: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, "
+            f"{readers.exact:.0%} the same age.")
+    if models:
+        table = doubtful_ages(list(models.values()), fish=comparison.fish or None)
+        compared = second[second["image"].isin(table["image"])]  # an image outside this comparison has no model age
+        model = agreement(compared["first_age"], table.set_index("image").loc[compared["image"], "consensus_age"])
+        text += (f" Models (their most common age) against the first reader on the same {model.n} images: "
+                 f"APE {model.ape:.1f} %, CV {model.cv:.1f} %, {model.exact:.0%} the same.")
+    st.markdown(text + " Ages as read: an age range clips only what the heads learn.")
+    shown = reading.readers_table(readings, reader)
+    if len(shown):
+        st.caption("Every reader's age of the images you have read (the others stay hidden until you read them):")
+        st.dataframe(shown, hide_index=True, width="stretch", height=200)
+    left, right = st.columns(2)
+    left.download_button("second_readings.csv", csv_bytes(readings.file), file_name="second_readings.csv",
+                         mime="text/csv", key="download-second_readings", disabled=readings.file.empty,
+                         help="Every reading typed here, in the order typed (the file in the cache folder).")
+    right.download_button("manifest with second_age", csv_bytes(manifest_with_readings(dataset, found)),
+                          file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
+                          help="Your manifest as it is, every row and column, with a second_age column (blank "
+                               "where not re-read). Save it beside the photos and load it as the data set: its "
+                               "second_age counts as the second reader.")
 
 
 def _embedding_space() -> None:
@@ -252,9 +233,14 @@ def _what_the_encoder_sees(picked: str, encoders: list[str]) -> None:
     left.caption(heat.describe().capitalize() + ".")
 
 
+current = reading.current_readings(settings, dataset)  # read at every run: another tab or reader may have added one
+who = reading.choose_reader(current)
 if models:
-    _doubtful_and_second_readings()
+    to_read = _doubtful_ages(who, current)
 else:
     st.info("Doubtful ages are ranked from a head's out-of-fold class probabilities: add the **logistic** head in "
-            "the sidebar and run the comparison again.")
+            "the sidebar and run the comparison again. Until then the images are read in a seeded order.")
+    to_read = seeded_order(list(comparison.per_image(0)["image"]), comparison.seed)
+_reading_again(who, current, to_read)
+reading.exchange_section(current, comparison.per_image(0))
 _embedding_space()
