@@ -242,5 +242,5 @@ else:
             "the sidebar and run the comparison again. Until then the images are read in a seeded order.")
     to_read = seeded_order(list(comparison.per_image(0)["image"]), comparison.seed)
 _reading_again(who, current, to_read)
-reading.exchange_section(current, comparison.per_image(0))
 _embedding_space()
+reading.exchange_section(current, comparison.per_image(0))  # last: the first chart on the page stays the map
