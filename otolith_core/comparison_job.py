@@ -31,6 +31,10 @@ def run_comparison_job(request: ComparisonRequest, cache_dir: str | Path, job: J
         raise ValueError(f"{request.data} changed since Run was pressed (files added, removed or edited): press Run "
                          f"again to compare what is there now")
     data = load_dataset(request.data, age_range=request.age_range, columns=columns, cache_dir=cache_dir)
+    if request.excluded:  # the images flagged unusable when Run was pressed, as the dashboard left them out
+        from .exchange import leave_out
+
+        data, _ = leave_out(data, request.excluded)
     specs = {name: resolve_encoder(name) for name in request.encoders}
     embeddings = {}
     for name, spec in specs.items():

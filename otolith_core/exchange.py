@@ -184,18 +184,27 @@ def visible_readings(per_reader: pd.DataFrame, reader: str) -> pd.DataFrame:
     return per_reader[per_reader["image"].isin(read)].reset_index(drop=True)
 
 
+def unusable_reasons(per_reader: pd.DataFrame) -> dict[str, str]:
+    """Image -> why it is left out ("flagged unusable by B (cracked); C"), for the images a reader of
+    ``per_reader`` (:func:`collect_readings`) flagged unusable, in table order."""
+    why: dict[str, list[str]] = {}
+    for row in per_reader[_flagged(per_reader, UNUSABLE)].itertuples():
+        why.setdefault(row.image, []).append(f"{row.reader}" + (f" ({row.comment})" if row.comment else ""))
+    return {image: "flagged unusable by " + "; ".join(readers) for image, readers in why.items()}
+
+
+def leave_out(dataset: Dataset, reasons: dict[str, str]) -> tuple[Dataset, tuple[Skipped, ...]]:
+    """``dataset`` without the images named in ``reasons`` (image -> why), and those images as ``Skipped``, also
+    appended to the data set's ``skipped`` (so the Data page and skipped.csv list them)."""
+    excluded = tuple(Skipped.of(r, reasons[r.id]) for r in dataset.records if r.id in reasons)
+    keep = [i for i, r in enumerate(dataset.records) if r.id not in reasons]
+    return dataset.subset(keep, extra_skipped=excluded), excluded
+
+
 def exclude_unusable(dataset: Dataset, per_reader: pd.DataFrame) -> tuple[Dataset, tuple[Skipped, ...]]:
     """``dataset`` without the images a reader flagged unusable, and those images as ``Skipped`` (reason: who
     flagged it and their comment), also appended to the data set's ``skipped``."""
-    flagged = per_reader[_flagged(per_reader, UNUSABLE)]
-    why = {}
-    for row in flagged.itertuples():
-        note = f"{row.reader}" + (f" ({row.comment})" if row.comment else "")
-        why[row.image] = why.get(row.image, []) + [note]
-    excluded = tuple(Skipped.of(r, "flagged unusable by " + "; ".join(why[r.id])) for r in dataset.records
-                     if r.id in why)
-    keep = [i for i, r in enumerate(dataset.records) if r.id not in why]
-    return dataset.subset(keep, extra_skipped=excluded), excluded
+    return leave_out(dataset, unusable_reasons(per_reader))
 
 
 # ---------------------------------------------------------------------------------------------- the report

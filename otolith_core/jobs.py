@@ -155,6 +155,7 @@ class ComparisonRequest:
     age_range: tuple[int, int] | None = None
     columns: dict[str, str | None] | None = None  # data.ManifestColumns fields; None: native
     failed_encoders: dict[str, str] = field(default_factory=dict)  # chosen encoders left out, and why
+    excluded: dict[str, str] = field(default_factory=dict)  # images left out of the run (flagged unusable), and why
 
     def __post_init__(self) -> None:  # JSON gives lists: back to the tuples the fields hold
         object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))

@@ -877,3 +877,32 @@ def _ages(manifest) -> dict[str, int]:
 
 def _captions(at) -> list[str]:
     return [c.value for c in at.caption]
+
+
+@pytest.mark.slow
+def test_images_flagged_unusable_are_listed_and_the_sidebar_switch_leaves_them_out_of_the_run(app, demo_manifest):
+    from otolith_core.data import load_dataset
+    from otolith_core.readings import add_reading
+
+    records = load_dataset(demo_manifest).records
+    add_reading(os.environ["OTOLITH_CACHE_DIR"], records[3], None, reader="A", flags=["unusable"], comment="cracked")
+    app.run()
+    assert app.sidebar.checkbox(key="exclude_unusable").label == "Leave out images flagged unusable (1)"
+    flagged = next(d.value for d in app.dataframe if "why" in d.value.columns)  # the Data page lists it
+    assert flagged.values.tolist() == [[records[3].id, "flagged unusable by A (cracked)"]]
+    assert any("still in the run" in m.value for m in app.markdown)
+    app.sidebar.checkbox(key="exclude_unusable").check()
+    app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
+    app.sidebar.multiselect(key="heads").set_value(["ridge"])
+    app.sidebar.number_input(key="folds").set_value(5)
+    app.run()
+    app.sidebar.button(key="run").click().run()
+    _settle(app)
+    assert app.query_params.get("exclude_unusable") in ("1", ["1"])
+    app.switch_page("views/results.py").run()
+    assert not app.exception
+    assert set(app.dataframe[0].value["images"]) == {len(records) - 1}
+    app.switch_page("views/data.py").run()
+    assert any("leaves them out of the run" in m.value for m in app.markdown)
+    skipped = next(d.value for d in app.dataframe if "reason" in d.value.columns)
+    assert "flagged unusable by A (cracked)" in set(skipped["reason"])

@@ -9,7 +9,7 @@ only changes the display recomputes nothing, and a finished extraction is seen a
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,9 +101,40 @@ def covariates_alone_accuracy(data_key: str, covariates: tuple[str, ...], impute
 
 
 def dataset(settings: Settings) -> Dataset:
-    """The settings' data set; raises ValueError or FileNotFoundError with a readable message."""
-    return load_data(settings.data_path, settings.age_range, f"{settings.data_signature}|{settings.downloads}",
+    """The settings' data set, less the images it leaves out (``Settings.excluded``); raises ValueError or
+    FileNotFoundError with a readable message."""
+    data = load_data(settings.data_path, settings.age_range, f"{settings.data_signature}|{settings.downloads}",
                      settings.columns, settings.cache_dir)
+    return _left_out(settings.data_key, data, settings.excluded) if settings.excluded else data
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _left_out(data_key: str, _data: Dataset, excluded: tuple[tuple[str, str], ...]) -> Dataset:
+    from otolith_core.exchange import leave_out
+
+    return leave_out(_data, dict(excluded))[0]
+
+
+def flagged_unusable(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """(image, why) for each image of the settings' data a reader flagged unusable (readings typed on Review),
+    read again whenever the readings file changes; () when there is none."""
+    from otolith_core.readings import readings_file
+
+    try:
+        stat = readings_file(settings.cache_dir).stat()
+    except OSError:
+        return ()
+    plain = replace(settings, excluded=())
+    return _flagged_unusable(plain.data_key, (stat.st_mtime_ns, stat.st_size), dataset(plain), settings.cache_dir)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _flagged_unusable(data_key: str, stamp: tuple[int, int], _data: Dataset, cache_dir: str):
+    from otolith_core.exchange import collect_readings, unusable_reasons
+    from otolith_core.readings import load_readings, second_readings
+
+    per_reader = collect_readings(_data, second_readings(_data, load_readings(cache_dir), cache_dir=cache_dir))
+    return tuple(unusable_reasons(per_reader).items())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

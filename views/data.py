@@ -131,3 +131,15 @@ if len(skipped):
     st.dataframe(skipped, hide_index=True, width="stretch")
 else:
     st.caption("Nothing was skipped.")
+
+st.subheader("Flagged unusable by a reader")
+flagged = cached.flagged_unusable(settings)
+if flagged:
+    left_out = bool(settings.excluded)
+    st.markdown(f"**{len(flagged)} {'image' if len(flagged) == 1 else 'images'}** flagged unusable on Review "
+                "(broken, unreadable, the wrong structure); "
+                + ("the sidebar leaves them out of the run (they are in the skipped list above)." if left_out else
+                   "they are still in the run: the sidebar's **Leave out images flagged unusable** takes them out."))
+    st.dataframe(pd.DataFrame(flagged, columns=["image", "why"]), hide_index=True, width="stretch")
+else:
+    st.caption("No reader has flagged an image of this data set unusable.")

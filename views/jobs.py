@@ -41,7 +41,8 @@ def comparison_request(settings: Settings, key: str, ready: dict[str, EmbeddingS
         combined=tuple(g for g in settings.combined if all(part in ready for part in g)),
         covariates=settings.covariates, impute_covariates=settings.impute_covariates,
         group_column=settings.group_column, holdout_column=settings.holdout_column, age_range=settings.age_range,
-        columns=None if settings.columns.native else asdict(settings.columns), failed_encoders=dict(problems))
+        columns=None if settings.columns.native else asdict(settings.columns), failed_encoders=dict(problems),
+        excluded=dict(settings.excluded))
 
 
 def start_comparison(request: ComparisonRequest, cache_dir: str) -> JobStatus:

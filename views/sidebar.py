@@ -185,6 +185,13 @@ def _draw(specs, known) -> Settings | None:
                          disabled=not covariates,
                          help="Off: images with a blank covariate are left out of every row and listed on the Data "
                               "page. On: a blank takes the training fold's median (most common category).")
+    flagged = cached.flagged_unusable(probe)
+    leave_out = sb.checkbox(f"Leave out images flagged unusable ({len(flagged)})", key=_initial("exclude_unusable", False),
+                            disabled=not flagged and not st.session_state.get("exclude_unusable"),
+                            help="Images a reader flagged unusable on Review (broken, unreadable, the wrong "
+                                 "structure). Off: they stay in the run, and the Data page lists them. On: left out "
+                                 "of every row, listed on the Data page and in skipped.csv.")
+    excluded = flagged if leave_out else ()
 
     sb.header("Heads")
     head_names = sb.multiselect("Heads", list(HEADS), key=_initial("heads", ["ridge", "svc"]),
@@ -251,7 +258,8 @@ def _draw(specs, known) -> Settings | None:
                                    else (GROUPING[grouping][1], None))
     return Settings(data_path, signature, is_demo, encoders, heads, n_folds, seed, age_range,
                     str(default_cache_dir()), 1 if holdout else repeats, group_by_fish, curve, combined, covariates,
-                    bool(impute and covariates), columns, group_column, holdout or None, downloads, tie_level)
+                    bool(impute and covariates), columns, group_column, holdout or None, downloads, tie_level,
+                    excluded)
 
 
 def _grouping_label(value: str, fish_column: str) -> str:

@@ -50,6 +50,7 @@ class Settings:
     holdout_column: str | None = None  # leave-one-group-out over this column's values (then n_folds is not used)
     downloads: str = ""  # where the downloads of photos behind URLs stand (otolith_core.data.download_signature)
     tie_level: float = TIE_LEVEL  # Results marks the models tied with the best at this level (changes no number)
+    excluded: tuple[tuple[str, str], ...] = ()  # (image, why) left out: flagged unusable by a reader (sidebar switch)
 
     @property
     def data_key(self) -> str:
@@ -57,7 +58,12 @@ class Settings:
         the mapping) and the downloads so far (a photo downloaded, or failed, changes what is read)."""
         mapping = "" if self.columns.native else f"|{self.columns}"
         downloads = f"|{self.downloads}" if self.downloads else ""  # keys of data without URLs stay as they were
-        return f"{self.data_path}|{self.age_range}|{self.data_signature}{mapping}{downloads}"
+        left_out = ""
+        if self.excluded:
+            import hashlib
+
+            left_out = "|excluded:" + hashlib.sha256(repr(self.excluded).encode()).hexdigest()[:16]
+        return f"{self.data_path}|{self.age_range}|{self.data_signature}{mapping}{downloads}{left_out}"
 
     def same_run_as(self, other: "Settings | None") -> bool:
         """Whether ``other`` asks for the same run: equal but for downloads made since (a run's own extraction
@@ -127,7 +133,7 @@ URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "extra_model": _TEXT, "alpha": _FLOAT, "svc_c": _FLOAT, "scaling": _TEXT, "class_weight": _TEXT, "folds": _INT,
     "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "holdout": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
-    "tie_level": _FLOAT,
+    "tie_level": _FLOAT, "exclude_unusable": _BOOL,
     "col_path": _TEXT, "col_age": _TEXT, "col_fish": _TEXT, "col_box": _TEXT, "col_box_format": _TEXT, "col_id": _TEXT,
 }
 URL_LISTS = ("encoders", "variants", "combine", "covariates", "heads")  # multiselects: one query parameter per chosen value
