@@ -554,8 +554,11 @@ def test_review_maps_each_encoder_and_shows_a_picked_images_neighbours(app):
     assert _map_points(app.get("vega_lite_chart")[0])["selected"].sum() == 3
     _select_on_map(app, app.get("vega_lite_chart")[1], boxed={}, picked=[{"image": box["image"].iloc[0]}])
     assert len(_gallery(app)) == 3 and app.session_state["space_image"] == box["image"].iloc[0]
+    _select_on_map(app, app.get("vega_lite_chart")[1], boxed={"x": [box["x"].min() - 2, box["x"].min() - 1],
+                                                              "y": [second["y"].min(), second["y"].max()]})
+    assert "**0 selected**: no image inside the box" in [m.value for m in app.markdown] and not _gallery(app)
     app.button(key="space_clear").click().run()
-    assert not app.exception and not _gallery(app)
+    assert not app.exception and not any(" selected**" in m.value for m in app.markdown)
     assert not any(_map_points(chart)["selected"].any() for chart in app.get("vega_lite_chart"))
 
 

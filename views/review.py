@@ -179,8 +179,8 @@ def _embedding_space() -> None:
     wide = comparison.per_image(0)
     ages = dict(zip(wide["image"], wide["true_age"]))
     spaces = {}
-    selection = st.session_state.get("space_selection", [])  # image ids boxed on a map: every map rings them
-    drawn = []  # the model whose ages each map shows
+    selection = st.session_state.get("space_selection")  # ids of the images boxed on a map (None: no box)
+    drawn = []  # the models whose ages the maps show
     for column, name in zip(st.columns(len(names)), names):
         space = cached.embedding_space(settings, dataset, name, list(wide["image"]), method)
         if space is None:
@@ -195,12 +195,14 @@ def _embedding_space() -> None:
         # no thumbnails on hover: the images would travel with each of the 8,637 points on every rerun
         key = f"space-{name}-{st.session_state.get('space_rounds', {}).get(name, 0)}"
         column.altair_chart(embedding_map(points, title=f"{name} ({method.upper()}, {space.scaling} scaling)",
-                                          selected=selection),
+                                          selected=selection or ()),
                             on_select=partial(_picked_on_map, key, name, points), key=key, width="stretch")
     st.caption("Each point is an image, coloured by its reader age; hover for its ages, click on the map to pick the "
                "nearest image and see it and its nearest neighbours below, drag a box to select the images inside "
                "it (ringed on every map, shown below). The map uses each encoder's own scaling.")
-    _selected_images([i for i in selection if i in records], wide.set_index("image")[["true_age", *drawn]])
+    if selection is not None:  # kept across runs: a later comparison may leave some of its images out
+        shown = wide.set_index("image")[["true_age", *drawn]]
+        _selected_images([i for i in selection if i in records and i in shown.index], shown)
     picked = st.session_state.get("space_image")  # the last image clicked on a map or read again
     if picked not in records or not spaces:
         st.caption("Click on a map (or press **Read again** under an image) to see an image's nearest neighbours.")
@@ -247,16 +249,15 @@ def _forget_boxes(keep: str | None = None) -> None:
 
 
 def _clear_selection() -> None:
-    st.session_state["space_selection"] = []
+    st.session_state.pop("space_selection", None)
     _forget_boxes()
 
 
 def _selected_images(selection: list[str], ages: pd.DataFrame, limit: int = 24) -> None:
-    """The images boxed on a map, at most ``limit`` of them, each with its ages (``ages``: by image, the reader's
-    ``true_age`` and a column per model on the maps)."""
-    if not selection:
-        return
-    st.markdown(f"**{len(selection)} selected**" + (f", showing the first {limit}" if len(selection) > limit else ""))
+    """The images boxed on a map (none: an empty box), at most ``limit`` of them, each with its ages (``ages``: by
+    image, the reader's ``true_age`` and a column per model on the maps)."""
+    st.markdown(f"**{len(selection)} selected**" + (f", showing the first {limit}" if len(selection) > limit else "")
+                + ("" if selection else ": no image inside the box"))
     st.button("Clear the selection", key="space_clear", on_click=_clear_selection)
     columns = st.columns(6)
     for i, image in enumerate(selection[:limit]):
