@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import altair as alt
 import pandas as pd
 
@@ -215,19 +217,42 @@ def per_age_heatmap(per_age: pd.DataFrame, value: str = "recall") -> alt.Chart:
                                               height=alt.Step(22))
 
 
-def embedding_map(points: pd.DataFrame, *, title: str, height: int = 420) -> alt.Chart:
+def embedding_map(points: pd.DataFrame, *, title: str, height: int = 420,
+                  selected: Collection[str] = ()) -> alt.Chart:
     """A 2-D map of one encoder's embeddings: a point per image coloured by reader age, ages in the tooltip.
 
-    ``points`` has columns ``x, y, image, reader_age, model_age``; a click selects the point nearest to it
-    (among thousands a point is too small to hit; the selection parameter ``picked`` carries its ``image``).
-    No image data goes into the chart, so thousands of points stay fast.
+    A click selects the point nearest to it (among thousands a point is too small to hit; the selection parameter
+    ``picked`` carries its ``image``); a drag draws a box (the interval parameter ``boxed`` carries its extent in
+    map units, ``{"x": [x0, x1], "y": [y0, y1]}``). No image data goes into the chart, so thousands of points stay
+    fast: no thumbnails on hover either, since each would travel with every rerun.
+
+    Parameters
+    ----------
+    points : columns ``x, y, image, reader_age, model_age``, one row per image.
+    title : the chart's title.
+    height : in pixels.
+    selected : ids of the images selected (by a box on this map or on another encoder's): drawn solid with a ring,
+        the others faded. Empty: every image drawn alike, a clicked one solid.
+
+    Returns
+    -------
+    The chart; its data gains a boolean ``selected`` column.
     """
+    if isinstance(selected, str):
+        raise TypeError(f"selected must be a collection of image ids, not the string {selected!r}")
+    points = points.assign(selected=points["image"].isin(list(selected)))
     picked = alt.selection_point(name="picked", fields=["image"], on="click", nearest=True, clear="dblclick")
-    return alt.Chart(points, title=title).mark_circle(size=40).encode(
+    boxed = alt.selection_interval(name="boxed", encodings=["x", "y"], clear="dblclick")
+    if points["selected"].any():
+        opacity = alt.condition(alt.datum.selected, alt.value(0.95), alt.value(0.15))
+    else:
+        opacity = alt.condition(picked, alt.value(0.9), alt.value(0.25))
+    return alt.Chart(points, title=title).mark_circle(size=40, stroke="black").encode(
         x=alt.X("x:Q", title="1st axis", axis=alt.Axis(labels=False, ticks=False)),
         y=alt.Y("y:Q", title="2nd axis", axis=alt.Axis(labels=False, ticks=False)),
         color=alt.Color("reader_age:Q", title="reader age", scale=alt.Scale(scheme="viridis")),
-        opacity=alt.condition(picked, alt.value(0.9), alt.value(0.25)),
+        opacity=opacity,
+        strokeWidth=alt.condition(alt.datum.selected, alt.value(1.2), alt.value(0)),
         tooltip=[alt.Tooltip("image:N"), alt.Tooltip("reader_age:Q", title="reader age"),
                  alt.Tooltip("model_age:Q", title="model age")],
-    ).add_params(picked).properties(height=height)
+    ).add_params(picked, boxed).properties(height=height)

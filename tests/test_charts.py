@@ -9,7 +9,7 @@ import pytest
 
 from otolith_core.charts import (
     BAR_METRICS, PAPER_COD, PAPER_LABEL, age_bias_plot, age_histogram, comparison_chart, confusion_matrix,
-    fold_lines, learning_curve_chart, metric_bars,
+    embedding_map, fold_lines, learning_curve_chart, metric_bars,
 )
 from otolith_core.metrics import METRIC_LABELS
 
@@ -202,3 +202,30 @@ def test_metric_bars_fade_the_models_told_apart_from_the_best_and_name_the_test_
     assert "Holm" in opacity["legend"]["title"] and "0.01" in opacity["legend"]["title"]
     assert [row["tie"] for row in _rows(spec, bars)] == [TIED, APART, TIED]
     assert "opacity" not in _layers(metric_bars(summary, "accuracy").to_dict())[0]["encoding"]  # no column: no mark
+
+
+def _map_points() -> pd.DataFrame:
+    return pd.DataFrame({"x": [0.0, 1.0, 2.0], "y": [0.5, 1.5, 2.5], "image": ["a", "b", "c"],
+                         "reader_age": [1, 2, 3], "model_age": [1, 3, 3]})
+
+
+def test_embedding_map_picks_by_click_boxes_by_drag_and_rings_the_images_selected_elsewhere():
+    spec = embedding_map(_map_points(), title="enc", selected=["b", "not on this map"]).to_dict()
+    params = {p["name"]: p["select"] for p in spec["params"]}
+    assert params["picked"]["type"] == "point" and params["picked"]["fields"] == ["image"]
+    assert params["boxed"]["type"] == "interval" and params["boxed"]["encodings"] == ["x", "y"]
+    assert [(r["image"], r["selected"]) for r in _rows(spec, spec)] == [("a", False), ("b", True), ("c", False)]
+    encoding = spec["encoding"]
+    assert encoding["opacity"] == {"condition": {"test": "datum.selected", "value": 0.95}, "value": 0.15}
+    assert encoding["strokeWidth"] == {"condition": {"test": "datum.selected", "value": 1.2}, "value": 0}
+
+
+def test_embedding_map_without_a_selection_fades_all_but_the_clicked_image():
+    spec = embedding_map(_map_points(), title="enc").to_dict()
+    assert not any(r["selected"] for r in _rows(spec, spec))
+    assert spec["encoding"]["opacity"] == {"condition": {"param": "picked", "value": 0.9}, "value": 0.25}
+
+
+def test_embedding_map_refuses_a_string_for_the_selected_ids():
+    with pytest.raises(TypeError, match="not the string 'a'"):
+        embedding_map(_map_points(), title="enc", selected="a")

@@ -523,11 +523,69 @@ def test_review_maps_each_encoder_and_shows_a_picked_images_neighbours(app):
     assert any("add the **logistic** head" in i.value for i in app.info)  # no ranking without probabilities
     assert len(app.get("vega_lite_chart")) == 2  # a map per encoder, side by side
     picked = pd.read_csv(os.environ["OTOLITH_DATA"]).path[0]
-    app.session_state["space_image"] = picked  # as a click on a map (or Read again) sets it
-    app.run()
-    assert not app.exception
+    _select_on_map(app, app.get("vega_lite_chart")[0], boxed={}, picked=[{"image": picked}])  # a click
+    assert not app.exception and app.session_state["space_image"] == picked
     neighbour_captions = [m.value for m in app.markdown if m.value.startswith("Nearest in")]
     assert neighbour_captions == [f"Nearest in **{e}** (cosine similarity):" for e in ENCODERS]
+
+    # a box on the first map: the images inside it below the maps, ringed on both maps
+    first = _map_points(app.get("vega_lite_chart")[0])
+    x0, x1 = first["x"].quantile([0.2, 0.8])
+    y0, y1 = first["y"].quantile([0.2, 0.8])
+    inside = first[first["x"].between(x0, x1) & first["y"].between(y0, y1)]
+    assert 24 < len(inside) < len(first)  # more than the gallery shows
+    _select_on_map(app, app.get("vega_lite_chart")[0], boxed={"x": [x0, x1], "y": [y1, y0]})  # y as dragged down
+    assert not app.exception
+    assert f"**{len(inside)} selected**, showing the first 24" in [m.value for m in app.markdown]
+    second = _map_points(app.get("vega_lite_chart")[1])
+    assert second.loc[second["selected"], "image"].tolist() == inside["image"].tolist()  # the other map marks them
+    assert _map_points(app.get("vega_lite_chart")[0])["selected"].tolist() == first["image"].isin(inside["image"]).tolist()
+    ages = second.set_index("image")["model_age"]
+    assert _gallery(app) == sorted(f"{row.image} · reader {row.reader_age} · {ENCODERS[0]} / ridge {row.model_age} · "
+                                   f"{ENCODERS[1]} / ridge {ages[row.image]}" for row in inside.head(24).itertuples())
+    assert app.session_state["space_image"] == picked  # a box is not a pick
+
+    # a box on the other map replaces the selection; a click leaves it; Clear empties it
+    box = second.sort_values("x").head(3)
+    _select_on_map(app, app.get("vega_lite_chart")[1], boxed={"x": [box["x"].min(), box["x"].max()],
+                                                              "y": [second["y"].min(), second["y"].max()]})
+    assert "**3 selected**" in [m.value for m in app.markdown]
+    assert [c.split(" · ")[0] for c in _gallery(app)] == sorted(box["image"])
+    assert _map_points(app.get("vega_lite_chart")[0])["selected"].sum() == 3
+    _select_on_map(app, app.get("vega_lite_chart")[1], boxed={}, picked=[{"image": box["image"].iloc[0]}])
+    assert len(_gallery(app)) == 3 and app.session_state["space_image"] == box["image"].iloc[0]
+    _select_on_map(app, app.get("vega_lite_chart")[1], boxed={"x": [box["x"].min() - 2, box["x"].min() - 1],
+                                                              "y": [second["y"].min(), second["y"].max()]})
+    assert "**0 selected**: no image inside the box" in [m.value for m in app.markdown] and not _gallery(app)
+    app.button(key="space_clear").click().run()
+    assert not app.exception and not any(" selected**" in m.value for m in app.markdown)
+    assert not any(_map_points(chart)["selected"].any() for chart in app.get("vega_lite_chart"))
+
+
+def _map_points(chart) -> pd.DataFrame:
+    """The points an embedding map draws (its one data set, Arrow bytes in the chart's message)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+
+
+def _select_on_map(app: AppTest, chart, **selection) -> AppTest:
+    """Run the page with ``selection`` made on ``chart`` as the browser sends it: the chart's widget state is the JSON
+    ``{"selection": {parameter: value}}``, a click's point ``[{"image": ...}]``, a box ``{"x": [..], "y": [..]}``
+    and ``{}`` once cleared (seen from Chromium). AppTest has no chart widget to drive, so the state is added to the
+    others'."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    states = app._tree.get_widget_states()
+    states.widgets.append(WidgetState(id=chart.proto.id, string_value=json.dumps({"selection": selection})))
+    return app._run(states)
+
+
+def _gallery(app: AppTest) -> list[str]:
+    """The captions of the images selected on a map (each starts with the image's id and names its reader age),
+    sorted (the tree lists the gallery column by column)."""
+    captions = [image.caption for element in app.get("image") for image in element.proto.imgs]
+    return sorted(c for c in captions if " · reader " in c)
 
 
 @pytest.mark.slow

@@ -160,6 +160,8 @@ def _embedding_space() -> None:
     wide = comparison.per_image(0)
     ages = dict(zip(wide["image"], wide["true_age"]))
     spaces = {}
+    selection = st.session_state.get("space_selection")  # ids of the images boxed on a map (None: no box)
+    drawn = []  # the models whose ages the maps show
     for column, name in zip(st.columns(len(names)), names):
         space = cached.embedding_space(settings, dataset, name, list(wide["image"]), method)
         if space is None:
@@ -170,10 +172,18 @@ def _embedding_space() -> None:
         points = pd.DataFrame({"x": space.coords[:, 0], "y": space.coords[:, 1], "image": space.images,
                                "reader_age": [ages[i] for i in space.images],
                                "model_age": wide.set_index("image").loc[space.images, model].to_numpy() if model else None})
-        column.altair_chart(embedding_map(points, title=f"{name} ({method.upper()}, {space.scaling} scaling)"),
-                            on_select=partial(_picked_on_map, f"space-{name}"), key=f"space-{name}", width="stretch")
+        drawn += [model] if model else []
+        # no thumbnails on hover: the images would travel with each of the 8,637 points on every rerun
+        key = f"space-{name}-{st.session_state.get('space_rounds', {}).get(name, 0)}"
+        column.altair_chart(embedding_map(points, title=f"{name} ({method.upper()}, {space.scaling} scaling)",
+                                          selected=selection or ()),
+                            on_select=partial(_picked_on_map, key, name, points), key=key, width="stretch")
     st.caption("Each point is an image, coloured by its reader age; hover for its ages, click on the map to pick the "
-               "nearest image and see it and its nearest neighbours below. The map uses each encoder's own scaling.")
+               "nearest image and see it and its nearest neighbours below, drag a box to select the images inside "
+               "it (ringed on every map, shown below). The map uses each encoder's own scaling.")
+    if selection is not None:  # kept across runs: a later comparison may leave some of its images out
+        shown = wide.set_index("image")[["true_age", *drawn]]
+        _selected_images([i for i in selection if i in records and i in shown.index], shown)
     picked = st.session_state.get("space_image")  # the last image clicked on a map or read again
     if picked not in records or not spaces:
         st.caption("Click on a map (or press **Read again** under an image) to see an image's nearest neighbours.")
@@ -194,11 +204,47 @@ def _pick(image: str) -> None:
     st.session_state["review_image"] = st.session_state["space_image"] = image
 
 
-def _picked_on_map(key: str) -> None:
-    """A click on a map picks its image (a later Read again picks another; the last one wins)."""
-    points = st.session_state[key].selection.get("picked", [])
-    if points and points[0].get("image") in records:
-        st.session_state["space_image"] = points[0]["image"]
+def _picked_on_map(key: str, name: str, points: pd.DataFrame) -> None:
+    """A click on a map picks its image (a later Read again picks another; the last one wins); a box drawn on
+    ``name``'s map (``points`` as drawn) selects the images inside it instead of the last selection."""
+    selection = st.session_state[key].selection
+    box = selection.get("boxed") or {}  # {"x": [x0, x1], "y": [y0, y1]} in map units; {} once a click clears it
+    if box:  # a click starts a new box of no size, which clears this one: a box and a pick never come together
+        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+        inside = points["x"].between(x0, x1) & points["y"].between(y0, y1)
+        st.session_state["space_selection"] = points.loc[inside, "image"].tolist()
+        _forget_boxes(keep=name)
+        return
+    picked = selection.get("picked", [])
+    if picked and picked[0].get("image") in records:
+        st.session_state["space_image"] = picked[0]["image"]
+
+
+def _forget_boxes(keep: str | None = None) -> None:
+    """Draw the maps but ``keep``'s afresh (a new key): their boxes are gone, so no box is left on a map that
+    no longer matches the selection (a clear, or a box on another map)."""
+    rounds = st.session_state.setdefault("space_rounds", {})
+    for name in comparison.precisions:
+        if name != keep:
+            rounds[name] = rounds.get(name, 0) + 1
+
+
+def _clear_selection() -> None:
+    st.session_state.pop("space_selection", None)
+    _forget_boxes()
+
+
+def _selected_images(selection: list[str], ages: pd.DataFrame, limit: int = 24) -> None:
+    """The images boxed on a map (none: an empty box), at most ``limit`` of them, each with its ages (``ages``: by
+    image, the reader's ``true_age`` and a column per model on the maps)."""
+    st.markdown(f"**{len(selection)} selected**" + (f", showing the first {limit}" if len(selection) > limit else "")
+                + ("" if selection else ": no image inside the box"))
+    st.button("Clear the selection", key="space_clear", on_click=_clear_selection)
+    columns = st.columns(6)
+    for i, image in enumerate(selection[:limit]):
+        row = ages.loc[image]
+        show_thumbnail(columns[i % 6], records[image], f"{image} · reader {row['true_age']}"
+                       + "".join(f" · {model} {row[model]}" for model in ages.columns[1:]))
 
 
 def _what_the_encoder_sees(picked: str, encoders: list[str]) -> None:
