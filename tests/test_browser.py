@@ -6,6 +6,7 @@ Needs Debian's `chromium` (CI installs it). Screenshots go to the test's tempora
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -70,8 +71,6 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
     """The issue's walk-through: Run starts extraction jobs; change the seed, open another page, reload the tab;
     the settings are restored from the URL, the jobs keep going and finish, and every page then opens."""
     from playwright.sync_api import sync_playwright
-
-    import re
 
     n = len(demo_manifest.read_text().splitlines()) - 1
     shots = Path(os.environ.get("OTOLITH_SCREENSHOTS") or tmp_path / "screenshots")
@@ -190,6 +189,53 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
     _click_on_the_map(page)
     saved = list(cache.glob("readings/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading
+    _box_on_the_map(page)
+    _a_second_reader_in_another_tab(page.context.browser.new_page(viewport={"width": 1500, "height": 1100}), page.url,
+                                    cache)
+
+
+def _box_on_the_map(page) -> None:
+    """A box dragged over most of the first map opens its images as a gallery below the maps."""
+    chart = page.locator('[data-testid="stVegaLiteChart"]').first
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.15)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.85, box["y"] + box["height"] * 0.85, steps=8)
+    page.mouse.up()
+    page.get_by_text(re.compile(r"^\d+ selected")).first.wait_for(timeout=60_000)
+    assert page.get_by_text("no image inside the box").count() == 0
+    assert page.locator('[data-testid="stException"]').count() == 0, "exception box after a box on the map"
+
+
+def _a_second_reader_in_another_tab(page, url: str, cache: Path) -> None:
+    """Reader B opens the same run in a second tab: the first image to read is the one GS read, with none of GS's
+    ages shown; B flags it uncertain with a comment and presses the age key 3; only then GS's age is shown."""
+    import pandas as pd
+
+    page.goto(url, timeout=120_000)
+    page.get_by_label("Your name or initials").wait_for(timeout=300_000)
+    _settle(page)
+    name = page.get_by_label("Your name or initials")
+    name.fill("B")
+    name.press("Enter")
+    page.get_by_text(re.compile(r"^0 of \d+ read by you")).first.wait_for(timeout=60_000)
+    assert page.get_by_text("other readers").count() == 0 and page.get_by_text("The reader's age was").count() == 0
+    page.get_by_text("uncertain", exact=True).first.click()
+    _settle(page)
+    comment = page.get_by_label("Comment")
+    comment.fill("faint edge")
+    comment.press("Enter")
+    _settle(page)
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # out of the text box: keys go to the page
+    page.keyboard.press("3")
+    page.get_by_text("other readers: GS: 5").first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0, "exception box in the second tab"
+    readings = pd.read_csv(cache / "readings" / "second_readings.csv", keep_default_na=False)
+    assert readings[["reader", "second_age", "flags", "comment"]].values.tolist()[-1] == ["B", 3, "uncertain", "faint edge"]
+    assert readings["image"].iloc[-1] == readings["image"].iloc[0]  # the image GS read
+    page.get_by_text("read by two or more human readers").first.wait_for(timeout=60_000)
+    page.close()
 
 
 def _comparison_jobs(cache: Path) -> dict[str, float]:

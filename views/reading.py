@@ -184,18 +184,19 @@ def _moves(queue: list[str], position: int | None, mine: set[str]) -> None:
     previous, following, unread = st.columns(3)
     at = -1 if position is None else position
     if at > 0:
-        previous.button("Previous", key="review_previous", shortcut="Left", on_click=_pick, args=(queue[at - 1],))
+        previous.button("Previous", key="review_previous", shortcut="Left", on_click=pick, args=(queue[at - 1],))
     if at + 1 < len(queue):
-        following.button("Next", key="review_forward", shortcut="Right", on_click=_pick, args=(queue[at + 1],))
+        following.button("Next", key="review_forward", shortcut="Right", on_click=pick, args=(queue[at + 1],))
     later = [i for i in queue[at + 1:] + queue[:max(at, 0)] if i not in mine and i != (queue[at] if at >= 0 else None)]
     if later:
-        unread.button("Next image to read", key="review_next", on_click=_pick, args=(later[0],),
+        unread.button("Next image to read", key="review_next", on_click=pick, args=(later[0],),
                       help="The next image in this order without a reading by you.")
     else:
         unread.caption("You have read every image of this order.")
 
 
-def _pick(image: str) -> None:
+def pick(image: str) -> None:
+    """Read ``image`` next (a button's callback); the embedding space shows its neighbours too."""
     st.session_state["review_image"] = st.session_state["space_image"] = image
 
 

@@ -68,7 +68,7 @@ def _doubtful_ages(reader: str, readings: reading.Readings) -> list[str]:
         ages_text = "" if blind else (f" · reader {row['reader_age']} · models "
                                       + ", ".join(str(row[f"{m} age"]) for m in chosen))
         show_thumbnail(column, records[row["image"]], f"#{row['rank']} · score {row['score']:.2f}{ages_text}")
-        column.button("Read again", key=f"reread-{row['image']}", on_click=_pick, args=(row["image"],))
+        column.button("Read again", key=f"reread-{row['image']}", on_click=reading.pick, args=(row["image"],))
     ranking = _as_the_reader_may_see(with_second_ages(table, readings.second.table), reader, readings, blind)
     with st.expander("The whole ranking (label_review.csv)"):
         st.dataframe(ranking, hide_index=True, width="stretch", height=300)
@@ -198,10 +198,6 @@ def _embedding_space() -> None:
             image = space.images[index]
             show_thumbnail(column, records[image], f"age {records[image].age} · {similarity:.3f}")
     _what_the_encoder_sees(picked, encoders)
-
-
-def _pick(image: str) -> None:
-    st.session_state["review_image"] = st.session_state["space_image"] = image
 
 
 def _picked_on_map(key: str, name: str, points: pd.DataFrame) -> None:
