@@ -67,4 +67,6 @@ def test_the_map_chart_carries_no_image_data_and_a_click_selection():
     assert spec["params"][0]["name"] == "picked" and spec["params"][0]["select"]["fields"] == ["image"]
     assert spec["params"][0]["select"]["nearest"]  # a click anywhere picks the closest point: no pixel hunting
     values = next(iter(spec["datasets"].values()))
-    assert set(values[0]) == {"x", "y", "image", "reader_age", "model_age"}  # names and ages, no pixels
+    # names, ages and whether the point is in the box selection (a boolean): no pixels
+    assert set(values[0]) == {"x", "y", "image", "reader_age", "model_age", "selected"}
+    assert {v["selected"] for v in values} == {False}
