@@ -21,6 +21,7 @@ from otolith_core.readings import FIRST_READER, RESERVED_READERS, UNUSABLE, add_
 from otolith_core.report import csv_bytes
 from views import cached
 from views.state import Settings
+from views.widgets import chart
 
 NEW_READER = "someone new…"
 NUMBER_KEYS = 10  # ages 0-9 have their digit as a keyboard key
@@ -240,14 +241,16 @@ def readers_table(readings: Readings, reader: str) -> pd.DataFrame:
     return readers_by_image(visible) if len(visible) else pd.DataFrame()
 
 
-def exchange_section(readings: Readings, model_ages: pd.DataFrame | None) -> None:
+def exchange_section(readings: Readings, model_ages: pd.DataFrame | None, key: str) -> None:
     """The age-reading exchange report (ICES / SmartDots): agreement with the modal age, CV, APE and bias per
-    reader, the models as extra readers; tests between readers; and an age-bias plot."""
+    reader, the models as extra readers; tests between readers; and an age-bias plot. ``key``: the stored
+    comparison's; the report is made once per it and state of the readings file (appended to, never rewritten)."""
     st.subheader("Age-reading exchange")
     if not has_exchange(readings.per_reader):
         st.caption("The report needs images read by at least two readers (the manifest's age counts as the first).")
         return
-    report = exchange_report(readings.per_reader, model_ages)
+    report = cached.derived((key, "exchange", len(readings.file), len(readings.per_reader)),
+                            lambda: exchange_report(readings.per_reader, model_ages))
     st.markdown(f"**{report.n_images} images** read by two or more human readers; **{report.n_no_mode}** of them "
                 "have no modal age (the most frequent ages tie: *no agreement*) and are left out of every column that "
                 "compares with the mode. Models are extra readers: their first repeat's out-of-fold ages against the "
@@ -259,7 +262,8 @@ def exchange_section(readings: Readings, model_ages: pd.DataFrame | None) -> Non
     if len(report.bias):
         from otolith_core.charts import reader_bias_plot
 
-        st.altair_chart(reader_bias_plot(report.bias), width="stretch")
+        chart(st, (key, "exchange bias", len(readings.file), len(readings.per_reader)),
+              lambda: reader_bias_plot(report.bias))
     columns = st.columns(3)
     for column, (name, table) in zip(columns, report.tables().items()):
         column.download_button(name, csv_bytes(table), file_name=name, mime="text/csv", key=f"download-{name}")

@@ -41,7 +41,7 @@ def _doubtful_ages(reader: str, readings: reading.Readings) -> list[str]:
     if not chosen:
         st.caption("Choose at least one model.")
         return []
-    table = doubtful_ages([models[m] for m in chosen], fish=comparison.fish or None, tie_seed=comparison.seed)
+    table = _ranking(tuple(chosen))
     unscored = table[table["score"].isna()]
     if len(unscored):
         st.info(f"**{len(unscored)} {'image' if len(unscored) == 1 else 'images'} could not be scored**: every model "
@@ -77,6 +77,17 @@ def _doubtful_ages(reader: str, readings: reading.Readings) -> list[str]:
     return list(selected["image"])
 
 
+def _per_image() -> pd.DataFrame:
+    """Each model's out-of-fold age of each image in the first repeat, made once per stored comparison."""
+    return cached.derived((shown.key, "per image", 0), lambda: comparison.per_image(0))
+
+
+def _ranking(chosen: tuple[str, ...]) -> pd.DataFrame:
+    """The doubtful-ages ranking by the ``chosen`` models, computed once per stored comparison and choice."""
+    return cached.derived((shown.key, "doubtful ages", chosen), lambda: doubtful_ages(
+        [models[m] for m in chosen], fish=comparison.fish or None, tie_seed=comparison.seed))
+
+
 def _as_the_reader_may_see(ranking: pd.DataFrame, reader: str, readings: reading.Readings, blind: bool
                            ) -> pd.DataFrame:
     """The ranking without the ages ``reader`` may not see: the second readings of images they have not read
@@ -94,7 +105,7 @@ def _as_the_reader_may_see(ranking: pd.DataFrame, reader: str, readings: reading
 
 def _reading_again(reader: str, readings: reading.Readings, queue: list[str]) -> None:
     st.subheader("Reading again")
-    wide = comparison.per_image(0)
+    wide = _per_image()
     model_ages = {m: dict(zip(wide["image"], wide[m])) for m in wide.columns if " / " in m}
     reading.reading_view(settings, dataset, queue, readings, reader, model_ages=model_ages)
     second, found = readings.second.table, readings.second
@@ -118,7 +129,7 @@ def _reading_again(reader: str, readings: reading.Readings, queue: list[str]) ->
             f"reader and the latest second reading: APE {readers.ape:.1f} %, CV {readers.cv:.1f} %, "
             f"{readers.exact:.0%} the same age.")
     if models:
-        table = doubtful_ages(list(models.values()), fish=comparison.fish or None)
+        table = _ranking(tuple(models))
         compared = second[second["image"].isin(table["image"])]  # an image outside this comparison has no model age
         model = agreement(compared["first_age"], table.set_index("image").loc[compared["image"], "consensus_age"])
         text += (f" Models (their most common age) against the first reader on the same {model.n} images: "
@@ -157,7 +168,7 @@ def _embedding_space() -> None:
         method = "pca"
     if not names:
         return
-    wide = comparison.per_image(0)
+    wide = _per_image()
     ages = dict(zip(wide["image"], wide["true_age"]))
     spaces = {}
     selection = st.session_state.get("space_selection")  # ids of the images boxed on a map (None: no box)
@@ -282,7 +293,7 @@ if models:
 else:
     st.info("Doubtful ages are ranked from a head's out-of-fold class probabilities: add the **logistic** head in "
             "the sidebar and run the comparison again. Until then the images are read in a seeded order.")
-    to_read = seeded_order(list(comparison.per_image(0)["image"]), comparison.seed)
+    to_read = seeded_order(list(_per_image()["image"]), comparison.seed)
 _reading_again(who, current, to_read)
 _embedding_space()
-reading.exchange_section(current, comparison.per_image(0))  # last: the first chart on the page stays the map
+reading.exchange_section(current, _per_image(), shown.key)  # last: the first chart on the page stays the map
