@@ -214,7 +214,11 @@ def _a_second_reader_in_another_tab(page, url: str, cache: Path) -> None:
     import pandas as pd
 
     page.goto(url, timeout=120_000)
-    page.get_by_label("Your name or initials").wait_for(timeout=300_000)
+    try:
+        page.get_by_label("Your name or initials").wait_for(timeout=300_000)
+    except BaseException:
+        page.screenshot(path=str(cache.parent / "second_tab_failure.png"), full_page=True)
+        raise
     _settle(page)
     name = page.get_by_label("Your name or initials")
     name.fill("B")

@@ -131,7 +131,7 @@ def _reading_controls(settings: Settings, record: ImageRecord, ages: list[int]) 
                                              on_click=_save, args=(settings.cache_dir, record, age))
     with st.form(f"second_reading-{image}", clear_on_submit=False, border=False):
         st.number_input("Your age reading (years)", min_value=0, max_value=100, step=1, value=None,
-                              key=f"second_age-{image}")
+                        key=f"second_age-{image}")
         st.form_submit_button("Save reading", type="primary", on_click=_save_typed, args=(settings.cache_dir, record))
     st.button("Save as unusable (no age)", key=f"save_unusable-{image}", on_click=_save,
               args=(settings.cache_dir, record, None, True))
@@ -162,9 +162,6 @@ def _save(cache_dir, record: ImageRecord, age: int | None, unusable: bool = Fals
                     comment=state.get(f"comment-{record.id}", ""))
     except ValueError as exc:
         state["review_problem"] = str(exc)
-        return
-    saved = state.setdefault("review_saved", {})
-    saved[record.id] = age
 
 
 def _reveal(readings: Readings, record: ImageRecord, reader: str, model_ages: dict[str, dict[str, int]]) -> None:

@@ -23,6 +23,9 @@ _CONSENTS = "allowed_downloads"
 _RESTORED = "restored_from_url"
 _JOBS_SEEN = "jobs_seen_running"
 _RUN_PRESSED = "run_pressed"
+# Each setting's value as last drawn, kept under a key no widget has: the status area's self-refreshing fragment
+# (run_every) can make Streamlit evict the widgets' own state when its run meets a page change (streamlit#10805).
+_KEPT = "kept:"
 RUN_PARAM = "run"  # in the URL: a run was requested for the settings it holds
 
 
@@ -178,10 +181,16 @@ def keep_widget_values() -> None:
     for key in (*URL_FIELDS, *URL_LISTS):
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
+        elif _KEPT + key in st.session_state:  # evicted by a run_every fragment's run (streamlit#10805)
+            st.session_state[key] = st.session_state[_KEPT + key]
 
 
 def mirror_to_url(*, run_requested: bool) -> None:
-    """Write the widgets' current values into the URL (only when they changed, so history stays short)."""
+    """Write the widgets' current values into the URL (only when they changed, so history stays short), and keep a
+    copy of each outside the widgets' state, where a fragment's run cannot evict it (``keep_widget_values``)."""
+    for key in (*URL_FIELDS, *URL_LISTS):
+        if key in st.session_state:
+            st.session_state[_KEPT + key] = st.session_state[key]
     wanted: dict[str, str | list[str]] = {}
     for key, (write, _) in URL_FIELDS.items():
         if key in st.session_state and st.session_state[key] is not None:
