@@ -144,6 +144,19 @@ def offline_hub(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
+def write_tiny_photos_manifest(folder: Path, manifest: str, *, seed: int) -> Path:
+    """``folder/m.csv`` holding ``manifest`` (its first column names photos ``o0.png``, ``o1.png``, ...), and one
+    16 x 16 random photo per data row beside it; returns the manifest's path."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(len(manifest.strip().splitlines()) - 1):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"o{i}.png")
+    (folder / "m.csv").write_text(manifest)
+    return folder / "m.csv"
+
+
 def write_mixed_manifest(demo_manifest: Path, folder: Path) -> tuple[Path, list[str], list[str], str]:
     """The demo plus every kind of bad row, every unusual-but-valid image format and a copy of a demo
     image under another age, as one CSV manifest.

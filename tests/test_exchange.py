@@ -5,7 +5,6 @@ import statistics
 from collections import Counter
 from itertools import combinations
 
-import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import chi2
@@ -204,13 +203,11 @@ def test_an_exchange_with_no_image_read_twice_is_empty():
 @pytest.fixture
 def four(tmp_path):
     """Four tiny photos; the manifest has a second_age for o2 and o3; ages 4, 6, 2, 5."""
-    from PIL import Image
+    from conftest import write_tiny_photos_manifest
 
-    rng = np.random.default_rng(7)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"o{i}.png")
-    (tmp_path / "m.csv").write_text("path,age,second_age\no0.png,4,\no1.png,6,\no2.png,2,3\no3.png,5,5\n")
-    return load_dataset(tmp_path / "m.csv"), tmp_path / "cache"
+    manifest = write_tiny_photos_manifest(
+        tmp_path, "path,age,second_age\no0.png,4,\no1.png,6,\no2.png,2,3\no3.png,5,5\n", seed=7)
+    return load_dataset(manifest), tmp_path / "cache"
 
 
 def test_collect_readings_gathers_the_manifest_its_second_age_and_each_readers_latest(four):

@@ -244,13 +244,10 @@ def test_a_manifest_loaded_back_brings_its_second_ages(data, tmp_path):
 @pytest.fixture
 def three(tmp_path):
     """Three tiny photos in a manifest (ages 4, 6, 0) and a cache folder beside them."""
-    from PIL import Image
+    from conftest import write_tiny_photos_manifest
 
-    rng = np.random.default_rng(5)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"o{i}.png")
-    (tmp_path / "m.csv").write_text("path,age\no0.png,4\no1.png,6\no2.png,0\n")
-    return load_dataset(tmp_path / "m.csv"), tmp_path / "cache"
+    manifest = write_tiny_photos_manifest(tmp_path, "path,age\no0.png,4\no1.png,6\no2.png,0\n", seed=5)
+    return load_dataset(manifest), tmp_path / "cache"
 
 
 def test_a_reading_carries_flags_and_a_comment_and_an_unusable_image_needs_no_age(three):

@@ -17,7 +17,8 @@ import streamlit as st
 from otolith_core.data import Dataset, ImageRecord
 from otolith_core.encoders.spec import DEFAULT_CLAHE_CLIP_LIMIT, DEFAULT_CLAHE_KERNEL
 from otolith_core.exchange import collect_readings, exchange_report, has_exchange, readers_by_image, visible_readings
-from otolith_core.readings import FIRST_READER, RESERVED_READERS, UNUSABLE, add_reading, load_readings, second_readings
+from otolith_core.readings import (FIRST_READER, RESERVED_READERS, UNUSABLE, SecondReadings, add_reading, load_readings,
+                                   second_readings)
 from otolith_core.report import csv_bytes
 from views import cached
 from views.state import Settings
@@ -35,7 +36,7 @@ class Readings:
     """Every reader's latest age of each image of a data set (``collect_readings``), and the second readings."""
 
     per_reader: pd.DataFrame  # image, reader, age, flags, comment, source
-    second: object  # otolith_core.readings.SecondReadings
+    second: SecondReadings  # the second readings (the manifest's second_age, readings typed here)
     file: pd.DataFrame  # the readings file as typed (load_readings)
 
 
