@@ -44,10 +44,13 @@ def server(tmp_path, demo_manifest):
     port = _free_port()
     env = dict(os.environ, OTOLITH_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("OTOLITH_DATA", None)
+    # the server's output goes to a file: a pipe nobody reads fills up (64 KiB of warnings over a long walk) and
+    # then blocks the server mid-write, which froze the walk's page on CI
+    log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -63,6 +66,7 @@ def server(tmp_path, demo_manifest):
     finally:
         process.terminate()
         process.wait(timeout=20)
+        log.close()
 
 
 @pytest.mark.slow
@@ -119,10 +123,25 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
                 assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
                 page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
             _review_and_read_again(page, server, tmp_path / "cache", shots, tiny_timm_dir)
-        except BaseException:
+        except BaseException as exc:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
+            _explain(exc, page, tmp_path / "server.log")
             raise
         browser.close()
+
+
+def _explain(exc: BaseException, page, log: Path) -> None:
+    """Add to a failed walk's report what CI's log cannot otherwise show: the page's exception boxes, the end of
+    its text, and the end of the server's output."""
+    try:
+        boxes = page.locator('[data-testid="stException"]').all_inner_texts()
+        text = page.locator('[data-testid="stMain"]').first.inner_text(timeout=5_000)
+    except Exception as failure:  # the page itself may be gone
+        boxes, text = [], f"(the page could not be read: {failure})"
+    exc.add_note("exception boxes on the page: " + (" | ".join(boxes) or "none"))
+    exc.add_note("the page's text ends with:\n" + text[-3000:])
+    if log.exists():
+        exc.add_note("the server's output ends with:\n" + log.read_text(errors="replace")[-3000:])
 
 
 def _settle(page) -> None:
@@ -164,14 +183,16 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
     page.get_by_role("link", name="Review").first.click()
     page.get_by_role("heading", name="Doubtful reader ages").first.wait_for(timeout=300_000)
     assert _comparison_jobs(cache) == started, "the reload or the page change started the comparison again"
+    _settle(page)  # the run that drew the ranking has ended: the click below is not one a rerun may swallow
     page.get_by_role("button", name="Read again").first.click()
+    page.get_by_text("Nearest in").first.wait_for(timeout=120_000)  # the image read again is the map's pick
     page.get_by_label("Your name or initials").wait_for(timeout=60_000)
     assert page.get_by_text("The reader's age was").count() == 0  # blind until a reading is entered
     page.get_by_label("Your name or initials").fill("GS")
     page.get_by_label("Your age reading (years)").fill("5")
     page.get_by_role("button", name="Save reading").click()
     page.get_by_text("The reader's age was").first.wait_for(timeout=60_000)
-    page.get_by_text("Nearest in").first.wait_for(timeout=120_000)  # the image read again is the map's pick
+    page.get_by_text("Nearest in").first.wait_for(timeout=120_000)  # still the map's pick after the reading
     page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for(
         timeout=60_000)  # the embedding map is drawn
     _settle(page)
@@ -216,8 +237,9 @@ def _a_second_reader_in_another_tab(page, url: str, cache: Path) -> None:
     page.goto(url, timeout=120_000)
     try:
         page.get_by_label("Your name or initials").wait_for(timeout=300_000)
-    except BaseException:
+    except BaseException as exc:
         page.screenshot(path=str(cache.parent / "second_tab_failure.png"), full_page=True)
+        _explain(exc, page, cache.parent / "server.log")
         raise
     _settle(page)
     name = page.get_by_label("Your name or initials")
