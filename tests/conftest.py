@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,36 @@ def demo_cache(demo_manifest, tmp_path_factory) -> Path:
         return cache
 
     return _once_per_run(tmp_path_factory, "demo-cache", extract)
+
+
+def copy_cache_lacking(demo_cache: Path, demo_manifest: Path, destination: Path, lacking: dict[str, int | None]
+                       ) -> Path:
+    """A copy of the session's demo cache as if extraction had stopped part-way: for each built-in encoder in
+    ``lacking``, its last N images of the demo are missing (None: its whole store). A test that shows an extraction
+    at work extracts those few instead of the whole demo (the morphometrics cost 0.2 s an image)."""
+    import diskcache
+
+    from otolith_core.cache import _CACHE_SETTINGS, _MATRIX_KEY, WRITTEN, FileHashes, record_key, store_path
+    from otolith_core.data import load_dataset
+    from otolith_core.encoders import registry
+
+    shutil.copytree(demo_cache, destination)
+    records = load_dataset(demo_manifest).records
+    hashes = FileHashes(destination)
+    try:
+        for name, n in lacking.items():
+            folder = store_path(destination, registry()[name], hashes)
+            if n is None:
+                shutil.rmtree(folder)
+                continue
+            with diskcache.Cache(str(folder), **_CACHE_SETTINGS) as store:
+                store.delete(_MATRIX_KEY)  # the complete matrix of the last full read would still serve them
+                for record in records[len(records) - n:]:
+                    store.delete(record_key(record, hashes))
+            (folder / WRITTEN).write_text(str(time.time_ns()))
+    finally:
+        hashes.close()
+    return destination
 
 
 def save_tiny_open_clip(folder: Path, *, preprocess: dict | None = None, seed: int = 0,

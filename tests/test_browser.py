@@ -1,8 +1,8 @@
 """`streamlit run app.py` in a real headless Chromium: extraction and comparison jobs survive what a user does,
 every page opens.
 
-Needs Debian's `chromium` (CI installs it). Screenshots go to the test's temporary folder, or to
-``$OTOLITH_SCREENSHOTS`` when set (that is how README's pictures are made).
+Needs Debian's `chromium` (CI installs it). With ``$OTOLITH_SCREENSHOTS`` set, the walk saves a picture of each page
+there (that is how README's pictures are made); a failed walk saves one in the test's temporary folder.
 """
 
 import os
@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_cache_lacking
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = ["Data", "Embeddings", "Results", "Errors"]
+MISSING = 60  # images whose morphometrics the walk extracts (0.2 s each): enough to outlast a reload
 
 if CHROMIUM is None:
     message = "Debian's chromium is needed for the browser test: apt-get install chromium"
@@ -37,9 +40,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path, demo_manifest):
+def server(tmp_path, demo_manifest, demo_cache):
     """The dashboard on a free port, its cache holding the session's small demo (149 images) where the first start
-    writes its 400-image demo (tests/test_dashboard.py checks that writing), so the walk extracts fewer images."""
+    writes its 400-image demo (tests/test_dashboard.py checks that writing), and the demo's embeddings but for the
+    last MISSING images' morphometrics and all of pixels-32: the walk's extraction jobs are real, and short."""
+    copy_cache_lacking(demo_cache, demo_manifest, tmp_path / "cache", {"otolith-morphometrics": MISSING,
+                                                                      "pixels-32": None})
     shutil.copytree(demo_manifest.parent, tmp_path / "cache" / "demo_data")
     port = _free_port()
     env = dict(os.environ, OTOLITH_CACHE_DIR=str(tmp_path / "cache"))
@@ -77,8 +83,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
     from playwright.sync_api import sync_playwright
 
     n = len(demo_manifest.read_text().splitlines()) - 1
-    shots = Path(os.environ.get("OTOLITH_SCREENSHOTS") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ["OTOLITH_SCREENSHOTS"]) if os.environ.get("OTOLITH_SCREENSHOTS") else None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -91,7 +96,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
             sidebar.get_by_role("heading", name="Jobs").wait_for(timeout=120_000)
             page.get_by_role("link", name="Results").first.click()
             page.get_by_text("Waiting for extraction").first.wait_for(timeout=120_000)
-            page.screenshot(path=str(shots / "waiting.png"), full_page=True)
+            _picture(page, shots, "waiting.png")
 
             seed = page.get_by_label("Seed", exact=True)  # touch a widget while the jobs run
             seed.fill("3")
@@ -106,7 +111,8 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
             sidebar = page.locator('[data-testid="stSidebar"]')
             # the jobs are listed after the reload (running, or finished already on a fast machine)
             sidebar.get_by_text(re.compile(f"/{n} images|finished: {n} images")).first.wait_for(timeout=60_000)
-            sidebar.get_by_text(f"finished: {n} images ({n} extracted now").nth(1).wait_for(timeout=600_000)  # both end
+            for extracted in (MISSING, n):  # both end: the morphometrics the cache lacked, every image's pixels
+                sidebar.get_by_text(f"finished: {n} images ({extracted} extracted now").first.wait_for(timeout=600_000)
             assert page.locator('[data-testid="stException"]').count() == 0
 
             page.wait_for_timeout(3000)  # the status area reruns the page when the jobs end; let that run finish
@@ -121,13 +127,21 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(se
                     page.get_by_text("Where two models disagree").first.wait_for(timeout=300_000)
                 _settle(page)
                 assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
-                page.screenshot(path=str(shots / f"{name.lower()}.png"), full_page=True)
+                _picture(page, shots, f"{name.lower()}.png")
             _review_and_read_again(page, server, tmp_path / "cache", shots, tiny_timm_dir)
         except BaseException as exc:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
             _explain(exc, page, tmp_path / "server.log")
             raise
         browser.close()
+
+
+def _picture(page, shots: Path | None, name: str) -> None:
+    """A full-page picture for README (only when ``$OTOLITH_SCREENSHOTS`` names a folder: each costs the browser
+    seconds of CPU on a long page)."""
+    if shots is not None:
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / name), full_page=True)
 
 
 def _explain(exc: BaseException, page, log: Path) -> None:
@@ -158,7 +172,7 @@ def _press_run(page) -> None:
     page.get_by_text("The Results and Errors pages show this run.").wait_for(timeout=60_000)
 
 
-def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Path) -> None:
+def _review_and_read_again(page, server: str, cache: Path, shots: Path | None, vit: Path) -> None:
     """The Review page from a shared link asking for the logistic head on a built-in and a tiny random-weight
     timm ViT typed as "Other model" (5 folds, to keep it short): Run extracts the ViT, then starts the comparison
     job; a reload and a page change while it runs join it (no second job); the ranking shows, Read again opens the
@@ -197,16 +211,16 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path, vit: Pat
         timeout=60_000)  # the embedding map is drawn
     _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box on Review"
-    page.screenshot(path=str(shots / "review.png"), full_page=True)
+    _picture(page, shots, "review.png")
     page.get_by_text("Nearest in").first.scroll_into_view_if_needed()  # the map sits just above
     _settle(page)
-    page.screenshot(path=str(shots / "review_map.png"), full_page=True)
+    _picture(page, shots, "review_map.png")
     page.get_by_role("button", name="Show the heat map").click()
     page.get_by_text("patches)").first.wait_for(timeout=120_000)  # the overlay's caption: "(4 x 4 patches)"
     _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0, "exception box after the heat map"
     page.get_by_text("patches)").first.scroll_into_view_if_needed()
-    page.screenshot(path=str(shots / "review_heat_map.png"), full_page=True)
+    _picture(page, shots, "review_heat_map.png")
     _click_on_the_map(page)
     saved = list(cache.glob("readings/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading

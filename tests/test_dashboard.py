@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import write_tray_export
+from conftest import copy_cache_lacking, write_tray_export
 from otolith_core import comparison as core_comparison
 from otolith_core.cli import main as cli
 from otolith_core.jobs import list_jobs
@@ -52,12 +52,6 @@ def _started(demo_manifest, tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     return at
-
-
-@pytest.fixture
-def empty_app(demo_manifest, tmp_path, monkeypatch, media_stores):
-    """The dashboard on the demo manifest, with an empty cache."""
-    return _started(demo_manifest, tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -177,13 +171,16 @@ def test_errors_page_draws_matrices_gallery_and_disagreements_without_recomputin
 
 
 @pytest.mark.slow
-def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extraction(empty_app, demo_manifest):
-    app = empty_app
+def test_embeddings_page_reports_cached_counts_and_the_choice_survives_extraction(demo_manifest, demo_cache, tmp_path,
+                                                                                 monkeypatch, media_stores):
     n = len(pd.read_csv(demo_manifest))
+    # an extraction stopped part-way: the last 20 images lack their morphometrics, pixels-32 has none yet
+    copy_cache_lacking(demo_cache, demo_manifest, tmp_path / "cache", {ENCODERS[0]: 20, ENCODERS[1]: None})
+    app = _started(demo_manifest, tmp_path, monkeypatch)
     labels_before = app.sidebar.multiselect(key="encoders").options
     app.sidebar.multiselect(key="encoders").set_value(ENCODERS).run()
-    assert f"Cached: otolith-morphometrics 0/{n}, pixels-32 0/{n}" in [c.value for c in app.sidebar.caption]
-    _run(app)  # the jobs extract every image
+    assert f"Cached: otolith-morphometrics {n - 20}/{n}, pixels-32 0/{n}" in [c.value for c in app.sidebar.caption]
+    _run(app)  # the jobs extract what is missing
     app.switch_page("views/embeddings.py").run()
     assert not app.exception
     assert {m.value for m in app.markdown if "cached" in m.value} == {f"**{e}** — {n} of {n} images cached" for e in ENCODERS}
