@@ -6,6 +6,7 @@ Layout under the cache folder (``--cache-dir``, ``OTOLITH_CACHE_DIR``, default `
     file_hashes/                               SHA-256 of image and weights files, by path+size+mtime
     results/                                   finished comparisons, by the key of their settings
     jobs/                                      extraction jobs (otolith_core.jobs)
+    shards/                                    extraction shards' plans and batch files (otolith_core.shards)
 
 An encoder's *fingerprint* hashes everything that changes its numbers, as named by
 :func:`otolith_core.encoders.cache_identity` (model, weights, preprocessing and its variant,

@@ -3,7 +3,9 @@
     otolith demo --out DIR [--n N] [--seed S] [--flip N]
     otolith models
     otolith extract --data PATH --model NAME [--device ...] [--precision ...] [--batch-size N] [--cache-dir DIR]
-                    [--npz FILE]
+                    [--npz FILE] [--shards N [--executor local|slurm|ray] [--cluster-config FILE] [--no-wait]]
+    otolith extract --data PATH --model NAME --shard I/N      (one shard of the plan `--shards N` wrote)
+    otolith merge | otolith shards [--cancel PLAN]
     otolith run --data PATH --models A,B --heads ridge,svc [--folds 10] [--seed 0] [--repeats R]
                 [--group-column COL | --no-group-by-fish] [--holdout-column COL]
                 [--combine A,B] [--covariates COL,COL [--impute-covariates]] [--scaling ...] [--bootstrap N]
@@ -69,8 +71,38 @@ def _parser() -> argparse.ArgumentParser:
                                                         "then @pad|squash|crop[+clahe]")
     extract.add_argument("--npz", help="also export features, labels and paths to this .npz file")
     extract.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard for the job it launched
+    sharding = extract.add_argument_group("shards (several processes or machines; README: Beyond one machine)")
+    sharding.add_argument("--shards", type=int, metavar="N",
+                          help="plan the extraction as N shards (the images hashed here, once), run them through "
+                               "--executor, and merge them into the cache")
+    sharding.add_argument("--executor", default="local", choices=["local", "slurm", "ray"],
+                          help="where --shards run: local processes (default), a SLURM job array (submitit) or Ray")
+    sharding.add_argument("--cluster-config", metavar="FILE",
+                          help="TOML with the cluster's settings: partition, gpus_per_task, cpus_per_task, mem_gb, "
+                               "time_minutes, array_parallelism, account, qos, ray_address")
+    sharding.add_argument("--no-wait", action="store_true",
+                          help="submit the shards and return; `otolith merge` (or the next extract or run) merges them")
+    sharding.add_argument("--storage-is-shared", action="store_true",
+                          help="submit although the data, cache or weights look like storage only this machine sees")
+    sharding.add_argument("--shard", metavar="I/N",
+                          help="run shard I of N of the plan `--shards N` wrote for these options (in your own job "
+                               "script); writes only into the shard's folder")
     _extraction_arguments(extract)
     extract.set_defaults(handler=_cmd_extract)
+
+    shard = sub.add_parser("shard", help="run one shard of a plan (the executors start these)")
+    shard.add_argument("--plan", required=True, help="the plan's folder (cache/shards/<id>)")
+    shard.add_argument("--index", type=int, required=True)
+    shard.set_defaults(handler=_cmd_shard)
+
+    merge = sub.add_parser("merge", help="fold finished shards into the cache (the next extract or run does it too)")
+    merge.add_argument("--cache-dir", help="embedding cache (default: $OTOLITH_CACHE_DIR or ./cache)")
+    merge.set_defaults(handler=_cmd_merge)
+
+    shards = sub.add_parser("shards", help="where each shard plan in the cache stands; --cancel cancels its jobs")
+    shards.add_argument("--cache-dir", help="embedding cache (default: $OTOLITH_CACHE_DIR or ./cache)")
+    shards.add_argument("--cancel", metavar="PLAN", help="cancel the scheduler's jobs of this plan (its id)")
+    shards.set_defaults(handler=_cmd_shards)
 
     job = sub.add_parser("compare-job", help="run a comparison the dashboard recorded as a job (the dashboard starts "
                                              "these itself)")
@@ -357,6 +389,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from .jobs import ExtractionRequest, JobRecorder
     from .encoders import resolve_encoder
 
+    if args.shard:
+        return _one_shard(args)
+    _merge_shards(_cache_dir(args))
+    if args.shards:
+        return _extract_in_shards(args)
     columns = _columns(args)
     request = ExtractionRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
                          args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns))
@@ -373,6 +410,175 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if args.npz:
         print(f"wrote {save_npz(args.npz, dataset, emb)}")
     return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
+
+
+def _merge_shards(cache_dir: Path, *, quiet: bool = True) -> None:
+    """Fold the shards finished since the last merge into the cache (``otolith merge``; every extract and run)."""
+    if not (cache_dir / "shards").is_dir():
+        if not quiet:
+            print(f"no shards in {cache_dir}")
+        return
+    from .shards import merge_shards
+
+    report = merge_shards(cache_dir)
+    if report.merged_batches or not quiet:
+        print(f"merged {report.merged_images} images ({report.merged_batches} batches"
+              + (f", {report.failed_images} images that could not be used" if report.failed_images else "")
+              + f") from the shards of {len(report.plans)} plan(s) into {cache_dir}")
+    for problem in report.problems:
+        print(f"  not merged: {problem}")
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    _merge_shards(_cache_dir(args), quiet=False)
+    return EXIT_OK
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from .shards import run_shard
+
+    outcome = run_shard(args.plan, args.index, progress=_printed_progress(f"shard {args.index}"))
+    print(f"shard {outcome.index}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
+          f"{outcome.failed} could not be used")
+    return EXIT_OK
+
+
+def _one_shard(args: argparse.Namespace) -> int:
+    """``otolith extract --shard I/N``: shard I of the plan the submitter wrote for these options."""
+    from .shards import find_plan, run_shard
+
+    try:
+        index, n = (int(part) for part in args.shard.split("/"))
+    except ValueError:
+        print(f"error: --shard takes I/N (e.g. 3/16), got {args.shard!r}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        plan = find_plan(_cache_dir(args), str(Path(args.data).expanduser().resolve()), args.model,
+                         _variant_options(args), args.precision, n)
+        outcome = run_shard(plan.folder, index, progress=_printed_progress(f"shard {index}"))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"shard {index}/{n}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
+          f"{outcome.failed} could not be used; `otolith merge` folds it into the cache")
+    return EXIT_OK
+
+
+def _extract_in_shards(args: argparse.Namespace) -> int:
+    """``otolith extract --shards N --executor E``: plan, submit, wait, merge."""
+    from .cluster import read_cluster_config, require, submit
+    from .encoders import resolve_encoder
+    from .shards import merge_shards, plan_shards
+
+    cache = _cache_dir(args)
+    try:
+        config = read_cluster_config(args.cluster_config)
+        require(args.executor)
+    except (ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.shards < 1:
+        print(f"error: --shards must be at least 1, got {args.shards}", file=sys.stderr)
+        return EXIT_USAGE
+    dataset = _load_data(args)  # photos behind URLs are downloaded here, once, into the cache
+    spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))
+    remote = (args.executor == "slurm" and config.slurm_cluster == "slurm") or (args.executor == "ray"
+                                                                                and config.ray_address)
+    if remote and not _cluster_sees_everything(dataset, spec, cache, args):
+        return EXIT_USAGE
+    plan = plan_shards(dataset, args.model, cache_dir=cache, n_shards=args.shards, precision=args.precision,
+                       device=args.device, batch_size=args.batch_size, weights_dir=args.weights_dir,
+                       variant=_variant_options(args))
+    print(f"plan {plan.folder}: {plan.n_images} images to extract in {plan.n_shards} shards")
+    if plan.n_images:
+        submission = submit(plan, args.executor, config)
+        for task in submission.tasks:
+            print(f"  shard {task.index}: {task.executor} job {task.job_id}" + (f", log {task.log}" if task.log else ""))
+        if args.no_wait:
+            print(f"submitted; when they end, `otolith merge --cache-dir {cache}` folds them into the cache (the next "
+                  "extract or run does it by itself); `otolith shards` tells where they stand")
+            return EXIT_OK
+        failed = submission.wait()
+        for index, why in sorted(failed.items()):
+            print(f"  shard {index} failed: {why}; run the same command again to resume it")
+        report = merge_shards(cache, plans=[plan.id])
+        print(f"merged {report.merged_images} images from {report.merged_batches} batches into {cache}")
+        for problem in report.problems:
+            print(f"  not merged: {problem}")
+    from .embeddings import extract_embeddings, save_npz
+
+    emb = extract_embeddings(dataset, spec, cache_dir=cache, precision=args.precision, cached_only=True)
+    print(f"{spec.name}: {len(emb.rows)} of {len(dataset)} images in the cache, {len(emb.failures)} could not be used")
+    if args.npz:
+        print(f"wrote {save_npz(args.npz, dataset, emb)}")
+    return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
+
+
+def _cluster_sees_everything(dataset, spec, cache: Path, args: argparse.Namespace) -> bool:
+    """Before submitting to a cluster: the weights are downloaded (compute nodes are often offline) and the data,
+    the cache and the weights lie on storage every node sees; prints what is wrong."""
+    from .cluster import storage_problems
+    from .encoders import weights_available
+
+    paths = {"the cache folder": cache, "the data": dataset.source}
+    for folder in sorted({str(r.path.parent) for r in dataset.records})[:20]:  # photos may lie in many folders
+        paths[f"the photos in {folder}"] = folder
+    if spec.family != "builtin":
+        if not weights_available(spec, weights_dir=args.weights_dir):
+            print(f"error: the weights of {spec.name} are not on this machine; compute nodes are often offline, so "
+                  "download them first into a folder every node sees (`--weights-dir`): e.g. run `otolith extract` "
+                  "on a few images here with the same --weights-dir", file=sys.stderr)
+            return False
+        from huggingface_hub import constants
+
+        paths["the weights folder"] = args.weights_dir or constants.HF_HUB_CACHE
+    errors, warnings = storage_problems(paths)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors and not args.storage_is_shared:
+        print("nothing submitted; if every node does see these paths, add --storage-is-shared", file=sys.stderr)
+        return False
+    return True
+
+
+def _printed_progress(label: str):
+    last = [0.0]
+
+    def progress(done: int, total: int, failed: int) -> None:
+        if time.time() - last[0] > 10 or done == total:
+            last[0] = time.time()
+            print(f"{label}: {done}/{total} images" + (f", {failed} failed" if failed else ""), flush=True)
+
+    return progress
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from .cluster import cancel, scheduler_states
+    from .shards import SHARDS_FOLDER, read_plan, shard_states
+
+    cache = _cache_dir(args)
+    plans = sorted((cache / SHARDS_FOLDER).glob("*/plan.json"))
+    if not plans:
+        print(f"no shard plans in {cache}")
+        return EXIT_OK
+    for plan_file in plans:
+        plan = read_plan(plan_file.parent)
+        if args.cancel and plan.id != args.cancel:
+            continue
+        if args.cancel:
+            for line in cancel(plan):
+                print(line)
+            continue
+        print(f"plan {plan.id}: {plan.encoder} on {plan.data}, {plan.n_images} images in {plan.n_shards} shards")
+        scheduler = scheduler_states(plan)
+        for state in shard_states(plan):
+            print(f"  shard {state.index}: {state.embedded + state.failed}/{state.images} images"
+                  + (f" ({state.failed} could not be used)" if state.failed else "")
+                  + (", done" if state.done else "") + f", {state.merged}/{state.batches} batches merged"
+                  + (f", scheduler: {scheduler[state.index]}" if state.index in scheduler else ""))
+    return EXIT_OK
 
 
 def _cmd_compare_job(args: argparse.Namespace) -> int:
@@ -479,6 +685,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dataset = _load_data(args)
         _check_fold_columns(dataset, args)  # before any extraction
         cache_dir = _cache_dir(args)
+        _merge_shards(cache_dir)  # shards finished on a cluster since the last run
         if args.exclude_unusable:
             dataset, excluded = _without_unusable(dataset, cache_dir)
         embeddings = {}

@@ -175,7 +175,7 @@ def extract_embeddings(
         for i in ([] if cached_only else _missing_positions(known, found)):  # identical files are embedded once
             todo.setdefault(keys[i], i)
         if todo:
-            failures += _extract_into(store, encoder, [(k, dataset.records[i]) for k, i in todo.items()],
+            failures += embed_into(store, encoder, [(k, dataset.records[i]) for k, i in todo.items()],
                                       batch_size or encoder.batch_size, progress)
             features, found = store.get_many(lookup)
         rows = np.asarray(known, dtype=int)[found]
@@ -195,9 +195,33 @@ def extract_embeddings(
         hashes.close()
 
 
-def _extract_into(store: EmbeddingStore, encoder, pending: list, size: int, progress: ProgressCallback | None) -> list[Skipped]:
-    """Embed ``pending`` (key, record) pairs batch by batch into ``store``; the images that failed, with reasons
-    (in the order of ``pending``).
+def missing_images(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto",
+                   weights_dir: str | Path | None = None) -> dict[str, ImageRecord]:
+    """The images of ``dataset`` an extraction with ``spec`` would embed now, by cache key (identical files once):
+    those the store it would read lacks. Photos not downloaded and files that cannot be read are left out (an
+    extraction names them). Loads no encoder."""
+    precision = _asked_precision(spec, precision)
+    hashes = FileHashes(cache_dir)
+    revision, adopt = _revision(spec, weights_dir)
+    stores = _existing_stores(cache_dir, spec, hashes, _precisions(precision), revision, adopt)
+    try:
+        keys, _ = _keys(hashes, dataset.records)
+        known = [i for i, k in enumerate(keys) if k is not None]
+        _, _, found = _fullest(stores, [keys[i] for i in known])
+        missing: dict[str, ImageRecord] = {}
+        for i in _missing_positions(known, found):
+            missing.setdefault(keys[i], dataset.records[i])
+        return missing
+    finally:
+        for store in stores:
+            store.close()
+        hashes.close()
+
+
+def embed_into(store, encoder, pending: list, size: int, progress: ProgressCallback | None) -> list[Skipped]:
+    """Embed ``pending`` (key, record) pairs batch by batch into ``store`` (an :class:`EmbeddingStore`, or a shard's
+    folder: anything with ``spec``, ``put_many`` and ``record_failures``); the images that failed, with reasons (in
+    the order of ``pending``).
 
     The work runs photo by photo: the boxes of one file are decoded together by one thread, so a tray of
     otoliths is decoded once, and batches are filled from the boxes in that order.

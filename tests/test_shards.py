@@ -1,0 +1,238 @@
+"""Extraction in shards (otolith_core.shards) and their executors (otolith_core.cluster): a plan hashed once, shards
+that write only their own folders and resume after a kill, merges that check what they fold in, and submitit's
+local cluster and a local Ray instance driving the same code paths as a real cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from otolith_core.cli import main
+from otolith_core.data import load_dataset
+from otolith_core.embeddings import extract_embeddings
+from otolith_core.encoders import REDUCED_PRECISION_COSINE_FLOOR, resolve_encoder
+from otolith_core.shards import (ShardPlan, merge_shards, plan_shards, read_batch, run_shard, shard_of,
+                                 shard_states)
+
+
+def _manifest(demo_manifest: Path, folder: Path, rows: int | None = None) -> Path:
+    table = pd.read_csv(demo_manifest)
+    table["path"] = [str(demo_manifest.parent / p) for p in table.path]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"manifest-{rows or 'all'}.csv"
+    (table if rows is None else table.head(rows)).to_csv(path, index=False)
+    return path
+
+
+def _vit(tiny_timm_dir: Path) -> str:
+    return f"local-dir:{tiny_timm_dir}"
+
+
+def _one_process(manifest: Path, model: str, cache: Path):
+    return extract_embeddings(load_dataset(manifest), resolve_encoder(model), cache_dir=cache)
+
+
+def _assert_same(merged, single) -> None:
+    """The merged cache holds the same keys as a one-process extraction, each embedding within the cosine floor."""
+    assert merged.keys == single.keys and np.array_equal(merged.rows, single.rows)
+    a, b = merged.features, single.features
+    cosine = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= REDUCED_PRECISION_COSINE_FLOOR
+
+
+def test_an_images_shard_follows_from_its_content_alone_so_added_rows_move_none(demo_manifest, tmp_path):
+    fewer = _manifest(demo_manifest, tmp_path, rows=90)
+    everything = _manifest(demo_manifest, tmp_path / "all")
+    first = plan_shards(load_dataset(fewer), "pixels-32", cache_dir=tmp_path / "a", n_shards=4)
+    second = plan_shards(load_dataset(everything), "pixels-32", cache_dir=tmp_path / "b", n_shards=4)
+    before = {e["key"]: i for i in range(4) for e in first.images(i)}
+    after = {e["key"]: i for i in range(4) for e in second.images(i)}
+    assert len(before) == 90 and len(after) > len(before)
+    assert all(after[key] == shard for key, shard in before.items())
+    assert all(shard_of(key, 4) == shard for key, shard in after.items())
+    assert min(len(second.images(i)) for i in range(4)) > 0  # the content hash spreads the images
+    again = plan_shards(load_dataset(fewer), "pixels-32", cache_dir=tmp_path / "a", n_shards=4)
+    assert again.folder == first.folder and [again.images(i) for i in range(4)] == [first.images(i) for i in range(4)]
+
+
+def test_images_the_cache_holds_are_not_planned(demo_manifest, tmp_path):
+    manifest = _manifest(demo_manifest, tmp_path, rows=30)
+    _one_process(_manifest(demo_manifest, tmp_path / "first", rows=12), "pixels-32", tmp_path / "cache")
+    plan = plan_shards(load_dataset(manifest), "pixels-32", cache_dir=tmp_path / "cache", n_shards=2)
+    assert plan.n_images == 18
+
+
+@pytest.mark.slow
+def test_vit_shards_killed_and_rerun_merge_into_what_one_process_extracts(demo_manifest, tiny_timm_dir, tmp_path):
+    """Three shards of a random-weight ViT; shard 0 is killed (SIGKILL) after its first batches, a half-written
+    batch and an unreadable one lie in its folder; rerun, it does only what is missing; merged, the cache equals a
+    one-process extraction. A shard writes nothing but its own folder."""
+    manifest = _manifest(demo_manifest, tmp_path, rows=60)
+    cache = tmp_path / "cache"
+    plan = plan_shards(load_dataset(manifest), _vit(tiny_timm_dir), cache_dir=cache, n_shards=3, batch_size=1)
+    assert plan.n_images == 60
+    shard = plan.shard_folder(0)
+    process = subprocess.Popen(plan.shard_command(0), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(shard.glob("batch-*.npz"))) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = sorted(shard.glob("batch-*.npz"))
+    assert 2 <= len(written) < len(plan.images(0)) and not (shard / "done").exists(), "the kill came too late"
+    kept = {key for path in written for key in read_batch(path).keys}
+    (shard / "batch-000900.npz.tmp").write_bytes(b"half a batch")  # killed while writing
+    (shard / "batch-000901.npz").write_bytes(b"not an npz")  # a disk that lost a file's end
+    assert merge_shards(cache).merged_images == len(kept)  # the whole batches merge already; the others are named
+    before = _cache_files(cache)
+    outcome = run_shard(plan.folder, 0)
+    assert outcome.extracted == len(plan.images(0)) - len(kept) and outcome.embedded == len(plan.images(0))
+    assert not list(shard.glob("*.tmp")) and not (shard / "batch-000901.npz").exists()
+    for index in (1, 2):
+        run_shard(plan.folder, index)
+    assert _cache_files(cache) == before, "a shard wrote outside its folder"
+    report = merge_shards(cache)
+    assert report.merged_images == 60 - len(kept) and not report.problems
+    assert all(state.done and state.merged == state.batches for state in shard_states(plan))
+    single = _one_process(manifest, _vit(tiny_timm_dir), tmp_path / "single")
+    merged = extract_embeddings(load_dataset(manifest), resolve_encoder(_vit(tiny_timm_dir)), cache_dir=cache)
+    assert merged.n_extracted == 0
+    _assert_same(merged, single)
+
+
+def _cache_files(cache: Path) -> dict[str, int]:
+    """The cache's files outside the shards' folders, with their modification times."""
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.rglob("*")
+            if p.is_file() and "shards" not in p.relative_to(cache).parts}
+
+
+def _finished_plan(demo_manifest: Path, tmp_path: Path, rows: int = 24) -> tuple[ShardPlan, Path]:
+    manifest = _manifest(demo_manifest, tmp_path, rows=rows)
+    plan = plan_shards(load_dataset(manifest), "pixels-32", cache_dir=tmp_path / "cache", n_shards=2)
+    for index in range(2):
+        run_shard(plan.folder, index)
+    return plan, manifest
+
+
+def test_two_merges_at_once_and_a_third_after_give_the_same_cache(demo_manifest, tmp_path):
+    plan, manifest = _finished_plan(demo_manifest, tmp_path)
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(merge_shards(tmp_path / "cache"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.merged_images for r in reports) == [0, 24]  # they took turns; the second found it done
+    assert merge_shards(tmp_path / "cache").merged_batches == 0
+    merged = extract_embeddings(load_dataset(manifest), resolve_encoder("pixels-32"), cache_dir=tmp_path / "cache")
+    assert merged.n_extracted == 0 and len(merged.rows) == 24
+    _assert_same(merged, _one_process(manifest, "pixels-32", tmp_path / "single"))
+
+
+@pytest.mark.parametrize("damage", ["identity", "stray key", "dimension"])
+def test_a_batch_that_does_not_belong_is_left_out_and_named(demo_manifest, tmp_path, damage):
+    plan, _ = _finished_plan(demo_manifest, tmp_path, rows=12)
+    path = sorted(plan.shard_folder(0).glob("batch-*.npz"))[0]
+    with np.load(path) as stored:
+        fields = {name: stored[name] for name in stored.files}
+    identity = json.loads(str(fields["identity"]))
+    if damage == "identity":  # computed with other weights, another preprocessing or precision
+        fields["identity"] = np.asarray(json.dumps({**identity, "fingerprint": "0" * 64}))
+    elif damage == "stray key":  # a batch of another plan copied in
+        fields["keys"] = np.asarray(["f" * 64 + ":full", *fields["keys"][1:]])
+    else:
+        fields["features"] = fields["features"][:, :-1]
+    with open(path, "wb") as handle:
+        np.savez(handle, **fields)
+    report = merge_shards(tmp_path / "cache")
+    assert len(report.problems) == 1 and str(path) in report.problems[0]
+    expected = {"identity": "another encoder identity", "stray key": "not in its shard's list",
+                "dimension": "-d embeddings"}[damage]
+    assert expected in report.problems[0]
+    assert report.merged_images == 12 - len(fields["keys"])
+
+
+def test_a_node_local_path_is_refused_and_a_local_disk_warned_before_submitting():
+    from otolith_core.cluster import storage_problems
+
+    mounts = "\n".join(["overlay / overlay rw 0 0", "tmpfs /scratch/local tmpfs rw 0 0",
+                        "server:/export /shared nfs4 rw 0 0", "/dev/sda1 /data ext4 rw 0 0"])
+    errors, warnings = storage_problems({"the cache folder": "/shared/otoliths/cache", "the data": "/data/cod.csv",
+                                         "the weights folder": "/scratch/local/hf"}, mounts=mounts)
+    assert len(errors) == 1 and "/scratch/local/hf" in errors[0] and "tmpfs" in errors[0]
+    assert len(warnings) == 1 and "/data/cod.csv" in warnings[0] and "ext4" in warnings[0]
+
+
+def test_cluster_settings_name_an_unknown_key(tmp_path):
+    from otolith_core.cluster import read_cluster_config
+
+    (tmp_path / "cluster.toml").write_text('partition = "gpu"\ngpus_per_task = 1\npartiton = "typo"\n')
+    with pytest.raises(ValueError, match="unknown setting.*partiton"):
+        read_cluster_config(tmp_path / "cluster.toml")
+    (tmp_path / "cluster.toml").write_text('partition = "gpu"\ngpus_per_task = 1\n')
+    assert read_cluster_config(tmp_path / "cluster.toml").gpus_per_task == 1
+
+
+def test_a_missing_scheduler_library_says_what_to_install(demo_manifest, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    code = main(["extract", "--data", str(demo_manifest), "--model", "pixels-32", "--cache-dir", str(tmp_path),
+                 "--shards", "2", "--executor", "slurm"])
+    assert code == 2 and "otolith-dashboard[slurm]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_slurm_array_through_submitits_local_cluster_then_one_shard_by_hand(demo_manifest, tiny_timm_dir,
+                                                                              tmp_path, capsys):
+    """The `--executor slurm` code path with submitit's local cluster (each array task a process here): submitted,
+    waited for, merged; the plan's shard run again by hand (`--shard I/N`) finds nothing left to do."""
+    manifest = _manifest(demo_manifest, tmp_path, rows=30)
+    (tmp_path / "cluster.toml").write_text('slurm_cluster = "local"\ntime_minutes = 10\ncpus_per_task = 1\n')
+    command = ["extract", "--data", str(manifest), "--model", _vit(tiny_timm_dir), "--cache-dir",
+               str(tmp_path / "cache")]
+    assert main([*command, "--shards", "2", "--executor", "slurm", "--cluster-config",
+                 str(tmp_path / "cluster.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "30 images to extract in 2 shards" in out and "merged 30 images" in out and "slurm job" in out
+    assert main([*command, "--shard", "1/2"]) == 0
+    assert "0 now" in capsys.readouterr().out
+    assert main(["shards", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().out.count(", done,") == 2
+    merged = extract_embeddings(load_dataset(manifest), resolve_encoder(_vit(tiny_timm_dir)),
+                                cache_dir=tmp_path / "cache")
+    assert merged.n_extracted == 0
+    _assert_same(merged, _one_process(manifest, _vit(tiny_timm_dir), tmp_path / "single"))
+
+
+@pytest.mark.slow
+def test_ray_tasks_on_a_local_ray_instance_merge_into_what_one_process_extracts(demo_manifest, tiny_timm_dir,
+                                                                               tmp_path):
+    manifest = _manifest(demo_manifest, tmp_path, rows=30)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    run = subprocess.run([sys.executable, "-m", "otolith_core.cli", "extract", "--data", str(manifest), "--model",
+                          _vit(tiny_timm_dir), "--cache-dir", str(tmp_path / "cache"), "--shards", "2", "--executor",
+                          "ray"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ray job" in run.stdout and "merged 30 images" in run.stdout
+    merged = extract_embeddings(load_dataset(manifest), resolve_encoder(_vit(tiny_timm_dir)),
+                                cache_dir=tmp_path / "cache")
+    assert merged.n_extracted == 0
+    _assert_same(merged, _one_process(manifest, _vit(tiny_timm_dir), tmp_path / "single"))
+
+
+def test_a_cluster_without_the_weights_or_on_node_local_storage_gets_nothing_submitted(demo_manifest, tmp_path,
+                                                                                      capsys):
+    (tmp_path / "cluster.toml").write_text('slurm_cluster = "slurm"\n')
+    code = main(["extract", "--data", str(demo_manifest), "--model", "pixels-32", "--cache-dir",
+                 str(tmp_path / "cache"), "--shards", "2", "--executor", "slurm", "--cluster-config",
+                 str(tmp_path / "cluster.toml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "only this machine sees" in err and "nothing submitted" in err  # pytest's folder is in /tmp
+    assert not (tmp_path / "cache" / "shards").exists()
