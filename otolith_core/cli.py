@@ -465,10 +465,10 @@ def _one_shard(args: argparse.Namespace) -> int:
 
 
 def _extract_in_shards(args: argparse.Namespace) -> int:
-    """``otolith extract --shards N --executor E``: plan, submit, wait, merge."""
-    from .cluster import read_cluster_config, require, submit
-    from .encoders import resolve_encoder
-    from .shards import merge_shards, plan_shards
+    """``otolith extract --shards N --executor E``: plan, submit, wait (recorded as a job: each shard's state on
+    the dashboard's card, and a cancel there cancels them), merge."""
+    from .cluster import ShardsFailed, read_cluster_config, require
+    from .jobs import ExtractionRequest
 
     cache = _cache_dir(args)
     try:
@@ -480,34 +480,74 @@ def _extract_in_shards(args: argparse.Namespace) -> int:
     if args.shards < 1:
         print(f"error: --shards must be at least 1, got {args.shards}", file=sys.stderr)
         return EXIT_USAGE
-    dataset = _load_data(args)  # photos behind URLs are downloaded here, once, into the cache
-    spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))
-    remote = (args.executor == "slurm" and config.slurm_cluster == "slurm") or (args.executor == "ray"
-                                                                                and config.ray_address)
-    if remote and not _cluster_sees_everything(dataset, spec, cache, args):
-        return EXIT_USAGE
-    plan = plan_shards(dataset, args.model, cache_dir=cache, n_shards=args.shards, precision=args.precision,
-                       device=args.device, batch_size=args.batch_size, weights_dir=args.weights_dir,
-                       variant=_variant_options(args))
-    print(f"plan {plan.folder}: {plan.n_images} images to extract in {plan.n_shards} shards")
-    if plan.n_images:
-        submission = submit(plan, args.executor, config)
-        for task in submission.tasks:
-            print(f"  shard {task.index}: {task.executor} job {task.job_id}" + (f", log {task.log}" if task.log else ""))
-        if args.no_wait:
-            print(f"submitted; when they end, `otolith merge --cache-dir {cache}` folds them into the cache (the next "
-                  "extract or run does it by itself); `otolith shards` tells where they stand")
-            return EXIT_OK
-        failed = submission.wait()
-        for index, why in sorted(failed.items()):
-            print(f"  shard {index} failed: {why}; run the same command again to resume it")
-        report = merge_shards(cache, plans=[plan.id])
-        print(f"merged {report.merged_images} images from {report.merged_batches} batches into {cache}")
-        for problem in report.problems:
-            print(f"  not merged: {problem}")
-    from .embeddings import extract_embeddings, save_npz
+    columns = _columns(args)
+    request = ExtractionRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
+                                args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns),
+                                shards=args.shards, executor=args.executor, cluster_config=args.cluster_config)
+    try:
+        return _sharded_job(args, cache, config, request)
+    except ShardsFailed as exc:  # recorded on the job as its reason
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_EVALUATED
 
-    emb = extract_embeddings(dataset, spec, cache_dir=cache, precision=args.precision, cached_only=True)
+
+def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
+    from .cluster import ShardsFailed, submit
+    from .embeddings import extract_embeddings, save_npz
+    from .encoders import resolve_encoder
+    from .jobs import Cancelled, JobRecorder
+    from .shards import merge_shards, plan_shards, shard_states
+
+    with JobRecorder(cache, request, args.job_id) as job:
+        dataset = _load_data(args, job)  # photos behind URLs are downloaded here, once, into the cache
+        spec = resolve_encoder(args.model, weights_dir=args.weights_dir, **_variant_options(args))
+        remote = (args.executor == "slurm" and config.slurm_cluster == "slurm") or (args.executor == "ray"
+                                                                                    and config.ray_address)
+        if remote and not _cluster_sees_everything(dataset, spec, cache, args):
+            raise ValueError("nothing submitted: see the messages above")
+        plan = plan_shards(dataset, args.model, cache_dir=cache, n_shards=args.shards, precision=args.precision,
+                           device=args.device, batch_size=args.batch_size, weights_dir=args.weights_dir,
+                           variant=_variant_options(args))
+        print(f"plan {plan.folder}: {plan.n_images} images to extract in {plan.n_shards} shards")
+        failed: dict[int, str] = {}
+        merged = 0
+        if plan.n_images:
+            submission = submit(plan, args.executor, config)
+            tasks = {task.index: task for task in submission.tasks}
+            for task in submission.tasks:
+                print(f"  shard {task.index}: {task.executor} job {task.job_id}"
+                      + (f", log {task.log}" if task.log else ""), flush=True)
+            if args.no_wait:
+                job.finished_with(submitted=plan.n_images)
+                print(f"submitted; when they end, `otolith merge --cache-dir {cache}` folds them into the cache (the "
+                      "next extract or run does it by itself); `otolith shards` tells where they stand")
+                return EXIT_OK
+
+            def record(states: dict[int, str]) -> None:
+                job.sharded([{"index": s.index, "images": s.images, "embedded": s.embedded, "failed": s.failed,
+                              "state": states.get(s.index, "finished").split(":")[0],
+                              "why": states.get(s.index, "").partition(": ")[2],
+                              "job": f"{tasks[s.index].executor} {tasks[s.index].job_id}" if s.index in tasks else "",
+                              "log": tasks[s.index].log if s.index in tasks else ""} for s in shard_states(plan)])
+
+            try:
+                failed = submission.wait(on_poll=record)
+            except Cancelled:
+                print("cancelled: the shards were stopped; their finished batches are merged", flush=True)
+                merge_shards(cache, plans=[plan.id])
+                raise
+            for index, why in sorted(failed.items()):
+                print(f"  shard {index} failed: {why}; run the same command again to resume it")
+            report = merge_shards(cache, plans=[plan.id])
+            merged = report.merged_images
+            print(f"merged {report.merged_images} images from {report.merged_batches} batches into {cache}")
+            for problem in report.problems:
+                print(f"  not merged: {problem}")
+        emb = extract_embeddings(dataset, spec, cache_dir=cache, precision=args.precision, cached_only=True)
+        job.finished_with(embedded=len(emb.rows), extracted=merged)
+        if failed:
+            raise ShardsFailed(f"{len(failed)} of {plan.n_shards} shards failed (shard {min(failed)}: "
+                               f"{failed[min(failed)]}); run it again to resume them: finished batches are kept")
     print(f"{spec.name}: {len(emb.rows)} of {len(dataset)} images in the cache, {len(emb.failures)} could not be used")
     if args.npz:
         print(f"wrote {save_npz(args.npz, dataset, emb)}")

@@ -30,8 +30,8 @@ EXECUTORS = ("local", "slurm", "ray")
 SUBMITTED = "submitted.json"
 INSTALL = {"slurm": "pip install 'otolith-dashboard[slurm]' (submitit)", "ray": "pip install 'otolith-dashboard[ray]'"}
 # file systems every node of a cluster sees; a path on any other is checked before submitting
-SHARED_FILE_SYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "ceph", "cifs", "smb3", "smbfs", "glusterfs",
-                       "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.weka", "virtiofs", "9p"}
+SHARED_FILE_SYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "ceph", "cifs", "smb3", "smbfs",
+                       "glusterfs", "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.weka"}
 NODE_LOCAL_FILE_SYSTEMS = {"tmpfs", "ramfs", "devtmpfs", "overlay", "squashfs"}
 
 
@@ -113,6 +113,10 @@ def storage_problems(paths: dict[str, str | Path], *, mounts: str | None = None)
     return errors, warnings
 
 
+class ShardsFailed(RuntimeError):
+    """Some shards of a submission failed (each named); the others' batches are merged."""
+
+
 @dataclass(frozen=True)
 class ShardTask:
     """One shard, as the scheduler knows it."""
@@ -149,28 +153,69 @@ class Submission:
     def __init__(self, plan: ShardPlan, executor: str, tasks: list[ShardTask], handles: list) -> None:
         self.plan, self.executor, self.tasks, self._handles = plan, executor, tasks, handles
 
-    def wait(self) -> dict[int, str]:
-        """Wait for every shard; returns {shard: why it failed} (empty when all finished)."""
-        failed = {}
-        if self.executor == "ray":
-            import ray
-
-            for task, ref in zip(self.tasks, self._handles):
-                try:
-                    ray.get(ref)
-                except Exception as exc:  # a task's error, raised here with its traceback
-                    failed[task.index] = _last_line(str(exc))
-            return failed
+    def poll(self) -> dict[int, str]:
+        """Each shard's state as its scheduler tells it now: ``pending`` (queued), ``running``, ``finished`` or
+        ``failed: why``."""
+        states = {}
         for task, handle in zip(self.tasks, self._handles):
             if self.executor == "local":
-                if handle.wait() != 0:
-                    failed[task.index] = f"exit status {handle.returncode}; log {task.log}"
-            else:
+                code = handle.poll()
+                states[task.index] = ("running" if code is None else "finished" if code == 0
+                                      else f"failed: exit status {code}; log {task.log}")
+            elif self.executor == "slurm":
+                if not handle.done():  # waiting in the queue, or running
+                    states[task.index] = "pending" if str(handle.state).upper() == "PENDING" else "running"
+                    continue
                 try:
                     handle.result()
+                    states[task.index] = "finished"
+                except Exception as exc:  # the task's error, or the scheduler's (cancelled, out of time)
+                    states[task.index] = f"failed: {_last_line(str(exc))}; log {task.log}"
+            else:
+                import ray
+
+                ready, _ = ray.wait([handle], timeout=0)
+                if not ready:
+                    states[task.index] = "running"
+                    continue
+                try:
+                    ray.get(handle)
+                    states[task.index] = "finished"
                 except Exception as exc:
-                    failed[task.index] = f"{_last_line(str(exc))}; log {task.log}"
-        return failed
+                    states[task.index] = f"failed: {_last_line(str(exc))}"
+        return states
+
+    def wait(self, *, every: float = 2.0, on_poll=None) -> dict[int, str]:
+        """Wait for every shard, calling ``on_poll(states)`` (see :meth:`poll`) every ``every`` seconds; returns
+        {shard: why it failed} (empty when all finished). An exception from ``on_poll`` (a cancel) cancels them."""
+        try:
+            while True:
+                states = self.poll()
+                if on_poll is not None:
+                    on_poll(states)
+                if not {"running", "pending"} & set(states.values()):
+                    return {i: s.split(": ", 1)[1] for i, s in states.items() if s.startswith("failed")}
+                time.sleep(every)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """Stop every shard still running (finished batches stay in the shards' folders)."""
+        for handle in self._handles:
+            try:
+                if self.executor == "local":
+                    if handle.poll() is None:
+                        handle.terminate()
+                        handle.wait(timeout=30)
+                elif self.executor == "slurm":
+                    handle.cancel(check=False)
+                else:
+                    import ray
+
+                    ray.cancel(handle, force=True)
+            except Exception:  # already ended, or the scheduler is gone: nothing left to stop
+                pass
 
 
 def submit(plan: ShardPlan, executor: str, config: ClusterConfig | None = None, *,

@@ -70,6 +70,9 @@ class ExtractionRequest:
     clahe_clip_limit: float | None = None  # a `clahe` variant's parameters (None: the defaults)
     clahe_kernel: float | None = None
     columns: dict[str, str | None] | None = None  # a manifest's column mapping (data.ManifestColumns); None: native
+    shards: int | None = None  # in this many shards (otolith_core.shards), run by ``executor``; None: one process
+    executor: str = "local"  # where the shards run: local, slurm, ray (otolith_core.cluster)
+    cluster_config: str | None = None  # the cluster's settings (TOML)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
@@ -79,19 +82,22 @@ class ExtractionRequest:
     @property
     def id(self) -> str:
         fields = {"data": self.data, "encoder": self.encoder, "precision": self.precision}
-        for name in ("clahe_clip_limit", "clahe_kernel", "columns"):  # only when set, so earlier jobs keep their ids
-            if getattr(self, name) is not None:
+        for name in ("clahe_clip_limit", "clahe_kernel", "columns", "shards"):  # only when set: earlier jobs keep
+            if getattr(self, name) is not None:                                  # their ids
                 fields[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
     @property
     def title(self) -> str:
         """What the job does, as its card and log name it."""
-        return f"extracting {self.encoder} for {self.data}"
+        return f"extracting {self.encoder} for {self.data}" + self._where()
 
     def label(self) -> str:
         """The job's name on a card (markdown)."""
-        return f"**{self.encoder}** ({Path(self.data).name})"
+        return f"**{self.encoder}** ({Path(self.data).name})" + self._where()
+
+    def _where(self) -> str:
+        return f" in {self.shards} shards ({self.executor})" if self.shards else ""
 
     def command(self, cache_dir: str | Path) -> list[str]:
         """The ``otolith extract`` command line that does this job."""
@@ -110,9 +116,16 @@ class ExtractionRequest:
             if value is not None:
                 command += [f"--{field_name.replace('_', '-')}-column" if field_name != "box_format" else "--box-format",
                             value]
+        if self.shards:
+            command += ["--shards", str(self.shards), "--executor", self.executor]
+            if self.cluster_config:
+                command += ["--cluster-config", self.cluster_config]
         return command
 
     def finished_text(self, outcome: dict) -> str:
+        if outcome.get("submitted") is not None:
+            return (f"submitted: {outcome['submitted']} images in {self.shards} shards to {self.executor}; "
+                    "`otolith merge` folds them into the cache when they end")
         unusable = f", {outcome['failed']} could not be used" if outcome.get("failed") else ""
         embedded, extracted = outcome.get("embedded"), outcome.get("extracted")
         if embedded is not None and not extracted:
@@ -219,6 +232,7 @@ class JobStatus:
     reason: str | None = None  # why it failed
     log_tail: str = ""
     outcome: dict = field(default_factory=dict)  # what it recorded when it finished (extraction: images embedded)
+    shards: tuple[dict, ...] = ()  # an extraction in shards: each shard's images, state (the scheduler's) and log
 
     @property
     def kind(self) -> str:
@@ -286,7 +300,7 @@ def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
         record = {"kind": request.kind, "request": asdict(request), "origin": "dashboard", "pid": None,
                   "create_time": None, "started": time.time()}
         _write_json(folder / "job.json", record)  # reads as "starting" until the process exists
-        for name in ("progress.json", "outcome.json", "cancel"):
+        for name in ("progress.json", "outcome.json", "cancel", "shards.json"):
             (folder / name).unlink(missing_ok=True)
         log = open(folder / "log.txt", "ab")
         try:
@@ -334,9 +348,10 @@ def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
         pid=record.get("pid"), started=started, updated=updated, phase=progress.get("phase", ""),
         done=int(progress.get("done", 0)), total=progress.get("total"), failed=int(progress.get("failed", 0)),
         rate=progress.get("rate"), eta_seconds=progress.get("eta_seconds"), detail=progress.get("detail", ""),
-        reason=reason, log_tail=_tail(folder / "log.txt") if state != "finished" else "",
+        reason=reason, log_tail=last_lines(folder / "log.txt") if state != "finished" else "",
         outcome={k: v for k, v in outcome.items() if k not in ("state", "reason", "ended")} if state == "finished"
         else {},
+        shards=tuple((_read_json(folder / "shards.json") or {}).get("shards", ())),
     )
 
 
@@ -391,7 +406,7 @@ class JobRecorder:
     def __enter__(self) -> JobRecorder:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.origin == "terminal":
-            for name in ("progress.json", "outcome.json", "cancel"):
+            for name in ("progress.json", "outcome.json", "cancel", "shards.json"):
                 (self.folder / name).unlink(missing_ok=True)
         record = _read_json(self.folder / "job.json") or {}
         _write_json(self.folder / "job.json", {
@@ -434,6 +449,17 @@ class JobRecorder:
     def downloading(self, done: int, total: int, failed: int = 0) -> None:
         """Record photos downloaded so far (before extracting); raises :class:`Cancelled` when a cancel was asked for."""
         self._step("downloading", done, total, failed)
+
+    def sharded(self, shards: list[dict]) -> None:
+        """Record where each shard stands (``index``, ``images``, ``embedded``, ``failed``, ``state``: running,
+        finished or failed, as the scheduler says, ``why``, ``job``: the scheduler's id, ``log``); raises
+        :class:`Cancelled` when a cancel was asked for."""
+        _write_json(self.folder / "shards.json", {"shards": shards, "updated": time.time()})
+        states = [s["state"] for s in shards]
+        counts = ", ".join(f"{states.count(state)} {state}" for state in ("finished", "running", "pending", "failed")
+                           if states.count(state))
+        self._step("extracting", sum(s["embedded"] + s["failed"] for s in shards), sum(s["images"] for s in shards),
+                   sum(s["failed"] for s in shards), f"{len(shards)} shards: {counts}")
 
     def cross_validating(self, done: int, total: int, detail: str = "") -> None:
         """Record folds fitted so far and the model being fitted; raises :class:`Cancelled` when a cancel was asked
@@ -512,7 +538,8 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def last_lines(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when it cannot be read)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)

@@ -132,7 +132,8 @@ def read_plan(folder: str | Path) -> ShardPlan:
     try:
         fields = json.loads((folder / "plan.json").read_text())
     except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"no shard plan in {folder} ({exc}); plan it with `otolith extract --shards N`") from exc
+        raise FileNotFoundError(f"no shard plan in {folder} ({exc}); plan it with `otolith extract --shards N`"
+                                ) from exc
     if fields.pop("schema", None) != PLAN_SCHEMA:
         raise ValueError(f"{folder / 'plan.json'} was written by another version of otolith; plan it again")
     return ShardPlan(folder, **fields)
@@ -286,7 +287,8 @@ def merge_shards(cache_dir: str | Path, *, plans: list[str] | None = None) -> Me
                 plan = read_plan(plan_file.parent)
                 spec = plan.spec()
             except (FileNotFoundError, ValueError, *ENCODER_ERRORS) as exc:
-                report.problems.append(f"{plan_file.parent}: {error_message(exc) if isinstance(exc, ENCODER_ERRORS) else exc}")
+                why = error_message(exc) if isinstance(exc, ENCODER_ERRORS) else str(exc)
+                report.problems.append(f"{plan_file.parent}: {why}")
                 continue
             report.plans.append(plan.id)
             _merge_plan(plan, spec, Path(cache_dir), report)

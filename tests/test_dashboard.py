@@ -961,3 +961,27 @@ def test_images_flagged_unusable_are_listed_and_the_sidebar_switch_leaves_them_o
     assert any("leaves them out of the run" in m.value for m in app.markdown)
     skipped = next(d.value for d in app.dataframe if "reason" in d.value.columns)
     assert "flagged unusable by A (cracked)" in set(skipped["reason"])
+
+
+@pytest.mark.slow
+def test_an_extraction_in_shards_from_the_embeddings_page_lists_each_shard_on_its_card(demo_manifest, demo_cache,
+                                                                                       tmp_path, monkeypatch,
+                                                                                       media_stores):
+    n = len(pd.read_csv(demo_manifest))
+    copy_cache_lacking(demo_cache, demo_manifest, tmp_path / "cache", {"pixels-32": None})
+    app = _started(demo_manifest, tmp_path, monkeypatch)
+    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"]).run()
+    app.switch_page("views/embeddings.py").run()
+    app.radio(key="extract_where").set_value("local").run()
+    app.number_input(key="extract_shards").set_value(3).run()
+    assert app.query_params["extract_where"] == "local" and app.query_params["extract_shards"] == "3"
+    app.button(key="start-pixels-32").click().run()
+    wait_for_jobs(tmp_path / "cache")
+    app.run()
+    assert not app.exception
+    card = next(s.value for s in app.success if "pixels-32" in s.value)
+    assert "in 3 shards (local)" in card and f"finished: {n} images ({n} extracted now" in card
+    shards = app.dataframe[0].value
+    assert shards["shard"].tolist() == [0, 1, 2] and set(shards["state"]) == {"finished"}
+    assert sum(int(text.split(" / ")[0]) for text in shards["images"]) == n
+    assert any(f"{n} of {n} images cached" in m.value for m in app.markdown)

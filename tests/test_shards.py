@@ -236,3 +236,40 @@ def test_a_cluster_without_the_weights_or_on_node_local_storage_gets_nothing_sub
     err = capsys.readouterr().err
     assert code == 2 and "only this machine sees" in err and "nothing submitted" in err  # pytest's folder is in /tmp
     assert not (tmp_path / "cache" / "shards").exists()
+
+
+@pytest.mark.slow
+def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finishes_the_rest(demo_manifest, tmp_path):
+    """The dashboard's way: an extraction job in 2 local shards, cancelled once a shard has written a batch: the
+    job ends cancelled with its shards stopped and their whole batches merged; started again, it extracts only
+    the rest. Its record lists each shard."""
+    from otolith_core.cluster import _alive, submitted
+    from otolith_core.embeddings import cached_count
+    from otolith_core.encoders import registry
+    from otolith_core.jobs import ExtractionRequest, cancel_job, read_job, start_job
+    from otolith_core.shards import read_plan
+
+    manifest = _manifest(demo_manifest, tmp_path, rows=40)
+    cache = tmp_path / "cache"
+    request = ExtractionRequest(str(manifest), "otolith-morphometrics", shards=2)
+    job = start_job(request, cache)
+    deadline = time.time() + 180
+    while not list(cache.glob("shards/*/shard-*/batch-*.npz")) and time.time() < deadline:
+        time.sleep(0.05)
+    cancel_job(cache, job.id)
+    while read_job(cache, job.id).active and time.time() < deadline:
+        time.sleep(0.1)
+    ended = read_job(cache, job.id)
+    assert ended.state == "cancelled", ended
+    plan = read_plan(next(cache.glob("shards/*/plan.json")).parent)
+    assert [t.index for t in submitted(plan)] == [0, 1] and not any(_alive(int(t.job_id)) for t in submitted(plan))
+    assert [s["index"] for s in ended.shards] == [0, 1]
+    data = load_dataset(manifest)
+    kept = cached_count(data, registry()["otolith-morphometrics"], cache_dir=cache)
+    assert 0 < kept < 40  # the whole batches were merged when it stopped
+    start_job(request, cache)
+    while read_job(cache, job.id).active and time.time() < deadline + 180:
+        time.sleep(0.1)
+    final = read_job(cache, job.id)
+    assert final.state == "finished" and final.outcome == {"embedded": 40, "extracted": 40 - kept}, final
+    assert "in 2 shards (local)" in final.request.label() and {s["state"] for s in final.shards} == {"finished"}

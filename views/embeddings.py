@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from views import cached, jobs
+from otolith_core.cluster import require
+from views import cached, jobs, state
 from views.widgets import settings_and_data
 
 st.title("Embeddings")
@@ -14,6 +15,25 @@ if not settings.encoders:
 
 st.caption(f"Cache: `{settings.cache_dir}`. Embeddings are computed once per encoder and image, by background jobs "
            "that go on when you change pages or close the tab; a stopped job keeps every finished batch.")
+with st.expander("Where extractions run", expanded=bool(st.session_state.get("extract_where"))):
+    where = st.radio("Extraction jobs started from now on run", list(state.EXTRACTION_PLACES),
+                     format_func=state.EXTRACTION_PLACES.get, key="extract_where")
+    if where:
+        st.number_input("Shards", min_value=1, max_value=4096, step=1, key=state.initial("extract_shards", 4),
+                        help="Each shard embeds its share of the images into a folder of its own; they are merged "
+                             "into the cache when they end (README: Beyond one machine).")
+    if where in ("slurm", "ray"):
+        st.text_input("Cluster settings (a TOML file)", key="extract_cluster_config",
+                      placeholder="/shared/otoliths/cluster.toml",
+                      help="partition, gpus_per_task, cpus_per_task, mem_gb, time_minutes, array_parallelism, "
+                           "account, qos, ray_address; unset keys take their defaults.")
+        try:
+            require(where)
+        except ImportError as exc:
+            st.warning(str(exc))
+        st.caption("The data, this cache folder and the weights must lie on storage every node sees, and the weights "
+                   "must be downloaded already (compute nodes are often offline); the job checks both before it "
+                   "submits anything and says what is wrong on its card.")
 specs, problems = cached.resolve(settings.encoders)
 for name, problem in problems.items():
     st.error(f"**{name}**: {problem}")

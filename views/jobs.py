@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import streamlit as st
 
 from otolith_core.embeddings import EmbeddingSet
-from otolith_core.jobs import ComparisonRequest, ExtractionRequest, JobStatus, cancel_job, list_jobs, read_job, start_job
+from otolith_core.jobs import (ComparisonRequest, ExtractionRequest, JobStatus, cancel_job, last_lines, list_jobs,
+                               read_job, start_job)
 from views import cached
 from views import state
 from views.state import Settings, allow_download, download_allowed
@@ -25,8 +27,11 @@ RECENT_SECONDS = 15 * 60  # ended jobs stay listed this long
 
 
 def request_for(settings: Settings, encoder: str) -> ExtractionRequest:
+    """The extraction job of ``encoder`` for the settings' data, run where the Embeddings page says."""
+    place = state.extraction_place()
     return ExtractionRequest(settings.data_path, encoder,
-                             columns=None if settings.columns.native else asdict(settings.columns))
+                             columns=None if settings.columns.native else asdict(settings.columns),
+                             shards=place.shards, executor=place.executor, cluster_config=place.cluster_config)
 
 
 def comparison_request(settings: Settings, key: str, ready: dict[str, EmbeddingSet],
@@ -88,6 +93,7 @@ def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
     origin = "" if job.origin == "dashboard" else f" (started in a terminal, pid {job.pid})"
     if job.active:
         container.progress(job.fraction, text=f"{name}: {job.describe()}{origin}")
+        _shards(job, container)
         if container.button("Cancel", key=f"cancel-{key}{job.id}",
                             help="Finished batches stay in the cache." if job.kind == "extraction" else
                             "Nothing is stored; Run starts it again from the first fold."):
@@ -97,7 +103,9 @@ def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
     text = f"{name}: {job.describe()}{origin}"
     if job.state == "finished":
         container.success(text, icon=":material/check_circle:")
+        _shards(job, container)
         return
+    _shards(job, container)
     (container.error if job.state == "failed" else container.warning)(text)
     if job.log_tail:
         with container.expander("Log (last lines)"):
@@ -131,3 +139,21 @@ def _draw_status(cache_dir: str) -> None:
     st.divider()
     if ended:  # a job this session saw running has ended: let the page go on with its embeddings
         st.rerun(scope="app")
+
+
+def _shards(job: JobStatus, container) -> None:
+    """An extraction in shards: each shard's images and its state as the scheduler gave it, with its log."""
+    if not job.shards:
+        return
+    import pandas as pd
+
+    table = pd.DataFrame([{"shard": s["index"], "images": f"{s['embedded'] + s['failed']} / {s['images']}",
+                           "could not be used": s["failed"], "state": s["state"] + (f": {s['why']}" if s.get("why")
+                                                                                    else ""),
+                           "job": s.get("job", ""), "log": s.get("log", "")} for s in job.shards])
+    with container.expander(f"Shards ({len(table)})"):
+        st.dataframe(table, hide_index=True, width="stretch")
+        for shard in job.shards:  # a failed shard's own log (on shared storage: the scheduler wrote it there)
+            if shard["state"] == "failed" and shard.get("log"):
+                st.caption(f"Shard {shard['index']}: the end of {shard['log']}")
+                st.code(last_lines(Path(shard["log"])) or "(empty, or not readable from here)", language=None)

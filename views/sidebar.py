@@ -23,6 +23,7 @@ from otolith_core.encoders.variants import split_variant
 from otolith_core.ties import TIE_LEVEL
 from views import cached, comparison, jobs, state
 from views.state import Settings
+from views.state import initial as _initial
 
 DEMO, PATH = "demo", "path"
 DATA_CHOICES = {DEMO: "Built-in synthetic demo", PATH: "Folder or CSV manifest"}
@@ -100,13 +101,6 @@ def sidebar() -> Settings | None:
         st.sidebar.page_link("views/results.py", label="Open the results", icon=":material/bar_chart:")
     state.mirror_to_url(run_requested=requested is not None and requested == settings)
     return settings
-
-
-def _initial(key: str, value) -> str:
-    """Give a widget its starting value through the session state (where the URL's values also go), never
-    through the widget's own default, which Streamlit would then report as a conflict."""
-    st.session_state.setdefault(key, value)
-    return key
 
 
 def _draw(specs, known) -> Settings | None:

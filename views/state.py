@@ -115,6 +115,36 @@ def allow_download(encoder: str) -> None:
     st.session_state.setdefault(_CONSENTS, set()).add(encoder)
 
 
+# Where extraction jobs run (the Embeddings page's choice): executor name -> how the page names it
+EXTRACTION_PLACES = {"": "on this machine, in one process", "local": "in shards, as processes on this machine",
+                     "slurm": "in shards, as a SLURM job array (submitit)", "ray": "in shards, as Ray tasks"}
+
+
+@dataclass(frozen=True)
+class ExtractionPlace:
+    """Where the extraction jobs started from now on run: one process (``shards`` None) or shards on ``executor``."""
+
+    shards: int | None = None
+    executor: str = "local"
+    cluster_config: str | None = None
+
+
+def initial(key: str, value) -> str:
+    """Give a widget its starting value through the session state (where the URL's values also go), never
+    through the widget's own default, which Streamlit would then report as a conflict."""
+    st.session_state.setdefault(key, value)
+    return key
+
+
+def extraction_place() -> ExtractionPlace:
+    where = st.session_state.get("extract_where") or ""
+    if where not in EXTRACTION_PLACES or not where:
+        return ExtractionPlace()
+    config = (st.session_state.get("extract_cluster_config") or "").strip() or None
+    return ExtractionPlace(max(1, int(st.session_state.get("extract_shards") or 1)), where,
+                           config if where != "local" else None)
+
+
 def jobs_seen_running() -> set[str]:
     """Ids of the jobs this session last saw running (so it notices when one ends)."""
     return set(st.session_state.get(_JOBS_SEEN, set()))
@@ -137,6 +167,7 @@ URL_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "seed": _INT,
     "repeats": _INT, "grouping": _TEXT, "holdout": _TEXT, "learning_curve": _BOOL, "impute_covariates": _BOOL,
     "tie_level": _FLOAT, "exclude_unusable": _BOOL,
+    "extract_where": _TEXT, "extract_shards": _INT, "extract_cluster_config": _TEXT,
     "col_path": _TEXT, "col_age": _TEXT, "col_fish": _TEXT, "col_box": _TEXT, "col_box_format": _TEXT, "col_id": _TEXT,
 }
 URL_LISTS = ("encoders", "variants", "combine", "covariates", "heads")  # multiselects: one query parameter per chosen value
