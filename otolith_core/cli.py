@@ -513,10 +513,10 @@ def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
         merged = 0
         if plan.n_images:
             submission = submit(plan, args.executor, config)
-            tasks = {task.index: task for task in submission.tasks}
             for task in submission.tasks:
-                print(f"  shard {task.index}: {task.executor} job {task.job_id}"
-                      + (f", log {task.log}" if task.log else ""), flush=True)
+                print(f"  shard {task.index}: " + (f"{task.executor} job {task.job_id}" if task.job_id else
+                                                   "waiting for a free core") + (f", log {task.log}" if task.log else ""),
+                      flush=True)
             if args.no_wait:
                 job.finished_with(submitted=plan.n_images)
                 print(f"submitted; when they end, `otolith merge --cache-dir {cache}` folds them into the cache (the "
@@ -524,6 +524,7 @@ def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
                 return EXIT_OK
 
             def record(states: dict[int, str]) -> None:
+                tasks = {task.index: task for task in submission.tasks}  # local shards get their pid when started
                 job.sharded([{"index": s.index, "images": s.images, "embedded": s.embedded, "failed": s.failed,
                               "state": states.get(s.index, "finished").split(":")[0],
                               "why": states.get(s.index, "").partition(": ")[2],
@@ -686,7 +687,7 @@ def _exchange(dataset, second, comparison):
     print(f"exchange: {report.n_images} images read by two or more of {len(humans)} readers ({', '.join(humans)}), "
           f"{report.n_no_mode} with no modal age (a tie: no agreement); between the readers APE "
           f"{everyone.ape_pct:.1f} %, CV {everyone.cv_pct:.1f} % (exchange_report.csv, exchange_tests.csv, "
-          f"exchange_bias.csv)")
+          f"exchange_bias.csv, exchange_by_age.csv, exchange_images.csv)")
     return report
 
 

@@ -152,17 +152,16 @@ class Submission:
 
     def __init__(self, plan: ShardPlan, executor: str, tasks: list[ShardTask], handles: list) -> None:
         self.plan, self.executor, self.tasks, self._handles = plan, executor, tasks, handles
+        self.workers = len(handles)  # local: shards running at once (the others wait for a free slot)
 
     def poll(self) -> dict[int, str]:
         """Each shard's state as its scheduler tells it now: ``pending`` (queued), ``running``, ``finished`` or
-        ``failed: why``."""
+        ``failed: why``. Local shards waiting for a slot are started here."""
+        if self.executor == "local":
+            return self._poll_local()
         states = {}
         for task, handle in zip(self.tasks, self._handles):
-            if self.executor == "local":
-                code = handle.poll()
-                states[task.index] = ("running" if code is None else "finished" if code == 0
-                                      else f"failed: exit status {code}; log {task.log}")
-            elif self.executor == "slurm":
+            if self.executor == "slurm":
                 if not handle.done():  # waiting in the queue, or running
                     states[task.index] = "pending" if str(handle.state).upper() == "PENDING" else "running"
                     continue
@@ -185,6 +184,20 @@ class Submission:
                     states[task.index] = f"failed: {_last_line(str(exc))}"
         return states
 
+    def _poll_local(self) -> dict[int, str]:
+        states = {shard.index: shard.state() for shard in self._handles}
+        free = self.workers - list(states.values()).count("running")
+        started = False
+        for shard in self._handles:
+            if free > 0 and states[shard.index] == "pending":
+                shard.start()
+                states[shard.index], free, started = "running", free - 1, True
+        if started:
+            self.tasks = [ShardTask(s.index, "local", str(s.process.pid) if s.process else "", str(s.log))
+                          for s in self._handles]
+            _record(self.plan, self.tasks)
+        return states
+
     def wait(self, *, every: float = 2.0, on_poll=None) -> dict[int, str]:
         """Wait for every shard, calling ``on_poll(states)`` (see :meth:`poll`) every ``every`` seconds; returns
         {shard: why it failed} (empty when all finished). An exception from ``on_poll`` (a cancel) cancels them."""
@@ -205,9 +218,7 @@ class Submission:
         for handle in self._handles:
             try:
                 if self.executor == "local":
-                    if handle.poll() is None:
-                        handle.terminate()
-                        handle.wait(timeout=30)
+                    handle.stop()
                 elif self.executor == "slurm":
                     handle.cancel(check=False)
                 else:
@@ -241,26 +252,43 @@ def submit(plan: ShardPlan, executor: str, config: ClusterConfig | None = None, 
     return submission
 
 
+class _LocalShard:
+    """A shard as a process on this machine, started when a worker slot is free (see :meth:`Submission.poll`)."""
+
+    def __init__(self, plan: ShardPlan, index: int, env: dict) -> None:
+        self.plan, self.index, self.env = plan, index, env
+        self.log = plan.folder / "logs" / f"shard-{index:04d}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(exist_ok=True)
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(self.plan.shard_command(self.index), stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+
+    def state(self) -> str:
+        if self.process is None:
+            return "pending"
+        code = self.process.poll()
+        return "running" if code is None else "finished" if code == 0 else \
+            f"failed: exit status {code}; log {self.log}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:  # one never started has nothing to stop
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
 def _submit_local(plan: ShardPlan, indices: list[int], workers: int | None) -> Submission:
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(indices) or 1))
     threads = str(max(1, cores // workers))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
-    logs = plan.folder / "logs"
-    logs.mkdir(exist_ok=True)
-    tasks, handles = [], []
-    running: list[subprocess.Popen] = []
-    for index in indices:
-        while len([p for p in running if p.poll() is None]) >= workers:
-            time.sleep(0.2)
-        log = logs / f"shard-{index:04d}.log"
-        with open(log, "w") as out:
-            process = subprocess.Popen(plan.shard_command(index), stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env)
-        running.append(process)
-        tasks.append(ShardTask(index, "local", str(process.pid), str(log)))
-        handles.append(process)
-    return Submission(plan, "local", tasks, handles)
+    shards = [_LocalShard(plan, index, env) for index in indices]
+    submission = Submission(plan, "local", [ShardTask(s.index, "local", "", str(s.log)) for s in shards], shards)
+    submission.workers = workers
+    submission.poll()  # starts the first ``workers`` shards
+    return submission
 
 
 def _submit_slurm(plan: ShardPlan, indices: list[int], config: ClusterConfig) -> Submission:
@@ -313,7 +341,8 @@ def scheduler_states(plan: ShardPlan) -> dict[int, str]:
             except Exception as exc:  # no sacct here, or the job is too old for it
                 states[task.index] = f"unknown ({_last_line(str(exc))})"
         elif task.executor == "local":
-            states[task.index] = "RUNNING" if _alive(int(task.job_id)) else "ENDED"
+            states[task.index] = ("WAITING" if not task.job_id else "RUNNING" if _alive(int(task.job_id))
+                                  else "ENDED")
     return states
 
 
@@ -326,7 +355,7 @@ def cancel(plan: ShardPlan) -> list[str]:
                 import submitit
 
                 submitit.SlurmJob(plan.folder / "slurm" / "%j", task.job_id).cancel(check=False)
-            elif task.executor == "local" and _alive(int(task.job_id)):
+            elif task.executor == "local" and task.job_id and _alive(int(task.job_id)):
                 os.kill(int(task.job_id), 15)
             elif task.executor == "ray":
                 done.append(f"shard {task.index}: Ray tasks end with the process that submitted them; stop it "

@@ -176,7 +176,7 @@ def extract_embeddings(
             todo.setdefault(keys[i], i)
         if todo:
             failures += embed_into(store, encoder, [(k, dataset.records[i]) for k, i in todo.items()],
-                                      batch_size or encoder.batch_size, progress)
+                                   batch_size or encoder.batch_size, progress)
             features, found = store.get_many(lookup)
         rows = np.asarray(known, dtype=int)[found]
         accounted = {f.image for f in failures} | set(pending)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .data import Dataset, Skipped
 from .readings import FIRST_READER, MANIFEST_READER, RESERVED_READERS, UNUSABLE, SecondReadings
-from .stats import age_bias, bowker_symmetry, evans_hoenig_symmetry
+from .stats import age_bias, bowker_symmetry, evans_hoenig_symmetry, holm_adjust
 
 READER_COLUMNS = ["image", "reader", "age", "flags", "comment", "source"]
 SOURCES = ("manifest", "manifest second_age", "dashboard")  # where a row of collect_readings comes from
@@ -41,8 +41,10 @@ REPORT_COLUMNS = ["reader", "kind", "n_images", "n_no_mode", "agreement_with_mod
                   "bias_mean", "bowker_statistic", "bowker_df", "bowker_p", "evans_hoenig_statistic",
                   "evans_hoenig_df", "evans_hoenig_p"]
 PAIR_COLUMNS = ["reader_a", "reader_b", "n_images", "agreement_pct", "bias_mean", "ape_pct", "bowker_statistic",
-                "bowker_df", "bowker_p", "evans_hoenig_statistic", "evans_hoenig_df", "evans_hoenig_p"]
+                "bowker_df", "bowker_p", "bowker_p_holm", "evans_hoenig_statistic", "evans_hoenig_df", "evans_hoenig_p",
+                "evans_hoenig_p_holm"]
 BIAS_COLUMNS = ["reader", "kind", "modal_age", "n", "mean_age", "bias", "ci_low", "ci_high", "agreement_pct"]
+BY_AGE_COLUMNS = ["modal_age", "n_images", "agreement_pct", "ape_pct", "cv_pct"]
 NOT_MODELS = ("image", "path", "true_age")  # columns of Comparison.per_image that are not a model's ages
 
 
@@ -235,19 +237,26 @@ class ExchangeReport:
     ``pairs`` (``exchange_tests.csv``, ``PAIR_COLUMNS``): every two readers of which at least one is human, on
     the exchange images both gave an age (modes play no part; a pair with no such image has no row):
     ``agreement_pct`` (% the same age), ``bias_mean`` (mean of b - a), ``ape_pct`` (two-reading APE), and the two
-    symmetry tests of a (rows) against b (columns).
+    symmetry tests of a (rows) against b (columns); ``*_p_holm``: each test's p-values Holm-adjusted over the
+    pairs (:func:`~otolith_core.stats.holm_adjust`), for a report that tests every pair at once.
+
+    ``by_age`` (``exchange_by_age.csv``, ``BY_AGE_COLUMNS``): per modal age of the human readers, the exchange
+    images with that mode, the % of their human readings at the mode, and the mean of the images' APE and CV
+    over their human readers (ICES's "CV by modal age"); images with no mode are in no row.
 
     ``bias`` (``exchange_bias.csv``, ``BIAS_COLUMNS``): per reader and modal age, for an age-bias plot: ``n``,
     ``mean_age`` with its 95 % t interval (:func:`~otolith_core.stats.age_bias`), ``bias`` (mean age - modal
     age) and ``agreement_pct``.
 
-    ``images``: :func:`readers_by_image` of the exchange's images, with one column per model.
+    ``images`` (``exchange_images.csv``): :func:`readers_by_image` of the exchange's images (each human reader's
+    age, the modal age, the image's APE and CV over its human readers), with one column per model.
     """
 
     readers: pd.DataFrame
     pairs: pd.DataFrame
     bias: pd.DataFrame
     images: pd.DataFrame
+    by_age: pd.DataFrame
 
     @property
     def n_images(self) -> int:
@@ -262,7 +271,7 @@ class ExchangeReport:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The report's CSV files by name."""
         return {"exchange_report.csv": self.readers, "exchange_tests.csv": self.pairs,
-                "exchange_bias.csv": self.bias}
+                "exchange_bias.csv": self.bias, "exchange_by_age.csv": self.by_age, "exchange_images.csv": self.images}
 
 
 def has_exchange(per_reader: pd.DataFrame) -> bool:
@@ -298,7 +307,7 @@ def exchange_report(per_reader: pd.DataFrame, model_ages: pd.DataFrame | None = 
             images[model] = pd.array(by_image[model].reindex(images["image"]).to_numpy(), dtype="Int64")
     if images.empty:
         return ExchangeReport(pd.DataFrame(columns=REPORT_COLUMNS), pd.DataFrame(columns=PAIR_COLUMNS),
-                              pd.DataFrame(columns=BIAS_COLUMNS), images)
+                              pd.DataFrame(columns=BIAS_COLUMNS), images, pd.DataFrame(columns=BY_AGE_COLUMNS))
     kinds = {reader: kind for reader, kind in [*((h, "human") for h in humans), *((m, "model") for m in models)]
              if images[reader].notna().any()}  # a reader with no age of these images has no row
     mode = images["modal_age"]
@@ -306,11 +315,28 @@ def exchange_report(per_reader: pd.DataFrame, model_ages: pd.DataFrame | None = 
     rows += [_reader_row(reader, kind, images[reader], mode) for reader, kind in kinds.items()]
     pairs = [_pair_row(a, b, images[a], images[b]) for a, b in combinations(kinds, 2)
              if "human" in (kinds[a], kinds[b]) and (images[a].notna() & images[b].notna()).any()]
+    for test in ("bowker", "evans_hoenig"):  # every pair is tested at once: Holm over the pairs, per test
+        adjusted = holm_adjust(np.array([pair[f"{test}_p"] for pair in pairs], dtype=float))
+        for pair, p_holm in zip(pairs, adjusted):
+            pair[f"{test}_p_holm"] = float(p_holm)
     bias = [row for reader, kind in kinds.items() for row in _bias_rows(reader, kind, images[reader], mode)]
     whole = {"bowker_df": "Int64", "evans_hoenig_df": "Int64"}  # blank, not 0.0, on the all-readers row
     return ExchangeReport(pd.DataFrame(rows, columns=REPORT_COLUMNS).astype(whole),
                           pd.DataFrame(pairs, columns=PAIR_COLUMNS).astype(whole),
-                          pd.DataFrame(bias, columns=BIAS_COLUMNS), images)
+                          pd.DataFrame(bias, columns=BIAS_COLUMNS), images, _by_modal_age(images, humans))
+
+
+def _by_modal_age(images: pd.DataFrame, humans: list[str]) -> pd.DataFrame:
+    """Per modal age: images, % of their human readings at the mode, mean APE and CV over their human readers."""
+    rows = []
+    with_mode = images[images["modal_age"].notna()]
+    for age, group in with_mode.groupby("modal_age"):
+        readings = group[humans].to_numpy(dtype=float).ravel()
+        readings = readings[~np.isnan(readings)]
+        rows.append({"modal_age": int(age), "n_images": len(group),
+                     "agreement_pct": 100 * _mean(readings == float(age)), "ape_pct": float(group["ape_pct"].mean()),
+                     "cv_pct": float(group["cv_pct"].mean())})
+    return pd.DataFrame(rows, columns=BY_AGE_COLUMNS)
 
 
 def _mean(values: np.ndarray) -> float:

@@ -37,7 +37,8 @@ from .ties import TIE_LEVEL, TIE_SENTENCE, TIE_TEST, TIED_METRICS, check_level, 
 OUTPUT_FILES = ("summary.csv", "folds.csv", "predictions.csv", "ttests.csv", "agebias.csv", "per_age.csv",
                 "symmetry.csv", "skipped.csv", "learning_curve.csv", "per_holdout.csv", "probabilities.csv",
                 "label_review.csv", "per_fish.csv", "fish_predictions.csv",
-                "exchange_report.csv", "exchange_tests.csv", "exchange_bias.csv",
+                "exchange_report.csv", "exchange_tests.csv", "exchange_bias.csv", "exchange_by_age.csv",
+                "exchange_images.csv",
                 "run.json", "comparison.svg", "comparison.png")
 LIBRARIES = ("otolith-dashboard", "numpy", "scipy", "scikit-learn", "pandas", "torch", "torchvision",
              "open-clip-torch", "timm", "pillow", "scikit-image", "pyefd", "diskcache", "altair")
@@ -167,7 +168,7 @@ def result_tables(comparison: Comparison, *, second: pd.DataFrame | None = None,
 
     ``second``: second readings (``readings.second_readings``), shown beside the ranking in label_review.csv.
     ``tie_level``: the level at which summary.csv marks the models tied with the best (:mod:`~otolith_core.ties`).
-    ``exchange``: the age-reading exchange (``exchange.exchange_report``), written as its three CSV files when it
+    ``exchange``: the age-reading exchange (``exchange.exchange_report``), written as its CSV files when it
     holds any image.
     """
     tables = {

@@ -10,9 +10,9 @@ import pytest
 from scipy.stats import chi2
 
 from otolith_core.data import load_dataset
-from otolith_core.exchange import (ALL_READERS, BIAS_COLUMNS, PAIR_COLUMNS, READER_COLUMNS, REPORT_COLUMNS,
-                                   collect_readings, exchange_report, exclude_unusable, has_exchange, may_see,
-                                   modal_age, readers_by_image, unusable_images, visible_readings)
+from otolith_core.exchange import (ALL_READERS, BIAS_COLUMNS, BY_AGE_COLUMNS, PAIR_COLUMNS, READER_COLUMNS,
+                                   REPORT_COLUMNS, collect_readings, exchange_report, exclude_unusable, has_exchange,
+                                   may_see, modal_age, readers_by_image, unusable_images, visible_readings)
 from otolith_core.readings import FIRST_READER, MANIFEST_READER, add_reading, load_readings, second_readings
 
 F = FIRST_READER
@@ -137,6 +137,26 @@ def test_the_report_matches_a_plain_python_recount():
         assert (row.evans_hoenig_statistic, row.evans_hoenig_df) == (pytest.approx(evans), evans_df)
         if bowker_df:
             assert row.bowker_p == pytest.approx(chi2.sf(bowker, bowker_df))
+    for test in ("bowker", "evans_hoenig"):  # Holm over the pairs, step by step
+        p_values = report.pairs[f"{test}_p"].tolist()
+        tested = sorted((p, k) for k, p in enumerate(p_values) if not math.isnan(p))
+        expected, running = [math.nan] * len(p_values), 0.0
+        for rank, (p, k) in enumerate(tested):
+            running = max(running, min(1.0, (len(tested) - rank) * p))
+            expected[k] = running
+        assert report.pairs[f"{test}_p_holm"].tolist() == pytest.approx(expected, nan_ok=True)
+
+    # per modal age over the human readings (ICES's CV by modal age)
+    assert list(report.by_age.columns) == BY_AGE_COLUMNS
+    modes = sorted({m for m in mode.values() if m is not None})
+    assert report.by_age["modal_age"].tolist() == modes
+    for row in report.by_age.itertuples():
+        images = [i for i in exchange if mode[i] == row.modal_age]
+        readings = [x for i in images for x in aged[i].values()]
+        assert row.n_images == len(images)
+        assert row.agreement_pct == pytest.approx(100 * readings.count(row.modal_age) / len(readings))
+        assert row.ape_pct == pytest.approx(sum(apes[exchange.index(i)] for i in images) / len(images))
+        assert row.cv_pct == pytest.approx(sum(cvs[exchange.index(i)] for i in images) / len(images))
 
     # per reader and modal age, for the age-bias plot
     assert list(report.bias.columns) == BIAS_COLUMNS

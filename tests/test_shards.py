@@ -262,7 +262,8 @@ def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finis
     ended = read_job(cache, job.id)
     assert ended.state == "cancelled", ended
     plan = read_plan(next(cache.glob("shards/*/plan.json")).parent)
-    assert [t.index for t in submitted(plan)] == [0, 1] and not any(_alive(int(t.job_id)) for t in submitted(plan))
+    assert [t.index for t in submitted(plan)] == [0, 1]
+    assert not any(t.job_id and _alive(int(t.job_id)) for t in submitted(plan))
     assert [s["index"] for s in ended.shards] == [0, 1]
     data = load_dataset(manifest)
     kept = cached_count(data, registry()["otolith-morphometrics"], cache_dir=cache)
@@ -273,3 +274,17 @@ def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finis
     final = read_job(cache, job.id)
     assert final.state == "finished" and final.outcome == {"embedded": 40, "extracted": 40 - kept}, final
     assert "in 2 shards (local)" in final.request.label() and {s["state"] for s in final.shards} == {"finished"}
+
+
+@pytest.mark.slow
+def test_local_shards_beyond_the_workers_wait_for_a_free_one(demo_manifest, tmp_path):
+    from otolith_core.cluster import submit, submitted
+
+    manifest = _manifest(demo_manifest, tmp_path, rows=15)
+    plan = plan_shards(load_dataset(manifest), "pixels-32", cache_dir=tmp_path / "cache", n_shards=3)
+    submission = submit(plan, "local", workers=2)
+    assert sorted(submission.poll().values()) == ["pending", "running", "running"]
+    assert [t.job_id != "" for t in submitted(plan)] == [True, True, False]
+    assert submission.wait(every=0.1) == {}
+    assert all(state.done for state in shard_states(plan)) and all(t.job_id for t in submitted(plan))
+    assert merge_shards(tmp_path / "cache").merged_images == 15

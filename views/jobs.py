@@ -105,8 +105,8 @@ def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
         container.success(text, icon=":material/check_circle:")
         _shards(job, container)
         return
-    _shards(job, container)
     (container.error if job.state == "failed" else container.warning)(text)
+    _shards(job, container)
     if job.log_tail:
         with container.expander("Log (last lines)"):
             st.code(job.log_tail, language=None)

@@ -256,12 +256,16 @@ def exchange_section(readings: Readings, model_ages: pd.DataFrame | None, key: s
                 "disagreement is a tie, so compare them in the tests below.")
     st.dataframe(report.readers, hide_index=True, width="stretch")
     with st.expander("Tests between readers (exchange_tests.csv)"):
+        st.caption("Each test's p-values are also given Holm-adjusted over the pairs (`*_p_holm`): read those when "
+                   "you look at every pair at once.")
         st.dataframe(report.pairs, hide_index=True, width="stretch")
+    with st.expander("Agreement, APE and CV by modal age (exchange_by_age.csv)"):
+        st.dataframe(report.by_age, hide_index=True, width="stretch")
     if len(report.bias):
         from otolith_core.charts import reader_bias_plot
 
         chart(st, (key, "exchange bias", len(readings.file), len(readings.per_reader)),
               lambda: reader_bias_plot(report.bias))
-    columns = st.columns(3)
-    for column, (name, table) in zip(columns, report.tables().items()):
+    tables = report.tables()
+    for column, (name, table) in zip(st.columns(len(tables)), tables.items()):
         column.download_button(name, csv_bytes(table), file_name=name, mime="text/csv", key=f"download-{name}")
