@@ -870,7 +870,8 @@ def _review_with_ridge(at):
 
 
 @pytest.mark.slow
-def test_two_readers_read_blind_in_a_seeded_order_with_flags_and_the_exchange_report_follows(app, demo_manifest):
+def test_two_readers_read_blind_in_a_seeded_order_with_flags_and_the_exchange_report_follows(app, demo_manifest,
+                                                                                            media_stores):
     """Without a logistic run the images are read in the seeded order; an age button saves the reading with its
     flags and comment at once; a second reader in another tab resumes at their own first unread image and sees no
     age of the first reader's until having read the image; the exchange report puts both beside the model."""
@@ -907,6 +908,10 @@ def test_two_readers_read_blind_in_a_seeded_order_with_flags_and_the_exchange_re
     second_tab.text_input(key="reader_name").input("B").run()
     assert second_tab.session_state["review_image"] == order[0] and f"0 of {n} read by you" in _captions(second_tab)
     assert not any("A" in d.value.columns for d in second_tab.dataframe if "reader" not in d.value.columns)
+    downloads = {b.proto.label: b.proto for b in second_tab.get("download_button")}
+    assert downloads["second_readings.csv"].disabled  # it would hold A's ages: B has read nothing yet
+    manifest = pd.read_csv(io.BytesIO(_download(second_tab, media_stores, "manifest with second_age")))
+    assert manifest["second_age"].isna().all()
     second_tab.number_input(key=f"second_age-{order[0]}").set_value(age + 1)
     next(b for b in second_tab.button if b.label == "Save reading").click().run()
     assert not second_tab.exception
@@ -916,6 +921,8 @@ def test_two_readers_read_blind_in_a_seeded_order_with_flags_and_the_exchange_re
     assert (row["A"], row["B"]) == (age, age + 1) and list(readers["image"]) == [order[0]]
     report = next(d.value for d in second_tab.dataframe if "agreement_with_mode_pct" in d.value.columns)
     assert {"A", "B", "otolith-morphometrics / ridge"} <= set(report["reader"])
+    typed = pd.read_csv(io.BytesIO(_download(second_tab, media_stores, "second_readings.csv")))
+    assert typed["image"].tolist() == [order[0], order[0]] and typed["reader"].tolist() == ["A", "B"]  # not order[1]
 
 
 def _images(manifest) -> list[str]:

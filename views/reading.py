@@ -47,6 +47,16 @@ def current_readings(settings: Settings, dataset: Dataset) -> Readings:
     return Readings(collect_readings(dataset, second), second, file)
 
 
+def readings_seen_by(readings: Readings, reader: str, dataset: Dataset, cache_dir) -> Readings:
+    """The readings as ``reader`` may see them: the readings file's rows of the images they have read (none while
+    no reader is chosen), and the second readings made from those."""
+    read = set(readings.per_reader.loc[readings.per_reader["reader"] == reader, "image"]) if reader else set()
+    file = readings.file[readings.file["image"].isin(read)] if len(readings.file) else readings.file
+    # a manifest's own second_age column is part of the data the user loaded: it stays in
+    return Readings(readings.per_reader[readings.per_reader["image"].isin(read)],
+                    second_readings(dataset, file, cache_dir=cache_dir), file)
+
+
 def choose_reader(readings: Readings) -> str:
     """The reader's name: one of the readers so far, or a new one typed; '' until there is one."""
     known = sorted(set(readings.per_reader["reader"]) - set(RESERVED_READERS) - {FIRST_READER})

@@ -139,15 +139,19 @@ def _reading_again(reader: str, readings: reading.Readings, queue: list[str]) ->
     if len(shown):
         st.caption("Every reader's age of the images you have read (the others stay hidden until you read them):")
         st.dataframe(shown, hide_index=True, width="stretch", height=200)
+    # the downloads hold other readers' ages: only of the images this reader has read (the blind rule)
+    seen = reading.readings_seen_by(readings, reader, dataset, settings.cache_dir)
     left, right = st.columns(2)
-    left.download_button("second_readings.csv", csv_bytes(readings.file), file_name="second_readings.csv",
-                         mime="text/csv", key="download-second_readings", disabled=readings.file.empty,
-                         help="Every reading typed here, in the order typed (the file in the cache folder).")
-    right.download_button("manifest with second_age", csv_bytes(manifest_with_readings(dataset, found)),
+    left.download_button("second_readings.csv", csv_bytes(seen.file), file_name="second_readings.csv",
+                         mime="text/csv", key="download-second_readings", disabled=seen.file.empty,
+                         help="Every reading typed here of the images you have read, in the order typed (the "
+                              "whole file is second_readings.csv in the cache folder).")
+    right.download_button("manifest with second_age", csv_bytes(manifest_with_readings(dataset, seen.second)),
                           file_name="manifest_with_second_age.csv", mime="text/csv", key="download-manifest-second",
+                          disabled=not reader,
                           help="Your manifest as it is, every row and column, with a second_age column (blank "
-                               "where not re-read). Save it beside the photos and load it as the data set: its "
-                               "second_age counts as the second reader.")
+                               "where not re-read, and for the images you have not read yet). Save it beside the "
+                               "photos and load it as the data set: its second_age counts as the second reader.")
 
 
 def _embedding_space() -> None:
