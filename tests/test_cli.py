@@ -87,6 +87,7 @@ def test_every_number_is_recomputable_from_predictions(demo_run, demo_manifest):
     assert set(tests.test) == {"paired_t", "corrected_t", "wilcoxon", "mcnemar"}
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_are_recomputable_from_predictions(demo_run, demo_manifest):
     """summary.csv's 95 % intervals from predictions.csv (first repeat) and the manifest's fish, by the documented
     draws (numpy's default_rng(seed), fish numbered in sorted order, 1,000 draws), in a plain loop."""
@@ -108,6 +109,7 @@ def test_bootstrap_intervals_are_recomputable_from_predictions(demo_run, demo_ma
     assert summary.loc[("no-skill", "most-frequent")].rmse_ci_low > 0
 
 
+@pytest.mark.slow
 def test_per_age_scores_are_recomputable_from_predictions(demo_run):
     """per_age.csv recomputed by hand from the first repeat of predictions.csv (sklearn's per-class report)."""
     from sklearn.metrics import precision_recall_fscore_support
@@ -132,6 +134,7 @@ def test_per_age_scores_are_recomputable_from_predictions(demo_run):
             assert row.pm1_share == pytest.approx(((read.pred_age - age).abs() <= 1).mean())
 
 
+@pytest.mark.slow
 def test_ties_with_the_best_are_recomputable_from_ttests_csv(demo_run):
     """summary.csv's ``*_tied_with_best`` from ttests.csv alone: per metric the best mean (highest; RMSE lowest), its
     corrected_t p-values against each other model, Holm's step-down by hand over those, tied when the adjusted p
@@ -169,6 +172,7 @@ def test_ties_with_the_best_are_recomputable_from_ttests_csv(demo_run):
     assert told_apart > 0  # the pixel floor is told apart from morphometrics on the demo
 
 
+@pytest.mark.slow
 def test_per_fish_scores_are_recomputable_from_predictions(demo_run, demo_manifest):
     """per_fish.csv and fish_predictions.csv from predictions.csv and the manifest's fish_id, in a plain loop: each
     fish in one test fold; ridge: mean of pred_raw, rounded half to even (Python's round), clipped to the training

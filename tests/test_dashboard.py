@@ -636,6 +636,7 @@ def test_data_page_warns_when_the_covariates_alone_read_the_ages(demo_manifest, 
     assert any("covariates alone (otolith_weight) read 100%" in w.value for w in app.warning)
 
 
+@pytest.mark.slow
 def test_a_run_press_is_never_lost_when_the_page_reruns_itself(app, monkeypatch):
     """A press of Run whose script run is cut short before the sidebar handles it (the page rerunning itself: a
     job this session saw running has just ended, or the status area's timer preempting the run; here the run is
@@ -697,6 +698,7 @@ def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
     return _settle(at)
 
 
+@pytest.mark.slow
 def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_path, monkeypatch, media_stores,
                                                                           photo_server):
     """The export names its trays by presigned URLs. The column pickers come prefilled from the export (image column,
@@ -778,6 +780,7 @@ def test_review_says_how_many_images_could_not_be_scored_and_why(demo_manifest, 
     assert not any("nan" in str(c.value) for c in at.caption)
 
 
+@pytest.mark.slow
 def test_station_grouping_and_a_cruise_hold_out_from_the_sidebar_reach_the_comparison(tmp_path, monkeypatch,
                                                                                       media_stores):
     """A lab export of 6 trays (stations ST0..ST5 in cruises C0..C2): the sidebar offers its columns to keep together
