@@ -435,9 +435,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
-    from .shards import run_shard
+    from .shards import ShardBusy, run_shard
 
-    outcome = run_shard(args.plan, args.index, progress=_printed_progress(f"shard {args.index}"))
+    try:
+        outcome = run_shard(args.plan, args.index, progress=_printed_progress(f"shard {args.index}"))
+    except ShardBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"shard {outcome.index}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
           f"{outcome.failed} could not be used")
     return EXIT_OK
@@ -445,18 +449,19 @@ def _cmd_shard(args: argparse.Namespace) -> int:
 
 def _one_shard(args: argparse.Namespace) -> int:
     """``otolith extract --shard I/N``: shard I of the plan the submitter wrote for these options."""
-    from .shards import find_plan, run_shard
+    from .shards import ShardBusy, find_plan, run_shard
 
     try:
         index, n = (int(part) for part in args.shard.split("/"))
     except ValueError:
         print(f"error: --shard takes I/N (e.g. 3/16), got {args.shard!r}", file=sys.stderr)
         return EXIT_USAGE
+    columns = _columns(args)
     try:
-        plan = find_plan(_cache_dir(args), str(Path(args.data).expanduser().resolve()), args.model,
-                         _variant_options(args), args.precision, n)
+        plan = find_plan(_cache_dir(args), args.data, args.model, _variant_options(args), args.precision, n,
+                         None if columns.native else asdict(columns))
         outcome = run_shard(plan.folder, index, progress=_printed_progress(f"shard {index}"))
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ShardBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"shard {index}/{n}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
@@ -480,6 +485,10 @@ def _extract_in_shards(args: argparse.Namespace) -> int:
     if args.shards < 1:
         print(f"error: --shards must be at least 1, got {args.shards}", file=sys.stderr)
         return EXIT_USAGE
+    if args.no_wait and args.executor == "local":
+        print("error: --no-wait is for a cluster's scheduler: local shards are run by this command, which waits for "
+              "them", file=sys.stderr)
+        return EXIT_USAGE
     columns = _columns(args)
     request = ExtractionRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
                                 args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns),
@@ -492,7 +501,7 @@ def _extract_in_shards(args: argparse.Namespace) -> int:
 
 
 def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
-    from .cluster import ShardsFailed, submit
+    from .cluster import ShardsFailed
     from .embeddings import extract_embeddings, save_npz
     from .encoders import resolve_encoder
     from .jobs import Cancelled, JobRecorder
@@ -512,16 +521,7 @@ def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
         failed: dict[int, str] = {}
         merged = 0
         if plan.n_images:
-            submission = submit(plan, args.executor, config)
-            for task in submission.tasks:
-                print(f"  shard {task.index}: " + (f"{task.executor} job {task.job_id}" if task.job_id else
-                                                   "waiting for a free core") + (f", log {task.log}" if task.log else ""),
-                      flush=True)
-            if args.no_wait:
-                job.finished_with(submitted=plan.n_images)
-                print(f"submitted; when they end, `otolith merge --cache-dir {cache}` folds them into the cache (the "
-                      "next extract or run does it by itself); `otolith shards` tells where they stand")
-                return EXIT_OK
+            submission, cancel_asked = _submitted(plan, args.executor, config)
 
             def record(states: dict[int, str]) -> None:
                 tasks = {task.index: task for task in submission.tasks}  # local shards get their pid when started
@@ -532,10 +532,23 @@ def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
                               "log": tasks[s.index].log if s.index in tasks else ""} for s in shard_states(plan)])
 
             try:
+                if cancel_asked:  # while submitting: now that they are recorded, stop them
+                    raise Cancelled()
+                for task in submission.tasks:
+                    print(f"  shard {task.index}: " + (f"{task.executor} job {task.job_id}" if task.job_id else
+                                                       "waiting for a free core")
+                          + (f", log {task.log}" if task.log else ""), flush=True)
+                if args.no_wait:
+                    job.finished_with(submitted=plan.n_images)
+                    print(f"submitted; when they end, `otolith merge --cache-dir {cache}` folds them into the cache "
+                          "(the next extract or run does it by itself); `otolith shards` tells where they stand")
+                    return EXIT_OK
                 failed = submission.wait(on_poll=record)
-            except Cancelled:
-                print("cancelled: the shards were stopped; their finished batches are merged", flush=True)
-                merge_shards(cache, plans=[plan.id])
+            except BaseException as exc:  # stop what was submitted (wait() has, when it was waiting)
+                submission.cancel()
+                if isinstance(exc, (Cancelled, KeyboardInterrupt)):
+                    print("cancelled: the shards were stopped; their finished batches are merged", flush=True)
+                    merge_shards(cache, plans=[plan.id])
                 raise
             for index, why in sorted(failed.items()):
                 print(f"  shard {index} failed: {why}; run the same command again to resume it")
@@ -549,10 +562,31 @@ def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:
         if failed:
             raise ShardsFailed(f"{len(failed)} of {plan.n_shards} shards failed (shard {min(failed)}: "
                                f"{failed[min(failed)]}); run it again to resume them: finished batches are kept")
+        if emb.pending:  # e.g. a batch the merge set aside: its shard embeds it again at the next run
+            raise ShardsFailed(f"{len(emb.pending)} images are not in the cache after the merge (see 'not merged' "
+                               "above); run the same command again to extract them")
     print(f"{spec.name}: {len(emb.rows)} of {len(dataset)} images in the cache, {len(emb.failures)} could not be used")
     if args.npz:
         print(f"wrote {save_npz(args.npz, dataset, emb)}")
     return EXIT_OK if len(emb.rows) else EXIT_NOTHING_EVALUATED
+
+
+def _submitted(plan, executor: str, config):
+    """(the shards handed to the scheduler, whether a cancel (SIGTERM) arrived meanwhile). A cancel waits until the
+    shards are recorded, so none escapes it (the caller raises it then); a scheduler that refuses them is a one-line
+    error. (A handler, not a blocked signal: processes started meanwhile would inherit a blocked SIGTERM.)"""
+    import signal
+
+    from .cluster import submit
+
+    asked: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked.append(signum))
+    try:
+        return submit(plan, executor, config), bool(asked)
+    except (ImportError, OSError, RuntimeError, ConnectionError) as exc:  # sbatch refused, no Ray cluster there
+        raise ValueError(f"the {executor} scheduler did not take the shards: {exc}") from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cluster_sees_everything(dataset, spec, cache: Path, args: argparse.Namespace) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, fields
@@ -125,6 +126,8 @@ class ShardTask:
     executor: str
     job_id: str  # the scheduler's id (SLURM: ARRAY_TASK; local: the process id; Ray: the task id)
     log: str  # where its output goes ('' when the scheduler keeps it)
+    host: str = ""  # local: the machine whose process it is, and the process's start time (a pid is reused)
+    create_time: float | None = None
 
 
 class _SubmititShard:
@@ -193,7 +196,8 @@ class Submission:
                 shard.start()
                 states[shard.index], free, started = "running", free - 1, True
         if started:
-            self.tasks = [ShardTask(s.index, "local", str(s.process.pid) if s.process else "", str(s.log))
+            self.tasks = [ShardTask(s.index, "local", str(s.process.pid) if s.process else "", str(s.log),
+                                    socket.gethostname(), _create_time(s.process.pid) if s.process else None)
                           for s in self._handles]
             _record(self.plan, self.tasks)
         return states
@@ -214,19 +218,30 @@ class Submission:
             raise
 
     def cancel(self) -> None:
-        """Stop every shard still running (finished batches stay in the shards' folders)."""
-        for handle in self._handles:
-            try:
-                if self.executor == "local":
-                    handle.stop()
-                elif self.executor == "slurm":
-                    handle.cancel(check=False)
-                else:
-                    import ray
+        """Stop every shard still running (finished batches stay in the shards' folders); a second cancel asked
+        meanwhile (another SIGTERM) does not cut this one short."""
+        import signal
+        import threading
 
-                    ray.cancel(handle, force=True)
-            except Exception:  # already ended, or the scheduler is gone: nothing left to stop
-                pass
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            for handle in self._handles:
+                try:
+                    if self.executor == "local":
+                        handle.stop()
+                    elif self.executor == "slurm":
+                        handle.cancel(check=False)
+                    else:
+                        import ray
+
+                        ray.cancel(handle, force=True)
+                except Exception:  # already ended, or the scheduler is gone: nothing left to stop
+                    pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def submit(plan: ShardPlan, executor: str, config: ClusterConfig | None = None, *,
@@ -276,7 +291,11 @@ class _LocalShard:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:  # one never started has nothing to stop
             self.process.terminate()
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def _submit_local(plan: ShardPlan, indices: list[int], workers: int | None) -> Submission:
@@ -341,8 +360,7 @@ def scheduler_states(plan: ShardPlan) -> dict[int, str]:
             except Exception as exc:  # no sacct here, or the job is too old for it
                 states[task.index] = f"unknown ({_last_line(str(exc))})"
         elif task.executor == "local":
-            states[task.index] = ("WAITING" if not task.job_id else "RUNNING" if _alive(int(task.job_id))
-                                  else "ENDED")
+            states[task.index] = ("WAITING" if not task.job_id else "RUNNING" if _alive(task) else "ENDED")
     return states
 
 
@@ -355,7 +373,10 @@ def cancel(plan: ShardPlan) -> list[str]:
                 import submitit
 
                 submitit.SlurmJob(plan.folder / "slurm" / "%j", task.job_id).cancel(check=False)
-            elif task.executor == "local" and task.job_id and _alive(int(task.job_id)):
+            elif task.executor == "local" and task.host and task.host != socket.gethostname():
+                done.append(f"shard {task.index}: a process on {task.host}; cancel it there")
+                continue
+            elif task.executor == "local" and task.job_id and _alive(task):
                 os.kill(int(task.job_id), 15)
             elif task.executor == "ray":
                 done.append(f"shard {task.index}: Ray tasks end with the process that submitted them; stop it "
@@ -380,15 +401,28 @@ def _record(plan: ShardPlan, tasks: list[ShardTask]) -> None:
     os.replace(partial, plan.folder / SUBMITTED)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
+def _alive(task: ShardTask) -> bool:
+    """Whether a local shard's process is running on this machine: the same pid and start time, not a zombie."""
+    import psutil
+
+    if task.host and task.host != socket.gethostname():
         return False
-    try:  # a finished child not yet reaped is a zombie: ended
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+    try:
+        process = psutil.Process(int(task.job_id))
+        if task.create_time is not None and abs(process.create_time() - task.create_time) > 1.0:
+            return False  # the pid was reused by another process
+        return process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def _last_line(text: str) -> str:

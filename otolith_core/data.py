@@ -293,8 +293,7 @@ def load_dataset(path: str | Path, *, age_range: tuple[int, int] | None = None,
         age_range = (lo, hi)
     if not path.exists():
         raise FileNotFoundError(f"data path {str(path)!r} does not exist; give a folder of age sub-folders or a CSV manifest")
-    if path.is_dir() and (path / "manifest.csv").is_file():
-        path = path / "manifest.csv"  # a folder that carries its own manifest (as `otolith demo` writes)
+    path = data_source(path)
     columns = columns or ManifestColumns()
     if path.is_dir():
         if not columns.native:
@@ -822,6 +821,15 @@ def to_rgb8(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def data_source(path: str | Path) -> Path:
+    """What :func:`load_dataset` reads for ``path`` (``Dataset.source``): a folder that carries its own
+    ``manifest.csv`` (as `otolith demo` writes) is read through it."""
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "manifest.csv").is_file():
+        path = path / "manifest.csv"
+    return path.resolve()
 
 
 def file_sha256(path: Path, *, chunk_size: int = 1 << 20) -> str:

@@ -196,10 +196,10 @@ def extract_embeddings(
 
 
 def missing_images(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path, precision: str = "auto",
-                   weights_dir: str | Path | None = None) -> dict[str, ImageRecord]:
-    """The images of ``dataset`` an extraction with ``spec`` would embed now, by cache key (identical files once):
-    those the store it would read lacks. Photos not downloaded and files that cannot be read are left out (an
-    extraction names them). Loads no encoder."""
+                   weights_dir: str | Path | None = None) -> tuple[dict[str, ImageRecord], str | None]:
+    """(the images of ``dataset`` an extraction with ``spec`` would embed now, by cache key (identical files once):
+    those the store it would read lacks; that store's precision, None when there is none yet). Photos not
+    downloaded and files that cannot be read are left out (an extraction names them). Loads no encoder."""
     precision = _asked_precision(spec, precision)
     hashes = FileHashes(cache_dir)
     revision, adopt = _revision(spec, weights_dir)
@@ -207,11 +207,11 @@ def missing_images(dataset: Dataset, spec: EncoderSpec, *, cache_dir: str | Path
     try:
         keys, _ = _keys(hashes, dataset.records)
         known = [i for i, k in enumerate(keys) if k is not None]
-        _, _, found = _fullest(stores, [keys[i] for i in known])
+        store, _, found = _fullest(stores, [keys[i] for i in known])
         missing: dict[str, ImageRecord] = {}
         for i in _missing_positions(known, found):
             missing.setdefault(keys[i], dataset.records[i])
-        return missing
+        return missing, store.precision if store is not None else None
     finally:
         for store in stores:
             store.close()

@@ -85,7 +85,14 @@ class ExtractionRequest:
         for name in ("clahe_clip_limit", "clahe_kernel", "columns", "shards"):  # only when set: earlier jobs keep
             if getattr(self, name) is not None:                                  # their ids
                 fields[name] = getattr(self, name)
+        if self.shards:
+            fields.update(executor=self.executor, cluster_config=self.cluster_config)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+    def same_work(self, other: "ExtractionRequest") -> bool:
+        """Whether ``other`` extracts the same images with the same encoder (wherever it runs)."""
+        return (self.data, self.encoder, self.precision, self.columns, self.clahe_clip_limit, self.clahe_kernel) == \
+            (other.data, other.encoder, other.precision, other.columns, other.clahe_clip_limit, other.clahe_kernel)
 
     @property
     def title(self) -> str:

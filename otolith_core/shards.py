@@ -55,6 +55,9 @@ class ShardPlan:
     weights_dir: str | None = None
     variant: dict = field(default_factory=dict)  # resolve_encoder's options (a clahe variant's parameters)
     n_images: int = 0  # images listed, over all shards
+    # the precision of the store the cache fills for this encoder (precision "auto": a shard continues it when its
+    # device can run it, as a one-process extraction does); None: no store yet
+    store_precision: str | None = None
 
     @property
     def id(self) -> str:
@@ -84,12 +87,18 @@ def shard_of(key: str, n_shards: int) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) % n_shards
 
 
-def plan_id(data: str, encoder: str, variant: dict, precision: str, n_shards: int) -> str:
-    """The plan's name: the same data, encoder, precision and number of shards give the same plan (so a rerun of
-    the submitter, or ``otolith extract --shard I/N`` with the same options, finds it)."""
-    named = json.dumps({"data": str(data), "encoder": encoder, "variant": variant, "precision": precision,
-                        "n_shards": n_shards}, sort_keys=True)
-    return hashlib.sha256(named.encode()).hexdigest()[:16]
+def plan_id(data: str | Path, encoder: str, variant: dict, precision: str, n_shards: int,
+            columns: dict | None = None) -> str:
+    """The plan's name: the same data (as :func:`~otolith_core.data.data_source` names it), column mapping, encoder,
+    precision and number of shards give the same plan, so a rerun of the submitter, or ``otolith extract --shard
+    I/N`` with the same options, finds it."""
+    from .data import data_source
+
+    named = {"data": str(data_source(data)), "encoder": encoder, "variant": variant, "precision": precision,
+             "n_shards": n_shards}
+    if columns:  # only when mapped: plans of native manifests keep their names
+        named["columns"] = columns
+    return hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan_shards(dataset: Dataset, encoder: str, *, cache_dir: str | Path, n_shards: int, precision: str = "auto",
@@ -107,9 +116,13 @@ def plan_shards(dataset: Dataset, encoder: str, *, cache_dir: str | Path, n_shar
         raise ValueError(f"the number of shards must be at least 1, got {n_shards}")
     variant = {k: v for k, v in (variant or {}).items() if v is not None}
     weights = None if weights_dir is None else str(Path(weights_dir).expanduser().resolve())
-    folder = Path(cache_dir) / SHARDS_FOLDER / plan_id(dataset.source, encoder, variant, precision, n_shards)
+    columns = None if dataset.columns.native else asdict(dataset.columns)
+    folder = (Path(cache_dir).expanduser().resolve() / SHARDS_FOLDER  # absolute: nodes start elsewhere
+              / plan_id(dataset.source, encoder, variant, precision, n_shards, columns))
     plan = ShardPlan(folder, str(dataset.source), encoder, n_shards, precision, device, batch_size, weights, variant)
-    missing = missing_images(dataset, plan.spec(), cache_dir=cache_dir, precision=precision, weights_dir=weights_dir)
+    missing, store_precision = missing_images(dataset, plan.spec(), cache_dir=cache_dir, precision=precision,
+                                              weights_dir=weights_dir)
+    plan = ShardPlan(folder, **{**_fields(plan), "store_precision": store_precision})
     lists: list[list[dict]] = [[] for _ in range(n_shards)]
     for key, record in missing.items():  # one entry per content: identical files are embedded once
         lists[shard_of(key, n_shards)].append({"key": key, "path": str(record.path), "crop": record.crop,
@@ -139,11 +152,25 @@ def read_plan(folder: str | Path) -> ShardPlan:
     return ShardPlan(folder, **fields)
 
 
-def find_plan(cache_dir: str | Path, data: str, encoder: str, variant: dict, precision: str, n_shards: int
-              ) -> ShardPlan:
-    """The plan the submitter wrote for these options (``otolith extract --shard I/N`` on a node)."""
+def find_plan(cache_dir: str | Path, data: str | Path, encoder: str, variant: dict, precision: str, n_shards: int,
+              columns: dict | None = None) -> ShardPlan:
+    """The plan the submitter wrote for these options (``otolith extract --shard I/N`` on a node); a missing one is
+    named with the plans that do exist."""
     variant = {k: v for k, v in variant.items() if v is not None}
-    return read_plan(Path(cache_dir) / SHARDS_FOLDER / plan_id(data, encoder, variant, precision, n_shards))
+    root = Path(cache_dir) / SHARDS_FOLDER
+    folder = root / plan_id(data, encoder, variant, precision, n_shards, columns)
+    if not (folder / "plan.json").is_file():
+        known = []
+        for plan_file in sorted(root.glob("*/plan.json")):
+            try:
+                other = read_plan(plan_file.parent)
+            except (FileNotFoundError, ValueError):
+                continue
+            known.append(f"{other.encoder} on {other.data}, precision {other.precision}, {other.n_shards} shards")
+        raise FileNotFoundError(f"no shard plan for {encoder} on {data} ({precision}, {n_shards} shards) in {root}: "
+                                "run `otolith extract --shards N` with the same options first"
+                                + (f"; plans there: {'; '.join(known)}" if known else ""))
+    return read_plan(folder)
 
 
 @dataclass(frozen=True)
@@ -155,39 +182,59 @@ class ShardOutcome:
     total: int
 
 
+class ShardBusy(RuntimeError):
+    """The shard is being run by another process (two runs of one shard would write over each other)."""
+
+
 def run_shard(folder: str | Path, index: int, *, progress: ProgressCallback | None = None) -> ShardOutcome:
-    """Embed the images of shard ``index`` of the plan in ``folder`` that it has not embedded yet.
+    """Embed the images of shard ``index`` of the plan in ``folder`` that it has not embedded yet (images that
+    failed before are tried again, as a one-process extraction does).
 
     Batches are written whole (a temporary file renamed), so a kill leaves whole batches and at most one temporary
-    file, removed at the next run; a batch file that cannot be read is removed and its images embedded again.
-    Writes only into the shard's own folder.
+    file, removed at the next run; a batch file that cannot be read is removed and its images embedded again. One
+    run of a shard at a time (a lock in its folder; another raises :class:`ShardBusy`). Writes only into the
+    shard's own folder.
     """
-    from .embeddings import embed_into
-    from .encoders import load_encoder, resolve_revision
+    from filelock import FileLock, Timeout
 
     plan = read_plan(folder)
     if not 0 <= index < plan.n_shards:
         raise ValueError(f"shard {index} does not exist: the plan has shards 0..{plan.n_shards - 1}")
     shard = plan.shard_folder(index)
+    try:
+        with FileLock(str(shard / ".lock"), timeout=0):
+            return _run_shard(plan, index, shard, progress)
+    except Timeout:
+        raise ShardBusy(f"shard {index} of plan {plan.id} is being run by another process; wait for it to end (or "
+                        "stop it) before running it again") from None
+
+
+def _run_shard(plan: ShardPlan, index: int, shard: Path, progress: ProgressCallback | None) -> ShardOutcome:
+    from .embeddings import embed_into
+    from .encoders import load_encoder, resolve_revision, runs_on, select_device
+
     entries = plan.images(index)
-    for partial in shard.glob("*.tmp"):  # a batch being written when the shard was killed
+    for partial in shard.glob("*.tmp"):  # a batch being written when the last run was killed (we hold the lock)
         partial.unlink(missing_ok=True)
     done: set[str] = set()
     failed: set[str] = set()
     for path in sorted(shard.glob("batch-*.npz")):
         try:
-            batch = read_batch(path)
+            keys, failures = batch_keys(path)
         except (OSError, ValueError, KeyError):
             print(f"shard {index}: {path.name} is not a whole batch file; its images are embedded again", flush=True)
             path.unlink(missing_ok=True)
             continue
-        done.update(batch.keys)
-        failed.update(batch.failed)
-    pending = [(e["key"], _record(e)) for e in entries if e["key"] not in done | failed]
+        done.update(keys)
+        failed.update(failures)
+    pending = [(e["key"], _record(e)) for e in entries if e["key"] not in done]
     extracted = 0
     if pending:
         spec = plan.spec()
-        encoder = load_encoder(spec, device=plan.device, precision=plan.precision, batch_size=plan.batch_size,
+        precision = plan.precision
+        if precision == "auto" and plan.store_precision and runs_on(plan.store_precision, select_device(plan.device)):
+            precision = plan.store_precision  # continue the store the cache fills, as one process would
+        encoder = load_encoder(spec, device=plan.device, precision=precision, batch_size=plan.batch_size,
                                weights_dir=plan.weights_dir)
         revision = getattr(encoder, "weights_revision", None) or resolve_revision(spec, weights_dir=plan.weights_dir)
         identity = {"fingerprint": encoder_fingerprint(spec, _PlainHashes(), encoder.precision, revision),
@@ -198,9 +245,15 @@ def run_shard(folder: str | Path, index: int, *, progress: ProgressCallback | No
         failed.update(store.failed_keys)
         done.update(store.written_keys)
     listed = {e["key"] for e in entries}
-    outcome = ShardOutcome(index, len(done & listed), len(failed & listed), extracted, len(entries))
+    outcome = ShardOutcome(index, len(done & listed), len((failed - done) & listed), extracted, len(entries))
     _write_atomically(shard / DONE, json.dumps(asdict(outcome)))
     return outcome
+
+
+def batch_keys(path: Path) -> tuple[list[str], list[str]]:
+    """(keys embedded, keys that failed) of a batch file, without reading its embeddings."""
+    with np.load(path, allow_pickle=False) as stored:
+        return [str(k) for k in stored["keys"]], [str(k) for k in stored["failed"]]
 
 
 @dataclass(frozen=True)
@@ -324,8 +377,11 @@ def _merge_plan(plan: ShardPlan, spec, cache_dir: Path, report: MergeReport) -> 
                 if which not in expected:
                     expected[which] = encoder_fingerprint(spec, hashes, batch.precision, batch.revision)
                 problem = _batch_problem(batch, listed, spec, expected[which])
-                if problem:
-                    report.problems.append(f"{path}: {problem}; left out, its images are extracted again")
+                if problem:  # set aside (kept to look at): the shard no longer counts it, and embeds its images again
+                    rejected = path.with_name(f"rejected-{path.name}")
+                    os.replace(path, rejected)
+                    report.problems.append(f"{path}: {problem}; set aside as {rejected.name}: the shard embeds its "
+                                           "images again when it runs again")
                     continue
                 if which not in stores:  # a pinned revision adopts the first store only if it names the same commit
                     adopt = not spec.revision or batch.revision == resolve_revision(replace(spec, revision=None),
@@ -381,15 +437,20 @@ def shard_states(plan: ShardPlan) -> list[ShardState]:
     states = []
     for index in range(plan.n_shards):
         shard = plan.shard_folder(index)
-        embedded = failed = batches = 0
+        embedded: set[str] = set()
+        failed: set[str] = set()
+        batches = 0
         for path in shard.glob("batch-*.npz"):
             try:
-                batch = read_batch(path)
+                keys, failures = batch_keys(path)  # the keys only: the embeddings are not read
             except (OSError, ValueError, KeyError):
                 continue
-            embedded, failed, batches = embedded + len(batch.keys), failed + len(batch.failed), batches + 1
-        states.append(ShardState(index, len(_read_json(shard / "images.json", [])), embedded, failed,
-                                 len(list(shard.glob("merged-*"))), batches, (shard / DONE).exists()))
+            embedded.update(keys)
+            failed.update(failures)
+            batches += 1
+        states.append(ShardState(index, len(_read_json(shard / "images.json", [])), len(embedded),
+                                 len(failed - embedded), len(list(shard.glob("merged-*"))), batches,
+                                 (shard / DONE).exists()))
     return states
 
 

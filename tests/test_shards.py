@@ -139,7 +139,7 @@ def test_two_merges_at_once_and_a_third_after_give_the_same_cache(demo_manifest,
 
 @pytest.mark.parametrize("damage", ["identity", "stray key", "dimension"])
 def test_a_batch_that_does_not_belong_is_left_out_and_named(demo_manifest, tmp_path, damage):
-    plan, _ = _finished_plan(demo_manifest, tmp_path, rows=12)
+    plan, manifest = _finished_plan(demo_manifest, tmp_path, rows=12)
     path = sorted(plan.shard_folder(0).glob("batch-*.npz"))[0]
     with np.load(path) as stored:
         fields = {name: stored[name] for name in stored.files}
@@ -158,6 +158,14 @@ def test_a_batch_that_does_not_belong_is_left_out_and_named(demo_manifest, tmp_p
                 "dimension": "-d embeddings"}[damage]
     assert expected in report.problems[0]
     assert report.merged_images == 12 - len(fields["keys"])
+    assert not path.exists() and path.with_name(f"rejected-{path.name}").exists()  # set aside, kept to look at
+    outcome = run_shard(plan.folder, 0)  # the shard no longer counts that batch: it embeds those images again
+    assert outcome.extracted == len(fields["keys"])  # (a stray key stands for an image of the list: it is redone)
+    again = merge_shards(tmp_path / "cache")
+    assert not again.problems
+    cached = extract_embeddings(load_dataset(manifest), resolve_encoder("pixels-32"), cache_dir=tmp_path / "cache",
+                                cached_only=True)
+    assert len(cached.rows) == 12 and not cached.pending
 
 
 def test_a_node_local_path_is_refused_and_a_local_disk_warned_before_submitting():
@@ -249,7 +257,7 @@ def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finis
     from otolith_core.jobs import ExtractionRequest, cancel_job, read_job, start_job
     from otolith_core.shards import read_plan
 
-    manifest = _manifest(demo_manifest, tmp_path, rows=24)
+    manifest = _manifest(demo_manifest, tmp_path, rows=40)
     cache = tmp_path / "cache"
     request = ExtractionRequest(str(manifest), "otolith-morphometrics", shards=2)
     job = start_job(request, cache)
@@ -263,16 +271,16 @@ def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finis
     assert ended.state == "cancelled", ended
     plan = read_plan(next(cache.glob("shards/*/plan.json")).parent)
     assert [t.index for t in submitted(plan)] == [0, 1]
-    assert not any(t.job_id and _alive(int(t.job_id)) for t in submitted(plan))
+    assert not any(t.job_id and _alive(t) for t in submitted(plan))
     assert [s["index"] for s in ended.shards] == [0, 1]
     data = load_dataset(manifest)
     kept = cached_count(data, registry()["otolith-morphometrics"], cache_dir=cache)
-    assert 0 < kept < 24  # the whole batches were merged when it stopped
+    assert 0 < kept < 40  # the whole batches were merged when it stopped
     start_job(request, cache)
     while read_job(cache, job.id).active and time.time() < deadline + 180:
         time.sleep(0.1)
     final = read_job(cache, job.id)
-    assert final.state == "finished" and final.outcome == {"embedded": 24, "extracted": 24 - kept}, final
+    assert final.state == "finished" and final.outcome == {"embedded": 40, "extracted": 40 - kept}, final
     assert "in 2 shards (local)" in final.request.label() and {s["state"] for s in final.shards} == {"finished"}
 
 
@@ -329,3 +337,37 @@ def test_a_preempted_or_timed_out_slurm_task_is_requeued_as_the_same_shard():
     again = task.checkpoint(3)
     assert isinstance(again, submitit.helpers.DelayedSubmission)
     assert isinstance(again.function, _SubmititShard) and again.function.folder == task.folder and again.args == (3,)
+
+
+def test_a_data_folder_and_its_manifest_name_the_same_plan_and_a_shard_runs_once_at_a_time(demo_manifest, tmp_path):
+    from filelock import FileLock
+
+    from otolith_core.shards import ShardBusy, find_plan
+
+    plan = plan_shards(load_dataset(demo_manifest.parent), "pixels-32", cache_dir=tmp_path / "cache", n_shards=2)
+    for data in (demo_manifest.parent, demo_manifest):  # `--data DIR` on one machine, `--data DIR/manifest.csv` on another
+        assert find_plan(tmp_path / "cache", data, "pixels-32", {}, "auto", 2).folder == plan.folder
+    with pytest.raises(FileNotFoundError, match="pixels-32 on .* 2 shards"):  # names the plans that exist
+        find_plan(tmp_path / "cache", demo_manifest, "pixels-32", {}, "auto", 3)
+    with FileLock(str(plan.shard_folder(0) / ".lock")):  # another run of shard 0 holds it
+        with pytest.raises(ShardBusy, match="shard 0 .* another process"):
+            run_shard(plan.folder, 0)
+
+
+def test_no_wait_is_refused_for_local_shards(demo_manifest, tmp_path, capsys):
+    code = main(["extract", "--data", str(demo_manifest), "--model", "pixels-32", "--cache-dir", str(tmp_path),
+                 "--shards", "2", "--no-wait"])
+    assert code == 2 and "--no-wait is for a cluster's scheduler" in capsys.readouterr().err
+
+
+def test_weights_not_on_this_machine_stop_a_cluster_submission(demo_manifest, tmp_path, offline_hub, monkeypatch,
+                                                               capsys):
+    """Compute nodes are often offline: a hub encoder whose weights are not in --weights-dir is named before
+    anything is planned or submitted."""
+    (tmp_path / "cluster.toml").write_text('slurm_cluster = "slurm"\n')
+    code = main(["extract", "--data", str(demo_manifest), "--model", "clip-vit-l-14-336", "--cache-dir",
+                 str(tmp_path / "cache"), "--weights-dir", str(tmp_path / "hf"), "--shards", "2", "--executor",
+                 "slurm", "--cluster-config", str(tmp_path / "cluster.toml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "weights of clip-vit-l-14-336 are not on this machine" in err and "--weights-dir" in err
+    assert not (tmp_path / "cache" / "shards").exists()

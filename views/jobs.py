@@ -58,8 +58,15 @@ def start_comparison(request: ComparisonRequest, cache_dir: str) -> JobStatus:
 
 
 def job_for(settings: Settings, encoder: str) -> JobStatus | None:
-    """The job extracting ``encoder`` for the settings' data, if one was ever started."""
-    return read_job(settings.cache_dir, request_for(settings, encoder).id)
+    """The job extracting ``encoder`` for the settings' data where extractions run now, if one was ever started;
+    while another one of the same work runs elsewhere (the place was changed since), that one."""
+    request = request_for(settings, encoder)
+    job = read_job(settings.cache_dir, request.id)
+    if job is not None and job.active:
+        return job
+    running = next((j for j in list_jobs(settings.cache_dir) if j.active and j.kind == "extraction"
+                    and j.request.same_work(request)), None)
+    return running or job
 
 
 def may_start(encoder: str) -> bool:
