@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="submit the shards and return; `otolith merge` (or the next extract or run) merges them")
     sharding.add_argument("--storage-is-shared", action="store_true",
                           help="submit although the data, cache or weights look like storage only this machine sees")
+    sharding.add_argument("--plan-only", action="store_true",
+                          help="with --shards N: write the plan and print each shard's command, run nothing (for your "
+                               "own job scripts, which then run `--shard I/N`)")
     sharding.add_argument("--shard", metavar="I/N",
                           help="run shard I of N of the plan `--shards N` wrote for these options (in your own job "
                                "script); writes only into the shard's folder")
@@ -490,6 +493,8 @@ def _extract_in_shards(args: argparse.Namespace) -> int:
               "them", file=sys.stderr)
         return EXIT_USAGE
     columns = _columns(args)
+    if args.plan_only:
+        return _plan_only(args)
     request = ExtractionRequest(args.data, args.model, args.precision, args.device, args.batch_size, args.weights_dir,
                                 args.clahe_clip_limit, args.clahe_kernel, None if columns.native else asdict(columns),
                                 shards=args.shards, executor=args.executor, cluster_config=args.cluster_config)
@@ -498,6 +503,22 @@ def _extract_in_shards(args: argparse.Namespace) -> int:
     except ShardsFailed as exc:  # recorded on the job as its reason
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NOTHING_EVALUATED
+
+
+def _plan_only(args: argparse.Namespace) -> int:
+    """``--shards N --plan-only``: the plan, and the command each of your own job script's tasks runs."""
+    import shlex
+
+    from .shards import plan_shards
+
+    dataset = _load_data(args)
+    plan = plan_shards(dataset, args.model, cache_dir=_cache_dir(args), n_shards=args.shards, precision=args.precision,
+                       device=args.device, batch_size=args.batch_size, weights_dir=args.weights_dir,
+                       variant=_variant_options(args))
+    print(f"plan {plan.folder}: {plan.n_images} images to extract in {plan.n_shards} shards; nothing runs now. Each "
+          f"task of your job script runs one shard, e.g. shard 0:\n  {shlex.join(plan.shard_command(0))}\n"
+          f"(or `otolith extract` with the same options and `--shard I/{plan.n_shards}`); then `otolith merge`")
+    return EXIT_OK
 
 
 def _sharded_job(args: argparse.Namespace, cache: Path, config, request) -> int:

@@ -250,10 +250,18 @@ def _run_shard(plan: ShardPlan, index: int, shard: Path, progress: ProgressCallb
     return outcome
 
 
+_KEYS_READ: dict[tuple[str, int, int], tuple[list[str], list[str]]] = {}  # batch files never change once written
+
+
 def batch_keys(path: Path) -> tuple[list[str], list[str]]:
-    """(keys embedded, keys that failed) of a batch file, without reading its embeddings."""
-    with np.load(path, allow_pickle=False) as stored:
-        return [str(k) for k in stored["keys"]], [str(k) for k in stored["failed"]]
+    """(keys embedded, keys that failed) of a batch file, without reading its embeddings; each file is read once
+    per process (a job polls its shards every few seconds)."""
+    stat = path.stat()
+    known = (str(path), stat.st_size, stat.st_mtime_ns)
+    if known not in _KEYS_READ:
+        with np.load(path, allow_pickle=False) as stored:
+            _KEYS_READ[known] = [str(k) for k in stored["keys"]], [str(k) for k in stored["failed"]]
+    return _KEYS_READ[known]
 
 
 @dataclass(frozen=True)
@@ -323,8 +331,8 @@ def merge_shards(cache_dir: str | Path, *, plans: list[str] | None = None) -> Me
     Each batch is checked before it is merged: its keys must be in its shard's list, its embeddings finite and
     of the encoder's dimension, and the encoder identity it was computed with must be the one this machine
     computes for the plan's encoder (the same weights, preprocessing and precision). A batch that fails a check
-    is left out and named; its images are extracted again by the next run. Idempotent: a merged batch is marked
-    and not read again; two merges at once take turns (a lock per plan).
+    is named and set aside (``rejected-batch-*.npz``), so its shard embeds those images again when it next runs.
+    Idempotent: a merged batch is marked and not read again; two merges at once take turns (a lock per plan).
     """
     from filelock import FileLock
 
@@ -473,7 +481,9 @@ def _record(entry: dict) -> ImageRecord:
 
 
 def _next_batch(shard: Path) -> int:
-    numbers = [int(p.stem.split("-", 1)[1]) for p in shard.glob("batch-*.npz")]
+    """The next batch number: after every number used so far (batches, those set aside, merge marks)."""
+    numbers = [int(p.name.split(".")[0].rsplit("-", 1)[1])
+               for pattern in ("batch-*.npz", "rejected-batch-*.npz", "merged-*") for p in shard.glob(pattern)]
     return max(numbers, default=-1) + 1
 
 

@@ -257,9 +257,9 @@ def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finis
     from otolith_core.jobs import ExtractionRequest, cancel_job, read_job, start_job
     from otolith_core.shards import read_plan
 
-    manifest = _manifest(demo_manifest, tmp_path, rows=40)
+    manifest = _manifest(demo_manifest, tmp_path, rows=16)
     cache = tmp_path / "cache"
-    request = ExtractionRequest(str(manifest), "otolith-morphometrics", shards=2)
+    request = ExtractionRequest(str(manifest), "otolith-morphometrics", batch_size=2, shards=2)
     job = start_job(request, cache)
     deadline = time.time() + 180
     while not list(cache.glob("shards/*/shard-*/batch-*.npz")) and time.time() < deadline:
@@ -275,12 +275,12 @@ def test_a_sharded_extraction_job_cancelled_stops_its_shards_and_a_restart_finis
     assert [s["index"] for s in ended.shards] == [0, 1]
     data = load_dataset(manifest)
     kept = cached_count(data, registry()["otolith-morphometrics"], cache_dir=cache)
-    assert 0 < kept < 40  # the whole batches were merged when it stopped
+    assert 0 < kept < 16  # the whole batches were merged when it stopped
     start_job(request, cache)
     while read_job(cache, job.id).active and time.time() < deadline + 180:
         time.sleep(0.1)
     final = read_job(cache, job.id)
-    assert final.state == "finished" and final.outcome == {"embedded": 40, "extracted": 40 - kept}, final
+    assert final.state == "finished" and final.outcome == {"embedded": 16, "extracted": 16 - kept}, final
     assert "in 2 shards (local)" in final.request.label() and {s["state"] for s in final.shards} == {"finished"}
 
 
@@ -371,3 +371,18 @@ def test_weights_not_on_this_machine_stop_a_cluster_submission(demo_manifest, tm
     err = capsys.readouterr().err
     assert code == 2 and "weights of clip-vit-l-14-336 are not on this machine" in err and "--weights-dir" in err
     assert not (tmp_path / "cache" / "shards").exists()
+
+
+def test_a_plan_for_your_own_job_script_then_each_shard_by_hand_then_the_merge(demo_manifest, tmp_path, capsys):
+    manifest = _manifest(demo_manifest, tmp_path, rows=12)
+    command = ["extract", "--data", str(manifest), "--model", "pixels-32", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*command, "--shards", "2", "--plan-only"]) == 0
+    out = capsys.readouterr().out
+    assert "12 images to extract in 2 shards; nothing runs now" in out and "otolith_core.cli shard --plan" in out
+    assert not list((tmp_path / "cache").glob("shards/*/shard-*/batch-*.npz"))
+    for index in (0, 1):
+        assert main([*command, "--shard", f"{index}/2"]) == 0
+    assert main(["merge", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "merged 12 images" in capsys.readouterr().out
+    _assert_same(_one_process(manifest, "pixels-32", tmp_path / "cache"),
+                 _one_process(manifest, "pixels-32", tmp_path / "single"))
