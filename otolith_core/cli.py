@@ -394,6 +394,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     if args.shard:
         return _one_shard(args)
+    alone = [flag for flag, given in (("--executor", args.executor != "local"), ("--cluster-config", args.cluster_config),
+                                      ("--no-wait", args.no_wait), ("--plan-only", args.plan_only)) if given]
+    if alone and not args.shards:
+        print(f"error: {', '.join(alone)} go(es) with --shards N (how many shards to cut the extraction into)",
+              file=sys.stderr)
+        return EXIT_USAGE
     _merge_shards(_cache_dir(args))
     if args.shards:
         return _extract_in_shards(args)

@@ -57,16 +57,25 @@ def read_cluster_config(path: str | Path | None) -> ClusterConfig:
     """The settings in the TOML file ``path`` (None: the defaults); an unknown key is named, never ignored."""
     if path is None:
         return ClusterConfig()
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     try:
         values = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read the cluster settings {path}: {exc}") from exc
-    known = {f.name for f in fields(ClusterConfig)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f for f in fields(ClusterConfig)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name, value in values.items():
+        whole = isinstance(getattr(ClusterConfig(), name), int) or name == "mem_gb"
+        if whole and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{path}: {name} must be a whole number of 0 or more, got {value!r}")
+        if not whole and not isinstance(value, str):
+            raise ValueError(f"{path}: {name} must be text (in quotes), got {value!r}")
     return ClusterConfig(**values)
 
 

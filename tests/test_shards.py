@@ -185,7 +185,13 @@ def test_cluster_settings_name_an_unknown_key(tmp_path):
     (tmp_path / "cluster.toml").write_text('partition = "gpu"\ngpus_per_task = 1\npartiton = "typo"\n')
     with pytest.raises(ValueError, match="unknown setting.*partiton"):
         read_cluster_config(tmp_path / "cluster.toml")
-    (tmp_path / "cluster.toml").write_text('partition = "gpu"\ngpus_per_task = 1\n')
+    (tmp_path / "cluster.toml").write_text('partition = "gpu"\ngpus_per_task = "1"\n')
+    with pytest.raises(ValueError, match="gpus_per_task must be a whole number"):
+        read_cluster_config(tmp_path / "cluster.toml")
+    (tmp_path / "cluster.toml").write_text('partition = 7\n')
+    with pytest.raises(ValueError, match="partition must be text"):
+        read_cluster_config(tmp_path / "cluster.toml")
+    (tmp_path / "cluster.toml").write_text('partition = "gpu"\ngpus_per_task = 1\nmem_gb = 32\n')
     assert read_cluster_config(tmp_path / "cluster.toml").gpus_per_task == 1
 
 
@@ -354,10 +360,12 @@ def test_a_data_folder_and_its_manifest_name_the_same_plan_and_a_shard_runs_once
             run_shard(plan.folder, 0)
 
 
-def test_no_wait_is_refused_for_local_shards(demo_manifest, tmp_path, capsys):
-    code = main(["extract", "--data", str(demo_manifest), "--model", "pixels-32", "--cache-dir", str(tmp_path),
-                 "--shards", "2", "--no-wait"])
-    assert code == 2 and "--no-wait is for a cluster's scheduler" in capsys.readouterr().err
+def test_no_wait_is_refused_for_local_shards_and_shard_options_need_shards(demo_manifest, tmp_path, capsys):
+    command = ["extract", "--data", str(demo_manifest), "--model", "pixels-32", "--cache-dir", str(tmp_path)]
+    assert main([*command, "--shards", "2", "--no-wait"]) == 2
+    assert "--no-wait is for a cluster's scheduler" in capsys.readouterr().err
+    assert main([*command, "--executor", "slurm", "--plan-only"]) == 2
+    assert "--executor, --plan-only go(es) with --shards N" in capsys.readouterr().err
 
 
 def test_weights_not_on_this_machine_stop_a_cluster_submission(demo_manifest, tmp_path, offline_hub, monkeypatch,
