@@ -444,21 +444,12 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
-    from .shards import ShardBusy, run_shard
-
-    try:
-        outcome = run_shard(args.plan, args.index, progress=_printed_progress(f"shard {args.index}"))
-    except ShardBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"shard {outcome.index}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
-          f"{outcome.failed} could not be used")
-    return EXIT_OK
+    return _run_one_shard(lambda: args.plan, args.index)
 
 
 def _one_shard(args: argparse.Namespace) -> int:
     """``otolith extract --shard I/N``: shard I of the plan the submitter wrote for these options."""
-    from .shards import ShardBusy, find_plan, run_shard
+    from .shards import find_plan
 
     try:
         index, n = (int(part) for part in args.shard.split("/"))
@@ -466,14 +457,21 @@ def _one_shard(args: argparse.Namespace) -> int:
         print(f"error: --shard takes I/N (e.g. 3/16), got {args.shard!r}", file=sys.stderr)
         return EXIT_USAGE
     columns = _columns(args)
+    return _run_one_shard(lambda: find_plan(_cache_dir(args), args.data, args.model, _variant_options(args),
+                                            args.precision, n, None if columns.native else asdict(columns)).folder,
+                          index)
+
+
+def _run_one_shard(plan_folder, index: int) -> int:
+    """Run shard ``index`` of the plan in ``plan_folder()``; a missing plan or a shard run elsewhere: one line."""
+    from .shards import ShardBusy, run_shard
+
     try:
-        plan = find_plan(_cache_dir(args), args.data, args.model, _variant_options(args), args.precision, n,
-                         None if columns.native else asdict(columns))
-        outcome = run_shard(plan.folder, index, progress=_printed_progress(f"shard {index}"))
+        outcome = run_shard(plan_folder(), index, progress=_printed_progress(f"shard {index}"))
     except (FileNotFoundError, ValueError, ShardBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"shard {index}/{n}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
+    print(f"shard {index}: {outcome.embedded} of {outcome.total} images embedded ({outcome.extracted} now), "
           f"{outcome.failed} could not be used; `otolith merge` folds it into the cache")
     return EXIT_OK
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .jobs import process_create_time
 from .shards import ShardPlan, run_shard
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -206,7 +207,7 @@ class Submission:
                 states[shard.index], free, started = "running", free - 1, True
         if started:
             self.tasks = [ShardTask(s.index, "local", str(s.process.pid) if s.process else "", str(s.log),
-                                    socket.gethostname(), _create_time(s.process.pid) if s.process else None)
+                                    socket.gethostname(), process_create_time(s.process.pid) if s.process else None)
                           for s in self._handles]
             _record(self.plan, self.tasks)
         return states
@@ -412,26 +413,14 @@ def _record(plan: ShardPlan, tasks: list[ShardTask]) -> None:
 
 def _alive(task: ShardTask) -> bool:
     """Whether a local shard's process is running on this machine: the same pid and start time, not a zombie."""
-    import psutil
+    from .jobs import process_alive
 
     if task.host and task.host != socket.gethostname():
         return False
     try:
-        process = psutil.Process(int(task.job_id))
-        if task.create_time is not None and abs(process.create_time() - task.create_time) > 1.0:
-            return False  # the pid was reused by another process
-        return process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return process_alive(int(task.job_id), task.create_time)
+    except ValueError:  # no pid recorded
         return False
-
-
-def _create_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
 
 
 def _last_line(text: str) -> str:

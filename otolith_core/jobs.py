@@ -320,7 +320,7 @@ def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
                                        env={**os.environ, "PYTHONUNBUFFERED": "1"}, **detached)
         finally:
             log.close()
-        _write_json(folder / "job.json", {**record, "pid": process.pid, "create_time": _create_time(process.pid)})
+        _write_json(folder / "job.json", {**record, "pid": process.pid, "create_time": process_create_time(process.pid)})
     # Reap the child when it ends, so it never lingers as a zombie of a long-running dashboard.
     threading.Thread(target=process.wait, daemon=True).start()
     return read_job(cache_dir, request.id)
@@ -342,7 +342,7 @@ def read_job(cache_dir: str | Path, job_id: str) -> JobStatus | None:
     updated = max(started, float(progress.get("updated", 0.0)), float((outcome or {}).get("ended", 0.0)))
     if outcome is not None:
         state, reason = outcome.get("state", "failed"), outcome.get("reason")
-    elif _alive(record.get("pid"), record.get("create_time")):
+    elif process_alive(record.get("pid"), record.get("create_time")):
         state, reason = ("running" if progress else "starting"), None
     elif record.get("pid") is None and time.time() - started < START_GRACE_SECONDS:
         state, reason = "starting", None
@@ -378,7 +378,7 @@ def cancel_job(cache_dir: str | Path, job_id: str) -> None:
         return
     (folder / "cancel").touch()
     record = _read_json(folder / "job.json") or {}
-    if _alive(record.get("pid"), record.get("create_time")):
+    if process_alive(record.get("pid"), record.get("create_time")):
         try:
             os.kill(int(record["pid"]), signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
@@ -418,7 +418,7 @@ class JobRecorder:
         record = _read_json(self.folder / "job.json") or {}
         _write_json(self.folder / "job.json", {
             "kind": self.request.kind, "request": asdict(self.request), "origin": self.origin, "pid": os.getpid(),
-            "create_time": _create_time(os.getpid()), "started": record.get("started", time.time()),
+            "create_time": process_create_time(os.getpid()), "started": record.get("started", time.time()),
         })
         self._write_progress("preparing", 0, None, 0)
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_term)
@@ -507,7 +507,7 @@ class JobRecorder:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _alive(pid, create_time) -> bool:
+def process_alive(pid, create_time) -> bool:
     """Whether process ``pid`` is the one recorded (same start time) and has not ended (zombies have)."""
     if not pid:
         return False
@@ -522,7 +522,9 @@ def _alive(pid, create_time) -> bool:
         return False
 
 
-def _create_time(pid: int) -> float | None:
+def process_create_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch; None when it is gone), to tell it from a later
+    process given the same pid."""
     import psutil
 
     try:
