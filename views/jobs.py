@@ -64,9 +64,11 @@ def job_for(settings: Settings, encoder: str) -> JobStatus | None:
     job = read_job(settings.cache_dir, request.id)
     if job is not None and job.active:
         return job
-    running = next((j for j in list_jobs(settings.cache_dir) if j.active and j.kind == "extraction"
-                    and j.request.same_work(request)), None)
-    return running or job
+    for job_id in state.jobs_seen_running() - {request.id}:  # the status area's running jobs of this run: few
+        other = read_job(settings.cache_dir, job_id)
+        if other is not None and other.active and other.kind == "extraction" and other.request.same_work(request):
+            return other
+    return job
 
 
 def may_start(encoder: str) -> bool:
