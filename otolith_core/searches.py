@@ -86,12 +86,12 @@ def logistic_search(features: np.ndarray, labels: np.ndarray, splits: SPLITS, Cs
     if classes.size < 2:
         raise ValueError(f"logistic regression needs at least 2 classes, got {classes.size} ({classes.tolist()})")
     X = np.asarray(features, dtype=np.float64)
-    n, dim = X.shape
+    n = X.shape[0]
     k = classes.size
     centre = X.mean(axis=0)
     centred = X - centre
-    eigenvalues, axes = np.linalg.eigh(centred.T @ centred)  # principal axes: exact rotation, curvature per axis
-    rotated = centred @ axes
+    eigenvalues, axes = principal_axes(centred)  # an exact rotation, and the curvature along each axis
+    rotated = centred @ axes  # (n, r): r axes, fewer than the features when there are fewer rows
     problems = [train for train, _ in splits] + [np.arange(n)]  # every split's training rows, then all rows
     weights = np.zeros((len(problems), n))  # (P, n): a row's weight in each problem, 0 outside its training rows
     present = np.zeros((len(problems), k), dtype=bool)
@@ -109,7 +109,7 @@ def logistic_search(features: np.ndarray, labels: np.ndarray, splits: SPLITS, Cs
     scores = np.zeros((len(splits), len(Cs)))
     iterations = np.zeros(len(Cs), dtype=int)
     solutions = {}
-    W = np.zeros((len(problems), dim, k))
+    W = np.zeros((len(problems), axes.shape[1], k))
     b = np.zeros((len(problems), k))
     for i in order:
         spread = _logit_spread(W, b, eigenvalues, weights, present)
@@ -124,6 +124,26 @@ def logistic_search(features: np.ndarray, labels: np.ndarray, splits: SPLITS, Cs
     W_best, b_best = solutions[best]
     coef = axes @ W_best  # back from the principal axes
     return LogisticSearch(scores, best, coef, b_best - centre @ coef, classes, iterations)
+
+
+def principal_axes(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The principal axes of centred rows ``(n, dim)`` that the rows span: ``(eigenvalues (r,), axes (dim, r))``.
+
+    With more features than rows (4,096 pixels of 150 photos) the rows span at most n - 1 axes. An L2-penalised
+    model has no weight along the others at its optimum (the data never pull it there, the penalty keeps it at 0),
+    so they are left out: the same model with r instead of dim variables per class. They are found from the
+    ``(n, n)`` Gram matrix then, and from the ``(dim, dim)`` covariance otherwise.
+    """
+    n, dim = centred.shape
+    if dim <= n:
+        return np.linalg.eigh(centred.T @ centred)
+    eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)
+    spanned = eigenvalues > max(eigenvalues.max(), 0.0) * n * np.finfo(np.float64).eps
+    if not spanned.any():  # every row the same: one axis, along which nothing varies
+        return np.zeros(1), np.eye(dim, 1)
+    eigenvalues, vectors = eigenvalues[spanned], vectors[:, spanned]
+    axes = centred.T @ vectors / np.sqrt(eigenvalues)  # unit vectors: the rows' directions along each axis
+    return eigenvalues, axes
 
 
 def _logit_spread(W: np.ndarray, b: np.ndarray, eigenvalues: np.ndarray, weights: np.ndarray,

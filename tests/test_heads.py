@@ -187,15 +187,15 @@ def _exhaustive_logistic(X, y, splits, balanced):
                             scoring="balanced_accuracy" if balanced else "accuracy").fit(X, y)
 
 
-@pytest.mark.parametrize("grouped,balanced", [(False, False), (True, False), (False, True)],
-                         ids=["plain", "fish", "balanced"])
-def test_logistic_search_chooses_as_the_exhaustive_grid_and_fits_the_same_model(grouped, balanced):
+@pytest.mark.parametrize("grouped,balanced,wide", [(False, False, False), (True, False, False), (False, True, False),
+                                                   (False, False, True)], ids=["plain", "fish", "balanced", "wide"])
+def test_logistic_search_chooses_as_the_exhaustive_grid_and_fits_the_same_model(grouped, balanced, wide):
     """Every split's validation score, the chosen C and the refitted model's probabilities equal scikit-learn's
     GridSearchCV over LogisticRegression (grouped by fish: the same grouped inner splits; balanced: class_weight
-    "balanced" scored by balanced accuracy)."""
+    "balanced" scored by balanced accuracy; wide: more features than images, as pixels of a small set)."""
     from otolith_core.heads import fit_head
 
-    X, y = _ages_and_features(uneven=balanced)
+    X, y = _ages_and_features(n=90, dim=300) if wide else _ages_and_features(uneven=balanced)
     fish = np.arange(y.size) // 2 if grouped else None
     model = fit_head(HeadSpec("logistic", scaling="none", class_weight="balanced" if balanced else "none"), X, y,
                      groups=fish).named_steps["model"]
