@@ -21,7 +21,8 @@ from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_sta
 from .downloads import recorded_failure
 from .data import Dataset, ImageRecord, Skipped, load_images
 from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, decode_min_side,
-                       implementation_for, load_encoder, resolve_revision, runs_on, select_device)
+                       implementation_for, load_encoder, require_weights_when_offline, resolve_revision, runs_on,
+                       select_device)
 
 ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
 # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop. Each thread decodes one photo
@@ -346,6 +347,8 @@ def _encoder_for(spec: EncoderSpec, encoder, started: EmbeddingStore | None, dev
     precision (a given encoder is switched to it; it is not changed in place, and where another implementation
     computes that precision, e.g. CLIP's timm twin under bf16, that one is loaded on the encoder's device).
     """
+    if encoder is None:
+        require_weights_when_offline(spec, weights_dir=weights_dir)  # before torch is imported
     if precision == "auto" and started is not None:
         where = encoder.device if encoder is not None else select_device(device)
         if runs_on(started.precision, where):

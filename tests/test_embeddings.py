@@ -211,3 +211,28 @@ def test_a_photo_a_job_could_not_download_is_named_not_waited_for(tmp_path, phot
     assert len(seen.rows) == 6 and not seen.pending
     (failure,) = seen.failures
     assert failure.image == "M90" and failure.reason.startswith("download failed: HTTP 404")
+
+
+def test_missing_hub_weights_offline_are_named_before_torch_is_imported(tmp_path):
+    """An extraction of a hub encoder whose weights are not here, offline, stops with the loader's advice before
+    torch is imported (a job then fails in about a second, not after the seconds torch takes to import)."""
+    import subprocess
+    import sys
+
+    from conftest import write_tiny_photos_manifest
+
+    manifest = write_tiny_photos_manifest(tmp_path, "path,age\no0.png,3\no1.png,4\n", seed=0)
+    script = f"""
+import sys
+from otolith_core.data import load_dataset
+from otolith_core.embeddings import extract_embeddings
+from otolith_core.encoders import EncoderUnavailable, registry
+try:
+    extract_embeddings(load_dataset({str(manifest)!r}), registry()["clip-vit-l-14-336"], cache_dir={str(tmp_path / "c")!r},
+                       weights_dir={str(tmp_path / "hf")!r})
+except EncoderUnavailable as exc:
+    print("unavailable:", "not on this machine" in str(exc), "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.strip() == "unavailable: True False", done.stdout + done.stderr

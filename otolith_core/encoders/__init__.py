@@ -27,12 +27,12 @@ from .registry import presets, registry, resolve_encoder, resolve_encoders, with
 from .spec import (ENCODER_ERRORS, PRECISIONS, REVISION_PIN, EncoderSpec, EncoderUnavailable, Precision, Preprocessing,
                    Variant, error_message)
 from .variants import apply_variant
-from .weights import resolve_revision, weights_available
+from .weights import require_weights_when_offline, resolve_revision, weights_available
 
 __all__ = [
     "ENCODER_ERRORS", "EXTRACTOR_VERSION", "PRECISIONS", "REDUCED_PRECISION_COSINE_FLOOR", "Encoder", "EncoderSpec",
     "EncoderUnavailable", "Precision", "Preprocessing", "REVISION_PIN", "TorchEncoder", "Variant", "apply_variant",
     "cache_identity", "check_precision", "cpu_has_bf16", "decode_min_side", "default_batch_size", "error_message",
     "implementation_for", "load_encoder", "presets", "registry", "resolve_encoder", "resolve_encoders",
-    "resolve_revision", "runs_on", "select_device", "weights_available", "with_revision", "with_variant",
+    "require_weights_when_offline", "resolve_revision", "runs_on", "select_device", "weights_available", "with_revision", "with_variant",
 ]

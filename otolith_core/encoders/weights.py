@@ -76,6 +76,18 @@ def weights_available(spec: EncoderSpec, *, weights_dir: str | Path | None = Non
     return weights and bool(config_ok)
 
 
+def require_weights_when_offline(spec: EncoderSpec, *, weights_dir: str | Path | None = None) -> None:
+    """Raise :class:`EncoderUnavailable` at once, with the loader's own advice, when ``spec``'s hub weights are not
+    here and the hub is offline: a job says so in a second instead of after importing torch (seconds more). Any
+    other case (weights here, a folder or checkpoint, a hub that may be reachable) is left to the loader."""
+    repo = hub_repo(spec)
+    if repo is None or not hub_offline() or weights_available(spec, weights_dir=weights_dir):
+        return
+    raise EncoderUnavailable(_missing_message(
+        encoder=spec.name, repo=repo, names=list(weight_files(spec)), size=spec.download_size,
+        why="HF_HUB_OFFLINE is set", weights_dir=weights_dir, revision=spec.revision))
+
+
 def resolve_revision(spec: EncoderSpec, *, weights_dir: str | Path | None = None) -> str | None:
     """The commit of the hub snapshot ``spec``'s weights are read from on this machine, or None.
 
