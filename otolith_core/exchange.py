@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .data import Dataset, Skipped
-from .readings import FIRST_READER, MANIFEST_READER, RESERVED_READERS, UNUSABLE, SecondReadings
+from .readings import FIRST_READER, MANIFEST_READER, RESERVED_READERS, UNUSABLE, SecondReadings, has_flag
 from .stats import age_bias, bowker_symmetry, evans_hoenig_symmetry, holm_adjust
 
 READER_COLUMNS = ["image", "reader", "age", "flags", "comment", "source"]
@@ -112,7 +112,8 @@ def readers_by_image(per_reader: pd.DataFrame) -> pd.DataFrame:
 
     Returns
     -------
-    ``image``, one column per reader (:func:`human_readers`; NA where that reader has no age of the image), then
+    ``image``, one column per reader (:func:`human_readers`; NA where that reader has no age of the image or flagged
+    it unusable: :func:`counted_ages`), then
     ``n_readers`` (readers with an age), ``modal_age`` (NA when ages tie: no agreement; an image read once has
     its one age), ``ape_pct`` and
     ``cv_pct`` (Beamish & Fournier's APE and Chang's CV over the image's readers, see :func:`image_precision`;
@@ -125,10 +126,11 @@ def readers_by_image(per_reader: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"reader name(s) {clash} are also column names of the per-image table; rename the reader "
                          f"in the readings file")
     images = pd.Index(per_reader["image"].unique(), name="image")
-    ages = per_reader.pivot(index="image", columns="reader", values="age").reindex(index=images, columns=readers)
+    counted = counted_ages(per_reader)
+    ages = counted.pivot(index="image", columns="reader", values="age").reindex(index=images, columns=readers)
     table = ages.astype("Int64").reset_index()
     table.columns.name = None
-    precision = image_precision(per_reader).reindex(images)
+    precision = image_precision(counted).reindex(images)
     for column in ("n_readers", "modal_age", "ape_pct", "cv_pct"):
         table[column] = precision[column].to_numpy()
     table["n_readers"] = table["n_readers"].fillna(0).astype(int)
@@ -139,6 +141,13 @@ def readers_by_image(per_reader: pd.DataFrame) -> pd.DataFrame:
         table[column] = by.reindex(table["image"], fill_value="").to_numpy()
     table.insert(table.columns.get_loc("unusable_by"), "unusable", table["unusable_by"] != "")
     return table
+
+
+def counted_ages(per_reader: pd.DataFrame) -> pd.DataFrame:
+    """``per_reader`` with no age on the readings flagged unusable: a reader who judged the otolith unreadable gave
+    no age an exchange can use (exchanges leave such readings out), even when one was typed beside the flag."""
+    unusable = _flagged(per_reader, UNUSABLE).to_numpy()
+    return per_reader.assign(age=per_reader["age"].astype("Int64").mask(unusable))
 
 
 def image_precision(per_reader: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +173,7 @@ def image_precision(per_reader: pd.DataFrame) -> pd.DataFrame:
 
 def _flagged(per_reader: pd.DataFrame, flag: str) -> pd.Series:
     """Which rows of ``per_reader`` carry ``flag`` (one of ``FLAGS``) in their ``;``-joined ``flags``."""
-    return (";" + per_reader["flags"].fillna("").astype(str) + ";").str.contains(f";{flag};", regex=False)
+    return has_flag(per_reader["flags"], flag)
 
 
 def unusable_images(per_reader: pd.DataFrame) -> list[str]:

@@ -104,6 +104,11 @@ def crop_text(crop: tuple[int, int, int, int] | None) -> str:
     return "" if crop is None else ",".join(map(str, crop))
 
 
+def has_flag(flags: pd.Series, flag: str) -> pd.Series:
+    """Which readings' flags (the file's ``;``-joined text, blank or NA for none) hold ``flag``."""
+    return (";" + flags.fillna("").astype(str) + ";").str.contains(f";{flag};", regex=False)
+
+
 def parse_flags(flags: str | Sequence[str]) -> tuple[str, ...]:
     """Flags as a tuple in :data:`FLAGS` order; ``flags`` is a sequence of names or the file's text
     (``"uncertain;unusable"``, blank for none). An unknown name raises a ValueError naming it."""
@@ -289,15 +294,16 @@ def second_readings(dataset: Dataset, readings: pd.DataFrame | None, *, cache_di
                     ) -> SecondReadings:
     """Each image's second reading: the newest typed in the dashboard by anyone (``readings``, as
     :func:`load_readings` gives them, matched by :func:`match_readings`; None: none), else the manifest's
-    ``second_age`` column. The first age is always the data set's age as read now (unclipped). A reading without
-    an age (an image flagged unusable) is no second age; ``per_reader`` keeps it, flags and comment included."""
+    ``second_age`` column. The first age is always the data set's age as read now (unclipped). A reading flagged
+    unusable is no second age, even with an age typed beside the flag; ``per_reader`` keeps it, flags and comment
+    included."""
     from_manifest, bad = manifest_second_ages(dataset)
     from_manifest = from_manifest.assign(reader="", source="manifest")
     readings = readings if readings is not None else pd.DataFrame(columns=READING_COLUMNS)
     per_reader, unmatched, n_other = match_readings(readings, dataset, cache_dir=cache_dir)
     read_age = {r.id: r.read_age for r in dataset.records}
-    aged = per_reader[per_reader["second_age"].notna()]
-    typed = aged.drop_duplicates("image", keep="last")  # sorted by time: the latest age by anyone
+    aged = per_reader[per_reader["second_age"].notna() & ~has_flag(per_reader["flags"], UNUSABLE)]
+    typed = aged.drop_duplicates("image", keep="last")  # sorted by time: the latest usable age by anyone
     typed = typed.assign(first_age=typed["image"].map(read_age), source="dashboard")[SECOND_COLUMNS]
     both = pd.concat([t for t in (from_manifest, typed) if len(t)] or [typed])
     both = both.drop_duplicates("image", keep="last")  # a reading typed here wins over the manifest's

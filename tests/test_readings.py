@@ -78,6 +78,18 @@ def test_each_readers_latest_reading_is_kept_and_a_changed_photo_is_named(data, 
     assert {"path", "age", "fish_id", "length", "month"} <= set(manifest.columns)
 
 
+def test_an_age_typed_beside_the_unusable_flag_is_no_second_age(data, tmp_path):
+    """A reader who flags an image unusable judged it unreadable: an age typed beside the flag is kept in the file
+    but is no second age (the earlier reading by anyone is), as it counts nowhere in the exchange report."""
+    first, second = data.records[:2]
+    add_reading(tmp_path, first, 4, reader="A")
+    add_reading(tmp_path, first, 9, reader="B", flags=["unusable"], comment="crushed")
+    add_reading(tmp_path, second, 7, reader="B", flags=["unusable"])
+    found = second_readings(data, load_readings(tmp_path))
+    assert found.table.set_index("image").second_age.to_dict() == {first.id: 4}
+    assert sorted(found.per_reader.second_age.dropna().astype(int)) == [4, 7, 9]  # every reading is kept
+
+
 def test_readings_follow_the_photos_not_the_manifest(data, tmp_path):
     """A moved or renamed manifest (here: absolute paths, another folder and name) keeps its readings, matched by
     content and crop box; a reading of an image of another data set is counted, not called lost."""
