@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator
+
+from .launcher import spawn
 
 STATES = ("starting", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("starting", "running")
@@ -296,7 +297,8 @@ def jobs_dir(cache_dir: str | Path) -> Path:
 def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
     """Start ``request`` as a detached process, or join it when it is already running.
 
-    The process gets its own session, so it outlives the caller; its output goes to ``log.txt``.
+    The process gets its own session, so it outlives the caller; its output goes to ``log.txt``. It is forked from
+    the warm launcher (``launcher.spawn``), which has the heavy libraries imported already.
     """
     folder = jobs_dir(cache_dir) / request.id
     folder.mkdir(parents=True, exist_ok=True)
@@ -309,20 +311,10 @@ def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
         _write_json(folder / "job.json", record)  # reads as "starting" until the process exists
         for name in ("progress.json", "outcome.json", "cancel", "shards.json"):
             (folder / name).unlink(missing_ok=True)
-        log = open(folder / "log.txt", "ab")
-        try:
+        with open(folder / "log.txt", "ab") as log:
             log.write(f"\n=== started {time.strftime('%Y-%m-%d %H:%M:%S')} from the dashboard\n".encode())
-            log.flush()
-            detached = {"start_new_session": True} if os.name == "posix" else \
-                {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-            process = subprocess.Popen(request.command(cache_dir), stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, close_fds=True,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, **detached)
-        finally:
-            log.close()
-        _write_json(folder / "job.json", {**record, "pid": process.pid, "create_time": process_create_time(process.pid)})
-    # Reap the child when it ends, so it never lingers as a zombie of a long-running dashboard.
-    threading.Thread(target=process.wait, daemon=True).start()
+        pid = spawn(request.command(cache_dir), log=folder / "log.txt", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _write_json(folder / "job.json", {**record, "pid": pid, "create_time": process_create_time(pid)})
     return read_job(cache_dir, request.id)
 
 

@@ -235,3 +235,32 @@ def test_a_comparison_job_refuses_embeddings_that_changed_since_run_was_pressed(
     job = _wait(cache, start_job(changed, cache).id)
     assert job.state == "failed" and "cached embeddings of pixels-32 changed since Run was pressed" in job.reason
     assert "Traceback" not in job.log_tail
+
+
+def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environment(tmp_path):
+    """A job is forked from the launcher (not a child of the process asking), runs in the asker's folder with the
+    asker's environment (a relative data path, HF_HUB_OFFLINE given to this job only), and writes to its log; a
+    second job is forked from the same launcher, which keeps its socket."""
+    from conftest import write_tiny_photos_manifest
+    from otolith_core.launcher import launcher_address, spawn
+
+    write_tiny_photos_manifest(tmp_path, "path,age\no0.png,3\no1.png,4\n", seed=0)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "otolith_core.cli", "extract", "--data", "m.csv", "--model",
+               "clip-vit-l-14-336", "--cache-dir", str(tmp_path / "cache"), "--weights-dir", str(tmp_path / "hf")]
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        pids = [spawn(command, log=tmp_path / f"log{i}.txt", env=env) for i in range(2)]
+    finally:
+        os.chdir(here)
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # the launcher's child, not this process's
+    assert launcher_address(env).exists()
+    for i in range(2):
+        deadline = time.time() + 60
+        while "HF_HUB_OFFLINE is set" not in (text := (tmp_path / f"log{i}.txt").read_text()):
+            assert time.time() < deadline, text
+            time.sleep(0.1)
+        assert f"data: 2 images from {tmp_path / 'm.csv'}" in text

@@ -1,0 +1,201 @@
+"""Job processes forked from a warm launcher, so that a job does not spend its first seconds importing.
+
+A comparison job spends about 3 s of CPU importing scikit-learn, SciPy and pandas before it reads a byte (an
+extraction job about 1 s), every time. The launcher is one process per installed version of this package, Python
+and thread settings, started by the first job that asks (it imports ``PRELOAD`` once) and ending after
+``IDLE_SECONDS`` without a job. Each job is forked from it: a child in its own session, with the environment and
+folder of whoever asked, writing to the job's log, running ``otolith_core.cli`` as ``python -m`` would. Once
+forked, a job does not depend on the launcher: it outlives it as it outlives the dashboard.
+
+Anything that goes wrong on the way (no launcher after ``START_SECONDS``, a refused socket, a platform without
+``fork``) falls back to a fresh ``python -m otolith_core.cli`` process, as before; ``OTOLITH_WARM_LAUNCHER=0`` always
+does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# Modules every job imports and that read nothing of the environment a job is given, but the thread settings
+# (``THREAD_VARIABLES``, part of the launcher's key). Nothing of otolith_core: its modules are read as the job runs.
+PRELOAD = ("numpy", "pandas", "scipy.stats", "sklearn.linear_model", "sklearn.svm", "sklearn.model_selection",
+           "sklearn.preprocessing", "sklearn.pipeline")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+IDLE_SECONDS = 600.0
+START_SECONDS = 60.0  # the first job waits this long for a launcher to import PRELOAD
+CLI = "otolith_core.cli"
+
+
+def spawn(command: list[str], *, log: Path, env: dict[str, str]) -> int:
+    """Start ``command`` (``[sys.executable, "-m", "otolith_core.cli", ...]``) detached, in its own session, its
+    output appended to ``log``; returns its pid. Forked from the warm launcher where it can be, else a new process."""
+    warm = (hasattr(os, "fork") and command[:3] == [sys.executable, "-m", CLI]
+            and env.get("OTOLITH_WARM_LAUNCHER", "1") != "0")
+    if warm:
+        try:
+            return _forked(command[3:], log=log, env=env)
+        except (OSError, ValueError, KeyError):
+            pass  # a fresh process below, as without a launcher
+    with open(log, "ab") as out:
+        detached = {"start_new_session": True} if os.name == "posix" else \
+            {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   close_fds=True, env=env, **detached)
+    # Reap the child when it ends, so it never lingers as a zombie of a long-running dashboard.
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process.pid
+
+
+def launcher_address(env: dict[str, str]) -> Path:
+    """The socket of the launcher for this package's code, this Python and ``env``'s thread settings."""
+    package = Path(__file__).resolve().parent
+    code = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in package.rglob("*.py"))
+    threads = [env.get(name, "") for name in THREAD_VARIABLES]
+    key = hashlib.sha256(json.dumps([sys.executable, str(package), code, threads]).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"otolith-launcher-{os.getuid()}-{key}.sock"
+
+
+def _forked(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
+    address = launcher_address(env)
+    connection = _connect(address)
+    if connection is None:
+        _start_launcher(address, env)
+        deadline = time.monotonic() + START_SECONDS
+        while connection is None:
+            if time.monotonic() > deadline:
+                raise OSError(f"no launcher at {address} after {START_SECONDS:.0f} s")
+            time.sleep(0.05)
+            connection = _connect(address)
+    with connection, connection.makefile("rw", encoding="utf-8") as stream:
+        stream.write(json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(), "log": str(log)}) + "\n")
+        stream.flush()
+        answer = json.loads(stream.readline() or "{}")
+    return int(answer["pid"])
+
+
+def stop_launcher(env: dict[str, str]) -> None:
+    """Ask the launcher ``spawn`` would use with ``env`` to end now (the jobs it forked go on); none: nothing."""
+    connection = _connect(launcher_address(env))
+    if connection is not None:
+        with connection:
+            connection.sendall(b'{"stop": true}\n')
+
+
+def _connect(address: Path) -> socket.socket | None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(30.0)
+    try:
+        client.connect(str(address))
+        return client
+    except OSError:
+        client.close()
+        return None
+
+
+def _start_launcher(address: Path, env: dict[str, str]) -> None:
+    """A launcher for ``address``, in its own session; one at a time (the lock), the others find it."""
+    from filelock import FileLock
+
+    with FileLock(str(address) + ".lock"):
+        if _connect(address) is not None:
+            return
+        address.unlink(missing_ok=True)  # left by a launcher that was killed
+        threads = {name: env[name] for name in THREAD_VARIABLES if name in env}
+        subprocess.Popen([sys.executable, "-m", "otolith_core.launcher", str(address)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                         start_new_session=True, env={**os.environ, **threads})
+
+
+def serve(address: Path) -> None:
+    """The launcher: import ``PRELOAD``, then fork one job per request until ``IDLE_SECONDS`` pass without one."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the jobs are reaped as they end: no zombies
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    partial = address.with_name(address.name + f".{os.getpid()}")
+    server.bind(str(partial))
+    os.chmod(partial, 0o600)
+    server.listen(16)
+    os.replace(partial, address)  # listening before it can be found
+    ours = os.stat(address).st_ino
+    server.settimeout(IDLE_SECONDS)
+    try:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except socket.timeout:
+                return
+            with connection, connection.makefile("rw", encoding="utf-8") as stream:
+                try:
+                    request = json.loads(stream.readline())
+                    if request.get("stop"):
+                        return
+                    pid = os.fork()
+                except (OSError, ValueError, AttributeError):
+                    continue
+                if pid == 0:
+                    server.close()
+                    _run_job(request)  # never returns
+                stream.write(json.dumps({"pid": pid}) + "\n")
+                stream.flush()
+    finally:
+        server.close()
+        try:
+            if os.stat(address).st_ino == ours:  # not a newer launcher's
+                address.unlink()
+        except OSError:
+            pass
+
+
+def _run_job(request: dict) -> None:
+    """In the forked child: become the job (its session, folder, environment and log), run the CLI, exit."""
+    import io
+    import traceback
+
+    code = 1
+    try:
+        os.setsid()
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(number, signal.SIG_DFL if number != signal.SIGINT else signal.default_int_handler)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False), write_through=True)
+        sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False), write_through=True)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [CLI, *request["argv"]]
+        from otolith_core.cli import main
+
+        code = main(request["argv"]) or 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:  # noqa: BLE001 - whatever ends the job is in its log, as a fresh process would show it
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover - started by _start_launcher
+    serve(Path(sys.argv[1]))
