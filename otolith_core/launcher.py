@@ -7,9 +7,10 @@ and thread settings, started by the first job that asks (it imports ``PRELOAD`` 
 folder of whoever asked, writing to the job's log, running ``otolith_core.cli`` as ``python -m`` would. Once
 forked, a job does not depend on the launcher: it outlives it as it outlives the dashboard.
 
-Anything that goes wrong on the way (no launcher after ``START_SECONDS``, a refused socket, a platform without
-``fork``) falls back to a fresh ``python -m otolith_core.cli`` process, as before; ``OTOLITH_WARM_LAUNCHER=0`` always
-does.
+Linux only: macOS's system libraries are not safe to fork once loaded (Python's multiprocessing stopped forking
+there for that reason), and Windows has no fork. Anything that goes wrong on the way (no launcher after
+``START_SECONDS``, a refused socket) falls back to a fresh ``python -m otolith_core.cli`` process, as before;
+``OTOLITH_WARM_LAUNCHER=0`` always does.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CLI = "otolith_core.cli"
 def spawn(command: list[str], *, log: Path, env: dict[str, str]) -> int:
     """Start ``command`` (``[sys.executable, "-m", "otolith_core.cli", ...]``) detached, in its own session, its
     output appended to ``log``; returns its pid. Forked from the warm launcher where it can be, else a new process."""
-    warm = (hasattr(os, "fork") and command[:3] == [sys.executable, "-m", CLI]
+    warm = (sys.platform.startswith("linux") and command[:3] == [sys.executable, "-m", CLI]
             and env.get("OTOLITH_WARM_LAUNCHER", "1") != "0")
     if warm:
         try:
@@ -92,10 +93,17 @@ def stop_launcher(env: dict[str, str]) -> None:
 
 
 def _connect(address: Path) -> socket.socket | None:
+    """A connection to the launcher at ``address``, or None. Only to a launcher run by this user: the socket lies in
+    the shared temporary folder, and a job's request carries its environment."""
+    import struct
+
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(30.0)
     try:
         client.connect(str(address))
+        _, uid, _ = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != os.getuid():
+            raise OSError(f"{address} is served by another user ({uid})")
         return client
     except OSError:
         client.close()
