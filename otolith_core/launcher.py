@@ -145,6 +145,7 @@ def serve(address: Path) -> None:
                 connection, _ = server.accept()
             except socket.timeout:
                 return
+            connection.settimeout(10.0)  # a client that connects and sends nothing cannot hold the others up
             with connection, connection.makefile("rw", encoding="utf-8") as stream:
                 try:
                     request = json.loads(stream.readline())
@@ -189,6 +190,7 @@ def _run_job(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # read again from this environment's TMPDIR
         sys.argv = [CLI, *request["argv"]]
         from otolith_core.cli import main
 
