@@ -68,15 +68,23 @@ def launcher_address(env: dict[str, str]) -> Path:
 
 def _forked(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
     address = launcher_address(env)
+    if len(str(address)) + 12 > 107:  # a socket's path (and the launcher's temporary name beside it) has a limit
+        raise OSError(f"the temporary folder's path is too long for a socket: {address}")
     connection = _connect(address)
     if connection is None:
-        _start_launcher(address, env)
+        launcher = _start_launcher(address, env)
         deadline = time.monotonic() + START_SECONDS
-        while connection is None:
-            if time.monotonic() > deadline:
-                raise OSError(f"no launcher at {address} after {START_SECONDS:.0f} s")
-            time.sleep(0.05)
-            connection = _connect(address)
+        try:
+            while connection is None:
+                if time.monotonic() > deadline:
+                    raise OSError(f"no launcher at {address} after {START_SECONDS:.0f} s")
+                if launcher is not None and launcher.poll() is not None:
+                    raise OSError(f"the launcher ended at its start (exit status {launcher.returncode})")
+                time.sleep(0.05)
+                connection = _connect(address)
+        finally:
+            if launcher is not None:  # reaped when it ends (idle, or stopped)
+                threading.Thread(target=launcher.wait, daemon=True).start()
     with connection, connection.makefile("rw", encoding="utf-8") as stream:
         stream.write(json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(), "log": str(log)}) + "\n")
         stream.flush()
@@ -110,18 +118,22 @@ def _connect(address: Path) -> socket.socket | None:
         return None
 
 
-def _start_launcher(address: Path, env: dict[str, str]) -> None:
-    """A launcher for ``address``, in its own session; one at a time (the lock), the others find it."""
+def _start_launcher(address: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    """A launcher for ``address``, in its own session (None: one was there already); one at a time (the lock),
+    the others find it."""
     from filelock import FileLock
 
     with FileLock(str(address) + ".lock"):
-        if _connect(address) is not None:
-            return
+        found = _connect(address)
+        if found is not None:
+            found.close()
+            return None
         address.unlink(missing_ok=True)  # left by a launcher that was killed
         threads = {name: env[name] for name in THREAD_VARIABLES if name in env}
-        subprocess.Popen([sys.executable, "-m", "otolith_core.launcher", str(address)], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-                         start_new_session=True, env={**os.environ, **threads})
+        launcher = subprocess.Popen([sys.executable, "-m", "otolith_core.launcher", str(address)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    close_fds=True, start_new_session=True, env={**os.environ, **threads})
+    return launcher
 
 
 def serve(address: Path) -> None:
@@ -157,8 +169,11 @@ def serve(address: Path) -> None:
                 if pid == 0:
                     server.close()
                     _run_job(request)  # never returns
-                stream.write(json.dumps({"pid": pid}) + "\n")
-                stream.flush()
+                try:
+                    stream.write(json.dumps({"pid": pid}) + "\n")
+                    stream.flush()
+                except OSError:  # the asker is gone; its job runs all the same
+                    pass
     finally:
         server.close()
         try:

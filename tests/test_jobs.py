@@ -264,3 +264,20 @@ def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environ
             assert time.time() < deadline, text
             time.sleep(0.1)
         assert f"data: 2 images from {tmp_path / 'm.csv'}" in text
+
+
+def test_a_launcher_that_cannot_start_leaves_the_job_to_a_fresh_process_at_once(tmp_path, monkeypatch):
+    """A launcher that ends at its start (a broken install, say) costs the job nothing but that try: it starts as
+    a fresh process, without waiting out the launcher's start time."""
+    from otolith_core import launcher
+
+    monkeypatch.setattr(launcher, "_start_launcher",
+                        lambda address, env: subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "7"}  # thread settings no running launcher has
+    started = time.monotonic()
+    pid = launcher.spawn([sys.executable, "-m", "otolith_core.cli", "--help"], log=tmp_path / "log.txt", env=env)
+    assert time.monotonic() - started < launcher.START_SECONDS / 2 and pid > 0
+    deadline = time.time() + 60
+    while "usage: otolith" not in (tmp_path / "log.txt").read_text():
+        assert time.time() < deadline
+        time.sleep(0.1)
