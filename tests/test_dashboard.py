@@ -382,9 +382,11 @@ def test_a_comparison_job_is_cancelled_from_results_and_only_a_run_press_starts_
     from otolith_core.jobs import read_job
 
     cache = os.environ["OTOLITH_CACHE_DIR"]
-    app.sidebar.multiselect(key="encoders").set_value(["pixels-32"])
-    app.sidebar.multiselect(key="heads").set_value(["ridge"])
-    app.sidebar.number_input(key="folds").set_value(3)
+    app.sidebar.multiselect(key="encoders").set_value(["otolith-morphometrics"])
+    # the logistic head's inner search: seconds of work, so the Cancel below lands while the job runs (ridge's
+    # 3 folds were over before it, once jobs were forked from a warm launcher)
+    app.sidebar.multiselect(key="heads").set_value(["logistic"])
+    app.sidebar.number_input(key="folds").set_value(5)
     app.run()
     app.switch_page("views/results.py").run()
     app.sidebar.button(key="run").click().run()
@@ -401,7 +403,7 @@ def test_a_comparison_job_is_cancelled_from_results_and_only_a_run_press_starts_
     app.sidebar.button(key="run").click().run()
     _settle(app)
     assert read_job(cache, job_id).state == "finished" and list(_comparison_jobs()) == [job_id]
-    assert set(app.dataframe[0].value.encoder) == {"pixels-32", "no-skill"}
+    assert set(app.dataframe[0].value.encoder) == {"otolith-morphometrics", "no-skill"}
 
 
 @pytest.mark.slow
