@@ -135,7 +135,8 @@ def _reading_controls(settings: Settings, record: ImageRecord, ages: list[int]) 
     st.text_input("Comment", key=f"comment-{image}", placeholder="optional")
     if ages:
         st.caption("Your age (one click saves it; keys 0-9 for those ages):")
-        columns = st.columns(min(8, max(1, len(range(min(ages), max(ages) + 1)))))
+        # six a row: eight left a two-digit age too narrow a button in the reading pane ("10" showed as "1.")
+        columns = st.columns(min(6, max(1, len(range(min(ages), max(ages) + 1)))))
         for i, age in enumerate(range(min(ages), max(ages) + 1)):
             columns[i % len(columns)].button(str(age), key=f"age_button-{age}", width="stretch",
                                              shortcut=str(age) if age < NUMBER_KEYS else None,
