@@ -104,6 +104,7 @@ def copy_cache_lacking(demo_cache: Path, demo_manifest: Path, destination: Path,
     from otolith_core.encoders import registry
 
     shutil.copytree(demo_cache, destination)
+    shutil.rmtree(destination / "jobs", ignore_errors=True)  # the fixture's own extraction jobs: not the user's
     records = load_dataset(demo_manifest).records
     hashes = FileHashes(destination)
     try:
