@@ -16,13 +16,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_variable, "1")
 
+
 def pytest_sessionfinish(session):
-    """The run's job launcher (otolith_core.launcher) ends with the run, not after its idle time; the workers'
+    """The run's job launcher (otolith_core.launcher) ends with the run, not after its idle time; the workers
     share it, so the controller (or a run without workers) ends it, once they are done."""
     if not hasattr(session.config, "workerinput"):
-        from otolith_core.launcher import stop_launcher
-
-        from otolith_core.launcher import THREAD_VARIABLES
+        from otolith_core.launcher import THREAD_VARIABLES, stop_launcher
 
         stop_launcher({**{name: "1" for name in THREAD_VARIABLES}, **os.environ})  # the workers' (below)
         stop_launcher(dict(os.environ))  # a run without workers

@@ -176,10 +176,11 @@ def _explain(exc: BaseException, page, log: Path) -> None:
 def _open(page, name: str, shows=None, *, timeout: int = 300_000) -> None:
     """Click the sidebar's link to page ``name``, then wait for ``shows`` (by default the page's heading).
 
-    Streamlit (1.67) now and then loses a page click that comes just as the status area's self-refreshing fragment
-    asks for a rerun of the whole app (a job has ended): the server then stays idle on the old page (seen on CI,
-    and here with every thread's stack: no script running). A person clicks again; so does the walk, once, and
-    says so in a warning. A page still drawing after a minute is waited for, never clicked twice."""
+    Now and then a page click is lost while jobs end and the status area reruns the page: the server stays idle on
+    the old page (seen on CI, and here under load, where every thread's stack showed no script running; a small
+    Streamlit 1.67 app whose self-refreshing fragment reruns the whole app lost 1 click in 60). A person clicks
+    again; so does the walk, once, and says so in a warning. A page still drawing after a minute is waited for,
+    never clicked twice."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     shows = shows or page.get_by_role("heading", name=name).first
