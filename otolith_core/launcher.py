@@ -191,8 +191,9 @@ def _run_job(request: dict) -> None:
     code = 1
     try:
         os.setsid()
-        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-            signal.signal(number, signal.SIG_DFL if number != signal.SIGINT else signal.default_int_handler)
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):  # as a fresh Python process has them
+            signal.signal(number, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)

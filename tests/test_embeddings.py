@@ -1,5 +1,6 @@
 """The .npz exchange: images matched across files by path, checked against a plain dict-based reference."""
 
+import os
 import re
 from pathlib import Path
 
@@ -234,5 +235,5 @@ except EncoderUnavailable as exc:
     print("unavailable:", "not on this machine" in str(exc), "torch" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.stdout.strip() == "unavailable: True False", done.stdout + done.stderr
