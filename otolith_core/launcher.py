@@ -1,7 +1,7 @@
 """Job processes forked from a warm launcher, so that a job does not spend its first seconds importing.
 
-A comparison job spends about 3 s of CPU importing scikit-learn, SciPy and pandas before it reads a byte (an
-extraction job about 1 s), every time. The launcher is one process per installed version of this package, Python
+A comparison job spends about 3 s of CPU importing scikit-learn, SciPy and pandas before it reads a byte, and an
+extraction with a torch encoder 8 s more importing torch and torchvision, every time. The launcher is one process per installed version of this package, Python
 and thread settings, started by the first job that asks (it imports ``PRELOAD`` once) and ending after
 ``IDLE_SECONDS`` without a job. Each job is forked from it: a child in its own session, with the environment and
 folder of whoever asked, writing to the job's log, running ``otolith_core.cli`` as ``python -m`` would. Once
@@ -31,6 +31,9 @@ from pathlib import Path
 # (``THREAD_VARIABLES``, part of the launcher's key). Nothing of otolith_core: its modules are read as the job runs.
 PRELOAD = ("numpy", "pandas", "scipy.stats", "sklearn.linear_model", "sklearn.svm", "sklearn.model_selection",
            "sklearn.preprocessing", "sklearn.pipeline")
+# Imported too where they are installed (a launcher without them serves all the same). Not open_clip, timm or
+# huggingface_hub: they read the job's environment (HF_HUB_OFFLINE, HF_HOME) as they are imported.
+PRELOAD_IF_INSTALLED = ("torch", "torchvision")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 IDLE_SECONDS = 600.0
 START_SECONDS = 60.0  # the first job waits this long for a launcher to import PRELOAD
@@ -142,6 +145,11 @@ def serve(address: Path) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    for name in PRELOAD_IF_INSTALLED:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - not installed, or broken: a job that needs it says so in its own log
+            pass
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the jobs are reaped as they end: no zombies
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     partial = address.with_name(address.name + f".{os.getpid()}")

@@ -1,5 +1,6 @@
 """The dashboard driven through streamlit's AppTest: every page, the numbers it shows, its downloads."""
 
+import functools
 import io
 import json
 import os
@@ -42,13 +43,31 @@ def media_stores(monkeypatch):
     return stores
 
 
+@functools.cache
+def _components():
+    """Streamlit's registry of installed custom components, scanned once per test run as the server scans it once
+    at its start (each AppTest would scan every installed package's metadata again: a quarter of a second)."""
+    from streamlit.components.v2.component_manager import BidiComponentManager
+
+    manager = BidiComponentManager()
+    manager.discover_and_register_components(start_file_watching=False)
+    return manager
+
+
+def _session() -> AppTest:
+    """A new session of the dashboard: a new browser tab, or the tab after a reload or a restart."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at._bidi_component_manager = _components()  # read by AppTest's run: the one registry, as in the server
+    return at
+
+
 def _started(demo_manifest, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # no weights, whatever this machine holds
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OTOLITH_DATA", str(demo_manifest))
-    at = AppTest.from_file(APP, default_timeout=300)
+    at = _session()
     at.run()
     assert not at.exception
     return at
@@ -145,11 +164,12 @@ def test_results_page_numbers_equal_the_core_and_downloads_equal_the_cli(app, de
 @pytest.mark.slow
 def test_repeats_and_learning_curve_from_the_sidebar(app):
     app.sidebar.number_input(key="repeats").set_value(2)
+    app.sidebar.number_input(key="folds").set_value(5)  # 2 x 5 folds and the curve's fractions: enough to show them
     app.sidebar.checkbox(key="learning_curve").check()
     _run(app)
     app.switch_page("views/results.py").run()
     assert not app.exception
-    assert any("2 × 10-fold" in s.value for s in app.subheader)
+    assert any("2 × 5-fold" in s.value for s in app.subheader)
     assert any(s.value == "Learning curve" for s in app.subheader)
     assert len(app.get("vega_lite_chart")) == 7
 
@@ -218,7 +238,7 @@ def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "write_demo_dataset", partial(demo.write_demo_dataset, n_images=120))
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("OTOLITH_DATA", raising=False)
-    at = AppTest.from_file(APP, default_timeout=300).run()
+    at = _session().run()
     assert not at.exception
     assert (tmp_path / "cache" / "demo_data" / "manifest.csv").is_file()
     assert any("Synthetic demo" in w.value for w in at.warning)
@@ -241,7 +261,7 @@ def test_images_an_encoder_could_not_use_are_listed_on_the_data_page(tmp_path, m
     pd.concat([rows, extra]).to_csv(tmp_path / "mixed.csv", index=False)
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OTOLITH_DATA", str(tmp_path / "mixed.csv"))
-    at = AppTest.from_file(APP, default_timeout=300).run()
+    at = _session().run()
     _run(at, ["pixels-32"])
     at.switch_page("views/results.py").run()  # extracts; the broken and blank images fail there
     assert not at.exception
@@ -266,7 +286,7 @@ def test_the_manifest_mixing_every_bad_row_runs_to_completion_in_the_dashboard(t
     manifest, valid, bad, copy = write_mixed_manifest(demo_manifest, tmp_path)
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OTOLITH_DATA", str(manifest))
-    at = AppTest.from_file(APP, default_timeout=300).run()
+    at = _session().run()
     assert not at.exception
     _run(at, ["pixels-32"])
     at.switch_page("views/results.py").run()
@@ -423,7 +443,7 @@ def test_a_reload_restores_every_setting_and_a_restart_shows_stored_results_with
 
     jobs_before = _comparison_jobs()
     assert len(jobs_before) == 1
-    reloaded = AppTest.from_file(APP, default_timeout=300)  # a new session: a reloaded tab, or a restarted dashboard
+    reloaded = _session()  # a new session: a reloaded tab, or a restarted dashboard
     for key, value in url.items():
         reloaded.query_params[key] = value
     reloaded.run()
@@ -735,7 +755,7 @@ def test_the_data_room_maps_a_lab_exports_columns_and_shows_a_trays_boxes(tmp_pa
     assert set(app.dataframe[0].value.encoder) == {"pixels-32", "no-skill"}
     url = dict(app.query_params)
     assert url["col_box"] == "bounding_box" and url["col_id"] == "measurement_id"
-    reloaded = AppTest.from_file(APP, default_timeout=300)
+    reloaded = _session()
     for key, value in url.items():
         reloaded.query_params[key] = value
     reloaded.run()
@@ -817,7 +837,7 @@ def test_station_grouping_and_a_cruise_hold_out_from_the_sidebar_reach_the_compa
     run = json.loads(_download(app, media_stores, "run.json"))
     assert run["cv"]["holdout_column"] == "cruise_id" and run["cv"]["group_column"] == "station_id"
     assert app.query_params["holdout"] == "cruise_id"
-    reloaded = AppTest.from_file(APP, default_timeout=300)  # a reloaded tab: both pickers come back from the URL
+    reloaded = _session()  # a reloaded tab: both pickers come back from the URL
     for key, value in dict(app.query_params).items():
         reloaded.query_params[key] = value
     reloaded.run()
@@ -908,7 +928,7 @@ def test_two_readers_read_blind_in_a_seeded_order_with_flags_and_the_exchange_re
         [order[0], "A", "uncertain", "faint rings"], [order[1], "A", "unusable", ""]]
     assert saved["second_age"].tolist()[0] == age and pd.isna(saved["second_age"].tolist()[1])
 
-    second_tab = _review_with_ridge(AppTest.from_file(APP, default_timeout=300).run())  # a new session: no job
+    second_tab = _review_with_ridge(_session().run())  # a new session: no job
     assert second_tab.selectbox(key="reader_pick").options == ["A", NEW_READER]
     second_tab.text_input(key="reader_name").input("B").run()
     assert second_tab.session_state["review_image"] == order[0] and f"0 of {n} read by you" in _captions(second_tab)

@@ -2,11 +2,14 @@
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -240,7 +243,8 @@ def test_a_comparison_job_refuses_embeddings_that_changed_since_run_was_pressed(
 def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environment(tmp_path):
     """A job is forked from the launcher (not a child of the process asking), runs in the asker's folder with the
     asker's environment (a relative data path, HF_HUB_OFFLINE given to this job only), and writes to its log; a
-    second job is forked from the same launcher, which keeps its socket."""
+    second job is forked from the same launcher, which keeps its socket and has torch loaded (a job with a torch
+    encoder does not import it again)."""
     from conftest import write_tiny_photos_manifest
     from otolith_core.launcher import launcher_address, spawn
 
@@ -258,6 +262,10 @@ def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environ
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # the launcher's child, not this process's
     assert launcher_address(env).exists()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:  # asks nothing: the launcher drops it
+        client.connect(str(launcher_address(env)))
+        launcher, _, _ = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    assert "libtorch" in Path(f"/proc/{launcher}/maps").read_text()
     for i in range(2):
         deadline = time.time() + 60
         while "HF_HUB_OFFLINE is set" not in (text := (tmp_path / f"log{i}.txt").read_text()):
