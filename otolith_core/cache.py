@@ -61,23 +61,31 @@ class FileHashes:
     _memo: dict[str, str] = {}
 
     def __init__(self, cache_dir: str | Path) -> None:
-        import diskcache
-
-        self._cache = diskcache.Cache(str(Path(cache_dir) / "file_hashes"), **_CACHE_SETTINGS)
+        self._folder = Path(cache_dir) / "file_hashes"
+        self._cache = None  # opened at the first hash not remembered in memory: a dashboard rerun opens none
 
     def sha256(self, path: str | Path) -> str:
         path = os.path.abspath(path)
         stat = os.stat(path)
         key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-        digest = self._memo.get(key) or self._cache.get(key)
+        digest = self._memo.get(key) or self._store().get(key)
         if digest is None:
             digest = file_sha256(Path(path))
-            self._cache.set(key, digest)
+            self._store().set(key, digest)
         self._memo[key] = digest
         return digest
 
+    def _store(self):
+        if self._cache is None:
+            import diskcache
+
+            self._cache = diskcache.Cache(str(self._folder), **_CACHE_SETTINGS)
+        return self._cache
+
     def close(self) -> None:
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
 
 
 def encoder_fingerprint(spec: EncoderSpec, hashes: FileHashes, precision: str = "fp32",
