@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator
 
-from .launcher import spawn
+from .launcher import spawn, start_launcher
 
 STATES = ("starting", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("starting", "running")
@@ -294,6 +294,16 @@ def jobs_dir(cache_dir: str | Path) -> Path:
 # Starting, reading and cancelling jobs (the dashboard's side).
 
 
+def _job_environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def warm_up_launcher() -> None:
+    """Start the launcher the jobs are forked from (``launcher.start_launcher``) without waiting for it: the
+    dashboard does this at its start, so that the first Run's jobs find its imports done."""
+    start_launcher(_job_environment())
+
+
 def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
     """Start ``request`` as a detached process, or join it when it is already running.
 
@@ -313,7 +323,7 @@ def start_job(request: JobRequest, cache_dir: str | Path) -> JobStatus:
             (folder / name).unlink(missing_ok=True)
         with open(folder / "log.txt", "ab") as log:
             log.write(f"\n=== started {time.strftime('%Y-%m-%d %H:%M:%S')} from the dashboard\n".encode())
-        pid = spawn(request.command(cache_dir), log=folder / "log.txt", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        pid = spawn(request.command(cache_dir), log=folder / "log.txt", env=_job_environment())
         _write_json(folder / "job.json", {**record, "pid": pid, "create_time": process_create_time(pid)})
     return read_job(cache_dir, request.id)
 

@@ -1,16 +1,21 @@
 """Job processes forked from a warm launcher, so that a job does not spend its first seconds importing.
 
 A comparison job spends about 3 s of CPU importing scikit-learn, SciPy and pandas before it reads a byte, and an
-extraction with a torch encoder 8 s more importing torch and torchvision, every time. The launcher is one process per installed version of this package, Python
-and thread settings, started by the first job that asks (it imports ``PRELOAD`` once) and ending after
-``IDLE_SECONDS`` without a job. Each job is forked from it: a child in its own session, with the environment and
-folder of whoever asked, writing to the job's log, running ``otolith_core.cli`` as ``python -m`` would. Once
-forked, a job does not depend on the launcher: it outlives it as it outlives the dashboard.
+extraction with a torch encoder 8 s more importing torch and torchvision, every time. The launcher is one process
+per installed version of this package, Python and thread settings. It imports ``PRELOAD`` (and
+``PRELOAD_IF_INSTALLED``) once, then forks each job: a child in its own session, with the environment and folder
+of whoever asked, writing to the job's log, running ``otolith_core.cli`` as ``python -m`` would. Once forked, a job
+does not depend on the launcher: it outlives it as it outlives the dashboard. The launcher ends after
+``IDLE_SECONDS`` without a job.
+
+Nobody waits for a launcher's imports (11 s of CPU on a small machine): the dashboard starts it at its own start
+(:func:`start_launcher`), and a job that finds none ready starts it for the jobs after it and runs as a fresh
+process itself.
 
 Linux only: macOS's system libraries are not safe to fork once loaded (Python's multiprocessing stopped forking
-there for that reason), and Windows has no fork. Anything that goes wrong on the way (no launcher after
-``START_SECONDS``, a refused socket) falls back to a fresh ``python -m otolith_core.cli`` process, as before;
-``OTOLITH_WARM_LAUNCHER=0`` always does.
+there for that reason), and Windows has no fork. Anything that goes wrong on the way (no launcher ready, a refused
+socket) falls back to a fresh ``python -m otolith_core.cli`` process, as before; ``OTOLITH_WARM_LAUNCHER=0`` always
+does.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 # Modules every job imports and that read nothing of the environment a job is given, but the thread settings
@@ -36,7 +40,6 @@ PRELOAD = ("numpy", "pandas", "scipy.stats", "sklearn.linear_model", "sklearn.sv
 PRELOAD_IF_INSTALLED = ("torch", "torchvision")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 IDLE_SECONDS = 600.0
-START_SECONDS = 60.0  # the first job waits this long for a launcher to import PRELOAD
 CLI = "otolith_core.cli"
 
 
@@ -71,28 +74,27 @@ def launcher_address(env: dict[str, str]) -> Path:
 
 def _forked(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
     address = launcher_address(env)
-    if len(str(address)) + 12 > 107:  # a socket's path (and the launcher's temporary name beside it) has a limit
-        raise OSError(f"the temporary folder's path is too long for a socket: {address}")
     connection = _connect(address)
     if connection is None:
-        launcher = _start_launcher(address, env)
-        deadline = time.monotonic() + START_SECONDS
-        try:
-            while connection is None:
-                if time.monotonic() > deadline:
-                    raise OSError(f"no launcher at {address} after {START_SECONDS:.0f} s")
-                if launcher is not None and launcher.poll() is not None:
-                    raise OSError(f"the launcher ended at its start (exit status {launcher.returncode})")
-                time.sleep(0.05)
-                connection = _connect(address)
-        finally:
-            if launcher is not None:  # reaped when it ends (idle, or stopped)
-                threading.Thread(target=launcher.wait, daemon=True).start()
+        start_launcher(env)  # for the jobs after this one, which need not wait for its imports
+        raise OSError(f"no launcher ready at {address}")
     with connection, connection.makefile("rw", encoding="utf-8") as stream:
         stream.write(json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(), "log": str(log)}) + "\n")
         stream.flush()
         answer = json.loads(stream.readline() or "{}")
     return int(answer["pid"])
+
+
+def start_launcher(env: dict[str, str]) -> None:
+    """Start the launcher :func:`spawn` would use with ``env``, unless it runs already; returns at once, while it
+    imports. Nothing on a machine without fork or with ``OTOLITH_WARM_LAUNCHER=0``."""
+    address = launcher_address(env)
+    too_long = len(str(address)) + 12 > 107  # a socket's path (and the launcher's temporary name beside it) has a limit
+    if too_long or not sys.platform.startswith("linux") or env.get("OTOLITH_WARM_LAUNCHER", "1") == "0":
+        return
+    launcher = _start_launcher(address, env)
+    if launcher is not None:  # reaped when it ends (idle, or stopped)
+        threading.Thread(target=launcher.wait, daemon=True).start()
 
 
 def stop_launcher(env: dict[str, str]) -> None:

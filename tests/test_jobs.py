@@ -246,10 +246,16 @@ def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environ
     second job is forked from the same launcher, which keeps its socket and has torch loaded (a job with a torch
     encoder does not import it again)."""
     from conftest import write_tiny_photos_manifest
-    from otolith_core.launcher import launcher_address, spawn
+    from otolith_core.launcher import _connect, launcher_address, spawn, start_launcher
 
     write_tiny_photos_manifest(tmp_path, "path,age\no0.png,3\no1.png,4\n", seed=0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    start_launcher(env)  # as the dashboard does at its start (it may run already: other tests' jobs started it)
+    deadline = time.time() + 120
+    while (ready := _connect(launcher_address(env))) is None:
+        assert time.time() < deadline, "no launcher ready after 120 s"
+        time.sleep(0.2)
+    ready.close()
     command = [sys.executable, "-m", "otolith_core.cli", "extract", "--data", "m.csv", "--model",
                "clip-vit-l-14-336", "--cache-dir", str(tmp_path / "cache"), "--weights-dir", str(tmp_path / "hf")]
     here = os.getcwd()
@@ -274,17 +280,26 @@ def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environ
         assert f"data: 2 images from {tmp_path / 'm.csv'}" in text
 
 
-def test_a_launcher_that_cannot_start_leaves_the_job_to_a_fresh_process_at_once(tmp_path, monkeypatch):
-    """A launcher that ends at its start (a broken install, say) costs the job nothing but that try: it starts as
-    a fresh process, without waiting out the launcher's start time."""
+def test_a_job_that_finds_no_launcher_ready_starts_one_and_runs_as_a_fresh_process_at_once(tmp_path, monkeypatch):
+    """Nobody waits for a launcher's imports: a job that finds none ready asks for one (for the jobs after it) and
+    starts as a fresh process at once, here while that launcher is still busy importing and never gets ready."""
     from otolith_core import launcher
 
-    monkeypatch.setattr(launcher, "_start_launcher",
-                        lambda address, env: subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
+    asked = []
+
+    def importing(address, env):  # a launcher that is still importing: it never listens in this test
+        asked.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return asked[-1]
+
+    monkeypatch.setattr(launcher, "_start_launcher", importing)
     env = {**os.environ, "OMP_NUM_THREADS": "7"}  # thread settings no running launcher has
     started = time.monotonic()
-    pid = launcher.spawn([sys.executable, "-m", "otolith_core.cli", "--help"], log=tmp_path / "log.txt", env=env)
-    assert time.monotonic() - started < launcher.START_SECONDS / 2 and pid > 0
+    try:
+        pid = launcher.spawn([sys.executable, "-m", "otolith_core.cli", "--help"], log=tmp_path / "log.txt", env=env)
+        assert time.monotonic() - started < 10 and pid > 0 and len(asked) == 1
+    finally:
+        for process in asked:
+            process.kill()
     deadline = time.time() + 60
     while "usage: otolith" not in (tmp_path / "log.txt").read_text():
         assert time.time() < deadline

@@ -17,7 +17,7 @@ import streamlit as st
 
 from otolith_core.embeddings import EmbeddingSet
 from otolith_core.jobs import (ComparisonRequest, ExtractionRequest, JobStatus, cancel_job, last_lines, list_jobs,
-                               read_job, start_job)
+                               read_job, start_job, warm_up_launcher)
 from views import cached
 from views import state
 from views.state import Settings, allow_download, download_allowed
@@ -127,8 +127,16 @@ def job_card(job: JobStatus, *, container=st, key: str = "") -> None:
         st.rerun()
 
 
+@st.cache_resource(show_spinner=False)
+def _launcher_warmed_up() -> bool:
+    """Once per dashboard process: the job launcher imports while the user picks settings (see otolith_core.jobs)."""
+    warm_up_launcher()
+    return True
+
+
 def status_area(cache_dir: str) -> None:
     """Running and recent jobs of this cache, in the sidebar; refreshes itself while one runs."""
+    _launcher_warmed_up()
     running = any(j.active for j in list_jobs(cache_dir))
     with st.sidebar:
         st.fragment(_draw_status, run_every=REFRESH_SECONDS if running else None)(cache_dir)
