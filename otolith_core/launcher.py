@@ -85,16 +85,18 @@ def _forked(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
     return int(answer["pid"])
 
 
-def start_launcher(env: dict[str, str]) -> None:
+def start_launcher(env: dict[str, str]) -> subprocess.Popen | None:
     """Start the launcher :func:`spawn` would use with ``env``, unless it runs already; returns at once, while it
-    imports. Nothing on a machine without fork or with ``OTOLITH_WARM_LAUNCHER=0``."""
+    imports (the new launcher's process, or None). Nothing on a machine without fork or with
+    ``OTOLITH_WARM_LAUNCHER=0``."""
     address = launcher_address(env)
     too_long = len(str(address)) + 12 > 107  # a socket's path (and the launcher's temporary name beside it) has a limit
     if too_long or not sys.platform.startswith("linux") or env.get("OTOLITH_WARM_LAUNCHER", "1") == "0":
-        return
+        return None
     launcher = _start_launcher(address, env)
     if launcher is not None:  # reaped when it ends (idle, or stopped)
         threading.Thread(target=launcher.wait, daemon=True).start()
+    return launcher
 
 
 def stop_launcher(env: dict[str, str]) -> None:
