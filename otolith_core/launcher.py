@@ -135,12 +135,25 @@ def _start_launcher(address: Path, env: dict[str, str]) -> subprocess.Popen | No
         if found is not None:
             found.close()
             return None
+        if _importing(address):  # the jobs after it find it ready; a second one would import all over again
+            return None
         address.unlink(missing_ok=True)  # left by a launcher that was killed
         threads = {name: env[name] for name in THREAD_VARIABLES if name in env}
         launcher = subprocess.Popen([sys.executable, "-m", "otolith_core.launcher", str(address)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     close_fds=True, start_new_session=True, env={**os.environ, **threads})
+        Path(str(address) + ".pid").write_text(str(launcher.pid))
     return launcher
+
+
+def _importing(address: Path) -> bool:
+    """Whether the launcher last started for ``address`` still runs (it does not answer yet: it is importing)."""
+    try:
+        pid = int(Path(str(address) + ".pid").read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty once it has ended; another's, if pid is reused
+    except (OSError, ValueError):
+        return False
+    return str(address).encode() in command
 
 
 def serve(address: Path) -> None:
@@ -191,6 +204,9 @@ def serve(address: Path) -> None:
         try:
             if os.stat(address).st_ino == ours:  # not a newer launcher's
                 address.unlink()
+            mark = Path(str(address) + ".pid")
+            if mark.read_text() == str(os.getpid()):
+                mark.unlink()
         except OSError:
             pass
 

@@ -280,6 +280,21 @@ def test_jobs_are_forked_from_one_warm_launcher_in_the_askers_folder_and_environ
         assert f"data: 2 images from {tmp_path / 'm.csv'}" in text
 
 
+def test_a_launcher_still_importing_is_not_started_twice():
+    """Jobs started together (a Run's extractions) while the launcher imports start no second launcher: each would
+    import all over again (11 s of CPU with torch)."""
+    from otolith_core.launcher import start_launcher
+
+    env = {**os.environ, "OMP_NUM_THREADS": "7"}  # thread settings no running launcher has
+    first = start_launcher(env)
+    try:
+        assert first is not None
+        assert start_launcher(env) is None  # ms later: the first is still importing
+    finally:
+        if first is not None:
+            first.terminate()
+
+
 def test_a_job_that_finds_no_launcher_ready_starts_one_and_runs_as_a_fresh_process_at_once(tmp_path, monkeypatch):
     """Nobody waits for a launcher's imports: a job that finds none ready asks for one (for the jobs after it) and
     starts as a fresh process at once, here while that launcher is still busy importing and never gets ready."""
