@@ -46,9 +46,7 @@ CLI = "otolith_core.cli"
 def spawn(command: list[str], *, log: Path, env: dict[str, str]) -> int:
     """Start ``command`` (``[sys.executable, "-m", "otolith_core.cli", ...]``) detached, in its own session, its
     output appended to ``log``; returns its pid. Forked from the warm launcher where it can be, else a new process."""
-    warm = (sys.platform.startswith("linux") and command[:3] == [sys.executable, "-m", CLI]
-            and env.get("OTOLITH_WARM_LAUNCHER", "1") != "0")
-    if warm:
+    if _warm_allowed(env) and command[:3] == [sys.executable, "-m", CLI]:
         try:
             return _forked(command[3:], log=log, env=env)
         except (OSError, ValueError, KeyError):
@@ -61,6 +59,11 @@ def spawn(command: list[str], *, log: Path, env: dict[str, str]) -> int:
     # Reap the child when it ends, so it never lingers as a zombie of a long-running dashboard.
     threading.Thread(target=process.wait, daemon=True).start()
     return process.pid
+
+
+def _warm_allowed(env: dict[str, str]) -> bool:
+    """Whether jobs may be forked from a launcher here: Linux (see above), and not ``OTOLITH_WARM_LAUNCHER=0``."""
+    return sys.platform.startswith("linux") and env.get("OTOLITH_WARM_LAUNCHER", "1") != "0"
 
 
 def launcher_address(env: dict[str, str]) -> Path:
@@ -76,7 +79,7 @@ def _forked(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
     address = launcher_address(env)
     connection = _connect(address)
     if connection is None:
-        start_launcher(env)  # for the jobs after this one, which need not wait for its imports
+        _start_in_background(address, env)  # for the jobs after this one, which need not wait for its imports
         raise OSError(f"no launcher ready at {address}")
     with connection, connection.makefile("rw", encoding="utf-8") as stream:
         stream.write(json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(), "log": str(log)}) + "\n")
@@ -89,9 +92,11 @@ def start_launcher(env: dict[str, str]) -> subprocess.Popen | None:
     """Start the launcher :func:`spawn` would use with ``env``, unless it runs already; returns at once, while it
     imports (the new launcher's process, or None). Nothing on a machine without fork or with
     ``OTOLITH_WARM_LAUNCHER=0``."""
-    address = launcher_address(env)
-    too_long = len(str(address)) + 12 > 107  # a socket's path (and the launcher's temporary name beside it) has a limit
-    if too_long or not sys.platform.startswith("linux") or env.get("OTOLITH_WARM_LAUNCHER", "1") == "0":
+    return _start_in_background(launcher_address(env), env) if _warm_allowed(env) else None
+
+
+def _start_in_background(address: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    if len(str(address)) + 12 > 107:  # a socket's path (and the launcher's temporary name beside it) has a limit
         return None
     launcher = _start_launcher(address, env)
     if launcher is not None:  # reaped when it ends (idle, or stopped)
@@ -204,7 +209,10 @@ def serve(address: Path) -> None:
         try:
             if os.stat(address).st_ino == ours:  # not a newer launcher's
                 address.unlink()
-            mark = Path(str(address) + ".pid")
+        except OSError:
+            pass
+        mark = Path(str(address) + ".pid")
+        try:
             if mark.read_text() == str(os.getpid()):
                 mark.unlink()
         except OSError:

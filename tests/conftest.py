@@ -20,22 +20,29 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 _LAUNCHER = []  # the launcher this run started at its start (otolith_core.launcher), if it started one
 
 
+def _workers_environment() -> dict[str, str]:
+    """The environment the workers' jobs are started with: one thread each, unless set (above)."""
+    from otolith_core.launcher import THREAD_VARIABLES
+
+    return {**{name: "1" for name in THREAD_VARIABLES}, **os.environ}
+
+
 def pytest_sessionstart(session):
     """The run's job launcher (otolith_core.launcher) starts with the run, as the dashboard starts it at its own
     start: it imports while the workers collect the tests, and the first jobs find it ready."""
     if not hasattr(session.config, "workerinput") and getattr(session.config.option, "numprocesses", None):
-        from otolith_core.launcher import THREAD_VARIABLES, start_launcher
+        from otolith_core.launcher import start_launcher
 
-        _LAUNCHER.append(start_launcher({**{name: "1" for name in THREAD_VARIABLES}, **os.environ}))  # the workers'
+        _LAUNCHER.append(start_launcher(_workers_environment()))
 
 
 def pytest_sessionfinish(session):
     """The run's job launcher (otolith_core.launcher) ends with the run, not after its idle time; the workers
     share it, so the controller (or a run without workers) ends it, once they are done."""
     if not hasattr(session.config, "workerinput"):
-        from otolith_core.launcher import THREAD_VARIABLES, stop_launcher
+        from otolith_core.launcher import stop_launcher
 
-        stop_launcher({**{name: "1" for name in THREAD_VARIABLES}, **os.environ})  # the workers' (above)
+        stop_launcher(_workers_environment())
         stop_launcher(dict(os.environ))  # a run without workers
         for launcher in _LAUNCHER:  # one still importing (a short run) has no socket to be asked on yet
             if launcher is not None:

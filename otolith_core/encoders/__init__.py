@@ -34,5 +34,6 @@ __all__ = [
     "EncoderUnavailable", "Precision", "Preprocessing", "REVISION_PIN", "TorchEncoder", "Variant", "apply_variant",
     "cache_identity", "check_precision", "cpu_has_bf16", "decode_min_side", "default_batch_size", "error_message",
     "implementation_for", "load_encoder", "presets", "registry", "resolve_encoder", "resolve_encoders",
-    "require_weights_when_offline", "resolve_revision", "runs_on", "select_device", "weights_available", "with_revision", "with_variant",
+    "require_weights_when_offline", "resolve_revision", "runs_on", "select_device", "weights_available",
+    "with_revision", "with_variant",
 ]
