@@ -18,6 +18,15 @@ BAR_METRICS = ("accuracy", "pm1_accuracy", "rmse")
 TIED, APART = "cannot be told apart from the best", "told apart from the best"  # the bars' opacity legend
 
 
+def _tips(*fields: str) -> list[alt.Tooltip]:
+    """A tooltip channel per column, each its own ``alt.Tooltip``.
+
+    Every channel in this module is an Altair channel object, never a plain string or dict: Altair turns one of those
+    into a channel by building a look-up table of every Vega-Lite class again (about 7 ms each, several times a
+    chart), which made building the Results page's charts take most of a second (tests/test_charts.py checks)."""
+    return [alt.Tooltip(field) for field in fields]
+
+
 def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, width: int = 260,
                 height: int = 300, tie_level: float = TIE_LEVEL) -> alt.Chart:
     """Bars of one metric's mean per encoder (grouped by head), SD error bars, the paper's cod value as a rule,
@@ -52,32 +61,33 @@ def metric_bars(summary: pd.DataFrame, metric: str, *, reference: bool = True, w
     bars = base.mark_bar().encode(
         y=alt.Y("mean:Q", title=y_title),
         color=alt.Color("head:N", title="head", sort=None),
-        tooltip=["encoder", "head", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
-                 alt.Tooltip("high:Q", format=".3f"), *(["tie"] if ties else [])],
+        tooltip=[*_tips("encoder", "head"), alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
+                 alt.Tooltip("high:Q", format=".3f"), *(_tips("tie") if ties else [])],
     )
     if ties:
         bars = bars.encode(opacity=alt.Opacity(
             "tie:N", scale=alt.Scale(domain=[TIED, APART], range=[1.0, 0.3]),
             legend=alt.Legend(title=f"corrected t vs the best, Holm, level {tie_level:g}", orient="bottom",
                               direction="vertical", titleLimit=400)))
-    errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y=alt.Y("low:Q", title=y_title), y2="high:Q")
+    errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y=alt.Y("low:Q", title=y_title),
+                                                                    y2=alt.Y2("high:Q"))
     layers = [bars, errors]
     if reference and metric in PAPER_COD:
         ref = pd.DataFrame({"value": [PAPER_COD[metric]], "label": [PAPER_LABEL]})
         rule = alt.Chart(ref).mark_rule(strokeDash=[6, 4], color="black").encode(
-            y=alt.Y("value:Q", title=y_title), tooltip=["label", "value"])
+            y=alt.Y("value:Q", title=y_title), tooltip=_tips("label", "value"))
         text = alt.Chart(ref).mark_text(align="left", dx=2, dy=-6, fontSize=9).encode(
-            y=alt.Y("value:Q", title=y_title), x=alt.value(0),
-            text=alt.value(f"published, cod (CLIP + Ridge): {PAPER_COD[metric]:g}"))
+            y=alt.Y("value:Q", title=y_title), x=alt.XValue(0),
+            text=alt.TextValue(f"published, cod (CLIP + Ridge): {PAPER_COD[metric]:g}"))
         layers += [rule, text]
     if not no_skill.empty:
         value = float(no_skill[f"{metric}_mean"].iloc[0])
         base_ref = pd.DataFrame({"value": [value], "label": ["no skill: always the most common training age"]})
         layers += [
             alt.Chart(base_ref).mark_rule(strokeDash=[2, 2], color="#b03a2e", strokeWidth=1.5).encode(
-                y=alt.Y("value:Q", title=y_title), tooltip=["label", alt.Tooltip("value:Q", format=".3f")]),
+                y=alt.Y("value:Q", title=y_title), tooltip=[*_tips("label"), alt.Tooltip("value:Q", format=".3f")]),
             alt.Chart(base_ref).mark_text(align="right", dx=-2, dy=-6, fontSize=9, color="#b03a2e").encode(
-                y=alt.Y("value:Q", title=y_title), x=alt.value(width), text=alt.value(f"no skill: {value:.3g}")),
+                y=alt.Y("value:Q", title=y_title), x=alt.XValue(width), text=alt.TextValue(f"no skill: {value:.3g}")),
         ]
     return alt.layer(*layers).properties(title=title, width=width, height=height)
 
@@ -99,7 +109,7 @@ def fold_lines(folds: pd.DataFrame, metric: str) -> alt.Chart:
         x=alt.X("fold:O", title="fold"),
         y=alt.Y(f"{metric}:Q", title=METRIC_LABELS[metric], scale=alt.Scale(zero=False)),
         color=alt.Color("model:N", title="encoder / head"),
-        tooltip=["encoder", "head", "fold", alt.Tooltip(f"{metric}:Q", format=".3f")],
+        tooltip=[*_tips("encoder", "head", "fold"), alt.Tooltip(f"{metric}:Q", format=".3f")],
     ).properties(title=f"{METRIC_LABELS[metric]} per fold", width=380, height=220)
 
 
@@ -107,11 +117,12 @@ def age_histogram(ages: pd.Series, *, n_folds: int | None = None) -> alt.Chart:
     """Images per age; a rule at the number of folds marks ages too sparse for stratified CV."""
     data = ages.value_counts().sort_index().rename_axis("age").reset_index(name="images")
     bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("age:O", title="reader age (years)"), y=alt.Y("images:Q", title="images"), tooltip=["age", "images"])
+        x=alt.X("age:O", title="reader age (years)"), y=alt.Y("images:Q", title="images"),
+        tooltip=_tips("age", "images"))
     if n_folds is None:
         return bars.properties(height=240)
     rule = alt.Chart(pd.DataFrame({"folds": [n_folds]})).mark_rule(color="firebrick", strokeDash=[4, 3]).encode(
-        y="folds:Q", tooltip=[alt.Tooltip("folds:Q", title="folds (fewer images than this are too few)")])
+        y=alt.Y("folds:Q"), tooltip=[alt.Tooltip("folds:Q", title="folds (fewer images than this are too few)")])
     return alt.layer(bars, rule).properties(height=240)
 
 
@@ -132,13 +143,14 @@ def confusion_matrix(predictions: pd.DataFrame, *, normalise: bool = False, titl
         x=alt.X("pred_age:O", title="predicted age"), y=alt.Y("true_age:O", title="reader age"))
     heat = base.mark_rect().encode(
         color=alt.Color(f"{value}:Q", title="row share" if normalise else "images", scale=alt.Scale(scheme="blues")),
-        stroke=alt.condition("datum.within_1", alt.value("#e4572e"), alt.value(None)),
-        strokeWidth=alt.condition("datum.within_1", alt.value(1.2), alt.value(0)),
-        tooltip=["true_age", "pred_age", "n", alt.Tooltip("share:Q", format=".0%")],
+        stroke=alt.StrokeValue(**alt.condition("datum.within_1", alt.value("#e4572e"), alt.value(None))),
+        strokeWidth=alt.StrokeWidthValue(**alt.condition("datum.within_1", alt.value(1.2), alt.value(0))),
+        tooltip=[*_tips("true_age", "pred_age", "n"), alt.Tooltip("share:Q", format=".0%")],
     )
     label = base.mark_text(fontSize=9).encode(
         text=alt.Text(f"{value}:Q", format=".0%" if normalise else "d"),
-        color=alt.condition(f"datum.{value} > {0.5 if normalise else cells['n'].max() / 2}", alt.value("white"), alt.value("black")),
+        color=alt.ColorValue(**alt.condition(f"datum.{value} > {0.5 if normalise else cells['n'].max() / 2}",
+                                             alt.value("white"), alt.value("black"))),
     )
     return alt.layer(heat, label).properties(title=title, width=300, height=320)
 
@@ -160,15 +172,15 @@ def reader_bias_plot(bias: pd.DataFrame) -> alt.Chart:
 
 def _bias_plot(data: pd.DataFrame, *, x: str, who: str, x_title: str, who_title: str, y_title: str) -> alt.Chart:
     ages = pd.DataFrame({"age": sorted(set(data[x]))})
-    identity = alt.Chart(ages).mark_line(color="grey", strokeDash=[4, 4]).encode(x="age:Q", y="age:Q")
+    identity = alt.Chart(ages).mark_line(color="grey", strokeDash=[4, 4]).encode(x=alt.X("age:Q"), y=alt.Y("age:Q"))
     base = alt.Chart(data).encode(
         x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
         color=alt.Color(f"{who}:N", title=who_title))
     points = base.mark_point(filled=True, size=50).encode(
         y=alt.Y("mean_pred:Q", title=y_title, scale=alt.Scale(zero=False)),
-        tooltip=[who, x, "n", alt.Tooltip("mean_pred:Q", format=".2f"),
+        tooltip=[*_tips(who, x, "n"), alt.Tooltip("mean_pred:Q", format=".2f"),
                  alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f")])
-    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q")
+    bars = base.mark_rule().encode(y=alt.Y("ci_low:Q"), y2=alt.Y2("ci_high:Q"))
     return alt.layer(identity, bars, points).properties(title="Age bias (dashed: 1:1)", height=320)
 
 
@@ -180,10 +192,11 @@ def learning_curve_chart(curve: pd.DataFrame, metric: str = "accuracy") -> alt.C
     stats["low"], stats["high"] = stats["mean"] - stats["sd"].fillna(0), stats["mean"] + stats["sd"].fillna(0)
     base = alt.Chart(stats).encode(x=alt.X("n_train:Q", title="training images per fold"),
                                    color=alt.Color("model:N", title="encoder / head"))
-    band = base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q")
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q"), y2=alt.Y2("high:Q"))
     line = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", title=f"{METRIC_LABELS[metric]} (mean ± SD over folds)"),
-        tooltip=["model", "train_fraction", alt.Tooltip("n_train:Q", format=".0f"), alt.Tooltip("mean:Q", format=".3f")])
+        tooltip=[*_tips("model", "train_fraction"), alt.Tooltip("n_train:Q", format=".0f"),
+                 alt.Tooltip("mean:Q", format=".3f")])
     return alt.layer(band, line).properties(title=f"Learning curve: {METRIC_LABELS[metric]}", height=320)
 
 
@@ -209,7 +222,7 @@ def per_age_heatmap(per_age: pd.DataFrame, value: str = "recall") -> alt.Chart:
     base = alt.Chart(data).encode(x=alt.X("age:O", title="reader age (years)"), y=alt.Y("model:N", title=None, sort=None))
     cells = base.mark_rect().encode(
         color=alt.Color("shown:Q", title=PER_AGE_VALUES[value], scale=scale),
-        tooltip=["encoder", "head", "age", "n", alt.Tooltip("recall:Q", format=".2f"),
+        tooltip=[*_tips("encoder", "head", "age", "n"), alt.Tooltip("recall:Q", format=".2f"),
                  alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("f1:Q", format=".2f"),
                  alt.Tooltip("mean_error:Q", format="+.2f"), alt.Tooltip("pm1_share:Q", format=".2f")])
     text = base.mark_text(fontSize=10).encode(text=alt.Text("shown:Q", format="+.1f" if diverging else ".2f"))
@@ -244,15 +257,15 @@ def embedding_map(points: pd.DataFrame, *, title: str, height: int = 420,
     picked = alt.selection_point(name="picked", fields=["image"], on="click", nearest=True, clear="dblclick")
     boxed = alt.selection_interval(name="boxed", encodings=["x", "y"], clear="dblclick")
     if points["selected"].any():
-        opacity = alt.condition(alt.datum.selected, alt.value(0.95), alt.value(0.15))
+        opacity = alt.OpacityValue(**alt.condition(alt.datum.selected, alt.value(0.95), alt.value(0.15)))
     else:
-        opacity = alt.condition(picked, alt.value(0.9), alt.value(0.25))
+        opacity = alt.OpacityValue(**alt.condition(picked, alt.value(0.9), alt.value(0.25)))
     return alt.Chart(points, title=title).mark_circle(size=40, stroke="black").encode(
         x=alt.X("x:Q", title="1st axis", axis=alt.Axis(labels=False, ticks=False)),
         y=alt.Y("y:Q", title="2nd axis", axis=alt.Axis(labels=False, ticks=False)),
         color=alt.Color("reader_age:Q", title="reader age", scale=alt.Scale(scheme="viridis")),
         opacity=opacity,
-        strokeWidth=alt.condition(alt.datum.selected, alt.value(1.2), alt.value(0)),
+        strokeWidth=alt.StrokeWidthValue(**alt.condition(alt.datum.selected, alt.value(1.2), alt.value(0))),
         tooltip=[alt.Tooltip("image:N"), alt.Tooltip("reader_age:Q", title="reader age"),
                  alt.Tooltip("model_age:Q", title="model age")],
     ).add_params(picked, boxed).properties(height=height)

@@ -229,3 +229,34 @@ def test_embedding_map_without_a_selection_fades_all_but_the_clicked_image():
 def test_embedding_map_refuses_a_string_for_the_selected_ids():
     with pytest.raises(TypeError, match="not the string 'a'"):
         embedding_map(_map_points(), title="enc", selected="a")
+
+
+def test_no_chart_leaves_altair_to_look_up_a_channel_class(monkeypatch):
+    """Every builder hands Altair channel objects: a channel given as a plain string or dict makes Altair build a
+    look-up table of every Vega-Lite class (about 7 ms, several times a chart), which made a page's charts slow."""
+    from altair.utils import schemapi
+
+    from otolith_core.charts import per_age_heatmap, reader_bias_plot
+    from otolith_core.comparison import PER_AGE_COLUMNS, per_age_scores
+
+    looked_up, build = [], schemapi._FromDict.__init__
+    monkeypatch.setattr(schemapi._FromDict, "__init__", lambda self, *a: looked_up.append(a) or build(self, *a))
+    summary = _summary()
+    summary["accuracy_tied_with_best"] = [True, False, True]
+    summary = pd.concat([summary, summary.head(1).assign(encoder="no-skill")], ignore_index=True)
+    predictions = pd.DataFrame({"true_age": [2, 2, 3], "pred_age": [2, 3, 3]})
+    bias = pd.DataFrame({"encoder": ["e"] * 2, "head": ["ridge"] * 2, "true_age": [2, 3], "n": [4, 5],
+                         "mean_pred": [2.5, 3.1], "ci_low": [2.0, 2.6], "ci_high": [3.0, 3.6]})
+    curve = pd.DataFrame({"encoder": ["e"] * 2, "head": ["ridge"] * 2, "train_fraction": [0.5, 1.0], "n_train": [10, 20],
+                          "accuracy": [0.3, 0.6]})
+    per_age = pd.DataFrame([{"encoder": "e", "head": "ridge", **r}
+                            for r in per_age_scores(np.array([1, 2, 2]), np.array([1, 2, 1]))], columns=PER_AGE_COLUMNS)
+    readers = bias.rename(columns={"true_age": "modal_age", "mean_pred": "mean_age"}).assign(reader="GS")
+    for chart in (metric_bars(summary, "accuracy"), fold_lines(pd.DataFrame({"encoder": ["e"], "head": ["ridge"],
+                                                                          "fold": [0], "rmse": [1.0]}), "rmse"),
+                  age_histogram(pd.Series([1, 2, 2]), n_folds=10), confusion_matrix(predictions),
+                  confusion_matrix(predictions, normalise=True), age_bias_plot(bias), reader_bias_plot(readers),
+                  learning_curve_chart(curve), per_age_heatmap(per_age), per_age_heatmap(per_age, "mean_error"),
+                  embedding_map(_map_points(), title="enc"), embedding_map(_map_points(), title="enc", selected=["a"])):
+        chart.to_dict(validate=False)
+    assert looked_up == []
