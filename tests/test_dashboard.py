@@ -54,8 +54,20 @@ def _components():
     return manager
 
 
+@functools.cache
+def _scripts():
+    """One cache of the pages' compiled code for the whole test run, as the server keeps one while it runs (AppTest
+    makes a new one for every run: app.py and the page compiled again each time, a tenth of a page run's time)."""
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
+    return ScriptCache()
+
+
 def _session() -> AppTest:
     """A new session of the dashboard: a new browser tab, or the tab after a reload or a restart."""
+    import streamlit.testing.v1.app_test as app_test_module
+
+    app_test_module.ScriptCache = _scripts  # read by AppTest's run (streamlit 1.67): the one cache, as in the server
     at = AppTest.from_file(APP, default_timeout=300)
     at._bidi_component_manager = _components()  # read by AppTest's run: the one registry, as in the server
     return at
