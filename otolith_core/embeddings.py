@@ -350,9 +350,12 @@ def _encoder_for(spec: EncoderSpec, encoder, started: EmbeddingStore | None, dev
     if encoder is None:
         require_weights_when_offline(spec, weights_dir=weights_dir)  # before torch is imported
     if precision == "auto" and started is not None:
-        where = encoder.device if encoder is not None else select_device(device)
-        if runs_on(started.precision, where):
-            device, precision = where, started.precision
+        if started.precision == "fp32":  # runs on every device: torch need not be asked (a built-in never loads it)
+            precision = "fp32"
+        else:
+            where = encoder.device if encoder is not None else select_device(device)
+            if runs_on(started.precision, where):
+                device, precision = where, started.precision
     if encoder is not None and precision not in ("auto", encoder.precision):
         if implementation_for(spec, precision) == encoder.implementation:
             return encoder.with_precision(precision)

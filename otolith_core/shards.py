@@ -232,8 +232,11 @@ def _run_shard(plan: ShardPlan, index: int, shard: Path, progress: ProgressCallb
     if pending:
         spec = plan.spec()
         precision = plan.precision
-        if precision == "auto" and plan.store_precision and runs_on(plan.store_precision, select_device(plan.device)):
-            precision = plan.store_precision  # continue the store the cache fills, as one process would
+        # continue the store the cache fills, as one process would; fp32 runs on every device, so torch need not be
+        # asked (a built-in extractor's shard never loads it)
+        if precision == "auto" and plan.store_precision and (
+                plan.store_precision == "fp32" or runs_on(plan.store_precision, select_device(plan.device))):
+            precision = plan.store_precision
         encoder = load_encoder(spec, device=plan.device, precision=precision, batch_size=plan.batch_size,
                                weights_dir=plan.weights_dir)
         revision = getattr(encoder, "weights_revision", None) or resolve_revision(spec, weights_dir=plan.weights_dir)

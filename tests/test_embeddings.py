@@ -237,3 +237,30 @@ except EncoderUnavailable as exc:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.stdout.strip() == "unavailable: True False", done.stdout + done.stderr
+
+
+def test_a_built_in_extractor_continuing_its_store_never_imports_torch(demo_manifest, demo_cache, tmp_path):
+    """A built-in extractor needs no torch: continuing a store it began (in one process, and in a shard) must not
+    import torch to ask which device could continue it. It did, costing each such job and shard seconds of CPU."""
+    import subprocess
+    import sys
+
+    from conftest import copy_cache_lacking
+
+    one, sharded = (copy_cache_lacking(demo_cache, demo_manifest, tmp_path / name, {"pixels-32": 3})
+                    for name in ("one", "sharded"))
+    code = f"""
+import sys
+from otolith_core.data import load_dataset
+from otolith_core.embeddings import extract_embeddings
+from otolith_core.encoders import registry
+from otolith_core.shards import plan_shards, run_shard
+data = load_dataset(r'{demo_manifest}')
+extracted = extract_embeddings(data, registry()['pixels-32'], cache_dir=r'{one}').n_extracted
+plan = plan_shards(data, 'pixels-32', cache_dir=r'{sharded}', n_shards=1)
+shard = run_shard(plan.folder, 0)
+print(extracted, shard.extracted, 'torch' in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "3", "False"]
