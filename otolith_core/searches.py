@@ -192,10 +192,11 @@ class _MultinomialL2:
         iterations = 0
         while active.any() and iterations < MAX_ITERATIONS:
             idx = np.flatnonzero(active)
+            rows = slice(None) if idx.size == P else idx  # every problem still active: views, not copies of the ring
             order = [(newest - m) % HISTORY for m in range(min(iterations, HISTORY))]  # newest first
-            direction = -_two_loop(g[idx], ring_s[:, idx], ring_y[:, idx], rho[:, idx], gamma[idx], order)
-            slope = _dot(g[idx], direction)
-            step = np.ones(idx.size) if iterations else np.minimum(1.0, 1.0 / np.sqrt(_dot(g[idx], g[idx])))
+            direction = -_two_loop(g[rows], ring_s[:, rows], ring_y[:, rows], rho[:, rows], gamma[rows], order)
+            slope = _dot(g[rows], direction)
+            step = np.ones(idx.size) if iterations else np.minimum(1.0, 1.0 / np.sqrt(_dot(g[rows], g[rows])))
             new_f, new_g = np.empty(idx.size), np.empty((idx.size, x.shape[1]))
             searching = np.ones(idx.size, dtype=bool)
             for _ in range(30):  # backtracking (Armijo) line search, each problem its own step
@@ -207,19 +208,23 @@ class _MultinomialL2:
                     break
                 step[searching] *= 0.5
             s = step[:, None] * direction
-            y = new_g - g[idx]
+            y = new_g - g[rows]
             sy, yy = _dot(s, y), _dot(y, y)
-            x[idx] += s
-            f[idx], g[idx] = new_f, new_g
+            x[rows] += s
+            f[rows], g[rows] = new_f, new_g
             newest = (newest + 1) % HISTORY
             keep = (sy > 1e-12 * yy) & ~searching  # a step with no decrease found in float32: as close as it gets
-            ring_s[newest, idx], ring_y[newest, idx] = s, y
-            rho[newest, idx] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
-            gamma[idx] = np.where(keep, sy / np.where(keep, yy, 1.0), gamma[idx])
-            active[idx] = ~self._converged(x[idx], g[idx], idx) & ~searching
+            ring_s[newest, rows], ring_y[newest, rows] = s, y
+            rho[newest, rows] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
+            gamma[rows] = np.where(keep, sy / np.where(keep, yy, 1.0), gamma[rows])
+            active[rows] = ~self._converged(x[rows], g[rows], idx) & ~searching
             iterations += 1
         W = self._D[:, :, None] * x[:, :dim * k].reshape(P, dim, k)
         return W, self._Db[:, None] * x[:, dim * k:], iterations
+
+    def _rows(self, which: np.ndarray) -> np.ndarray | slice:
+        """``which`` (sorted problem numbers) to index the per-problem arrays with: every problem, a slice (views)."""
+        return slice(None) if which.size == self.present.shape[0] else which
 
     def _converged(self, x: np.ndarray, g: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Whether the logits' error, as estimated from the gradient, is below ``PRECISION`` of their spread.
@@ -228,6 +233,7 @@ class _MultinomialL2:
         about ``rows @ (D * g)``, whose squared norm the principal axes give without a product (``eigenvalues``).
         """
         P, dim, k = which.size, self.dim, self.k
+        which = self._rows(which)
         D, Db = self._D[which][:, :, None], self._Db[which]
         spread_axes = self.eigenvalues[None, :, None] * self.share[which][:, None, None]
         W, gW = D * x[:, :dim * k].reshape(P, dim, k), D * g[:, :dim * k].reshape(P, dim, k)
@@ -240,6 +246,7 @@ class _MultinomialL2:
     def _evaluate(self, x: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Objective and gradient (in the preconditioned variables) of the problems ``which`` at ``x``."""
         P, dim, k, n = which.size, self.dim, self.k, self.n
+        which = self._rows(which)
         D, Db, C = self._D[which][:, :, None], self._Db[which][:, None], self._C[which]
         W = D * x[:, :dim * k].reshape(P, dim, k)
         b = Db * x[:, dim * k:]
