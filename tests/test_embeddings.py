@@ -239,23 +239,30 @@ except EncoderUnavailable as exc:
     assert done.stdout.strip() == "unavailable: True False", done.stdout + done.stderr
 
 
-def test_a_built_in_extractor_continuing_its_store_never_imports_torch(demo_manifest, demo_cache, tmp_path):
+def test_a_built_in_extractor_continuing_its_store_never_imports_torch(demo_manifest, tmp_path):
     """A built-in extractor needs no torch: continuing a store it began (in one process, and in a shard) must not
     import torch to ask which device could continue it. It did, costing each such job and shard seconds of CPU."""
     import subprocess
     import sys
 
-    from conftest import copy_cache_lacking
+    import pandas as pd
 
-    one, sharded = (copy_cache_lacking(demo_cache, demo_manifest, tmp_path / name, {"pixels-32": 3})
-                    for name in ("one", "sharded"))
+    from otolith_core.encoders import registry
+
+    rows = pd.read_csv(demo_manifest).head(8)
+    rows["path"] = [str(demo_manifest.parent / p) for p in rows.path]
+    rows.to_csv(tmp_path / "manifest.csv", index=False)
+    data = load_dataset(tmp_path / "manifest.csv")
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    for cache in (one, sharded):  # a store begun: 5 of the 8 images
+        extract_embeddings(data.subset(range(5)), registry()["pixels-32"], cache_dir=cache)
     code = f"""
 import sys
 from otolith_core.data import load_dataset
 from otolith_core.embeddings import extract_embeddings
 from otolith_core.encoders import registry
 from otolith_core.shards import plan_shards, run_shard
-data = load_dataset(r'{demo_manifest}')
+data = load_dataset(r'{tmp_path / "manifest.csv"}')
 extracted = extract_embeddings(data, registry()['pixels-32'], cache_dir=r'{one}').n_extracted
 plan = plan_shards(data, 'pixels-32', cache_dir=r'{sharded}', n_shards=1)
 shard = run_shard(plan.folder, 0)
