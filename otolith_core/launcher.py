@@ -147,18 +147,30 @@ def _start_launcher(address: Path, env: dict[str, str]) -> subprocess.Popen | No
         launcher = subprocess.Popen([sys.executable, "-m", "otolith_core.launcher", str(address)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     close_fds=True, start_new_session=True, env={**os.environ, **threads})
-        Path(str(address) + ".pid").write_text(str(launcher.pid))
+        Path(str(address) + ".pid").write_text(f"{launcher.pid} {_started_at(launcher.pid)}")
     return launcher
 
 
 def _importing(address: Path) -> bool:
-    """Whether the launcher last started for ``address`` still runs (it does not answer yet: it is importing)."""
+    """Whether the launcher last started for ``address`` still runs (it does not answer yet: it is importing).
+
+    The process is known by its pid and the time it started, so a pid reused by another process does not count.
+    (Its command line cannot tell: for a moment after ``Popen`` returns, while the kernel still sets up the new
+    program, it reads empty, and a second launcher was started then.)"""
     try:
-        pid = int(Path(str(address) + ".pid").read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty once it has ended; another's, if pid is reused
+        pid, started = Path(str(address) + ".pid").read_text().split()
     except (OSError, ValueError):
         return False
-    return str(address).encode() in command
+    return _started_at(int(pid)) == started
+
+
+def _started_at(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat), or None if it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # its state (a zombie has ended), then field 22
 
 
 def serve(address: Path) -> None:
@@ -213,9 +225,9 @@ def serve(address: Path) -> None:
             pass
         mark = Path(str(address) + ".pid")
         try:
-            if mark.read_text() == str(os.getpid()):
+            if mark.read_text().split()[0] == str(os.getpid()):
                 mark.unlink()
-        except OSError:
+        except (OSError, IndexError):
             pass
 
 

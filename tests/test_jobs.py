@@ -295,6 +295,27 @@ def test_a_launcher_still_importing_is_not_started_twice():
             first.terminate()
 
 
+def test_a_launchers_pid_mark_counts_only_for_the_process_that_wrote_it(tmp_path):
+    """The mark beside the socket names the launcher still importing by its pid and start time: a pid reused by
+    another process, or a process that has ended, does not count (a second launcher may then start)."""
+    from otolith_core.launcher import _importing, _started_at
+
+    address = tmp_path / "launcher.sock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        Path(f"{address}.pid").write_text(f"{sleeper.pid} {_started_at(sleeper.pid)}")
+        assert _importing(address)
+        Path(f"{address}.pid").write_text(f"{sleeper.pid} {int(_started_at(sleeper.pid)) - 1}")  # pid reused
+        assert not _importing(address)
+        Path(f"{address}.pid").write_text(f"{sleeper.pid} {_started_at(sleeper.pid)}")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not _importing(address)  # ended
+    Path(f"{address}.pid").write_text(str(sleeper.pid))  # a mark from before this format
+    assert not _importing(address)
+
+
 def test_a_job_that_finds_no_launcher_ready_starts_one_and_runs_as_a_fresh_process_at_once(tmp_path, monkeypatch):
     """Nobody waits for a launcher's imports: a job that finds none ready asks for one (for the jobs after it) and
     starts as a fresh process at once, here while that launcher is still busy importing and never gets ready."""
