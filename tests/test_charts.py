@@ -247,8 +247,8 @@ def test_no_chart_leaves_altair_to_look_up_a_channel_class(monkeypatch):
     predictions = pd.DataFrame({"true_age": [2, 2, 3], "pred_age": [2, 3, 3]})
     bias = pd.DataFrame({"encoder": ["e"] * 2, "head": ["ridge"] * 2, "true_age": [2, 3], "n": [4, 5],
                          "mean_pred": [2.5, 3.1], "ci_low": [2.0, 2.6], "ci_high": [3.0, 3.6]})
-    curve = pd.DataFrame({"encoder": ["e"] * 2, "head": ["ridge"] * 2, "train_fraction": [0.5, 1.0], "n_train": [10, 20],
-                          "accuracy": [0.3, 0.6]})
+    curve = pd.DataFrame({"encoder": ["e"] * 2, "head": ["ridge"] * 2, "train_fraction": [0.5, 1.0],
+                          "n_train": [10, 20], "accuracy": [0.3, 0.6]})
     per_age = pd.DataFrame([{"encoder": "e", "head": "ridge", **r}
                             for r in per_age_scores(np.array([1, 2, 2]), np.array([1, 2, 1]))], columns=PER_AGE_COLUMNS)
     readers = bias.rename(columns={"true_age": "modal_age", "mean_pred": "mean_age"}).assign(reader="GS")
