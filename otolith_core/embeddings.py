@@ -20,9 +20,8 @@ import numpy as np
 from .cache import EmbeddingStore, FileHashes, record_key, store_path, store_stamp
 from .downloads import recorded_failure
 from .data import Dataset, ImageRecord, Skipped, load_images
-from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, decode_min_side,
-                       implementation_for, load_encoder, require_weights_when_offline, resolve_revision, runs_on,
-                       select_device)
+from .encoders import (PRECISIONS, EncoderSpec, EncoderUnavailable, apply_variant, continues_on, decode_min_side,
+                       implementation_for, load_encoder, require_weights_when_offline, resolve_revision)
 
 ProgressCallback = Callable[[int, int, int], None]  # (images done so far, images to extract, of them failed)
 # JPEG decoding releases the GIL; more threads than this rarely pay on a laptop. Each thread decodes one photo
@@ -350,12 +349,9 @@ def _encoder_for(spec: EncoderSpec, encoder, started: EmbeddingStore | None, dev
     if encoder is None:
         require_weights_when_offline(spec, weights_dir=weights_dir)  # before torch is imported
     if precision == "auto" and started is not None:
-        if started.precision == "fp32":  # runs on every device: torch need not be asked (a built-in never loads it)
-            precision = "fp32"
-        else:
-            where = encoder.device if encoder is not None else select_device(device)
-            if runs_on(started.precision, where):
-                device, precision = where, started.precision
+        where = continues_on(started.precision, encoder.device if encoder is not None else device)
+        if where is not None:
+            device, precision = where, started.precision
     if encoder is not None and precision not in ("auto", encoder.precision):
         if implementation_for(spec, precision) == encoder.implementation:
             return encoder.with_precision(precision)

@@ -211,7 +211,7 @@ def run_shard(folder: str | Path, index: int, *, progress: ProgressCallback | No
 
 def _run_shard(plan: ShardPlan, index: int, shard: Path, progress: ProgressCallback | None) -> ShardOutcome:
     from .embeddings import embed_into
-    from .encoders import load_encoder, resolve_revision, runs_on, select_device
+    from .encoders import continues_on, load_encoder, resolve_revision
 
     entries = plan.images(index)
     for partial in shard.glob("*.tmp"):  # a batch being written when the last run was killed (we hold the lock)
@@ -232,11 +232,8 @@ def _run_shard(plan: ShardPlan, index: int, shard: Path, progress: ProgressCallb
     if pending:
         spec = plan.spec()
         precision = plan.precision
-        # continue the store the cache fills, as one process would; fp32 runs on every device, so torch need not be
-        # asked (a built-in extractor's shard never loads it)
-        if precision == "auto" and plan.store_precision and (
-                plan.store_precision == "fp32" or runs_on(plan.store_precision, select_device(plan.device))):
-            precision = plan.store_precision
+        if precision == "auto" and plan.store_precision and continues_on(plan.store_precision, plan.device):
+            precision = plan.store_precision  # continue the store the cache fills, as one process would
         encoder = load_encoder(spec, device=plan.device, precision=precision, batch_size=plan.batch_size,
                                weights_dir=plan.weights_dir)
         revision = getattr(encoder, "weights_revision", None) or resolve_revision(spec, weights_dir=plan.weights_dir)

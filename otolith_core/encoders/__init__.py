@@ -19,7 +19,7 @@ torch until a model is built (or an ad hoc name can only be resolved by asking a
 """
 
 from .encoder import (EXTRACTOR_VERSION, REDUCED_PRECISION_COSINE_FLOOR, Encoder, TorchEncoder, check_precision,
-                      cpu_has_bf16, decode_min_side, default_batch_size, runs_on, select_device)
+                      continues_on, cpu_has_bf16, decode_min_side, default_batch_size, runs_on, select_device)
 from .identity import cache_identity
 from .loading import load_encoder
 from .open_clip_models import implementation_for
@@ -32,7 +32,7 @@ from .weights import require_weights_when_offline, resolve_revision, weights_ava
 __all__ = [
     "ENCODER_ERRORS", "EXTRACTOR_VERSION", "PRECISIONS", "REDUCED_PRECISION_COSINE_FLOOR", "Encoder", "EncoderSpec",
     "EncoderUnavailable", "Precision", "Preprocessing", "REVISION_PIN", "TorchEncoder", "Variant", "apply_variant",
-    "cache_identity", "check_precision", "cpu_has_bf16", "decode_min_side", "default_batch_size", "error_message",
+    "cache_identity", "check_precision", "continues_on", "cpu_has_bf16", "decode_min_side", "default_batch_size", "error_message",
     "implementation_for", "load_encoder", "presets", "registry", "resolve_encoder", "resolve_encoders",
     "require_weights_when_offline", "resolve_revision", "runs_on", "select_device", "weights_available",
     "with_revision", "with_variant",

@@ -116,6 +116,16 @@ def runs_on(precision: str, device: str) -> bool:
     return device == "cpu" and precision == "bf16"
 
 
+def continues_on(precision: str, device: str) -> str | None:
+    """The device a store begun in ``precision`` goes on being filled on, given the device asked for (``auto``
+    resolved), or None where ``precision`` is not offered there. fp32 runs on every device: the device is returned
+    as asked, without asking torch (a built-in extractor's extraction or shard never loads it)."""
+    if precision == "fp32":
+        return device
+    where = select_device(device)
+    return where if runs_on(precision, where) else None
+
+
 def auto_precision(spec: EncoderSpec, device: str) -> str:
     """The spec's precision for ``device``; bf16 on a CPU without bf16 instructions is emulated, so fp32."""
     precision = spec.precision.for_device(device)
