@@ -147,8 +147,13 @@ def _start_launcher(address: Path, env: dict[str, str]) -> subprocess.Popen | No
         launcher = subprocess.Popen([sys.executable, "-m", "otolith_core.launcher", str(address)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     close_fds=True, start_new_session=True, env={**os.environ, **threads})
-        Path(str(address) + ".pid").write_text(f"{launcher.pid} {_started_at(launcher.pid)}")
+        _pid_mark(address).write_text(f"{launcher.pid} {_started_at(launcher.pid)}")
     return launcher
+
+
+def _pid_mark(address: Path) -> Path:
+    """Beside the socket: ``"<pid> <start time>"`` of the launcher last started for ``address``."""
+    return Path(str(address) + ".pid")
 
 
 def _importing(address: Path) -> bool:
@@ -158,7 +163,7 @@ def _importing(address: Path) -> bool:
     (Its command line cannot tell: for a moment after ``Popen`` returns, while the kernel still sets up the new
     program, it reads empty, and a second launcher was started then.)"""
     try:
-        pid, started = Path(str(address) + ".pid").read_text().split()
+        pid, started = _pid_mark(address).read_text().split()
     except (OSError, ValueError):
         return False
     return _started_at(int(pid)) == started
@@ -223,7 +228,7 @@ def serve(address: Path) -> None:
                 address.unlink()
         except OSError:
             pass
-        mark = Path(str(address) + ".pid")
+        mark = _pid_mark(address)
         try:
             if mark.read_text().split()[0] == str(os.getpid()):
                 mark.unlink()

@@ -192,7 +192,7 @@ class _MultinomialL2:
         iterations = 0
         while active.any() and iterations < MAX_ITERATIONS:
             idx = np.flatnonzero(active)
-            rows = slice(None) if idx.size == P else idx  # every problem still active: views, not copies of the ring
+            rows = self._rows(idx)  # every problem still active: views, not copies of the ring
             order = [(newest - m) % HISTORY for m in range(min(iterations, HISTORY))]  # newest first
             direction = -_two_loop(g[rows], ring_s[:, rows], ring_y[:, rows], rho[:, rows], gamma[rows], order)
             slope = _dot(g[rows], direction)
