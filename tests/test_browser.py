@@ -16,6 +16,7 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -44,26 +45,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, demo_manifest, demo_cache):
-    """The dashboard on a free port, its cache holding the session's small demo (149 images) where the first start
-    writes its 400-image demo (tests/test_dashboard.py checks that writing), and the demo's embeddings but for the
-    last MISSING images' morphometrics and all of pixels-32: the walk's extraction jobs are real, and short."""
-    copy_cache_lacking(demo_cache, demo_manifest, tmp_path / "cache", {"otolith-morphometrics": MISSING,
-                                                                      "pixels-32": None})
-    shutil.copytree(demo_manifest.parent, tmp_path / "cache" / "demo_data")
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory, demo_manifest, demo_cache):
+    """The dashboard on a free port, for this file's tests (each opens its own browser tab: a session of its own), its
+    cache holding the session's small demo (149 images) where the first start writes its 400-image demo
+    (tests/test_dashboard.py checks that writing), and the demo's embeddings but for the last MISSING images'
+    morphometrics and all of pixels-32: the walk's extraction jobs are real, and short. Its folder holds the cache
+    and the server's output."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    copy_cache_lacking(demo_cache, demo_manifest, folder / "cache", {"otolith-morphometrics": MISSING,
+                                                                    "pixels-32": None})
+    shutil.copytree(demo_manifest.parent, folder / "cache" / "demo_data")
     port = _free_port()
-    env = dict(os.environ, OTOLITH_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, OTOLITH_CACHE_DIR=str(folder / "cache"))
     env.pop("OTOLITH_DATA", None)
     # the server's output goes to a file: a pipe nobody reads fills up (64 KiB of warnings over a long walk) and
     # then blocks the server mid-write, which froze the walk's page on CI
-    log = (tmp_path / "server.log").open("w")
+    log = (folder / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    (tmp_path / "server.pid").write_text(str(process.pid))
+    (folder / "server.pid").write_text(str(process.pid))
     try:
         deadline = time.time() + 60
         while True:
@@ -74,69 +78,82 @@ def server(tmp_path, demo_manifest, demo_cache):
                 if time.time() > deadline or process.poll() is not None:
                     raise RuntimeError("streamlit did not start")
                 time.sleep(0.5)
-        yield url
+        yield Dashboard(url, folder)
     finally:
         process.terminate()
         process.wait(timeout=20)
         log.close()
 
 
-@pytest.mark.slow
-def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(server, tmp_path, tiny_timm_dir,
-                                                                             demo_manifest):
-    """The issue's walk-through: Run starts extraction jobs; change the seed, open another page, reload the tab;
-    the settings are restored from the URL, the jobs keep going and finish, and every page then opens."""
+class Dashboard(NamedTuple):
+    url: str
+    folder: Path  # holds cache/ and server.log
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for this file's tests; each test opens its own pages."""
     from playwright.sync_api import sync_playwright
 
-    n = len(demo_manifest.read_text().splitlines()) - 1
-    shots = Path(os.environ["OTOLITH_SCREENSHOTS"]) if os.environ.get("OTOLITH_SCREENSHOTS") else None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        try:
-            page.goto(server, timeout=120_000)
-            page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)
-            page.wait_for_timeout(1500)  # let the first script run finish before pressing Run
-            _press_run(page)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            sidebar.get_by_role("heading", name="Jobs").wait_for(timeout=120_000)
-            _open(page, "Results", page.get_by_text("Waiting for extraction").first, timeout=120_000)
-            _picture(page, shots, "waiting.png")
-
-            seed = page.get_by_label("Seed", exact=True)  # touch a widget while the jobs run
-            seed.fill("3")
-            seed.press("Enter")
-            _open(page, "Embeddings")
-            page.wait_for_function("() => new URLSearchParams(location.search).get('seed') === '3'", timeout=60_000)
-            page.reload()
-            page.get_by_label("Seed", exact=True).wait_for(timeout=120_000)
-            assert page.get_by_label("Seed", exact=True).input_value() == "3"  # restored from the URL after the reload
-            assert "encoders=otolith-morphometrics" in page.url and "encoders=pixels-32" in page.url
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            # the jobs are listed after the reload (running, or finished already on a fast machine)
-            sidebar.get_by_text(re.compile(f"/{n} images|finished: {n} images")).first.wait_for(timeout=60_000)
-            for extracted in (MISSING, n):  # both end: the morphometrics the cache lacked, every image's pixels
-                sidebar.get_by_text(f"finished: {n} images ({extracted} extracted now").first.wait_for(timeout=600_000)
-            assert page.locator('[data-testid="stException"]').count() == 0
-
-            page.wait_for_timeout(3000)  # the status area reruns the page when the jobs end; let that run finish
-            _press_run(page)  # the seed changed: run these settings
-            for name in PAGES:
-                _open(page, name)
-                if name == "Results":
-                    page.get_by_role("button", name="predictions.csv").first.wait_for(timeout=300_000)
-                    assert page.get_by_text("seed 3").count() > 0
-                if name == "Errors":
-                    page.get_by_text("Where two models disagree").first.wait_for(timeout=300_000)
-                _settle(page)
-                assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
-                _picture(page, shots, f"{name.lower()}.png")
-            _review_and_read_again(page, server, tmp_path / "cache", shots, tiny_timm_dir)
-        except BaseException as exc:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
-            _explain(exc, page, tmp_path / "server.log")
-            raise
+        yield browser
         browser.close()
+
+
+@pytest.mark.slow
+def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(dashboard, browser, tmp_path,
+                                                                             tiny_timm_dir, demo_manifest):
+    """The issue's walk-through: Run starts extraction jobs; change the seed, open another page, reload the tab;
+    the settings are restored from the URL, the jobs keep going and finish, and every page then opens."""
+    n = len(demo_manifest.read_text().splitlines()) - 1
+    shots = Path(os.environ["OTOLITH_SCREENSHOTS"]) if os.environ.get("OTOLITH_SCREENSHOTS") else None
+    server = dashboard.url
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    try:
+        page.goto(server, timeout=120_000)
+        page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)
+        page.wait_for_timeout(1500)  # let the first script run finish before pressing Run
+        _press_run(page)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_role("heading", name="Jobs").wait_for(timeout=120_000)
+        _open(page, "Results", page.get_by_text("Waiting for extraction").first, timeout=120_000)
+        _picture(page, shots, "waiting.png")
+
+        seed = page.get_by_label("Seed", exact=True)  # touch a widget while the jobs run
+        seed.fill("3")
+        seed.press("Enter")
+        _open(page, "Embeddings")
+        page.wait_for_function("() => new URLSearchParams(location.search).get('seed') === '3'", timeout=60_000)
+        page.reload()
+        page.get_by_label("Seed", exact=True).wait_for(timeout=120_000)
+        assert page.get_by_label("Seed", exact=True).input_value() == "3"  # restored from the URL after the reload
+        assert "encoders=otolith-morphometrics" in page.url and "encoders=pixels-32" in page.url
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        # the jobs are listed after the reload (running, or finished already on a fast machine)
+        sidebar.get_by_text(re.compile(f"/{n} images|finished: {n} images")).first.wait_for(timeout=60_000)
+        for extracted in (MISSING, n):  # both end: the morphometrics the cache lacked, every image's pixels
+            sidebar.get_by_text(f"finished: {n} images ({extracted} extracted now").first.wait_for(timeout=600_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+        page.wait_for_timeout(3000)  # the status area reruns the page when the jobs end; let that run finish
+        _press_run(page)  # the seed changed: run these settings
+        for name in PAGES:
+            _open(page, name)
+            if name == "Results":
+                page.get_by_role("button", name="predictions.csv").first.wait_for(timeout=300_000)
+                assert page.get_by_text("seed 3").count() > 0
+            if name == "Errors":
+                page.get_by_text("Where two models disagree").first.wait_for(timeout=300_000)
+            _settle(page)
+            assert page.locator('[data-testid="stException"]').count() == 0, f"exception box on {name}"
+            _picture(page, shots, f"{name.lower()}.png")
+        _review_and_read_again(page, server, dashboard.folder / "cache", shots, tiny_timm_dir)
+    except BaseException as exc:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # kept in pytest's tmp folder
+        _explain(exc, page, dashboard.folder / "server.log")
+        raise
+    page.close()
 
 
 def _picture(page, shots: Path | None, name: str) -> None:
@@ -347,35 +364,31 @@ def _click_on_the_map(page) -> None:
 
 
 @pytest.mark.slow
-def test_settings_keep_their_values_when_one_switches_to_ones_own_data(server, tmp_path):
+def test_settings_keep_their_values_when_one_switches_to_ones_own_data(dashboard, browser, tmp_path):
     """Choosing "Folder or CSV manifest" hides the settings until a path is typed; they come back as they were
     (the browser used to draw them at their defaults: Ridge alpha 0, no heads, while the run used the old ones)."""
-    from playwright.sync_api import sync_playwright
-
     from conftest import write_tray_export
 
     export = write_tray_export(tmp_path, boxes_per_tray=3)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        try:
-            page.goto(server, timeout=120_000)
-            page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)
-            page.wait_for_timeout(1500)
-            assert page.get_by_label("Ridge α").input_value() == "6.00"
-            page.get_by_text("Folder or CSV manifest").first.click()
-            page.get_by_label("Folder or manifest path").wait_for(timeout=60_000)
-            page.wait_for_timeout(1500)
-            path = page.get_by_label("Folder or manifest path")
-            path.fill(str(export))
-            path.press("Enter")
-            page.get_by_label("Ridge α").wait_for(timeout=60_000)
-            page.wait_for_timeout(2000)
-            assert page.get_by_label("Ridge α").input_value() == "6.00"
-            assert page.get_by_label("SVC C").input_value() != "0.0001"
-            assert page.get_by_role("button", name="Run comparison").is_enabled()  # heads and encoders kept
-        except BaseException:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    try:
+        page.goto(dashboard.url, timeout=120_000)
+        page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)
+        page.wait_for_timeout(1500)
+        assert page.get_by_label("Ridge α").input_value() == "6.00"
+        page.get_by_text("Folder or CSV manifest").first.click()
+        page.get_by_label("Folder or manifest path").wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        path = page.get_by_label("Folder or manifest path")
+        path.fill(str(export))
+        path.press("Enter")
+        page.get_by_label("Ridge α").wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        assert page.get_by_label("Ridge α").input_value() == "6.00"
+        assert page.get_by_label("SVC C").input_value() != "0.0001"
+        assert page.get_by_role("button", name="Run comparison").is_enabled()  # heads and encoders kept
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
