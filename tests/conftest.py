@@ -81,6 +81,16 @@ def demo_manifest(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flipped_demo_manifest(tmp_path_factory) -> Path:
+    """The same demo written again with five fish's reader ages moved 3+ years (``flip=5``): the same seed, so the
+    same images (test_demo checks them byte for byte against ``demo_manifest``'s; test_review ranks the moved ones)."""
+    from otolith_core.demo import write_demo_dataset
+
+    return _once_per_run(tmp_path_factory, "demo-flipped",
+                         lambda folder: write_demo_dataset(folder, n_images=120, seed=3, flip=5))
+
+
+@pytest.fixture(scope="session")
 def demo_cache(demo_manifest, tmp_path_factory) -> Path:
     """A cache holding both built-in extractors' embeddings of the demo; copy it, never write into it."""
     from otolith_core.data import load_dataset

@@ -183,12 +183,10 @@ def test_no_probabilistic_head_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_on_the_demo_with_flipped_ages_the_flipped_images_come_first(demo_manifest, demo_cache, tmp_path):
+def test_on_the_demo_with_flipped_ages_the_flipped_images_come_first(flipped_demo_manifest, demo_cache):
     """The issue's check: the demo (same images as the shared fixture) with a few reader ages moved 3+ years,
     the built-in morphometrics with the logistic head: precision at the number flipped >= 0.8."""
-    from otolith_core.demo import write_demo_dataset
-
-    manifest = write_demo_dataset(tmp_path / "flipped", n_images=120, seed=3, flip=5)
+    manifest = flipped_demo_manifest
     rows = pd.read_csv(manifest)
     wrong = set(rows.path[rows.flipped.notna()])
     assert len(wrong) >= 5 and (rows.age != rows.true_age)[rows.flipped.notna()].all()
