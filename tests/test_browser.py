@@ -45,6 +45,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Dashboard(NamedTuple):
+    url: str
+    folder: Path  # holds cache/ and server.log
+
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory, demo_manifest, demo_cache):
     """The dashboard on a free port, for this file's tests (each opens its own browser tab: a session of its own), its
@@ -83,11 +88,6 @@ def dashboard(tmp_path_factory, demo_manifest, demo_cache):
         process.terminate()
         process.wait(timeout=20)
         log.close()
-
-
-class Dashboard(NamedTuple):
-    url: str
-    folder: Path  # holds cache/ and server.log
 
 
 @pytest.fixture(scope="module")
