@@ -97,7 +97,30 @@ def segment_otolith(grey: np.ndarray) -> np.ndarray:
     if separation < MIN_SEPARATION:
         raise ValueError(f"no otolith found: nothing stands out from the background "
                          f"(separation {separation:.1f} < {MIN_SEPARATION} standard deviations of the cloth)")
-    return ndimage.binary_fill_holes(mask)
+    return _fill_holes(mask)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask)``, computed on the mask's bounding box and the ring of background around it.
+
+    The same mask: a hole is background that no path of background joins to the frame's edge, and a path out of the
+    box crosses that ring, which is background and wraps the box (where the box meets the frame, the frame's edge
+    is outside as before). The otolith fills a small part of the frame, so this is a fraction of the work.
+    """
+    from scipy import ndimage
+
+    if not mask.any():
+        return mask.copy()
+    box = _bounding_box(mask)
+    filled = np.zeros_like(mask)
+    filled[box] = ndimage.binary_fill_holes(np.pad(mask[box], 1))[1:-1, 1:-1]
+    return filled
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """The rows and the columns that hold the True pixels of ``mask`` (at least one)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def _segment_bright(signed: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, float]:
@@ -254,22 +277,26 @@ def find_ray_start(mask: np.ndarray) -> tuple[float, float]:
 
     if mask.ndim != 2 or not mask.any():
         raise ValueError(f"mask must be a 2-D array with at least one True pixel, got shape {mask.shape}")
-    # Padding with background makes the frame's edge count as outline for an otolith it cuts.
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    # The distance of each pixel to the nearest background pixel, on the mask's bounding box padded with one ring of
+    # background: the same distances as over the whole frame (the nearest background pixel of a pixel in the box is
+    # never beyond that ring: moved onto the ring, a pixel further out only comes closer), and padding with
+    # background makes the frame's edge count as outline for an otolith it cuts.
+    box = _bounding_box(mask)
+    depth = ndimage.distance_transform_edt(np.pad(mask[box], 1))[1:-1, 1:-1]
     deep = depth >= 0.5 * depth.max()
     cy, cx = np.argwhere(mask).mean(axis=0)
-    if deep[round(cy), round(cx)]:
+    top, left = box[0].start, box[1].start
+    if deep[round(cy) - top, round(cx) - left]:  # the centroid lies in the box
         return float(cy), float(cx)
     rows, cols = np.nonzero(deep)
+    rows, cols = rows + top, cols + left
     nearest = np.argmin((rows - cy) ** 2 + (cols - cx) ** 2)
     return float(rows[nearest]), float(cols[nearest])
 
 
 def _shape_features(region, mask: np.ndarray, scale: float) -> np.ndarray:
-    from skimage import measure
-
     area = region.area * scale**2
-    perimeter = max(measure.perimeter(mask), 1.0) * scale
+    perimeter = max(_perimeter(mask), 1.0) * scale
     length, width = _feret_length_width(region.coords)
     length, width = length * scale, width * scale
     # Sizes enter as logarithms so every feature has a comparable, unit-free spread: a head that
@@ -287,6 +314,14 @@ def _shape_features(region, mask: np.ndarray, scale: float) -> np.ndarray:
         np.log(region.axis_major_length * scale),
         np.log(region.axis_minor_length * scale + 1.0),
     ])
+
+
+def _perimeter(mask: np.ndarray) -> float:
+    """``skimage.measure.perimeter(mask)``, measured on the mask's bounding box with a ring of background: the same
+    number (the outline lies in the box, and the ring stands for the background around it)."""
+    from skimage import measure
+
+    return float(measure.perimeter(np.pad(mask[_bounding_box(mask)], 1)))
 
 
 def _feret_length_width(coords: np.ndarray) -> tuple[float, float]:
@@ -310,7 +345,9 @@ def _efd_features(mask: np.ndarray) -> np.ndarray:
     import pyefd
     from skimage import measure
 
-    contours = measure.find_contours(np.pad(mask, 1).astype(float), 0.5)
+    # Traced on the mask's bounding box with a ring of background: the same outline, shifted, and the descriptors
+    # read only its steps.
+    contours = measure.find_contours(np.pad(mask[_bounding_box(mask)], 1).astype(float), 0.5)
     contour = max(contours, key=len)
     coeffs = pyefd.elliptic_fourier_descriptors(contour, order=EFD_ORDER, normalize=True)
     return coeffs.ravel()[3:]  # the first three are fixed at 1, 0, 0 by normalisation

@@ -290,3 +290,40 @@ def test_cloth_in_uneven_light_with_no_otolith_is_named(light):
     photo = light_photo(photo, drawn, **light["light"])
     with pytest.raises(ValueError, match="^no otolith found: nothing stands out from the background"):
         morphometrics.otolith_morphometrics(photo)
+
+
+def test_measures_taken_on_the_masks_bounding_box_equal_those_over_the_whole_frame():
+    """Filled holes, the ray start, the perimeter and the outline are measured on the mask's bounding box with a
+    ring of background (a quarter less time a photo); on masks of every kind, touching the frame or not, with holes
+    or in pieces, they equal the whole frame's, to the last bit."""
+    import pyefd
+    from scipy import ndimage
+    from skimage import measure
+
+    def ray_start_over_the_frame(mask):  # find_ray_start as it was, on the whole frame
+        depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        deep = depth >= 0.5 * depth.max()
+        cy, cx = np.argwhere(mask).mean(axis=0)
+        if deep[round(cy), round(cx)]:
+            return float(cy), float(cx)
+        rows, cols = np.nonzero(deep)
+        nearest = np.argmin((rows - cy) ** 2 + (cols - cx) ** 2)
+        return float(rows[nearest]), float(cols[nearest])
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        height, width = rng.integers(3, 48, 2)
+        mask = rng.random((height, width)) < rng.uniform(0.05, 0.95)
+        if trial % 2:  # blobs with holes, rather than salt
+            mask = ndimage.binary_opening(mask)
+        if trial % 5 == 0:  # away from the frame's edges
+            mask = np.pad(mask, int(rng.integers(1, 6)))
+        if not mask.any():
+            continue
+        assert np.array_equal(morphometrics._fill_holes(mask), ndimage.binary_fill_holes(mask)), trial
+        assert morphometrics.find_ray_start(mask) == ray_start_over_the_frame(mask), trial
+        assert morphometrics._perimeter(mask) == measure.perimeter(mask), trial
+        outline = max(measure.find_contours(np.pad(mask, 1).astype(float), 0.5), key=len)
+        with np.errstate(all="ignore"):  # a mask of one or two pixels has a degenerate outline: NaN either way
+            expected = pyefd.elliptic_fourier_descriptors(outline, order=morphometrics.EFD_ORDER, normalize=True)
+            np.testing.assert_array_equal(morphometrics._efd_features(mask), expected.ravel()[3:], err_msg=str(trial))
