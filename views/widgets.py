@@ -29,8 +29,11 @@ def settings_and_data() -> tuple[Settings, Dataset]:
 def chart(container, key: tuple, make) -> None:
     """Draw the Altair chart ``make()`` builds, built and turned into its Vega-Lite spec once per ``key`` (a stored
     comparison's key, then the chart's name and parameters: ``cached.derived``): building a layered Altair chart
-    costs a few hundred milliseconds, so a rerun that changes nothing it shows must not build it again."""
-    container.vega_lite_chart(spec=cached.derived(key, lambda: make().to_dict()), width="stretch")
+    costs a few hundred milliseconds, so a rerun that changes nothing it shows must not build it again.
+
+    The spec is not checked against Vega-Lite's schema here (two thirds of a confusion matrix's 45 ms):
+    tests/test_charts.py checks every builder's spec."""
+    container.vega_lite_chart(spec=cached.derived(key, lambda: make().to_dict(validate=False)), width="stretch")
 
 
 def show_note(note: Note, container=st) -> None:
