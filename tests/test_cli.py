@@ -402,6 +402,7 @@ def test_a_crash_while_writing_results_leaves_no_half_written_file(tmp_path, mon
     assert (out / "summary.csv").read_text() == "from an earlier run\n"
 
 
+@pytest.mark.slow
 def test_png_chart_only_when_asked(tmp_path, capsys):
     ages = np.repeat(np.arange(1, 4), 10)
     features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)

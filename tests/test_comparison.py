@@ -262,8 +262,8 @@ def test_no_skill_baseline_equals_dummy_classifier_fold_by_fold_and_is_in_no_tes
     assert all(r.encoder != "no-skill" for r in result.results)  # the Errors page and tests see models only
 
 
-@pytest.mark.parametrize("name,grouped", [("logistic", False), ("knn", False), ("knn", True)],
-                         ids=["logistic", "knn", "knn-fish"])
+@pytest.mark.parametrize("name,grouped", [pytest.param("logistic", False, marks=pytest.mark.slow), ("knn", False),
+                                          ("knn", True)], ids=["logistic", "knn", "knn-fish"])
 def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_cv(name, grouped):
     """Each outer training fold chooses C (logistic) or k (knn) by its own stratified 5-fold inner CV (grouped by
     fish when the outer folds are); the predictions and the chosen values equal a plain scikit-learn loop doing
@@ -640,6 +640,7 @@ def test_fish_level_scores_are_refused_with_the_reason():
     assert "not grouped by fish" in split.fish_scores_refused.message and split.per_fish_frame().empty
 
 
+@pytest.mark.slow
 def test_the_fast_stratified_group_kfold_gives_scikit_learns_folds():
     """The same test folds as scikit-learn's StratifiedGroupKFold, shuffled or not, on fish of 1 to 4 photos with
     ages skewed as in a survey (many young, few old), for every fold count the tool uses."""

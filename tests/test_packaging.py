@@ -6,9 +6,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_holds_every_module_and_the_encoder_registry(tmp_path):
     # built from a copy of the sources: setuptools' build/ folder would otherwise be left in the checkout, and
     # files it kept from an earlier build could hide a missing one

@@ -212,6 +212,7 @@ def test_csv_bytes_round_trip_to_the_same_table(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(io.BytesIO(raw)), frame)
 
 
+@pytest.mark.slow
 def test_a_results_folder_holds_one_run_and_keeps_the_users_own_files(tmp_path):
     """An svc run into the folder of a ridge run with a learning curve and a PNG leaves none of their files behind
     (a stale learning_curve.csv would read as the svc's); a file of the user's stays."""

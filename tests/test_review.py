@@ -62,6 +62,7 @@ def test_with_two_models_the_score_is_the_mean_and_agreement_is_counted():
     assert table.models_agree.tolist() == agree.tolist()
 
 
+@pytest.mark.slow
 def test_with_repeats_every_repeats_probabilities_count():
     """R x k-fold gives each image R out-of-fold probability vectors (other splits, other training sets): the
     ranking uses their mean, so its score is 1 - the mean p(reader's age), and the model's age is the age of

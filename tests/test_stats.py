@@ -89,6 +89,7 @@ def test_evans_hoenig_pools_the_off_diagonals_by_distance_by_hand():
         evans_hoenig_symmetry([1, 2], [1, 2, 3])
 
 
+@pytest.mark.slow
 def test_holm_matches_statsmodels_and_keeps_nan():
     from statsmodels.stats.multitest import multipletests
 
