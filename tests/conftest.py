@@ -80,6 +80,17 @@ def demo_manifest(tmp_path_factory) -> Path:
     return _once_per_run(tmp_path_factory, "demo", lambda folder: write_demo_dataset(folder, n_images=120, seed=3))
 
 
+@pytest.fixture
+def demo_drawn_blank(monkeypatch):
+    """The demo writer draws every photo blank (drawing 149 otoliths takes 7-10 s), for tests of what writes the
+    demo rather than of its drawing: test_demo checks the drawing, with the real renderer."""
+    import numpy as np
+
+    from otolith_core import demo
+
+    monkeypatch.setattr(demo, "render_otolith", lambda fish, rng: np.zeros((demo.HEIGHT, demo.WIDTH, 3), np.uint8))
+
+
 @pytest.fixture(scope="session")
 def flipped_demo_manifest(tmp_path_factory) -> Path:
     """The same demo written again with five fish's reader ages moved 3+ years (``flip=5``): the same seed, so the

@@ -317,12 +317,9 @@ def test_models_lists_the_registry(capsys, offline_hub):
 
 
 @pytest.mark.slow
-def test_demo_command_writes_the_manifest(tmp_path, capsys, monkeypatch):
-    """The command only; the demo set itself, its drawing included, is tested in test_demo.py. Here each photo is
-    drawn blank (drawing 149 otoliths took 10 s), and written as the command writes it."""
-    from otolith_core import demo
-
-    monkeypatch.setattr(demo, "render_otolith", lambda fish, rng: np.zeros((demo.HEIGHT, demo.WIDTH, 3), np.uint8))
+def test_demo_command_writes_the_manifest(tmp_path, capsys, demo_drawn_blank):
+    """The command only; the demo set itself, its drawing included, is tested in test_demo.py (here each photo is
+    drawn blank, and written as the command writes it)."""
     assert main(["demo", "--out", str(tmp_path / "demo"), "--n", "120", "--seed", "1"]) == 0
     manifest = tmp_path / "demo" / "manifest.csv"
     assert str(manifest) in capsys.readouterr().out

@@ -258,17 +258,14 @@ def test_a_mistyped_path_is_explained(app):
 
 
 @pytest.mark.slow
-def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch):
+def test_first_start_writes_the_labelled_synthetic_demo(tmp_path, monkeypatch, demo_drawn_blank):
     from functools import partial
-
-    import numpy as np
 
     from otolith_core import demo
 
     # the demo itself, its size and its drawing, is test_demo's; here what counts is that the first start writes it:
-    # 120 images, not 400, each drawn blank (drawing them took 7 s)
+    # 120 images, not 400, each drawn blank
     monkeypatch.setattr(demo, "write_demo_dataset", partial(demo.write_demo_dataset, n_images=120))
-    monkeypatch.setattr(demo, "render_otolith", lambda fish, rng: np.zeros((demo.HEIGHT, demo.WIDTH, 3), np.uint8))
     monkeypatch.setenv("OTOLITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("OTOLITH_DATA", raising=False)
     at = _session().run()
