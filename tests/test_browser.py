@@ -103,6 +103,21 @@ def browser():
         browser.close()
 
 
+# Streamlit's spinners, running-man icon and transitions, stopped: a still page (as in Playwright's own screenshots).
+# Headless Chromium otherwise draws them in software frame after frame while jobs run (over the walk: 89 CPU-s of
+# Chromium with them, 77 without, one run each), and they change nothing a test reads.
+STILL = ("document.addEventListener('DOMContentLoaded', () => { const style = document.createElement('style'); "
+         "style.textContent = '*, *::before, *::after { animation: none !important; transition: none !important; }'; "
+         "document.head.appendChild(style); });")
+
+
+def _tab(browser):
+    """A new tab (a session of its own) in a desktop-sized window, its page kept still (``STILL``)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.add_init_script(STILL)
+    return page
+
+
 @pytest.mark.slow
 def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(dashboard, browser, tmp_path,
                                                                              tiny_timm_dir, demo_manifest):
@@ -111,7 +126,7 @@ def test_extraction_goes_on_through_widget_changes_page_switches_and_a_reload(da
     n = len(demo_manifest.read_text().splitlines()) - 1
     shots = Path(os.environ["OTOLITH_SCREENSHOTS"]) if os.environ.get("OTOLITH_SCREENSHOTS") else None
     server = dashboard.url
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page = _tab(browser)
     try:
         page.goto(server, timeout=120_000)
         page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)
@@ -232,7 +247,7 @@ def _press_run(page) -> None:
 
 def _review_and_read_again(page, server: str, cache: Path, shots: Path | None, vit: Path) -> None:
     """The Review page from a shared link asking for the logistic head on a built-in and a tiny random-weight
-    timm ViT typed as "Other model" (5 folds, to keep it short): Run extracts the ViT, then starts the comparison
+    timm ViT typed as "Other model" (3 folds, to keep it short): Run extracts the ViT, then starts the comparison
     job; a reload and a page change while it runs join it (no second job); the ranking shows, Read again opens the
     blind view, a typed reading is saved to second_readings.csv, the map and the picked image's neighbours are
     drawn, and the ViT's heat map is laid over the photo."""
@@ -241,7 +256,7 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path | None, v
     params = [(k, v) for k, v in parse_qsl(urlsplit(page.url).query, keep_blank_values=True)
               if k not in ("heads", "encoders", "folds", "run", "extra_model")]
     params += [("encoders", "otolith-morphometrics"), ("extra_model", f"local-dir:{vit}"), ("heads", "logistic"),
-               ("folds", "5")]
+               ("folds", "3")]
     page.goto(f"{server}/review?{urlencode(params)}", timeout=120_000)
     page.get_by_role("button", name="Run comparison").wait_for(timeout=120_000)
     page.wait_for_timeout(1500)
@@ -281,8 +296,7 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path | None, v
     saved = list(cache.glob("readings/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading
     _box_on_the_map(page)
-    _a_second_reader_in_another_tab(page.context.browser.new_page(viewport={"width": 1500, "height": 1100}), page.url,
-                                    cache)
+    _a_second_reader_in_another_tab(_tab(page.context.browser), page.url, cache)
 
 
 def _box_on_the_map(page) -> None:
@@ -372,7 +386,7 @@ def test_settings_keep_their_values_when_one_switches_to_ones_own_data(dashboard
     from conftest import write_tray_export
 
     export = write_tray_export(tmp_path, boxes_per_tray=3)
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page = _tab(browser)
     try:
         page.goto(dashboard.url, timeout=120_000)
         page.get_by_role("button", name="Run comparison").wait_for(timeout=300_000)

@@ -535,7 +535,7 @@ def test_review_ranks_doubtful_ages_and_saves_a_blind_second_reading(app):
 
     app.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
     app.sidebar.multiselect(key="heads").set_value(["ridge"])
-    app.sidebar.number_input(key="folds").set_value(5)  # the logistic head's inner CV is the slow part
+    app.sidebar.number_input(key="folds").set_value(3)  # the logistic head's inner CV is the slow part
     app.run()
     app.switch_page("views/review.py").run()
     assert not app.exception
@@ -740,13 +740,13 @@ def _run_ridge_on_pixels(app: AppTest, *, folds: int) -> None:
 
 
 def _logistic_review(manifest, demo_cache, tmp_path, monkeypatch) -> AppTest:
-    """The Review page after a Run of the logistic head (5 folds: its inner CV is the slow part) on one built-in
+    """The Review page after a Run of the logistic head (3 folds: its inner CV is the slow part) on one built-in
     encoder, for ``manifest``, with the demo's embeddings cached."""
     shutil.copytree(demo_cache, tmp_path / "cache")
     at = _started(manifest, tmp_path, monkeypatch)
     at.sidebar.multiselect(key="encoders").set_value([ENCODERS[0]])
     at.sidebar.multiselect(key="heads").set_value(["logistic"])
-    at.sidebar.number_input(key="folds").set_value(5)
+    at.sidebar.number_input(key="folds").set_value(3)
     at.run()
     at.switch_page("views/review.py").run()
     at.sidebar.button(key="run").click().run()
