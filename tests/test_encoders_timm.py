@@ -176,3 +176,25 @@ def test_a_pinned_revision_of_a_timm_hub_repo_loads_that_snapshot(tiny_timm_dir,
     assert latest.weights_revision == NEWER_COMMIT
     np.testing.assert_allclose(latest.embed(images), _timm_reference(newer, images)[0], rtol=1e-5, atol=1e-5)
     assert network_calls == []
+
+
+def test_the_garbage_collector_is_paused_while_a_model_loads_and_left_as_it_was(tiny_timm_dir, monkeypatch):
+    """torch, timm and open_clip load (and the model is built) with Python's cyclic collector off: the full
+    collections their 700,000 objects set off cost a job's start a second or more. After, the collector is as it
+    was before: on for a job, off where a caller had turned it off."""
+    import gc
+
+    from otolith_core.encoders import timm_models
+
+    build, seen = timm_models.build_model, []
+    monkeypatch.setattr(timm_models, "build_model", lambda *a, **k: (seen.append(gc.isenabled()), build(*a, **k))[1])
+    spec = resolve_encoder(f"local-dir:{tiny_timm_dir}")
+    assert gc.isenabled()
+    load_encoder(spec, device="cpu")
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        load_encoder(spec, device="cpu")
+        assert seen == [False, False] and not gc.isenabled()  # not turned on behind its caller's back
+    finally:
+        gc.enable()
