@@ -434,10 +434,10 @@ def test_a_comparison_job_is_cancelled_from_results_and_only_a_run_press_starts_
     cache = os.environ["OTOLITH_CACHE_DIR"]
     app.sidebar.multiselect(key="encoders").set_value(["otolith-morphometrics"])
     app.sidebar.multiselect(key="heads").set_value(["logistic"])
-    app.sidebar.number_input(key="folds").set_value(5)
+    app.sidebar.number_input(key="folds").set_value(3)
     app.run()
     app.switch_page("views/results.py").run()
-    # The Cancel below must land while the job runs. Forked from the warm launcher, the whole job (5 folds of the
+    # The Cancel below must land while the job runs. Forked from the warm launcher, the whole job (3 folds of the
     # logistic head on 149 images) could end before the page's next run; a fresh process spends its first
     # seconds of CPU importing scikit-learn, so the Cancel lands while it starts, whatever the machine's load.
     with monkeypatch.context() as fresh:
