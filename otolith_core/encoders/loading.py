@@ -73,7 +73,8 @@ def _collector_paused():
 
     Loading torch, torchvision, timm and open_clip creates some 700,000 objects that live as long as the process.
     Python walks all the objects it holds at each full collection, and the growing heap sets off a dozen of them
-    while these modules load: 1.2 to 1.7 s of a shard's or job's start on a laptop core, for no garbage."""
+    while these modules load: 1.2 to 1.7 s of CPU at the start of every shard or job (a 2-core cloud machine), for
+    no garbage."""
     with _PAUSE:
         if _PAUSED[0] == 0:
             _PAUSED[1] = gc.isenabled()
