@@ -29,7 +29,8 @@ def pytest_configure(config):
     ends. Every full collection walks all of them: 15 while the modules load (about 4 s of CPU a worker), and five
     at the run's end (pytest's last look for unraisable exceptions, 3 s). Frozen (``gc.freeze``), they are left out
     of every later collection. The tests themselves run with the collector on, as always."""
-    if not (getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")):  # not the controller
+    xdist_controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+    if not xdist_controller:  # the controller collects nothing
         gc.disable()
 
 

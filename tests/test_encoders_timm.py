@@ -187,7 +187,12 @@ def test_the_garbage_collector_is_paused_while_a_model_loads_and_left_as_it_was(
     from otolith_core.encoders import timm_models
 
     build, seen = timm_models.build_model, []
-    monkeypatch.setattr(timm_models, "build_model", lambda *a, **k: (seen.append(gc.isenabled()), build(*a, **k))[1])
+
+    def build_noting_the_collector(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(timm_models, "build_model", build_noting_the_collector)
     spec = resolve_encoder(f"local-dir:{tiny_timm_dir}")
     assert gc.isenabled()
     load_encoder(spec, device="cpu")
