@@ -203,14 +203,16 @@ def test_a_missing_scheduler_library_says_what_to_install(demo_manifest, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_slurm_array_through_submitits_local_cluster_then_one_shard_by_hand(demo_manifest, tiny_timm_dir,
-                                                                              tmp_path, capsys):
+def test_a_slurm_array_through_submitits_local_cluster_then_one_shard_by_hand(demo_manifest, tmp_path, capsys):
     """The `--executor slurm` code path with submitit's local cluster (each array task a process here): submitted,
-    waited for, merged; the plan's shard run again by hand (`--shard I/N`) finds nothing left to do."""
+    waited for, merged; the plan's shard run again by hand (`--shard I/N`) finds nothing left to do.
+
+    The built-in pixels-32 keeps the array's processes to the executor's own work: a ViT would add torch's import
+    (9 CPU-s here) to each. A ViT's shards in processes of their own are
+    test_vit_shards_killed_and_rerun_merge_into_what_one_process_extracts's."""
     manifest = _manifest(demo_manifest, tmp_path, rows=30)
     (tmp_path / "cluster.toml").write_text('slurm_cluster = "local"\ntime_minutes = 10\ncpus_per_task = 1\n')
-    command = ["extract", "--data", str(manifest), "--model", _vit(tiny_timm_dir), "--cache-dir",
-               str(tmp_path / "cache")]
+    command = ["extract", "--data", str(manifest), "--model", "pixels-32", "--cache-dir", str(tmp_path / "cache")]
     assert main([*command, "--shards", "2", "--executor", "slurm", "--cluster-config",
                  str(tmp_path / "cluster.toml")]) == 0
     out = capsys.readouterr().out
@@ -219,26 +221,25 @@ def test_a_slurm_array_through_submitits_local_cluster_then_one_shard_by_hand(de
     assert "0 now" in capsys.readouterr().out
     assert main(["shards", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert capsys.readouterr().out.count(", done,") == 2
-    merged = extract_embeddings(load_dataset(manifest), resolve_encoder(_vit(tiny_timm_dir)),
-                                cache_dir=tmp_path / "cache")
+    merged = extract_embeddings(load_dataset(manifest), resolve_encoder("pixels-32"), cache_dir=tmp_path / "cache")
     assert merged.n_extracted == 0
-    _assert_same(merged, _one_process(manifest, _vit(tiny_timm_dir), tmp_path / "single"))
+    _assert_same(merged, _one_process(manifest, "pixels-32", tmp_path / "single"))
 
 
 @pytest.mark.slow
-def test_ray_tasks_on_a_local_ray_instance_merge_into_what_one_process_extracts(demo_manifest, tiny_timm_dir,
-                                                                               tmp_path):
+def test_ray_tasks_on_a_local_ray_instance_merge_into_what_one_process_extracts(demo_manifest, tmp_path):
+    """`--executor ray` on a local Ray instance, its tasks in Ray's worker processes; pixels-32, as in the SLURM test
+    above."""
     manifest = _manifest(demo_manifest, tmp_path, rows=12)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     run = subprocess.run([sys.executable, "-m", "otolith_core.cli", "extract", "--data", str(manifest), "--model",
-                          _vit(tiny_timm_dir), "--cache-dir", str(tmp_path / "cache"), "--shards", "2", "--executor",
-                          "ray"], capture_output=True, text=True, env=env, timeout=300)
+                          "pixels-32", "--cache-dir", str(tmp_path / "cache"), "--shards", "2", "--executor", "ray"],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ray job" in run.stdout and "merged 12 images" in run.stdout
-    merged = extract_embeddings(load_dataset(manifest), resolve_encoder(_vit(tiny_timm_dir)),
-                                cache_dir=tmp_path / "cache")
+    merged = extract_embeddings(load_dataset(manifest), resolve_encoder("pixels-32"), cache_dir=tmp_path / "cache")
     assert merged.n_extracted == 0
-    _assert_same(merged, _one_process(manifest, _vit(tiny_timm_dir), tmp_path / "single"))
+    _assert_same(merged, _one_process(manifest, "pixels-32", tmp_path / "single"))
 
 
 def test_a_cluster_without_the_weights_or_on_node_local_storage_gets_nothing_submitted(demo_manifest, tmp_path,
