@@ -159,6 +159,34 @@ def test_data_page_shows_counts_chart_thumbnails_and_warnings(app, demo_manifest
     assert len(app.get("vega_lite_chart")) == 1 and len(app.get("image")) >= 10
 
 
+def test_a_chart_is_drawn_from_arrow_made_once_as_streamlit_makes_it_from_the_rows():
+    """A page's chart (views.widgets.chart) keeps its datasets as Arrow bytes made once per key: the element the page
+    sends is the one ``st.vega_lite_chart`` makes of the chart's rows, which it would convert again at every rerun."""
+
+    def page():
+        import pandas as pd
+        import streamlit as st
+
+        from otolith_core.charts import age_histogram
+        from views import cached
+        from views.widgets import chart
+
+        ages = pd.Series([1, 2, 2, 3, 3, 3, 3], name="age")
+        chart(st, ("a test's histogram",), lambda: age_histogram(ages, n_folds=3))
+        st.vega_lite_chart(spec=age_histogram(ages, n_folds=3).to_dict(validate=False), width="stretch")
+        kept = cached.derived(("a test's histogram",), None)  # what later reruns are handed, made on the first
+        arrow = [isinstance(rows, bytes) for rows in kept["datasets"].values()]
+        st.markdown(str(len(arrow) == 2 and all(arrow)))
+
+    at = AppTest.from_function(page)
+    at.run()
+    assert not at.exception
+    ours, streamlits = (chart.proto for chart in at.get("vega_lite_chart"))
+    assert ours.spec == streamlits.spec and len(ours.datasets) == 2
+    assert [(d.name, d.data.data) for d in ours.datasets] == [(d.name, d.data.data) for d in streamlits.datasets]
+    assert at.markdown[-1].value == "True"
+
+
 def test_a_thumbnail_is_the_jpeg_st_image_would_make_of_its_pixels(demo_manifest):
     """The Data, Errors and Review pages hand ``st.image`` a thumbnail's JPEG, encoded once per file version (at
     every rerun it cost the Data page a quarter of its time): byte for byte what ``st.image`` itself makes of the

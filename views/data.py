@@ -9,7 +9,7 @@ import streamlit as st
 from otolith_core.charts import age_histogram
 from otolith_core.comparison import duplicate_warnings, skipped_frame
 from views import cached
-from views.widgets import settings_and_data, show_note, show_thumbnail
+from views.widgets import chart, settings_and_data, show_note, show_thumbnail
 
 st.title("Data")
 settings, dataset = settings_and_data()
@@ -113,7 +113,8 @@ if trays:
                 "ids" if by_id else "manifest rows (map an image id column to see ids)"), width="stretch")
 
 st.subheader("Images per age")
-st.altair_chart(age_histogram(ages, n_folds=settings.n_folds), width="stretch")
+chart(st, ("age histogram", tuple((int(age), int(n)) for age, n in counts.items()), settings.n_folds),
+      lambda: age_histogram(ages, n_folds=settings.n_folds))
 
 st.subheader("Examples per age")
 per_age = st.slider("Images shown per age", 1, 8, 4, key="thumbs_per_age")

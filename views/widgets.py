@@ -32,8 +32,23 @@ def chart(container, key: tuple, make) -> None:
     costs a few hundred milliseconds, so a rerun that changes nothing it shows must not build it again.
 
     The spec is not checked against Vega-Lite's schema here (two thirds of a confusion matrix's 45 ms):
-    tests/test_charts.py checks every builder's spec."""
-    container.vega_lite_chart(spec=cached.derived(key, lambda: make().to_dict(validate=False)), width="stretch")
+    tests/test_charts.py checks every builder's spec. Its datasets are kept as the Arrow bytes Streamlit sends:
+    left as rows, Streamlit turned them into a table and then into Arrow at every rerun (a sixth of the Results
+    page's rerun)."""
+    container.vega_lite_chart(spec=cached.derived(key, lambda: _arrow_datasets(make().to_dict(validate=False))),
+                              width="stretch")
+
+
+def _arrow_datasets(spec: dict) -> dict:
+    """``spec`` with each of its named datasets (rows) as the Arrow bytes ``st.vega_lite_chart`` makes of them."""
+    try:
+        from streamlit.dataframe_util import convert_anything_to_arrow_bytes
+    except ImportError:  # a Streamlit without it converts the rows itself, at each rerun, as before
+        return spec
+    if not spec.get("datasets"):
+        return spec
+    datasets = {name: convert_anything_to_arrow_bytes(rows) for name, rows in spec["datasets"].items()}
+    return {**spec, "datasets": datasets}
 
 
 def show_note(note: Note, container=st) -> None:
