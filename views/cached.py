@@ -257,7 +257,7 @@ def thumbnail(path: str, crop: tuple[int, int, int, int] | None, mtime_ns: int, 
     """A small JPEG of one image, decoded and encoded once per file version; None when it cannot be decoded.
 
     The bytes ``st.image`` makes of the same pixels (an RGB array: JPEG at quality 100), made here once instead of
-    at every rerun of every page that shows it: 40 thumbnails cost the Data page a third of its rerun."""
+    at every rerun of every page that shows it: 40 thumbnails cost the Data page about a quarter of its rerun."""
     image = _decode(path, crop, size)
     if image is None:
         return None

@@ -47,7 +47,8 @@ def _arrow_datasets(spec: dict) -> dict:
         return spec
     if not spec.get("datasets"):
         return spec
-    datasets = {name: convert_anything_to_arrow_bytes(rows) for name, rows in spec["datasets"].items()}
+    datasets = {name: convert_anything_to_arrow_bytes(rows) if isinstance(rows, list) else rows  # rows of a table
+                for name, rows in spec["datasets"].items()}
     return {**spec, "datasets": datasets}
 
 
