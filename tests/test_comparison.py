@@ -291,8 +291,9 @@ def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_c
         train, test = r.fold != k, r.fold == k
         if name == "logistic":
             # fitted to full precision: scikit-learn's default tolerance leaves a borderline image's age to chance
-            estimator, grid, column, key = (LogisticRegression(max_iter=100_000, tol=1e-10), {"C": list(LOGISTIC_CS)},
-                                            "C", "C")
+            # (tests/test_heads.py's _exhaustive_logistic: why newton-cg)
+            estimator, grid, column, key = (LogisticRegression(solver="newton-cg", max_iter=100_000, tol=1e-10),
+                                            {"C": list(LOGISTIC_CS)}, "C", "C")
         else:
             estimator, grid, column, key = (KNeighborsClassifier(metric="cosine", algorithm="brute"),
                                             {"n_neighbors": list(KNN_KS)}, "k", "n_neighbors")

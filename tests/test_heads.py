@@ -172,7 +172,10 @@ def _ages_and_features(n=150, dim=12, n_ages=5, seed=0, uneven=False):
 
 
 def _exhaustive_logistic(X, y, splits, balanced):
-    """scikit-learn's exhaustive grid, each fit to full precision (its default tolerance leaves near ties to chance)."""
+    """scikit-learn's exhaustive grid, each fit to full precision (its default tolerance leaves near ties to chance).
+
+    By Newton steps (``newton-cg``): at ``tol=1e-10`` they reach the optimum's probabilities to about 1e-11 (as
+    ``newton-cholesky`` does), where L-BFGS stopped about 5e-7 short of it, and in a third to a half of its time."""
     import warnings
 
     from sklearn.linear_model import LogisticRegression
@@ -182,7 +185,8 @@ def _exhaustive_logistic(X, y, splits, balanced):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return GridSearchCV(LogisticRegression(max_iter=100_000, tol=1e-10, class_weight="balanced" if balanced else None),
+        return GridSearchCV(LogisticRegression(solver="newton-cg", max_iter=100_000, tol=1e-10,
+                                               class_weight="balanced" if balanced else None),
                             {"C": list(LOGISTIC_CS)}, cv=splits,
                             scoring="balanced_accuracy" if balanced else "accuracy").fit(X, y)
 
