@@ -112,13 +112,25 @@ def demo_drawn_blank(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def flipped_demo_manifest(tmp_path_factory) -> Path:
-    """The same demo written again with five fish's reader ages moved 3+ years (``flip=5``): the same seed, so the
-    same images (test_demo checks them byte for byte against ``demo_manifest``'s; test_review ranks the moved ones)."""
-    from otolith_core.demo import write_demo_dataset
+def flipped_demo_manifest(tmp_path_factory, demo_manifest) -> Path:
+    """The same demo written again with five fish's reader ages moved 3+ years (``flip=5``; test_review ranks the
+    moved ones). The same seed draws the same images, with or without ``flip`` (test_demo checks that the drawing is
+    asked for the same photos in the same order), so they are copied from ``demo_manifest``'s rather than drawn
+    again (7-10 s): the writer here draws them blank, and the copies take their place."""
+    def write(folder: Path) -> Path:
+        from unittest import mock
 
-    return _once_per_run(tmp_path_factory, "demo-flipped",
-                         lambda folder: write_demo_dataset(folder, n_images=120, seed=3, flip=5))
+        import numpy as np
+
+        from otolith_core import demo
+
+        blank = np.zeros((demo.HEIGHT, demo.WIDTH, 3), np.uint8)
+        with mock.patch.object(demo, "render_otolith", lambda fish, rng: blank):
+            manifest = demo.write_demo_dataset(folder, n_images=120, seed=3, flip=5)
+        shutil.copytree(demo_manifest.parent / "images", folder / "images", dirs_exist_ok=True)
+        return manifest
+
+    return _once_per_run(tmp_path_factory, "demo-flipped", write)
 
 
 @pytest.fixture(scope="session")

@@ -20,21 +20,45 @@ def _files(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.slow
-def test_the_same_seed_writes_byte_identical_files(demo_manifest, flipped_demo_manifest):
-    """The fixture's seed written again (conftest's flipped_demo_manifest, with --flip, which moves reader ages
-    only): every image and the README byte for byte the same; the manifest the same but for the moved ages."""
-    assert flipped_demo_manifest.name == "manifest.csv"
-    first, second = _files(demo_manifest.parent), _files(flipped_demo_manifest.parent)
-    assert sorted(first) == sorted(second) and len(first) > FIXTURE_N
-    for name, content in first.items():
-        if name != "manifest.csv":
-            assert second[name] == content, name
-    plain, flipped = pd.read_csv(demo_manifest), pd.read_csv(flipped_demo_manifest)
+def test_with_or_without_flip_the_same_seed_draws_the_same_photos(tmp_path, monkeypatch):
+    """``flip`` moves reader ages only. Written with and without it, the demo asks its drawing for the same photos
+    (each fish's otolith and the random state its photo is drawn from) in the same order under the same names, and
+    writes the same README; the manifests differ only in the moved ages. The drawing is a function of what it is
+    asked: one photo drawn twice from the same state is the same. (conftest's flipped_demo_manifest copies the
+    shared demo's images on the strength of this rather than drawing them again.)"""
+    import pickle
+
+    from otolith_core import demo
+
+    asked = []
+    real_drawing = demo.render_otolith
+
+    def record(fish, rng):
+        asked.append(pickle.dumps((fish, rng.bit_generator.state)))
+        return np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+
+    monkeypatch.setattr(demo, "render_otolith", record)
+    plain = write_demo_dataset(tmp_path / "plain", n_images=FIXTURE_N, seed=FIXTURE_SEED)
+    plain_asked, asked[:] = asked[:], []
+    flipped_manifest = write_demo_dataset(tmp_path / "flipped", n_images=FIXTURE_N, seed=FIXTURE_SEED, flip=5)
+    assert asked == plain_asked and len(asked) > FIXTURE_N
+    first, second = _files(plain.parent), _files(flipped_manifest.parent)
+    assert sorted(first) == sorted(second)
+    assert first["README.txt"] == second["README.txt"]
+    plain, flipped = pd.read_csv(plain), pd.read_csv(flipped_manifest)
     moved = flipped.flipped.notna()
     assert moved.any() and (flipped.age[moved] != flipped.flipped[moved]).all()
     flipped.loc[moved, "age"] = flipped.flipped[moved].astype(int)
     pd.testing.assert_frame_equal(flipped.drop(columns="flipped"), plain)
+
+    fish, state = pickle.loads(plain_asked[0])
+    twice = []
+    for _ in range(2):
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state
+        twice.append(real_drawing(fish, rng))
+    np.testing.assert_array_equal(*twice)
+    assert twice[0].std() > 10  # a photo, not a blank
 
 
 def test_every_true_age_gets_its_share_and_every_reader_age_at_least_min_per_age_images(demo_manifest):
