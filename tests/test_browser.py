@@ -94,12 +94,17 @@ def dashboard(tmp_path_factory, demo_manifest, demo_cache):
 
 @pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for this file's tests; each test opens its own pages."""
+    """One headless Chromium for this file's tests, with one browsing context (a profile: one HTTP cache, so the
+    dashboard's front end is fetched and compiled once, not in every tab); each test opens its own tabs in it, and
+    each tab is a Streamlit session of its own."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        context.add_init_script(STILL)
+        yield context
+        context.close()
         browser.close()
 
 
@@ -112,10 +117,8 @@ STILL = ("document.addEventListener('DOMContentLoaded', () => { const style = do
 
 
 def _tab(browser):
-    """A new tab (a session of its own) in a desktop-sized window, its page kept still (``STILL``)."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    page.add_init_script(STILL)
-    return page
+    """A new tab (a session of its own) in the browser's desktop-sized window, its page kept still (``STILL``)."""
+    return browser.new_page()
 
 
 @pytest.mark.slow
@@ -296,7 +299,7 @@ def _review_and_read_again(page, server: str, cache: Path, shots: Path | None, v
     saved = list(cache.glob("readings/second_readings.csv"))
     assert len(saved) == 1 and saved[0].read_text().count("\n") == 2  # the header and the reading
     _box_on_the_map(page)
-    _a_second_reader_in_another_tab(_tab(page.context.browser), page.url, cache)
+    _a_second_reader_in_another_tab(_tab(page.context), page.url, cache)
 
 
 def _box_on_the_map(page) -> None:
