@@ -17,7 +17,9 @@ otolith data.
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,18 +113,13 @@ def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 
     plan = plan_demo(n_images, seed=seed, flip=flip)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for planned in plan:
-        fish_rng = np.random.default_rng([seed, planned.number])
-        fish, _ = _read_fish(planned.true_age, fish_rng)  # the plan's draws again, so the photos follow them
-        length, month = _covariates(fish, np.random.default_rng([seed, planned.number, 1]))  # images stay as before
-        flipped = {"flipped": "" if planned.flipped_from is None else planned.flipped_from} if flip else {}
-        for photo in range(planned.photos):
-            name = f"images/fish_{planned.number:04d}_{photo + 1}.jpg"
-            pixels = render_otolith(fish, fish_rng)
-            Image.fromarray(pixels).save(out_dir / name, quality=92)
-            rows.append({"path": name, "age": planned.reader_age, "fish_id": f"F{planned.number:04d}", "length": length,
-                         "month": month, "true_age": planned.true_age, "source": DEMO_LABEL, **flipped})
+    # Each fish's photos are drawn from its own random stream, so the fish can be drawn side by side: numpy and
+    # Pillow let go of the interpreter while they compute, and threads draw on every core (two: 6.4 -> 3.9 s for
+    # 149 photos). The rows keep the plan's order.
+    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        rows = [row for fish_rows in pool.map(lambda planned: _write_fish(out_dir, planned, seed, flip), plan)
+                for row in fish_rows]
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(DEMO_COLUMNS) + (["flipped"] if flip else []))
@@ -135,6 +132,22 @@ def write_demo_dataset(out_dir: str | Path, *, n_images: int = 400, seed: int = 
         encoding="utf-8",
     )
     return manifest
+
+
+def _write_fish(out_dir: Path, planned: DemoFish, seed: int, flip: int) -> list[dict]:
+    """Draw and write one planned fish's photos into ``out_dir``; their manifest rows."""
+    fish_rng = np.random.default_rng([seed, planned.number])
+    fish, _ = _read_fish(planned.true_age, fish_rng)  # the plan's draws again, so the photos follow them
+    length, month = _covariates(fish, np.random.default_rng([seed, planned.number, 1]))  # images stay as before
+    flipped = {"flipped": "" if planned.flipped_from is None else planned.flipped_from} if flip else {}
+    rows = []
+    for photo in range(planned.photos):
+        name = f"images/fish_{planned.number:04d}_{photo + 1}.jpg"
+        pixels = render_otolith(fish, fish_rng)
+        Image.fromarray(pixels).save(out_dir / name, quality=92)
+        rows.append({"path": name, "age": planned.reader_age, "fish_id": f"F{planned.number:04d}", "length": length,
+                     "month": month, "true_age": planned.true_age, "source": DEMO_LABEL, **flipped})
+    return rows
 
 
 def _fish_plan(n_images: int, rng: np.random.Generator) -> list[tuple[int, int]]:
