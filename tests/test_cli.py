@@ -359,6 +359,7 @@ def test_repeats_and_learning_curve_write_every_table(demo_manifest, demo_run, t
     assert (summary.n_folds_total == 10).all()
 
 
+@pytest.mark.slow
 def test_a_manifest_mixing_every_kind_of_bad_row_runs_to_completion(demo_manifest, tmp_path):
     """Broken, missing, mislabelled and degenerate rows are named in skipped.csv; every valid image is used,
     however unusual its format."""

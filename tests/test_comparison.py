@@ -262,8 +262,9 @@ def test_no_skill_baseline_equals_dummy_classifier_fold_by_fold_and_is_in_no_tes
     assert all(r.encoder != "no-skill" for r in result.results)  # the Errors page and tests see models only
 
 
-@pytest.mark.parametrize("name,grouped", [pytest.param("logistic", False, marks=pytest.mark.slow), ("knn", False),
-                                          ("knn", True)], ids=["logistic", "knn", "knn-fish"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name,grouped", [("logistic", False), ("knn", False), ("knn", True)],
+                         ids=["logistic", "knn", "knn-fish"])
 def test_logistic_and_knn_equal_a_direct_scikit_learn_loop_with_the_same_inner_cv(name, grouped):
     """Each outer training fold chooses C (logistic) or k (knn) by its own stratified 5-fold inner CV (grouped by
     fish when the outer folds are); the predictions and the chosen values equal a plain scikit-learn loop doing
@@ -667,6 +668,7 @@ def test_the_fast_stratified_group_kfold_gives_scikit_learns_folds():
                 np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_progress_counts_every_fold_of_every_model_and_names_the_model_at_work():
     """What a comparison job shows: ``progress(done, total, model)`` before each model's first fold and after every
     fold (the learning curve's too), ``done`` rising by one to ``total``; an exception raised in it (a cancel) stops

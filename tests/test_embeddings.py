@@ -214,6 +214,7 @@ def test_a_photo_a_job_could_not_download_is_named_not_waited_for(tmp_path, phot
     assert failure.image == "M90" and failure.reason.startswith("download failed: HTTP 404")
 
 
+@pytest.mark.slow
 def test_missing_hub_weights_offline_are_named_before_torch_is_imported(tmp_path):
     """An extraction of a hub encoder whose weights are not here, offline, stops with the loader's advice before
     torch is imported (a job then fails in about a second, not after the seconds torch takes to import)."""

@@ -55,6 +55,7 @@ def test_hf_hub_timm_repo_loads_offline_from_the_hub_cache(tiny_timm_dir, tmp_pa
     np.testing.assert_allclose(ours, _timm_reference(tiny_timm_dir, images)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_timm_name_resolves_from_the_cache_without_torch_and_loads(tmp_path):
     """`timm:MODEL.TAG` with its files in the HF cache: resolved in a fresh interpreter with no torch import,
     then built by timm from those files (a full-size vit_tiny with random weights), offline."""

@@ -125,6 +125,7 @@ def test_the_mask_covers_the_drawn_otolith(variant):
     assert _iou(mask, _work_mask(drawn, grey.shape)) >= 0.8
 
 
+@pytest.mark.slow
 def test_a_full_size_photo_of_a_broken_curved_otolith_is_measured():
     # The photo from the issue: bright, elongated, curved and broken, across half a 21 MP frame of
     # dark cloth, its centroid outside it.

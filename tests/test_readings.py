@@ -32,6 +32,7 @@ def test_a_reading_is_on_disk_at_once_and_survives_a_restart(data, tmp_path):
     assert list(load_readings(tmp_path).columns) == READING_COLUMNS
 
 
+@pytest.mark.slow
 def test_two_writers_at_once_lose_nothing(data, tmp_path):
     writer = textwrap.dedent(f"""
         import sys

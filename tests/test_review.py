@@ -25,6 +25,7 @@ def _flipped_set(n=200, flips=(3, 50, 97, 120, 181), seed=0):
             {f"{i}.png" for i in flips})
 
 
+@pytest.mark.slow
 def test_flipped_reader_ages_rank_first_and_every_number_is_recomputable():
     data, sets, wrong = _flipped_set()
     result = compare(data, sets, [HeadSpec("ridge"), HeadSpec("logistic")], n_folds=5, bootstrap_draws=0)
