@@ -355,3 +355,21 @@ def test_a_builtin_extractor_computes_with_one_blas_thread_and_leaves_the_settin
         assert encoder.embed([image, image]).shape == (2, 3)
         assert blas_threads() == 2
     assert seen == [1, 1]
+
+
+@pytest.mark.slow
+def test_the_peak_count_is_scipys_find_peaks_with_a_prominence():
+    """morphometrics.peak_count counts what ``scipy.signal.find_peaks(x, prominence=p)`` finds (it is written out
+    so that extracting imports no scipy.signal): on noisy, stepped (flat runs and ties), wandering and three-level
+    profiles, at prominences 0, 0.5 (the ring profile's) and 1."""
+    from scipy import signal
+
+    rng = np.random.default_rng(0)
+    for trial in range(1200):
+        n = int(rng.integers(3, 100))
+        profile = [rng.normal(size=n), np.round(rng.normal(size=n) * 2) / 2, np.cumsum(rng.normal(size=n)),
+                   rng.integers(0, 3, n).astype(float)][trial % 4]
+        for prominence in (0.0, 0.5, 1.0):
+            expected = len(signal.find_peaks(profile, prominence=prominence)[0])
+            assert morphometrics.peak_count(profile, min_prominence=prominence) == expected, (profile, prominence)
+

@@ -382,20 +382,21 @@ def test_weights_not_on_this_machine_stop_a_cluster_submission(demo_manifest, tm
     assert not (tmp_path / "cache" / "shards").exists()
 
 
-def test_a_shards_process_reads_no_manifest_so_imports_no_pandas(demo_manifest, tmp_path):
-    """A shard's process, as every executor starts it (the plan's command), embeds the images its plan lists: it reads
-    no manifest, so it imports no pandas (0.6 s of CPU each at its start, a twentieth of a morphometrics shard of
-    twelve photos), nor torch for a built-in extractor."""
-    manifest = _manifest(demo_manifest, tmp_path, rows=6)
-    plan = plan_shards(load_dataset(manifest), "pixels-32", cache_dir=tmp_path / "cache", n_shards=1)
+@pytest.mark.slow
+def test_a_shards_process_imports_no_pandas_nor_scipy_signal(demo_manifest, tmp_path):
+    """A shard's process, as every executor starts it (the plan's command), embeds the images its plan lists. It
+    reads no manifest, so it imports no pandas (0.6 s of CPU at its start), nor ``scipy.signal`` for the
+    morphometrics' peak count (0.9 s), nor torch for a built-in extractor."""
+    manifest = _manifest(demo_manifest, tmp_path, rows=4)
+    plan = plan_shards(load_dataset(manifest), "otolith-morphometrics", cache_dir=tmp_path / "cache", n_shards=1)
     command = plan.shard_command(0)
     assert command[1:3] == ["-m", "otolith_core.cli"]
     code = ("import runpy, sys; sys.argv = ['otolith'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('otolith_core.cli', run_name='__main__')\n"
-            "finally:\n    print('IMPORTED', *sorted({'pandas', 'torch'} & set(sys.modules)))")
+            "finally:\n    print('IMPORTED', *sorted({'pandas', 'scipy.signal', 'torch'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code, *command[3:]], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "6 of 6 images embedded" in done.stdout
+    assert "4 of 4 images embedded" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "IMPORTED"
 
 
