@@ -115,8 +115,8 @@ def demo_drawn_blank(monkeypatch):
 def flipped_demo_manifest(tmp_path_factory, demo_manifest) -> Path:
     """The same demo written again with five fish's reader ages moved 3+ years (``flip=5``; test_review ranks the
     moved ones). The same seed draws the same images, with or without ``flip`` (test_demo checks that the drawing is
-    asked for the same photos in the same order), so they are copied from ``demo_manifest``'s rather than drawn
-    again (7-10 s): the writer here draws them blank, and the copies take their place."""
+    asked for the same photos, written under the same names), so they are copied from ``demo_manifest``'s rather
+    than drawn again (7-10 s): the writer here draws them blank, and the copies take their place."""
     def write(folder: Path) -> Path:
         from unittest import mock
 

@@ -23,9 +23,9 @@ def _files(folder):
 def test_with_or_without_flip_the_same_seed_draws_the_same_photos(tmp_path, monkeypatch):
     """``flip`` moves reader ages only. Written with and without it, the demo asks its drawing for the same photos
     (each fish's otolith and the random state its photo is drawn from; the fish are drawn side by side, so in any
-    order), writes them under the same names and the same README; the manifests differ only in the moved ages. The drawing is a function of what it is
-    asked: one photo drawn twice from the same state is the same. (conftest's flipped_demo_manifest copies the
-    shared demo's images on the strength of this rather than drawing them again.)"""
+    order), writes them under the same names and the same README; the manifests differ only in the moved ages. The
+    drawing is a function of what it is asked: one photo drawn twice from the same state is the same. (conftest's
+    flipped_demo_manifest copies the shared demo's images on the strength of this rather than drawing them again.)"""
     import pickle
 
     from otolith_core import demo

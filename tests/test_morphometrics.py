@@ -372,4 +372,3 @@ def test_the_peak_count_is_scipys_find_peaks_with_a_prominence():
         for prominence in (0.0, 0.5, 1.0):
             expected = len(signal.find_peaks(profile, prominence=prominence)[0])
             assert morphometrics.peak_count(profile, min_prominence=prominence) == expected, (profile, prominence)
-
